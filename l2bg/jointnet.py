@@ -1,0 +1,321 @@
+"""JointNet: one shared multi-task network holding a task-net for every learned task.
+
+Nodes are copies of a template's slots. Each task has a route (one node per slot) and, for
+templates with per-task heads, its own head. ``bind`` makes a new task share another task's route;
+``grow`` gives the task new nodes at chosen slots (copies of the bound task's nodes, or fresh) and
+leaves every other task's route untouched. Shared nodes are stored once.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from l2bg.errors import L2BGError
+from l2bg.templates import Template, make_template
+
+FORMAT = "l2bg.jointnet"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "jointnet.safetensors"
+TOPOLOGY_FILE = "jointnet.json"
+_TASK_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+class JointNet(nn.Module):
+    """A DAG of layer nodes shared between task-nets; see the module docstring."""
+
+    def __init__(self, template: Template) -> None:
+        super().__init__()
+        self.template = template
+        self.nodes = nn.ModuleDict()
+        self.heads = nn.ModuleDict()
+        self._node_slot: dict[str, int] = {}
+        self._node_owner: dict[str, str] = {}
+        self._routes: dict[str, list[str]] = {}
+        self._num_classes: dict[str, int | None] = {}
+        self._bound_to: dict[str, str | None] = {}
+        self._grown: dict[str, list[int]] = {}
+        self._next_node = [0] * len(template.slots)
+        self.version = 0
+
+    # ----------------------------------------------------------------- topology
+    @property
+    def tasks(self) -> list[str]:
+        """Learned tasks in the order they were added."""
+        return list(self._routes)
+
+    def routes(self) -> dict[str, list[str]]:
+        """Task → node id per slot (a copy; edit the topology through bind/grow)."""
+        return {t: list(r) for t, r in self._routes.items()}
+
+    def node_slot(self, node: str) -> int:
+        return self._node_slot[node]
+
+    def node_owner(self, node: str) -> str:
+        """The task a node was created for; other tasks routed through it are bound to it."""
+        return self._node_owner[node]
+
+    def bound_to(self, task: str) -> str | None:
+        return self._bound_to[self._check_task(task)]
+
+    def grown_slots(self, task: str) -> list[int]:
+        return list(self._grown[self._check_task(task)])
+
+    def num_classes(self, task: str) -> int | None:
+        return self._num_classes[self._check_task(task)]
+
+    def add_task(self, task: str, num_classes: int | None = None) -> None:
+        """Add a task with fresh nodes at every slot (its own independent task-net)."""
+        self._new_task(task, num_classes)
+        self._routes[task] = [self._new_node(s, task) for s in range(len(self.template.slots))]
+        self._bound_to[task] = None
+        self._grown[task] = []
+        self._touch()
+
+    def bind(self, task: str, to: str, num_classes: int | None = None) -> None:
+        """Add ``task`` sharing the whole route of learned task ``to`` (fresh per-task head)."""
+        self._check_task(to, what="bind target")
+        self._new_task(task, num_classes)
+        self._routes[task] = list(self._routes[to])
+        self._bound_to[task] = to
+        self._grown[task] = []
+        self._touch()
+
+    def grow(self, task: str, slots: Iterable[int | str], init: str = "copy") -> list[int]:
+        """Give ``task`` new nodes at ``slots``: copies of its current nodes there (forward
+        transfer from the bound task) or fresh ones. Returns the slot indices grown."""
+        self._check_task(task)
+        if init not in ("copy", "fresh"):
+            raise L2BGError(f"grow init must be 'copy' or 'fresh', got {init!r}")
+        idx = sorted({self.template.slot_index(s) for s in slots})
+        for s in idx:
+            if not self.template.slots[s].expandable:
+                raise L2BGError(f"slot {self.template.slots[s].name!r} is not expandable")
+        route = self._routes[task]
+        for s in idx:
+            old = route[s]
+            route[s] = self._new_node(s, task, source=self.nodes[old] if init == "copy" else None)
+            if s not in self._grown[task]:
+                self._grown[task].append(s)
+        self._grown[task].sort()
+        self._prune()
+        self._touch()
+        return idx
+
+    def _new_task(self, task: str, num_classes: int | None) -> None:
+        if not isinstance(task, str) or not _TASK_NAME.match(task):
+            raise L2BGError(f"task name {task!r} must use only letters, digits, '_' and '-'")
+        if task in self._routes:
+            raise L2BGError(f"task {task!r} is already in the JointNet; choose a new name")
+        if self.template.per_task_heads:
+            if num_classes is None or int(num_classes) < 1:
+                raise L2BGError(f"task {task!r} needs num_classes >= 1 for its per-task head")
+            self.heads[task] = self.template.build_head(int(num_classes))
+        self._num_classes[task] = None if num_classes is None else int(num_classes)
+
+    def _new_node(self, slot: int, owner: str, source: nn.Module | None = None) -> str:
+        node_id = f"{self.template.slots[slot].name}_{self._next_node[slot]}"
+        self._next_node[slot] += 1
+        module = copy.deepcopy(source) if source is not None else self.template.slots[slot].build()
+        if source is not None:
+            module.train(source.training)
+        ref = next(iter(self.parameters()), None)
+        if ref is not None and source is None:
+            module = module.to(ref.device)
+        self.nodes[node_id] = module
+        self._node_slot[node_id] = slot
+        self._node_owner[node_id] = owner
+        return node_id
+
+    def _prune(self) -> None:
+        used = {n for r in self._routes.values() for n in r}
+        for n in [n for n in self.nodes if n not in used]:
+            del self.nodes[n]
+            del self._node_slot[n]
+            del self._node_owner[n]
+
+    def _touch(self) -> None:
+        self.version += 1
+
+    def _check_task(self, task: str, what: str = "task") -> str:
+        if task not in self._routes:
+            raise L2BGError(f"unknown {what} {task!r}; learned tasks: {self.tasks or 'none yet'}")
+        return task
+
+    # ----------------------------------------------------------------- compute
+    def forward(self, x: Tensor, task: str, return_activations: bool = False):
+        """Logits of ``task`` on ``x``; with ``return_activations`` also the output of every slot
+        (post-activation, flattened per sample, in slot order)."""
+        route = self._routes[self._check_task(task)]
+        acts = []
+        for node in route:
+            x = self.nodes[node](x)
+            if return_activations:
+                acts.append(x.flatten(1))
+        if self.template.per_task_heads:
+            x = self.heads[task](x)
+        return (x, acts) if return_activations else x
+
+    # ----------------------------------------------------------------- parameters
+    def num_parameters(self, task: str | None = None) -> int:
+        """Unique parameters of the whole JointNet (shared nodes once, heads included), or of one
+        task-net."""
+        params = self.parameters() if task is None else self.task_parameters(task)
+        return sum(p.numel() for p in params)
+
+    def task_parameters(self, task: str) -> list[nn.Parameter]:
+        """Parameters of ``task``'s task-net: its route's nodes and its head, each once."""
+        route = self._routes[self._check_task(task)]
+        mods = [self.nodes[n] for n in dict.fromkeys(route)]
+        if self.template.per_task_heads:
+            mods.append(self.heads[task])
+        return [p for m in mods for p in m.parameters()]
+
+    def param_groups(self, task: str, lr: float, shared_lr_scale: float = 0.1
+                     ) -> list[dict[str, Any]]:
+        """Optimizer groups for training ``task``: its own (new or grown) nodes and head at ``lr``,
+        nodes bound from earlier tasks at ``lr * shared_lr_scale``; scale 0 leaves them out, so
+        they stay exactly as they are."""
+        if shared_lr_scale < 0:
+            raise L2BGError(f"shared_lr_scale must be >= 0, got {shared_lr_scale}")
+        route = self._routes[self._check_task(task)]
+        own, bound = [], []
+        for n in dict.fromkeys(route):
+            (own if self._node_owner[n] == task else bound).extend(self.nodes[n].parameters())
+        if self.template.per_task_heads:
+            own.extend(self.heads[task].parameters())
+        groups = []
+        if own:
+            groups.append({"params": own, "lr": lr, "name": "own"})
+        if bound and shared_lr_scale > 0:
+            groups.append({"params": bound, "lr": lr * shared_lr_scale, "name": "bound"})
+        return groups
+
+    # ----------------------------------------------------------------- save / load
+    def topology(self) -> dict[str, Any]:
+        """The JSON-serialisable graph: template, nodes, and every task's route and decisions."""
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "template": self.template.to_dict(),
+            "nodes": [{"id": n, "slot": self._node_slot[n], "owner": self._node_owner[n]}
+                      for n in self.nodes],
+            "next_node": list(self._next_node),
+            "tasks": [{"name": t, "route": self._routes[t], "num_classes": self._num_classes[t],
+                       "bound_to": self._bound_to[t], "grown_slots": self._grown[t]}
+                      for t in self._routes],
+        }
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``jointnet.safetensors`` (weights) and ``jointnet.json`` (topology); no pickle."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        _atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(state, str(p)))
+        text = json.dumps(self.topology(), indent=2)
+        _atomic_write(directory / TOPOLOGY_FILE, lambda p: Path(p).write_text(text))
+        return directory
+
+    @classmethod
+    def from_topology(cls, topo: dict[str, Any]) -> JointNet:
+        """An untrained JointNet with the given topology (weights freshly initialised)."""
+        if topo.get("format") != FORMAT:
+            raise L2BGError(f"not an l2bg JointNet topology (format={topo.get('format')!r})")
+        tpl = topo["template"]
+        net = cls(make_template(tpl["name"], **tpl["kwargs"]))
+        nslots = len(net.template.slots)
+        for node in topo["nodes"]:
+            s = int(node["slot"])
+            if not 0 <= s < nslots:
+                raise L2BGError(f"node {node['id']!r} names slot {s}; the template has {nslots}")
+            net.nodes[node["id"]] = net.template.slots[s].build()
+            net._node_slot[node["id"]] = s
+            net._node_owner[node["id"]] = node["owner"]
+        for t in topo["tasks"]:
+            name, route = t["name"], list(t["route"])
+            if len(route) != nslots or any(n not in net.nodes for n in route):
+                raise L2BGError(f"task {name!r} has a route {route} that does not match the nodes")
+            net._new_task(name, t["num_classes"])
+            net._routes[name] = route
+            net._bound_to[name] = t["bound_to"]
+            net._grown[name] = list(t["grown_slots"])
+        net._next_node = list(topo.get("next_node", net._next_node))
+        net.version = 1
+        return net
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu"
+             ) -> JointNet:
+        """Load a JointNet saved with :meth:`save`; topology and weights must agree exactly."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        files = [directory / TOPOLOGY_FILE, directory / WEIGHTS_FILE]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise L2BGError(f"cannot load JointNet: missing {', '.join(missing)}; "
+                            "save one with JointNet.save(dir)")
+        try:
+            topo = json.loads(files[0].read_text())
+        except json.JSONDecodeError as exc:
+            raise L2BGError(f"{files[0]} is not valid JSON ({exc}); re-save the JointNet") from exc
+        net = cls.from_topology(topo)
+        try:
+            state = load_file(str(files[1]), device=str(map_location))
+        except (SafetensorError, OSError) as exc:
+            raise L2BGError(f"{files[1]} is not a readable safetensors file ({exc})") from exc
+        expected = net.state_dict()
+        missing_k = sorted(set(expected) - set(state))
+        extra_k = sorted(set(state) - set(expected))
+        bad = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+        if missing_k or extra_k or bad:
+            parts = [f"{label}: {keys[:3]}{'…' if len(keys) > 3 else ''}"
+                     for label, keys in (("missing", missing_k), ("unexpected", extra_k),
+                                         ("shape mismatch", bad)) if keys]
+            raise L2BGError(f"{TOPOLOGY_FILE} and {WEIGHTS_FILE} in {directory} disagree "
+                            f"({'; '.join(parts)}); save both from the same JointNet")
+        net.load_state_dict(state)
+        return net.to(map_location)
+
+    def extra_repr(self) -> str:
+        return (f"template={self.template.name}, tasks={len(self._routes)}, "
+                f"nodes={len(self.nodes)}, params={self.num_parameters()}")
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same directory, then rename: never half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def copy_task_net(src: JointNet, task: str, dst: JointNet, as_task: str | None = None,
+                  num_classes: int | None = None) -> None:
+    """Add ``task``'s task-net from ``src`` to ``dst`` as a new task with its own nodes (weights
+    copied): how a cached independent net becomes a task-net of a JointNet."""
+    name = as_task or task
+    dst.add_task(name, num_classes if num_classes is not None else src.num_classes(task))
+    for s, node in enumerate(src.routes()[task]):
+        dst.nodes[dst.routes()[name][s]].load_state_dict(src.nodes[node].state_dict())
+    if dst.template.per_task_heads:
+        dst.heads[name].load_state_dict(src.heads[task].state_dict())
+
+
+__all__: Sequence[str] = ["JointNet", "copy_task_net"]

@@ -1,0 +1,77 @@
+"""Continual-learning metrics exactly as ARCHITECTURE.md defines them.
+
+R is the accuracy matrix as a list of rows: R[i][j] = accuracy (fraction) on task j after learning
+task i, for j <= i; entries with j > i are None. Indices are 0-based here; the docs' 1-based
+formulas map one to one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from l2bg.errors import L2BGError
+
+Matrix = Sequence[Sequence[float | None]]
+
+
+def _check(R: Matrix) -> int:
+    T = len(R)
+    if T == 0:
+        raise L2BGError("accuracy matrix is empty: learn at least one task")
+    for i, row in enumerate(R):
+        if len(row) != T:
+            raise L2BGError(f"accuracy matrix row {i} has {len(row)} entries, expected {T}")
+        if any(row[j] is None for j in range(i + 1)):
+            raise L2BGError(f"accuracy matrix row {i} misses an entry for a learned task")
+    return T
+
+
+def average_accuracy(R: Matrix) -> float:
+    """Mean accuracy over all tasks after learning the last one (the last row)."""
+    T = _check(R)
+    return sum(R[-1][j] for j in range(T)) / T
+
+
+def bwt(R: Matrix) -> float | None:
+    """Backward transfer: mean over i < T of R[T][i] − R[i][i]; None for a single task."""
+    T = _check(R)
+    if T < 2:
+        return None
+    return sum(R[-1][i] - R[i][i] for i in range(T - 1)) / (T - 1)
+
+
+def fwt(R: Matrix, independent_acc: Sequence[float]) -> float | None:
+    """Forward transfer in the expansion sense: mean over tasks 2..T of R[i][i] − A_φ,i, the
+    accuracy of task i's independent net; None for a single task."""
+    T = _check(R)
+    if len(independent_acc) != T:
+        raise L2BGError(f"need {T} independent accuracies, got {len(independent_acc)}")
+    if T < 2:
+        return None
+    return sum(R[i][i] - independent_acc[i] for i in range(1, T)) / (T - 1)
+
+
+def _floored_errors(independent_err: Sequence[float], n_val: Sequence[int]) -> list[float]:
+    if len(independent_err) != len(n_val):
+        raise L2BGError("need one validation size per independent error")
+    if any(n < 1 for n in n_val):
+        raise L2BGError("validation sets must be non-empty to compute the gain")
+    return [max(e, 1.0 / (2 * n)) for e, n in zip(independent_err, n_val, strict=True)]
+
+
+def gain(final_err: Sequence[float], independent_err: Sequence[float],
+         n_val: Sequence[int]) -> float:
+    """Gain Δ in percent, higher is better: 100/T · Σ (E_φ,t − E_π,t) / E_φ,t, with E_φ,t floored
+    at 1/(2|V_t|)."""
+    if len(final_err) != len(independent_err):
+        raise L2BGError("need one final and one independent error per task")
+    base = _floored_errors(independent_err, n_val)
+    T = len(base)
+    return 100.0 / T * sum((b - e) / b for e, b in zip(final_err, base, strict=True))
+
+
+def gain_raw(final_err: Sequence[float], independent_err: Sequence[float],
+             n_val: Sequence[int]) -> float:
+    """The paper's Δ_π = Σ (E_π,t − E_φ,t) / E_φ,t (lower is better; same floor on E_φ,t)."""
+    base = _floored_errors(independent_err, n_val)
+    return sum((e - b) / b for e, b in zip(final_err, base, strict=True))

@@ -1,0 +1,143 @@
+"""On-disk cache of independent task-nets G_t↓ (the single-task baselines φ).
+
+An entry is keyed by everything that shapes the net: benchmark, task data fingerprint, seed,
+template and training config. It holds the saved net and its accuracies, so the gain of every
+strategy and the conflict model of every run reuse one trained baseline. Entries are written to a
+temporary directory and renamed into place, so concurrent workers never see half an entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from l2bg import __version__
+from l2bg.jointnet import JointNet
+from l2bg.templates import Template
+from l2bg.training import TrainConfig, accuracy, fit
+
+CACHE_FORMAT = 1
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("L2BG_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "l2bg"
+
+
+@dataclass
+class IndependentNet:
+    """A trained independent task-net and its accuracies (fractions)."""
+
+    net: JointNet
+    task: str
+    val_acc: float
+    test_acc: float
+    n_val: int
+    train_s: float
+    cached: bool
+    key: str
+
+    @property
+    def val_err(self) -> float:
+        return 1.0 - self.val_acc
+
+
+def task_seed(seed: int, index: int) -> int:
+    """Per-task seed for initialisation and shuffling, derived from the run seed."""
+    return seed * 1_000_003 + index
+
+
+class IndependentCache:
+    """Directory of independent nets; ``root=None`` keeps them in memory only."""
+
+    def __init__(self, root: str | os.PathLike | None = None) -> None:
+        self.root = Path(root) if root is not None else None
+        self._memory: dict[str, IndependentNet] = {}
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(benchmark: str, fingerprint: str, seed: int, template: Template,
+            config: TrainConfig) -> str:
+        payload = {"format": CACHE_FORMAT, "benchmark": benchmark, "data": fingerprint,
+                   "seed": seed, "template": template.to_dict(),
+                   "train": {k: v for k, v in config.to_dict().items() if k != "shared_lr_scale"}}
+        blob = json.dumps(payload, sort_keys=True).encode()
+        return hashlib.sha1(blob).hexdigest()[:20]
+
+    def get_or_train(self, benchmark: str, task: Any, index: int, seed: int, template: Template,
+                     config: TrainConfig, device: torch.device, progress: Any = None
+                     ) -> IndependentNet:
+        """The independent net of ``task`` (a :class:`l2bg.data.Task`), trained on a miss."""
+        from l2bg.data import task_fingerprint
+
+        tseed = task_seed(seed, index)
+        cfg = config.replace(seed=tseed)
+        key = self.key(benchmark, task_fingerprint(task), tseed, template, cfg)
+        found = self._memory.get(key) or self._read(key, task.name, device)
+        if found is not None:
+            self.hits += 1
+            if progress is not None:
+                progress.update(cfg.epochs)
+            self._memory[key] = found
+            return found
+        self.misses += 1
+        torch.manual_seed(tseed)
+        net = JointNet(template)
+        net.add_task(task.name, task.num_classes)
+        net.to(device)
+        start = time.perf_counter()
+        fit(net, task.name, task.x_train, task.y_train, cfg, progress)
+        train_s = time.perf_counter() - start
+        result = IndependentNet(
+            net=net, task=task.name, val_acc=accuracy(net, task.name, task.x_val, task.y_val),
+            test_acc=accuracy(net, task.name, task.x_test, task.y_test),
+            n_val=int(task.x_val.shape[0]), train_s=train_s, cached=False, key=key)
+        self._write(key, result)
+        self._memory[key] = result
+        return result
+
+    def _read(self, key: str, task: str, device: torch.device) -> IndependentNet | None:
+        if self.root is None:
+            return None
+        entry = self.root / "independent" / key
+        meta_file = entry / "meta.json"
+        if not meta_file.is_file():
+            return None
+        meta = json.loads(meta_file.read_text())
+        net = JointNet.load(entry, map_location=device)
+        if net.tasks != [task]:
+            return None
+        return IndependentNet(net=net, task=task, val_acc=meta["val_acc"],
+                              test_acc=meta["test_acc"], n_val=meta["n_val"],
+                              train_s=meta["train_s"], cached=True, key=key)
+
+    def _write(self, key: str, result: IndependentNet) -> None:
+        if self.root is None:
+            return
+        final = self.root / "independent" / key
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{key}."))
+        try:
+            result.net.save(tmp)
+            meta = {"val_acc": result.val_acc, "test_acc": result.test_acc, "n_val": result.n_val,
+                    "train_s": result.train_s, "task": result.task, "l2bg": __version__}
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                pass  # another worker wrote the same entry first; both are equivalent
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,119 @@
+"""End-to-end runs of the ``l2bg`` command line, in-process and as a subprocess."""
+
+import json
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from l2bg.cli import main
+from l2bg.jointnet import JointNet
+
+
+def run(argv, capsys=None):
+    code = main(argv)
+    err = capsys.readouterr().err if capsys else ""
+    return code, err
+
+
+def write_cifar100(root, per_class_train=4, per_class_test=2, seed=0):
+    rng = np.random.default_rng(seed)
+    d = root / "cifar-100-python"
+    d.mkdir(parents=True)
+    for split, k in (("train", per_class_train), ("test", per_class_test)):
+        labels = np.repeat(np.arange(100), k)
+        data = rng.integers(0, 256, size=(labels.size, 3072), dtype=np.uint8)
+        data[:, :1024] //= (1 + labels[:, None] % 3).astype(np.uint8)
+        obj = {b"data": data, b"fine_labels": labels.tolist(),
+               b"coarse_labels": (labels // 5).tolist(), b"filenames": [b"x.png"] * labels.size}
+        with open(d / split, "wb") as f:
+            pickle.dump(obj, f)
+    return root
+
+
+@pytest.mark.slow
+def test_run_mlp_end_to_end_on_embedded_digits(tmp_path, capsys):
+    out = tmp_path / "out"
+    code, err = run(["run", "--benchmark", "pmnist", "--tasks", "3", "--strategy", "full",
+                     "--epochs", "1", "--out", str(out), "--cache-dir", str(tmp_path / "c"),
+                     "--quiet"], capsys)
+    assert code == 0, err
+    r = json.loads((out / "results.json").read_text())
+    for key in ("benchmark", "strategy", "seed", "config", "tasks", "acc_matrix", "avg_val_acc",
+                "avg_test_acc", "bwt", "fwt", "gain", "gain_raw", "params", "wall_time_s"):
+        assert key in r
+    assert [t["bind_to"] for t in r["tasks"]] == [None, "pmnist-0", "pmnist-1"]
+    assert r["tasks"][1]["grown_slots"] == [0, 1, 2, 3]
+    assert r["acc_matrix"][0][1] is None and 0 <= r["acc_matrix"][2][0] <= 1
+    assert r["config"]["train"]["epochs"] == 1 and r["config"]["data"]
+    net = JointNet.load(out)
+    assert net.num_parameters() == r["params"]
+    assert r["avg_test_acc"] > 0.5
+    # the independent baselines were cached: a second run reuses them
+    code, err = run(["run", "--benchmark", "pmnist", "--tasks", "3", "--strategy", "independent",
+                     "--epochs", "1", "--out", str(tmp_path / "o2"), "--cache-dir",
+                     str(tmp_path / "c"), "--quiet"], capsys)
+    r2 = json.loads((tmp_path / "o2" / "results.json").read_text())
+    assert r2["cache"] == {"hits": 3, "misses": 0}
+    assert r2["gain"] == 0.0 and r2["params"] == r2["params_independent"]
+
+
+@pytest.mark.slow
+def test_run_convnet_end_to_end_on_cifar_pickles(tmp_path, capsys):
+    root = write_cifar100(tmp_path / "data")
+    out = tmp_path / "out"
+    code, err = run(["run", "--benchmark", "split-cifar100", "--data-root", str(root),
+                     "--tasks", "4", "--strategy", "shared", "--epochs", "1", "--out", str(out),
+                     "--no-cache", "--quiet"], capsys)
+    assert code == 0, err
+    r = json.loads((out / "results.json").read_text())
+    assert len(r["tasks"]) == 4 and r["config"]["template"]["name"] == "convnet"
+    net = JointNet.load(out)
+    assert len(net.heads) == 4
+    assert len(net.nodes) == 5  # shared: one node per slot
+    x = torch.randn(2, 3, 32, 32)
+    assert net(x, "split-cifar100-3").shape == (2, 25)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--benchmark", "split-mnist", "--tasks", "6", "--strategy", "shared"], "tasks"),
+    (["--benchmark", "pmnist", "--tasks", "2", "--strategy", "l2bg"], "--delta"),
+    (["--benchmark", "pmnist", "--tasks", "2", "--strategy", "shared", "--delta", "0.5"],
+     "--strategy l2bg"),
+    (["--benchmark", "split-cifar100", "--strategy", "shared"], "cifar"),
+])
+def test_bad_input_gives_one_line_and_no_results(tmp_path, capsys, argv, message):
+    out = tmp_path / "out"
+    code, err = run(["run", *argv, "--out", str(out), "--no-cache", "--quiet"], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("l2bg: error:")
+    assert message.lower() in lines[0].lower()
+    assert not (out / "results.json").exists()
+
+
+def test_data_root_without_files_names_them(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code, err = run(["run", "--benchmark", "pmnist", "--data-root", str(tmp_path / "empty"),
+                     "--strategy", "shared", "--out", str(tmp_path / "o"), "--quiet"], capsys)
+    assert code == 2 and "t10k-images-idx3-ubyte" in err and str(tmp_path / "empty") in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_strategy_is_rejected_by_the_parser():
+    proc = subprocess.run([sys.executable, "-m", "l2bg", "run", "--benchmark", "pmnist",
+                           "--strategy", "bogus"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "invalid choice: 'bogus'" in proc.stderr
+
+
+def test_help_documents_every_option():
+    proc = subprocess.run([sys.executable, "-m", "l2bg", "run", "--help"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0
+    for opt in ("--benchmark", "--data-root", "--tasks", "--strategy", "--epochs", "--seed",
+                "--device", "--out", "--quiet", "--delta", "--deltas", "--rsa-samples",
+                "--shared-lr-scale"):
+        assert opt in proc.stdout

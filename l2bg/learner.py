@@ -221,6 +221,8 @@ class Learner:
             return step.bind_to or prev, list(expandable)
         if strategy == "random":
             b = step.bind_to or rng.choice(learned)
+            if step.slots is not None:
+                return b, [self.template.slot_index(s) for s in step.slots]
             k = rng.randint(0, len(expandable))
             return b, sorted(rng.sample(expandable, k))
         # l2bg

@@ -165,6 +165,26 @@ class JointNet(nn.Module):
             x = self.heads[task](x)
         return (x, acts) if return_activations else x
 
+    def forward_all(self, x: Tensor | dict[str, Tensor], tasks: Iterable[str] | None = None,
+                    return_activations: bool | Iterable[str] = False,
+                    backend: str | None = None, cuda_graph: bool = False):
+        """Logits of many tasks in one pass that computes each shared node once.
+
+        ``x`` is one tensor fed to every task (a node reached by the same upstream path runs
+        once) or ``{task: x_t}`` (each node runs once on the rows of all tasks routed through
+        it). ``tasks`` defaults to every task (shared input) or the dict's keys. Returns
+        ``{task: logits}``; with ``return_activations`` (True, or the tasks to capture) also
+        ``{task: [activation per slot]}`` as :meth:`forward` gives them. ``backend``: 'native'
+        (C++, the default when built), 'reference' (pure PyTorch, same plan) or 'loop' (one
+        :meth:`forward` per task). ``cuda_graph`` replays a CUDA graph while shapes and topology
+        stay the same (CUDA, no grad, eval mode; outputs are overwritten by the next replay).
+        Equal to the loop in eval mode; in train mode a shared node's batch-norm statistics and
+        dropout mask are updated/drawn once for all its rows (see :mod:`l2bg.executor`)."""
+        from l2bg.executor import forward_all
+
+        return forward_all(self, x, tasks=tasks, return_activations=return_activations,
+                           backend=backend, cuda_graph=cuda_graph)
+
     # ----------------------------------------------------------------- parameters
     def num_parameters(self, task: str | None = None) -> int:
         """Unique parameters of the whole JointNet (shared nodes once, heads included), or of one

@@ -20,9 +20,10 @@ from torch import Tensor
 from l2bg import conflict, metrics
 from l2bg.cache import IndependentCache, IndependentNet, task_seed
 from l2bg.errors import L2BGError
+from l2bg.executor import default_backend
 from l2bg.jointnet import JointNet, copy_task_net
 from l2bg.templates import Template
-from l2bg.training import TrainConfig, accuracy, fit
+from l2bg.training import TrainConfig, evaluate_all, fit
 
 STRATEGIES = ("independent", "shared", "full", "random", "l2bg")
 
@@ -57,17 +58,25 @@ def _timer(timings: dict[str, float], key: str):
 
 
 @torch.no_grad()
-def activations(net: JointNet, task: str, x: Tensor, batch_size: int = 1024) -> list[Tensor]:
-    """Per-slot activations of ``task``'s task-net on x (eval mode), each (n, d_l), fp32."""
+def activations(net: JointNet, tasks: Sequence[str], x: Tensor, batch_size: int = 1024
+                ) -> dict[str, list[Tensor]]:
+    """Per-slot activations of every task-net in ``tasks`` on the same inputs x (eval mode), each
+    (n, d_l) fp32. One :meth:`JointNet.forward_all` pass per batch computes every shared node
+    once for all the tasks routed through it."""
     was = net.training
     net.eval()
     device = next(net.parameters()).device
+    parts: dict[str, list[list[Tensor]]] = {t: [] for t in tasks}
     try:
-        parts = [net(x[i:i + batch_size].to(device), task, return_activations=True)[1]
-                 for i in range(0, x.shape[0], batch_size)]
+        for i in range(0, x.shape[0], batch_size):
+            _, acts = net.forward_all(x[i:i + batch_size].to(device), tasks=list(tasks),
+                                      return_activations=True)
+            for t in tasks:
+                parts[t].append(acts[t])
     finally:
         net.train(was)
-    return [torch.cat([p[s] for p in parts]).float() for s in range(len(parts[0]))]
+    return {t: [torch.cat([p[s] for p in ps]).float() for s in range(len(ps[0]))]
+            for t, ps in parts.items()}
 
 
 class Learner:
@@ -113,8 +122,8 @@ class Learner:
         x = task.x_val[idx]
         expandable = self.template.expandable_slots
         with _timer(timings, "activations"):
-            acts_t = activations(indep.net, indep.task, x)
-            acts_b = {b: activations(net, b, x) for b in candidates}
+            acts_t = activations(indep.net, [indep.task], x)[indep.task]
+            acts_b = activations(net, candidates, x)
         out = {}
         with _timer(timings, "rsa"):
             for b in candidates:
@@ -189,11 +198,11 @@ class Learner:
                         rec["train_loss"] = fit(net, task.name, task.x_train, task.y_train, cfg,
                                                 progress)
                 with _timer(timings, "evaluation"):
-                    row_v, row_t = [None] * T, [None] * T
-                    for j in range(i + 1):
-                        tj = self.tasks[j]
-                        row_v[j] = accuracy(net, tj.name, tj.x_val, tj.y_val)
-                        row_t[j] = accuracy(net, tj.name, tj.x_test, tj.y_test)
+                    learned = self.tasks[:i + 1]
+                    val = evaluate_all(net, {t.name: (t.x_val, t.y_val) for t in learned})
+                    test = evaluate_all(net, {t.name: (t.x_test, t.y_test) for t in learned})
+                    row_v = [val[t.name] for t in learned] + [None] * (T - i - 1)
+                    row_t = [test[t.name] for t in learned] + [None] * (T - i - 1)
                 R_val.append(row_v)
                 R_test.append(row_t)
                 rec["val_acc"], rec["test_acc"] = row_v[i], row_t[i]
@@ -268,6 +277,7 @@ class Learner:
             "slots": self.template.slot_names,
             "timings": {k: round(v, 4) for k, v in sorted(timings.items())},
             "rsa_backend": self.last_rsa_backend,
+            "executor_backend": default_backend(),
             "cache": {"hits": self.cache.hits, "misses": self.cache.misses},
             "wall_time_s": wall,
         }

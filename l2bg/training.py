@@ -125,9 +125,31 @@ def predict(net: JointNet, task: str, x: Tensor, batch_size: int = 4096) -> Tens
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long, device=device)
 
 
+@torch.no_grad()
+def evaluate_all(net: JointNet, split: dict[str, tuple[Tensor, Tensor]],
+                 batch_size: int = 4096) -> dict[str, float]:
+    """Accuracy of every task on its own inputs, each node run once on the rows of all the tasks
+    routed through it (per-task-input :meth:`JointNet.forward_all`)."""
+    was = net.training
+    net.eval()
+    device = next(net.parameters()).device
+    correct = dict.fromkeys(split, 0)
+    try:
+        n_max = max(x.shape[0] for x, _ in split.values())
+        for i in range(0, n_max, batch_size):
+            chunk = {t: (x[i:i + batch_size], y[i:i + batch_size])
+                     for t, (x, y) in split.items() if i < x.shape[0]}
+            logits = net.forward_all({t: x.to(device) for t, (x, _) in chunk.items()})
+            for t, (_, y) in chunk.items():
+                correct[t] += int((logits[t].argmax(1) == y.to(device)).sum())
+    finally:
+        net.train(was)
+    return {t: correct[t] / split[t][0].shape[0] for t in split}
+
+
 def accuracy(net: JointNet, task: str, x: Tensor, y: Tensor, batch_size: int = 4096) -> float:
-    """Fraction of rows of x that ``task``'s task-net classifies as y."""
+    """Fraction of rows of x that ``task``'s task-net classifies as y (same path as
+    :func:`evaluate_all`, so a task-net copied into a JointNet scores exactly the same)."""
     if x.shape[0] == 0:
         raise L2BGError(f"cannot measure accuracy of task {task!r} on an empty split")
-    pred = predict(net, task, x, batch_size)
-    return float((pred == y.to(pred.device)).float().mean())
+    return evaluate_all(net, {task: (x, y)}, batch_size)[task]

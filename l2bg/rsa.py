@@ -243,7 +243,10 @@ def _rdm_from_centred(xc: Tensor, mean: Tensor, scale: Tensor | None, triu: bool
     tiny = torch.finfo(xc.dtype).tiny * 2.0**24
     for lo, hi in reversed(_row_blocks(n)):
         h = hi - lo
-        p = torch.matmul(xc[:, lo:hi], xc[:, lo:].mT)
+        if b == 1:
+            p = torch.mm(xc[0, lo:hi], xc[0, lo:].T).unsqueeze(0)
+        else:
+            p = torch.matmul(xc[:, lo:hi], xc[:, lo:].mT)
         ss = p[:, :, :h].diagonal(dim1=-2, dim2=-1).double()
         if scale is None:
             suspect = ~torch.isfinite(ss) | (ss < tiny)

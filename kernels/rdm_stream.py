@@ -1,0 +1,132 @@
+"""Streaming RDMs: all n samples' features arrive in slices (n x d_chunk), one pass.
+
+``RDMStream`` holds only the (B, n, n) accumulator of centred cross-products, the running row
+means and the feature count; each ``update`` reads one slice. Numerically stable single pass by
+the Chan et al. merge of co-moments: a slice with row means nu and slice-centred Gram S updates
+
+    C  <-  C + S + (d_seen * d_c / (d_seen + d_c)) * (mu - nu)(mu - nu)^T
+    mu <-  mu + d_c / (d_seen + d_c) * (nu - mu)
+
+so no product of uncentred values is ever formed (accurate with a large common offset). Each
+slice is one launch of ``_gram_tile_kernel`` in MODE 2 (upper tiles only, merge fused into the
+epilogue); ``result()`` turns C into distances with ``_dist_tile_kernel``.
+
+Reference (the spec): ``l2bg.rsa.rdm(torch.cat(slices, dim=-1), backend='torch')``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+from torch import Tensor
+
+from l2bg.errors import L2BGError
+
+from .rdm import (
+    CONSTANT_REL_TOL2,
+    _defaults,
+    _dist_tile_kernel,
+    _gram_tile_kernel,
+    check_blocks,
+    check_device,
+    row_stats,
+    upper_tiles,
+)
+
+
+class RDMStream:
+    """Accumulates the RDMs of B batches of n samples from feature slices, in one pass."""
+
+    def __init__(
+        self,
+        n: int,
+        *,
+        batch: int | None = None,
+        device: torch.device | str = "cuda",
+        precision: str = "ieee",
+        block: int | None = None,
+        block_k: int | None = None,
+        num_warps: int | None = None,
+        num_stages: int | None = None,
+    ) -> None:
+        if n < 1:
+            raise L2BGError(f"RDMStream: n must be >= 1, got {n}")
+        if precision not in ("ieee", "tf32"):
+            raise L2BGError(f"RDMStream: precision must be 'ieee' or 'tf32', got {precision!r}")
+        self.n = n
+        self.batched = batch is not None
+        self.batch = batch or 1
+        self.device = torch.device(device)
+        self.precision = precision
+        self._cfg = dict(block=block, block_k=block_k, num_warps=num_warps, num_stages=num_stages)
+        self.d_seen = 0
+        self.gram = torch.zeros((self.batch, n, n), device=self.device, dtype=torch.float32)
+        self.mean = torch.zeros((self.batch, n), device=self.device, dtype=torch.float32)
+
+    def update(self, x: Tensor) -> RDMStream:
+        """Add a slice of features: (n, d_c), or (B, n, d_c) for a batched stream."""
+        if not isinstance(x, Tensor) or x.ndim != (3 if self.batched else 2):
+            raise L2BGError(
+                f"RDMStream.update: expected a slice of shape "
+                f"{'(B, n, d_c)' if self.batched else '(n, d_c)'}"
+            )
+        xb = x if self.batched else x.unsqueeze(0)
+        if xb.shape[:2] != (self.batch, self.n):
+            raise L2BGError(
+                f"RDMStream.update: slice has (B, n) = {tuple(xb.shape[:2])}, the stream "
+                f"expects {(self.batch, self.n)}; pass every sample's features of this slice"
+            )
+        if xb.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise L2BGError(f"RDMStream.update: dtype {xb.dtype}; pass float32/16 or bfloat16")
+        if xb.device != self.device:
+            raise L2BGError(f"RDMStream.update: slice on {xb.device}, stream on {self.device}")
+        check_device(xb)
+        d_c = xb.shape[-1]
+        if d_c == 0:
+            return self
+        nu, _, ss, _ = row_stats(xb)
+        if not (bool(torch.isfinite(nu).all()) and bool(torch.isfinite(ss).all())):
+            raise L2BGError(
+                "RDMStream.update: the slice has NaN/inf (or fp32-overflowing) activations; "
+                "fix or rescale them"
+            )
+        b, n = self.batch, self.n
+        cfg = _defaults(xb, n, self.d_seen + d_c, b)
+        block = self._cfg["block"] or cfg["block"]
+        block_k = self._cfg["block_k"] or cfg["block_k"]
+        check_blocks(xb, block=block, block_k=block_k)
+        total = self.d_seen + d_c
+        delta = (self.mean - nu).contiguous()
+        weight = self.d_seen * d_c / total
+        tiles = upper_tiles(triton.cdiv(n, block), xb.device)
+        _gram_tile_kernel[(tiles.shape[0], b, 1)](
+            xb, nu, nu, tiles, self.gram, self.gram, delta, n, d_c, d_c, weight,
+            *xb.stride(), 0, 0, 0,
+            MODE=2, TRIU=False, BLOCK=block, BLOCK_K=block_k, PRECISION=self.precision,
+            LOW=xb.dtype != torch.float32,
+            num_warps=self._cfg["num_warps"] or cfg["num_warps"],
+            num_stages=self._cfg["num_stages"] or cfg["num_stages"],
+        )  # fmt: skip
+        self.mean += (d_c / total) * (nu - self.mean)
+        self.d_seen = total
+        return self
+
+    def result(self, *, triu: bool = False) -> Tensor:
+        """RDMs of all features seen so far: (B,) n x n, or packed strict upper triangles."""
+        b, n = self.batch, self.n
+        ss = self.gram.diagonal(dim1=-2, dim2=-1).double()
+        mean = self.mean.double()
+        constant = ss <= CONSTANT_REL_TOL2 * (ss + max(self.d_seen, 1) * mean.square())
+        inv = torch.where(constant, 0.0, ss.clamp_min(1e-300).rsqrt()).float().contiguous()
+        shape = (b, n * (n - 1) // 2) if triu else (b, n, n)
+        out = torch.empty(shape, device=self.device, dtype=torch.float32)
+        if out.numel():
+            cfg = _defaults(self.gram, n, max(self.d_seen, 1), b)
+            block = self._cfg["block"] or cfg["block"]
+            tiles = upper_tiles(triton.cdiv(n, block), self.device)
+            so = (out.stride(0), 0, out.stride(1)) if triu else out.stride()
+            _dist_tile_kernel[(tiles.shape[0], b)](
+                self.gram, inv, tiles, out, n, 1, *so, TRIU=triu, BLOCK=block,
+                num_warps=self._cfg["num_warps"] or cfg["num_warps"],
+            )  # fmt: skip
+        return out if self.batched else out.squeeze(0)

@@ -12,13 +12,17 @@ from torch import Tensor
 from l2bg.errors import L2BGError
 
 
-def layer_conflicts(acts_t: Sequence[Tensor], acts_b: Sequence[Tensor], *,
-                    method: str = "spearman", backend: str = "auto") -> list[float]:
-    """C_{t,b}(l) = 1 − r for every slot l: r compares the RDMs of the independent net of t and
-    the task-net of b, both fed the same inputs. Range [0, 2]; 0 means the same geometry."""
+def layer_conflicts(acts_t: Sequence[Tensor], acts_by_candidate: Mapping[str, Sequence[Tensor]],
+                    *, method: str = "spearman", backend: str = "auto") -> dict[str, list[float]]:
+    """C_{t,b}(l) = 1 − r for every candidate b and slot l: r compares the RDMs of the
+    independent net of t and the task-net of b, all fed the same inputs. Range [0, 2]; 0 means
+    the same geometry. t's RDMs are computed once and all candidates of a slot in one batch."""
     from l2bg import rsa
 
-    return [float(c) for c in rsa.dissimilarity(acts_t, acts_b, method=method, backend=backend)]
+    names = list(acts_by_candidate)
+    d = rsa.dissimilarities(acts_t, [acts_by_candidate[b] for b in names], method=method,
+                            backend=backend)
+    return {b: [float(c) for c in d[k]] for k, b in enumerate(names)}
 
 
 def task_score(conflicts: Sequence[float]) -> float:

@@ -126,11 +126,12 @@ class Learner:
             acts_b = activations(net, candidates, x)
         out = {}
         with _timer(timings, "rsa"):
+            layers = conflict.layer_conflicts(
+                [acts_t[s] for s in expandable],
+                {b: [acts_b[b][s] for s in expandable] for b in candidates},
+                backend=self.rsa_backend)
             for b in candidates:
-                layers = conflict.layer_conflicts([acts_t[s] for s in expandable],
-                                                  [acts_b[b][s] for s in expandable],
-                                                  backend=self.rsa_backend)
-                out[b] = {"layers": layers, "score": conflict.task_score(layers)}
+                out[b] = {"layers": layers[b], "score": conflict.task_score(layers[b])}
         self.last_rsa_backend = rsa.last_backend()
         return out
 

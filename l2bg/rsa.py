@@ -332,21 +332,6 @@ def rdm_triu(x: Tensor, *, backend: Backend = "auto") -> Tensor:
     return out if batched else out.squeeze(0)
 
 
-def _rdm_triu_dispatch(x: Tensor, backend: str, workspace: dict[torch.dtype, Tensor]) -> Tensor:
-    """rdm_triu of one (n, d) activation; the torch path centres into a buffer reused across
-    calls (one allocation for all layers of the same accumulation dtype)."""
-    xb, _ = _as_batch(x, "dissimilarity")
-    if _resolve(backend, xb) == "triton":
-        return rdm_triu(x, backend="triton")
-    acc = _acc_dtype(xb.dtype)
-    buf = workspace.get(acc)
-    if buf is None or buf.numel() < xb.numel():
-        buf = workspace[acc] = torch.empty(xb.numel(), dtype=acc, device=xb.device)
-    out = _rdm_triu_torch(xb, workspace=buf[: xb.numel()].view(xb.shape))
-    _ran("torch")
-    return out[0]
-
-
 def _cuda_precision(x: Tensor) -> str:
     """'tf32' when torch itself would use TF32 for float32 matmuls on CUDA, else 'ieee'."""
     if x.is_cuda and x.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
@@ -566,58 +551,88 @@ def dissimilarity(
     acts_a[l] and acts_b[l] are the activations (n, ...) of slot l in the two networks for the
     same n inputs (n >= 3); features are flattened per sample. Values lie in [0, 2].
     """
+    return dissimilarities(acts_a, [acts_b], method=method, backend=backend)[0]
+
+
+def _one(fn, x: Tensor, index: int, backend: str) -> Tensor:
+    """fn(x) for batch item ``index``, reporting non-finite values under that index."""
+    try:
+        return fn(x, backend=backend)
+    except _NonFinite:
+        raise _NonFinite(index) from None
+
+
+def dissimilarities(
+    acts_ref: Sequence[Tensor],
+    acts_others: Sequence[Sequence[Tensor]],
+    *,
+    method: Method = "spearman",
+    backend: Backend = "auto",
+) -> Tensor:
+    """RSA dissimilarity of one net against K others fed the same inputs: float64 (K, L).
+
+    The conflict model's shape of work (the independent net of a new task against every bind
+    candidate): each layer's reference RDM is computed once, the K candidates' RDMs of a layer
+    in one batched call, and the K comparisons of a layer in one call.
+    """
     if method not in _METHODS:
         raise L2BGError(f"dissimilarity: unknown method {method!r}; use 'spearman' or 'pearson'")
-    acts_a, acts_b = list(acts_a), list(acts_b)
-    if len(acts_a) != len(acts_b):
-        raise L2BGError(
-            f"dissimilarity: net a has {len(acts_a)} layers and net b has {len(acts_b)}; pass "
-            "activations of the mapped layers of both nets"
-        )
-    if not acts_a:
-        return torch.empty(0, dtype=torch.float64)
-    flat: list[Tensor] = []
-    for layer, (xa, xb) in enumerate(zip(acts_a, acts_b, strict=True)):
-        for net, t in (("a", xa), ("b", xb)):
+    acts_ref = list(acts_ref)
+    others = [list(o) for o in acts_others]
+    K, L = len(others), len(acts_ref)
+    names = ["b"] if K == 1 else [f"b[{k}]" for k in range(K)]
+    for k, o in enumerate(others):
+        if len(o) != L:
+            raise L2BGError(
+                f"dissimilarity: net a has {L} layers and net {names[k]} has {len(o)}; pass "
+                "activations of the mapped layers of both nets"
+            )
+    out = torch.empty(K, L, dtype=torch.float64)
+    rdm_backend = None
+    for layer in range(L):
+        xa, xs = acts_ref[layer], [o[layer] for o in others]
+        for net, t in (("a", xa), *zip(names, xs, strict=True)):
             if not isinstance(t, Tensor) or t.ndim == 0:
                 raise L2BGError(
                     f"dissimilarity: layer {layer} of net {net} is not a tensor of shape (n, ...)"
                 )
-        if xa.shape[0] != xb.shape[0]:
-            raise L2BGError(
-                f"dissimilarity: layer {layer} has n={xa.shape[0]} samples in net a and "
-                f"n={xb.shape[0]} in net b; feed both nets the same inputs"
-            )
-        if xa.shape[0] < 3:
-            raise L2BGError(
-                f"dissimilarity: layer {layer} has n={xa.shape[0]} samples; RSA needs n >= 3"
-            )
-        if xa.device != xb.device:
-            raise L2BGError(
-                f"dissimilarity: layer {layer} is on {xa.device} in net a and {xb.device} in "
-                "net b; move both to one device"
-            )
-        flat += [xa.reshape(xa.shape[0], -1), xb.reshape(xb.shape[0], -1)]
-    tri: list[Tensor] = []
-    workspace: dict[torch.dtype, Tensor] = {}
-    for k, t in enumerate(flat):
+            if t.shape[0] != xa.shape[0]:
+                raise L2BGError(
+                    f"dissimilarity: layer {layer} has n={xa.shape[0]} samples in net a and "
+                    f"n={t.shape[0]} in net {net}; feed both nets the same inputs"
+                )
+            if t.device != xa.device:
+                raise L2BGError(
+                    f"dissimilarity: layer {layer} is on {xa.device} in net a and {t.device} "
+                    f"in net {net}; move both to one device"
+                )
+        n = xa.shape[0]
+        if n < 3:
+            raise L2BGError(f"dissimilarity: layer {layer} has n={n} samples; RSA needs n >= 3")
+        if K == 0:
+            continue
         try:
-            tri.append(_rdm_triu_dispatch(t, backend, workspace))
+            ta = rdm_triu(xa.reshape(n, -1), backend=backend)
         except _NonFinite:
             raise L2BGError(
-                f"dissimilarity: layer {k // 2} of net {'ab'[k % 2]} has NaN or inf activations; "
+                f"dissimilarity: layer {layer} of net a has NaN or inf activations; "
                 "fix the network or its inputs"
             ) from None
-    rdm_backend = last_backend()
-    r = torch.empty(len(acts_a), dtype=torch.float64, device=flat[0].device)
-    groups: dict[tuple[int, torch.dtype], list[int]] = {}
-    for layer in range(len(acts_a)):
-        ta, tb = tri[2 * layer], tri[2 * layer + 1]
-        groups.setdefault((ta.shape[-1], torch.promote_types(ta.dtype, tb.dtype)), []).append(layer)
-    for (_, dtype), layers in groups.items():
-        ta = torch.stack([tri[2 * i].to(dtype) for i in layers])
-        tb = torch.stack([tri[2 * i + 1].to(dtype) for i in layers])
-        r[layers] = _compare(ta, tb, False, False, method, backend).to(r.device)
-    if rdm_backend != last_backend():
+        flat = [x.reshape(n, -1) for x in xs]
+        try:
+            if len({f.shape[1] for f in flat}) == 1:  # one batched call for all K nets
+                tb = rdm_triu(torch.stack(flat), backend=backend)
+            else:
+                tb = torch.stack([_one(rdm_triu, f, k, backend) for k, f in enumerate(flat)])
+        except _NonFinite as exc:
+            raise L2BGError(
+                f"dissimilarity: layer {layer} of net {names[exc.index]} has NaN or inf "
+                "activations; fix the network or its inputs"
+            ) from None
+        rdm_backend = last_backend()
+        dtype = torch.promote_types(ta.dtype, tb.dtype)
+        r = _compare(ta.to(dtype).unsqueeze(0), tb.to(dtype), False, False, method, backend)
+        out[:, layer] = r.cpu()
+    if rdm_backend is not None and rdm_backend != last_backend():
         _ran(f"{rdm_backend}+{last_backend()}")
-    return 1.0 - r
+    return 1.0 - out

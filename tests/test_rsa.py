@@ -313,3 +313,20 @@ def test_backend_reporting():
 def test_import_is_light():
     code = "import sys, l2bg.rsa; assert not {'triton', 'scipy'} & set(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_dissimilarities_equal_one_pair_at_a_time():
+    g = torch.Generator().manual_seed(11)
+    ref = [torch.randn(9, 5, generator=g), torch.randn(9, 3, generator=g)]
+    others = [[torch.randn(9, 5, generator=g), torch.randn(9, 3, generator=g)] for _ in range(3)]
+    others[2][1] = torch.randn(9, 7, generator=g)  # candidates may differ in feature count
+    batched = rsa.dissimilarities(ref, others)
+    assert batched.shape == (3, 2)
+    for k, o in enumerate(others):
+        torch.testing.assert_close(batched[k], rsa.dissimilarity(ref, o), rtol=0, atol=1e-12)
+    bad = [list(o) for o in others]
+    bad[1][0] = bad[1][0].clone()
+    bad[1][0][2, 1] = float("nan")
+    with pytest.raises(L2BGError, match=r"layer 0 of net b\[1\] has NaN"):
+        rsa.dissimilarities(ref, bad)
+    assert rsa.dissimilarities(ref, []).shape == (0, 2)

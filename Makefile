@@ -11,8 +11,8 @@ STAMP   = $(VENV)/.l2bg-installed
 
 $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade "pip>=23" "setuptools>=64" wheel
-	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q --upgrade "pip>=23" "setuptools>=77" wheel
+	$(BIN)/python -m pip install -q $(TORCH) numpy
 	$(BIN)/python -m pip install -q --no-build-isolation -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 

@@ -164,7 +164,7 @@ class Learner:
 
         total_epochs = self.config.epochs * (T if strategy == "independent" else 2 * T - 1)
         progress = tqdm(total=total_epochs, desc=f"{self.benchmark}:{strategy}", unit="epoch",
-                        disable=self.quiet, leave=False)
+                        disable=True if self.quiet else None, leave=False)
         rng = random.Random(self.seed)
         timings: dict[str, float] = {}
         self.last_rsa_backend = None

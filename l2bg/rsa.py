@@ -471,9 +471,11 @@ def _compare_torch(ta: Tensor, tb: Tensor, method: str) -> Tensor:
     dead = _is_constant(ta) | _is_constant(tb)
     if method == "pearson":
         return _pearson_torch(ta, tb, dead)
-    if ta.shape == tb.shape and ta.dtype == tb.dtype:
-        ranks = average_ranks(torch.stack([ta, tb]))
-        ra, rb = ranks[0], ranks[1]
+    if ta.dtype == tb.dtype:  # one sort ranks both sides (and every batch item)
+        m = ta.shape[-1]
+        fa, fb = ta.reshape(-1, m), tb.reshape(-1, m)
+        ranks = average_ranks(torch.cat([fa, fb]))
+        ra, rb = ranks[: fa.shape[0]].view(ta.shape), ranks[fa.shape[0] :].view(tb.shape)
     else:
         ra, rb = average_ranks(ta), average_ranks(tb)
     return _pearson_torch(ra, rb, dead, centre=(ta.shape[-1] + 1) / 2)
@@ -620,7 +622,9 @@ def dissimilarities(
             ) from None
         flat = [x.reshape(n, -1) for x in xs]
         try:
-            if len({f.shape[1] for f in flat}) == 1:  # one batched call for all K nets
+            if len(flat) == 1:
+                tb = rdm_triu(flat[0].unsqueeze(0), backend=backend)
+            elif len({f.shape[1] for f in flat}) == 1:  # one batched call for all K nets
                 tb = rdm_triu(torch.stack(flat), backend=backend)
             else:
                 tb = torch.stack([_one(rdm_triu, f, k, backend) for k, f in enumerate(flat)])

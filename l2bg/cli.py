@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from l2bg.errors import L2BGError
+from l2bg.search import add_search_parser
 
 BENCHMARK_NAMES = ("pmnist", "split-mnist", "split-cifar100")
 STRATEGY_NAMES = ("independent", "shared", "full", "random", "l2bg")
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("dir", type=Path, help="run directory holding results.json")
     e.add_argument("--json", action="store_true", help="machine-readable output")
     e.set_defaults(func=cmd_explain)
+    add_search_parser(sub)
     return p
 
 

@@ -525,28 +525,16 @@ class MemoRunner:
                  cache: IndependentCache | None = None, memo_dir: str | os.PathLike | None = None,
                  rsa_samples: int | None = None, rsa_backend: str = "auto",
                  locks: FileLocks | None = None) -> None:
-        import torch
-
-        from l2bg import conflict
-        from l2bg.cache import IndependentCache
         from l2bg.data import task_fingerprint
+        from l2bg.learner import Learner
 
-        names = [t.name for t in tasks]
-        if len(set(names)) != len(names):
-            raise L2BGError(f"task names must be unique, got {names}")
-        if len(tasks) < 1:
-            raise L2BGError("the task stream is empty: give at least one task")
-        for t in tasks:
-            conflict.sample_indices(t.x_val.shape[0], rsa_samples, 0)
-        self.tasks = list(tasks)
-        self.template = template
-        self.config = config
-        self.benchmark = benchmark
-        self.seed = seed
-        self.device = torch.device(device)
-        self.cache = cache if cache is not None else IndependentCache(None)
-        self.rsa_samples = rsa_samples
-        self.rsa_backend = rsa_backend
+        # the benchmark-order Learner validates the stream and holds the shared settings
+        base = Learner(tasks, template, config, benchmark=benchmark, seed=seed, device=device,
+                       cache=cache, rsa_samples=rsa_samples, rsa_backend=rsa_backend)
+        names = [t.name for t in base.tasks]
+        self.tasks, self.template, self.config = base.tasks, template, config
+        self.benchmark, self.seed, self.device = benchmark, seed, base.device
+        self.cache, self.rsa_samples, self.rsa_backend = base.cache, rsa_samples, rsa_backend
         self.locks = locks if locks is not None else FileLocks()
         self.fingerprints = [task_fingerprint(t) for t in self.tasks]
         self.context = _sha({"format": MEMO_FORMAT, "benchmark": benchmark,
@@ -557,7 +545,7 @@ class MemoRunner:
         root = Path(memo_dir) / "memo" / self.context if memo_dir is not None else None
         self.store = _Store(root)
         self._indeps: dict[int, IndependentNet] = {}
-        self._learners: dict[tuple[int, ...], Learner] = {}
+        self._learners: dict[tuple[int, ...], Learner] = {tuple(range(len(names))): base}
         self.last_rsa_backend: str | None = None
 
     # ------------------------------------------------------------------ keys

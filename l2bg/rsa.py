@@ -297,19 +297,7 @@ def rdm(x: Tensor, *, backend: Backend = "auto") -> Tensor:
     Returns (n, n) or (B, n, n), float64 for float64 input, else float32 (float16/bfloat16 are
     upcast; integer inputs are converted to float32). Autograd is not tracked.
     """
-    xb, batched = _as_batch(x, "rdm")
-    try:
-        if _resolve(backend, xb) == "triton":
-            from l2bg.kernels.rdm import rdm as rdm_triton
-
-            out = rdm_triton(xb, triu=False, precision=_cuda_precision(xb))
-            _ran("triton")
-        else:
-            out = _rdm_torch(xb)
-            _ran("torch")
-    except _NonFinite as exc:
-        raise _reraise_non_finite(exc, "rdm", batched) from None
-    return out if batched else out.squeeze(0)
+    return _rdm_dispatch(x, backend, triu=False)
 
 
 def rdm_triu(x: Tensor, *, backend: Backend = "auto") -> Tensor:
@@ -317,18 +305,24 @@ def rdm_triu(x: Tensor, *, backend: Backend = "auto") -> Tensor:
 
     x (n, d) -> (m,), x (B, n, d) -> (B, m), m = n (n - 1) / 2.
     """
-    xb, batched = _as_batch(x, "rdm_triu")
+    return _rdm_dispatch(x, backend, triu=True)
+
+
+def _rdm_dispatch(x: Tensor, backend: str, triu: bool) -> Tensor:
+    """rdm / rdm_triu on the chosen backend, with the batch dim handled and errors named."""
+    fn = "rdm_triu" if triu else "rdm"
+    xb, batched = _as_batch(x, fn)
     try:
         if _resolve(backend, xb) == "triton":
             from l2bg.kernels.rdm import rdm as rdm_triton
 
-            out = rdm_triton(xb, triu=True, precision=_cuda_precision(xb))
+            out = rdm_triton(xb, triu=triu, precision=_cuda_precision(xb))
             _ran("triton")
         else:
-            out = _rdm_triu_torch(xb)
+            out = (_rdm_triu_torch if triu else _rdm_torch)(xb)
             _ran("torch")
     except _NonFinite as exc:
-        raise _reraise_non_finite(exc, "rdm_triu", batched) from None
+        raise _reraise_non_finite(exc, fn, batched) from None
     return out if batched else out.squeeze(0)
 
 

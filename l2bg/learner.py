@@ -79,6 +79,25 @@ def activations(net: JointNet, tasks: Sequence[str], x: Tensor, batch_size: int 
             for t, ps in parts.items()}
 
 
+def check_forced_bind(task: str, step: GrowStep, learned: Sequence[str]) -> None:
+    if step.bind_to is not None and step.bind_to not in learned:
+        raise L2BGError(f"task {task!r} is forced to bind to {step.bind_to!r}, which is not a "
+                        f"learned task; learned: {list(learned)}")
+
+
+def bind_candidates(step: GrowStep, learned: Sequence[str]) -> list[str]:
+    """The tasks a step scores: its ``candidates`` (default every learned task), plus a forced
+    ``bind_to`` so its scores are recorded too."""
+    candidates = list(step.candidates) if step.candidates else list(learned)
+    unknown = [c for c in candidates if c not in learned]
+    if unknown:
+        raise L2BGError(f"bind candidates {unknown} are not learned tasks; "
+                        f"learned: {list(learned)}")
+    if step.bind_to is not None and step.bind_to not in candidates:
+        candidates.append(step.bind_to)
+    return candidates
+
+
 class Learner:
     """Runs grow sequences on one task stream with one training recipe."""
 
@@ -222,9 +241,7 @@ class Learner:
         learned = net.tasks
         expandable = self.template.expandable_slots
         prev = self.tasks[i - 1].name
-        if step.bind_to is not None and step.bind_to not in learned:
-            raise L2BGError(f"task {self.tasks[i].name!r} is forced to bind to {step.bind_to!r}, "
-                            f"which is not a learned task; learned: {learned}")
+        check_forced_bind(self.tasks[i].name, step, learned)
         if strategy == "shared":
             return step.bind_to or prev, []
         if strategy == "full":
@@ -236,12 +253,7 @@ class Learner:
             k = rng.randint(0, len(expandable))
             return b, sorted(rng.sample(expandable, k))
         # l2bg
-        candidates = list(step.candidates) if step.candidates else list(learned)
-        unknown = [c for c in candidates if c not in learned]
-        if unknown:
-            raise L2BGError(f"bind candidates {unknown} are not learned tasks; learned: {learned}")
-        if step.bind_to is not None and step.bind_to not in candidates:
-            candidates.append(step.bind_to)
+        candidates = bind_candidates(step, learned)
         scores = self.score_candidates(net, i, indep, candidates, timings)
         rec["conflict"] = scores
         b = step.bind_to or conflict.choose_bind({c: scores[c]["score"] for c in candidates})

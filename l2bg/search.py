@@ -616,20 +616,14 @@ class MemoRunner:
                ) -> tuple[Decision, dict[str, Any]]:
         """The decision of the task at position ``pos`` (as ``Learner`` takes it for l2bg)."""
         from l2bg import conflict
+        from l2bg.learner import bind_candidates, check_forced_bind
 
         name = self.tasks[order[pos]].name
-        if step.bind_to is not None and step.bind_to not in learned:
-            raise L2BGError(f"task {name!r} is forced to bind to {step.bind_to!r}, which is not "
-                            f"a learned task; learned: {learned}")
+        check_forced_bind(name, step, learned)
         if step.bind_to is not None and step.slots is not None:
             slots = sorted({self.template.slot_index(s) for s in step.slots})
             return Decision(name, step.bind_to, tuple(slots)), {}
-        candidates = list(step.candidates) if step.candidates else list(learned)
-        unknown = [c for c in candidates if c not in learned]
-        if unknown:
-            raise L2BGError(f"bind candidates {unknown} are not learned tasks; learned: {learned}")
-        if step.bind_to is not None and step.bind_to not in candidates:
-            candidates.append(step.bind_to)
+        candidates = bind_candidates(step, learned)
         scores = self._scores(key, pos, order, candidates, state_fn, stats, timings)
         b = step.bind_to or conflict.choose_bind({c: scores[c]["score"] for c in candidates})
         if step.slots is not None:

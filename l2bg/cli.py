@@ -129,13 +129,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cache = IndependentCache(None if args.no_cache else (args.cache_dir or default_cache_dir()))
     learner = Learner(bench.tasks, template, config, benchmark=bench.name, seed=args.seed,
                       device=device, cache=cache, rsa_samples=args.rsa_samples, quiet=args.quiet)
-    # validate every δ before any training starts
     steps = sequence or [GrowStep(delta=args.delta) for _ in range(T - 1)]
-    if args.strategy == "l2bg":
-        from l2bg.conflict import check_delta
-
-        for s in steps:
-            check_delta(s.delta)
 
     out = args.out or _fresh_out(bench.name, args.strategy)
     created = not out.exists()

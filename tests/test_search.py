@@ -346,6 +346,15 @@ def _states(out):
         return []
 
 
+def _running_params(out):
+    """Number of parameters of the last trial while it is RUNNING, else -1."""
+    try:
+        last = _study(out).trials[-1]
+    except Exception:  # noqa: BLE001 - not created yet
+        return -1
+    return len(last.params) if last.state.name == "RUNNING" else -1
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill_loses_no_trial(tmp_path, cache_dir):
     out = tmp_path / "o"
@@ -354,8 +363,10 @@ def test_resume_after_sigkill_loses_no_trial(tmp_path, cache_dir):
     proc = subprocess.Popen(args, env=_env(L2BG_SEARCH_TRIAL_DELAY="2"), cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        _wait_for(lambda: "COMPLETE" in _states(out) and _states(out)[-1] == "RUNNING", 120,
-                  "a completed trial and a running one")
+        # kill mid-trial: after the running trial holds all its parameters (per-task-delta,
+        # 3 tasks: 2), not between two of Optuna's suggest writes
+        _wait_for(lambda: "COMPLETE" in _states(out) and _running_params(out) == 2, 120,
+                  "a completed trial and a running one with all its parameters")
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()

@@ -8,10 +8,11 @@ of the values shifted by the first triangle entry (so the moments do not cancel)
 both (a triangle is constant, r = 0, iff min == max). The host sums the few partials.
 
 ``spearman(a, b)``: average ranks with one torch sort per triangle, tie groups from segment
-boundaries and prefix scans in int64/float64 (``l2bg.rsa.average_ranks``), then the same
-Pearson pass on the ranks shifted by their exact mean (m + 1) / 2.
+boundaries and prefix scans in int64/float64 (``l2bg.rsa.reference.average_ranks``), then the
+same Pearson pass on the ranks shifted by their exact mean (m + 1) / 2.
 
-Reference (the spec): ``l2bg.rsa.compare(a, b, backend='torch')`` (``l2bg.rsa._compare_torch``).
+Reference (the spec): ``l2bg.rsa.compare(a, b, backend='torch')``
+(``l2bg.rsa.reference.compare_torch``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import triton.language as tl
 from torch import Tensor
 
 from l2bg.errors import L2BGError
+from l2bg.rsa.reference import average_ranks, check_finite, triangle
 
 from .rdm import INTERPRETED, check_device
 
@@ -286,12 +288,10 @@ def pearson(a: Tensor, b: Tensor, *, triangles: bool = False, **blocks: int) -> 
 
 def spearman(a: Tensor, b: Tensor, *, triangles: bool = False, **blocks: int) -> Tensor:
     """Spearman r (average ranks for ties) of the strict upper triangles; as ``pearson``."""
-    from l2bg.rsa import _check_finite, _triangle, average_ranks
-
     m = _check(a, b, triangles)
-    ta, tb = (a, b) if triangles else (_triangle(a), _triangle(b))
-    _check_finite(ta, "a")
-    _check_finite(tb, "b")
+    ta, tb = (a, b) if triangles else (triangle(a), triangle(b))
+    check_finite(ta, "a")
+    check_finite(tb, "b")
     if ta.shape == tb.shape and ta.dtype == tb.dtype:
         ranks = average_ranks(torch.stack([ta, tb]))
         ra, rb = ranks[0], ranks[1]

@@ -15,7 +15,7 @@
 fp32, fp16 and bf16 inputs; fp32 accumulation. ``precision='ieee'`` is exact fp32, ``'tf32'`` uses
 TF32 tensor cores for fp32 inputs; 16-bit inputs are centred in fp32 and fed to the tensor cores
 in their own dtype. Reference (the spec): ``l2bg.rsa.rdm(x, backend='torch')``
-(``l2bg.rsa._rdm_torch``).
+(``l2bg.rsa.reference.rdm_torch``).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import triton.language as tl
 from torch import Tensor
 
 from l2bg.errors import L2BGError
+from l2bg.rsa.reference import NonFiniteError, rdm_torch, rdm_triu_torch
 
 CONSTANT_REL_TOL2 = 1e-12
 """Squared constant-sample tolerance: a row is constant when ss <= 1e-12 * ||x||^2."""
@@ -314,9 +315,7 @@ def _check_stats(x: Tensor, mean: Tensor, ss: Tensor, amax: Tensor) -> bool:
     if not bool(ok.all()):
         bad = ~torch.isfinite(x).flatten(1).all(dim=1)
         if bool(bad.any()):
-            from l2bg.rsa import _NonFinite
-
-            raise _NonFinite(int(bad.nonzero()[0]))
+            raise NonFiniteError(int(bad.nonzero()[0]))
         return False
     tiny = torch.finfo(torch.float32).tiny * 2.0**24
     return not bool(((ss < tiny) & (amax > 0)).any())
@@ -361,9 +360,7 @@ def rdm(
         return out if batched else out.squeeze(0)
     mean, inv, ss, amax = row_stats(xb)
     if not _check_stats(xb, mean, ss, amax):
-        from l2bg.rsa import _rdm_torch, _rdm_triu_torch
-
-        ref = (_rdm_triu_torch if triu else _rdm_torch)(xb.float())
+        ref = (rdm_triu_torch if triu else rdm_torch)(xb.float())
         return ref if batched else ref.squeeze(0)
     if triu and m == 0:
         return out if batched else out.squeeze(0)

@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,19 +19,13 @@ from typing import Any
 import torch
 
 from l2bg import __version__
+from l2bg.fileio import atomic_dir, write_json
 from l2bg.jointnet import JointNet
+from l2bg.locks import FileLocks
 from l2bg.templates import Template
 from l2bg.training import TrainConfig, accuracy, fit
 
 CACHE_FORMAT = 1
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("L2BG_CACHE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "l2bg"
 
 
 @dataclass
@@ -60,10 +52,13 @@ def task_seed(seed: int, index: int) -> int:
 
 
 class IndependentCache:
-    """Directory of independent nets; ``root=None`` keeps them in memory only."""
+    """Directory of independent nets; ``root=None`` keeps them in memory only. Workers sharing a
+    directory train each net once: a miss takes a file lock (``locks``) and looks again."""
 
-    def __init__(self, root: str | os.PathLike | None = None) -> None:
+    def __init__(self, root: str | os.PathLike | None = None,
+                 locks: FileLocks | None = None) -> None:
         self.root = Path(root) if root is not None else None
+        self.locks = locks if locks is not None else FileLocks()
         self._memory: dict[str, IndependentNet] = {}
         self.hits = 0
         self.misses = 0
@@ -87,12 +82,21 @@ class IndependentCache:
         cfg = config.replace(seed=tseed)
         key = self.key(benchmark, task_fingerprint(task), tseed, template, cfg)
         found = self._memory.get(key) or self._read(key, task.name, device)
-        if found is not None:
-            self.hits += 1
-            if progress is not None:
-                progress.update(cfg.epochs)
-            self._memory[key] = found
-            return found
+        if found is None and self.root is not None:
+            with self.locks.hold(self.root / "independent" / f".{key}.lock"):
+                found = self._read(key, task.name, device)
+                if found is None:
+                    return self._train(key, task, tseed, template, cfg, device, progress)
+        elif found is None:
+            return self._train(key, task, tseed, template, cfg, device, progress)
+        self.hits += 1
+        if progress is not None:
+            progress.update(cfg.epochs)
+        self._memory[key] = found
+        return found
+
+    def _train(self, key: str, task: Any, tseed: int, template: Template, cfg: TrainConfig,
+               device: torch.device, progress: Any) -> IndependentNet:
         self.misses += 1
         torch.manual_seed(tseed)
         net = JointNet(template)
@@ -127,17 +131,8 @@ class IndependentCache:
     def _write(self, key: str, result: IndependentNet) -> None:
         if self.root is None:
             return
-        final = self.root / "independent" / key
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{key}."))
-        try:
+        with atomic_dir(self.root / "independent" / key) as tmp:
             result.net.save(tmp)
             meta = {"val_acc": result.val_acc, "test_acc": result.test_acc, "n_val": result.n_val,
                     "train_s": result.train_s, "task": result.task, "l2bg": __version__}
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-            try:
-                os.rename(tmp, final)
-            except OSError:
-                pass  # another worker wrote the same entry first; both are equivalent
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            write_json(tmp / "meta.json", meta)

@@ -1,5 +1,5 @@
 """The conflict model: per-slot conflict scores from RSA, task scores, the conflict distribution
-and the nucleus of slots to grow (ARCHITECTURE.md, "Definitions")."""
+and the nucleus of slots to grow (docs/design.md, "Definitions")."""
 
 from __future__ import annotations
 
@@ -13,16 +13,18 @@ from l2bg.errors import L2BGError
 
 
 def layer_conflicts(acts_t: Sequence[Tensor], acts_by_candidate: Mapping[str, Sequence[Tensor]],
-                    *, method: str = "spearman", backend: str = "auto") -> dict[str, list[float]]:
+                    *, method: str = "spearman", backend: str = "auto"
+                    ) -> tuple[dict[str, list[float]], str | None]:
     """C_{t,b}(l) = 1 − r for every candidate b and slot l: r compares the RDMs of the
     independent net of t and the task-net of b, all fed the same inputs. Range [0, 2]; 0 means
-    the same geometry. t's RDMs are computed once and all candidates of a slot in one batch."""
+    the same geometry. t's RDMs are computed once and all candidates of a slot in one batch.
+    Returns the scores and the RSA backend that computed them."""
     from l2bg import rsa
 
     names = list(acts_by_candidate)
-    d = rsa.dissimilarities(acts_t, [acts_by_candidate[b] for b in names], method=method,
-                            backend=backend)
-    return {b: [float(c) for c in d[k]] for k, b in enumerate(names)}
+    d, ran = rsa.dissimilarities(acts_t, [acts_by_candidate[b] for b in names], method=method,
+                                 backend=backend, return_backend=True)
+    return {b: [float(c) for c in d[k]] for k, b in enumerate(names)}, ran
 
 
 def task_score(conflicts: Sequence[float]) -> float:

@@ -12,7 +12,6 @@ import copy
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from l2bg.errors import L2BGError
+from l2bg.fileio import atomic_write, write_json
 from l2bg.templates import Template, make_template
 
 FORMAT = "l2bg.jointnet"
@@ -242,9 +242,8 @@ class JointNet(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        _atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(state, str(p)))
-        text = json.dumps(self.topology(), indent=2)
-        _atomic_write(directory / TOPOLOGY_FILE, lambda p: Path(p).write_text(text))
+        atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(state, str(p)))
+        write_json(directory / TOPOLOGY_FILE, self.topology())
         return directory
 
     @classmethod
@@ -312,18 +311,6 @@ class JointNet(nn.Module):
     def extra_repr(self) -> str:
         return (f"template={self.template.name}, tasks={len(self._routes)}, "
                 f"nodes={len(self.nodes)}, params={self.num_parameters()}")
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same directory, then rename: never half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def copy_task_net(src: JointNet, task: str, dst: JointNet, as_task: str | None = None,

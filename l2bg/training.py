@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -28,11 +29,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.optimizer not in ("adam", "sgd"):
             raise L2BGError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise L2BGError(f"epochs, batch_size and lr must be positive, got {self.epochs}, "
-                            f"{self.batch_size}, {self.lr}")
-        if self.shared_lr_scale < 0:
-            raise L2BGError(f"shared_lr_scale must be >= 0, got {self.shared_lr_scale}")
+        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0 or math.isinf(self.lr):
+            raise L2BGError(f"epochs, batch_size and lr must be positive and finite, got "
+                            f"{self.epochs}, {self.batch_size}, {self.lr}")
+        for name in ("shared_lr_scale", "momentum", "weight_decay"):
+            v = getattr(self, name)
+            if not math.isfinite(v) or v < 0:
+                raise L2BGError(f"{name} must be finite and >= 0, got {v}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -19,6 +19,7 @@ from l2bg.kernels.rdm_stream import RDMStream  # noqa: E402
 
 from l2bg import rsa  # noqa: E402
 from l2bg.errors import L2BGError  # noqa: E402
+from l2bg.rsa import reference as ref  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 if not CUDA and not krdm.INTERPRETED:
@@ -64,7 +65,7 @@ def rdm_case(draw):
 
 def reference(x: torch.Tensor, triu: bool) -> torch.Tensor:
     """The torch reference on the same (quantised) values, in float64."""
-    return (rsa._rdm_triu_torch if triu else rsa._rdm_torch)(x.double())
+    return (ref.rdm_triu_torch if triu else ref.rdm_torch)(x.double())
 
 
 @FEW
@@ -97,7 +98,7 @@ def test_rdm_kernel_extreme_magnitudes_and_errors():
     x = torch.randn(1, 6, 9, dtype=torch.float64)
     for scale in (1e-25, 1e37):
         got = krdm.rdm((x * scale).float().to(DEV), block=BLOCKS[0], block_k=BLOCKS_K[0])
-        torch.testing.assert_close(got.double().cpu(), rsa._rdm_torch(x), rtol=0, atol=2e-5)
+        torch.testing.assert_close(got.double().cpu(), ref.rdm_torch(x), rtol=0, atol=2e-5)
     bad = x.float().to(DEV)
     bad[0, 2, 3] = float("inf")
     with pytest.raises(L2BGError, match="NaN or inf"):
@@ -161,10 +162,10 @@ def test_compare_kernels_match_reference(case, method, triangles):
     a, b = case
     blocks = dict(block_r=2, block_c=4, block=8, chunk=16) if not CUDA else {}
     if triangles:
-        a, b = rsa._triangle(a), rsa._triangle(b)
+        a, b = ref.triangle(a), ref.triangle(b)
     got = kcompare.compare(a, b, method=method, triangles=triangles, **blocks)
-    full_a = full_b = not triangles
-    want = rsa._compare(a.cpu(), b.cpu(), full_a, full_b, method, "torch")
+    ta, tb = (a, b) if triangles else (ref.triangle(a), ref.triangle(b))
+    want = ref.compare_torch(ta.cpu(), tb.cpu(), method)
     assert got.dtype == torch.float64 and got.shape == want.shape
     torch.testing.assert_close(got.cpu(), want, rtol=0, atol=1e-10)
 
@@ -174,16 +175,15 @@ def test_front_door_dispatch():
     acts_a = [torch.randn(9, 6, generator=gen).to(DEV), torch.randn(9, 2, 5, generator=gen).to(DEV)]
     acts_b = [torch.randn(9, 4, generator=gen).to(DEV), torch.randn(9, 7, generator=gen).to(DEV)]
     assert "triton" in rsa.available_backends()
-    got = rsa.dissimilarity(acts_a, acts_b, backend="triton")
-    assert rsa.last_backend() == "triton"
+    got, ran = rsa.dissimilarity(acts_a, acts_b, backend="triton", return_backend=True)
+    assert ran == "triton"
     want = rsa.dissimilarity([a.cpu() for a in acts_a], [b.cpu() for b in acts_b], backend="torch")
     torch.testing.assert_close(got.cpu(), want, rtol=0, atol=1e-5)
     x = acts_a[0]
     torch.testing.assert_close(
         rsa.rdm(x, backend="triton").cpu(), rsa.rdm(x.cpu()), atol=2e-5, rtol=0
     )
-    rsa.rdm(x.cpu(), backend="auto")
-    assert rsa.last_backend() == "torch"
+    assert rsa.rdm(x.cpu(), backend="auto", return_backend=True)[1] == "torch"
     with pytest.raises(L2BGError, match="float64"):
         rsa.rdm(x.double(), backend="triton")
     bad = acts_b[1].clone()
@@ -213,13 +213,13 @@ def test_rdm_kernel_low_precision_cuda(mode, offset):
     element of relative size eps, so kernel error <= 4 x reference error (+ fp32 floor)."""
     gen = torch.Generator().manual_seed(0)
     x = (offset + torch.randn(3, 257, 1000, generator=gen)).cuda()
-    truth = rsa._rdm_torch(x.double())
+    truth = ref.rdm_torch(x.double())
     if mode == "tf32":
-        ref_err = (rsa._rdm_torch(_round_tf32(x).double()) - truth).abs().max()
+        ref_err = (ref.rdm_torch(_round_tf32(x).double()) - truth).abs().max()
         got = krdm.rdm(x, precision="tf32")
     else:
         dtype = getattr(torch, mode)
-        ref_err = (rsa._rdm_torch(x.to(dtype).double()) - truth).abs().max()
+        ref_err = (ref.rdm_torch(x.to(dtype).double()) - truth).abs().max()
         got = krdm.rdm(x.to(dtype))
     err = (got.double() - truth).abs().max()
     assert err <= 4 * ref_err + 2e-5, (err, ref_err)
@@ -229,7 +229,5 @@ def test_rdm_kernel_low_precision_cuda(mode, offset):
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
 def test_auto_picks_triton_on_cuda():
     x = torch.randn(50, 80, device="cuda")
-    rsa.rdm(x)
-    assert rsa.last_backend() == "triton"
-    rsa.rdm(x.double())
-    assert rsa.last_backend() == "torch"
+    assert rsa.rdm(x, return_backend=True)[1] == "triton"
+    assert rsa.rdm(x.double(), return_backend=True)[1] == "torch"

@@ -305,9 +305,25 @@ def test_dissimilarity_errors_name_the_problem():
 
 
 def test_backend_reporting():
-    rsa.rdm(torch.randn(4, 3), backend="auto")
-    assert rsa.last_backend() == "torch"
+    x = torch.randn(4, 3)
+    out, ran = rsa.rdm(x, backend="auto", return_backend=True)
+    assert ran == "torch"
+    torch.testing.assert_close(out, rsa.rdm(x))
+    r, ran = rsa.compare(out, out.T.contiguous(), return_backend=True)
+    assert ran == "torch" and float(r) == pytest.approx(1.0)
+    acts = [torch.randn(6, 3), torch.randn(6, 4)]
+    d, ran = rsa.dissimilarity(acts, acts, return_backend=True)
+    assert ran == "torch" and d.shape == (2,)
     assert "torch" in rsa.available_backends()
+    assert rsa.resolve_backend("auto", x) == "torch"
+
+
+def test_layer_lists_are_not_tensors():
+    x = torch.randn(10, 4)
+    with pytest.raises(L2BGError, match="list of per-layer activation tensors"):
+        rsa.dissimilarity(x, x)
+    with pytest.raises(L2BGError, match="list of per-layer activation tensors"):
+        rsa.dissimilarities([x], [x])
 
 
 def test_import_is_light():

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from l2bg.cache import IndependentCache
-from l2bg.data import BENCHMARKS, build_benchmark
+from l2bg.data import build_benchmark
 from l2bg.errors import L2BGError
 from l2bg.learner import GrowStep, Learner
+from l2bg.locks import worker_dead, worker_id
 from l2bg.search import (
-    BENCHMARK_NAMES,
     SAMPLERS,
     MemoRunner,
     SearchSpace,
@@ -27,8 +27,6 @@ from l2bg.search import (
     main,
     nsga2_population,
     redact_url,
-    worker_dead,
-    worker_id,
 )
 from l2bg.templates import mlp
 from l2bg.training import default_config
@@ -131,7 +129,6 @@ def test_hypervolume_2d_and_helpers():
     assert SearchSpace("per-task-delta", TASKS).diagonal_params(2 / 3) == {
         "delta_b": 0.65, "delta_c": 0.65, "delta_d": 0.65}
     assert redact_url("postgresql://u:secret@h:5432/db") == "postgresql://u:***@h:5432/db"
-    assert set(BENCHMARK_NAMES) == set(BENCHMARKS)
     assert not worker_dead(worker_id())
     assert worker_dead(f"{worker_id().split(':')[0]}:999999999:1")
 
@@ -150,8 +147,8 @@ def _small(tasks, cache_root, memo=True):
     template = mlp(input_dim=784, hidden=(48, 48), num_classes=10, shared_head=True)
     config = default_config("mlp", epochs=1)
     kw = dict(benchmark="test", seed=0, rsa_samples=100)
-    runner = MemoRunner(tasks, template, config, cache=IndependentCache(cache_root),
-                        memo_dir=cache_root if memo else None, **kw)
+    runner = MemoRunner(Learner(tasks, template, config, cache=IndependentCache(cache_root), **kw),
+                        "l2bg", memo_dir=cache_root if memo else None)
     learner = Learner(tasks, template, config, cache=IndependentCache(cache_root), **kw)
     return runner, learner
 
@@ -168,11 +165,13 @@ def test_memo_reuses_decisions_and_resumes_prefixes(tmp_path):
         assert first.record[key] == ref[key], key
     assert [t["grown_slots"] for t in first.record["tasks"]] == \
         [t["grown_slots"] for t in ref["tasks"]]
-    assert first.stats["memo_misses"] == 2 and first.stats["memo_hits"] == 0
+    # one memo node per prefix: the first task's, then one per decision
+    assert first.stats["memo_misses"] == 3 and first.stats["memo_hits"] == 0
 
     # two δ values with the same nucleus: one decision sequence, trained once
     again = runner.run(None, [GrowStep(delta=0.5 + 1e-9), GrowStep(delta=0.5 - 1e-9)])
-    assert again.decisions == first.decisions and again.key == first.key
+    assert [d.key for d in again.decisions] == [d.key for d in first.decisions]
+    assert again.key == first.key
     assert again.stats["memo_misses"] == 0 and again.stats["full_hit"]
     assert "training" not in again.record["timings"]
     assert again.record["gain"] == first.record["gain"]
@@ -181,9 +180,9 @@ def test_memo_reuses_decisions_and_resumes_prefixes(tmp_path):
     # same first decision, other second one: resumes from the saved prefix JointNet
     other = 1.0 if first.decisions[2].slots != tuple(range(3)) else 0.0
     resumed = runner.run(None, [GrowStep(delta=0.5), GrowStep(delta=other)])
-    assert resumed.decisions[1] == first.decisions[1]
-    assert resumed.decisions[2] != first.decisions[2]
-    assert resumed.stats["prefix_len"] == 1 and resumed.stats["memo_misses"] == 1
+    assert resumed.decisions[1].key == first.decisions[1].key
+    assert resumed.decisions[2].key != first.decisions[2].key
+    assert resumed.stats["prefix_len"] == 2 and resumed.stats["memo_misses"] == 1
     assert resumed.stats["node_loads"] == 1
     fresh = learner.run("l2bg", sequence=[GrowStep(delta=0.5), GrowStep(delta=other)]).record
     assert resumed.record["acc_matrix"] == fresh["acc_matrix"]
@@ -248,7 +247,7 @@ def test_small_study_with_each_sampler(sampler, tmp_path, cache_dir):
                 "lease_until", "gain", "avg_val_acc", "params_ratio", "grow_sequence"):
         assert key in t.user_attrs, key
     assert sum(x.user_attrs["memo_hits"] + x.user_attrs["memo_misses"]
-               for x in study.trials) == 4 * 2
+               for x in study.trials) == 4 * 3
     if sampler == "gp":  # diagonal start-up: the first trial grows everything
         assert study.trials[0].user_attrs["initial"] == "diagonal delta=1.00"
         assert set(study.trials[0].params.values()) == {1.0}

@@ -1,0 +1,45 @@
+"""The ``l2bg`` command line: ``run`` learns a task stream, ``explain`` shows why, ``search``
+searches grow sequences."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from l2bg.errors import L2BGError
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from l2bg.cli.explain import add_explain_parser
+    from l2bg.cli.run import add_run_parser
+    from l2bg.search.cli import add_search_parser
+
+    p = argparse.ArgumentParser(prog="l2bg", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    add_run_parser(sub)
+    add_explain_parser(sub)
+    add_search_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except L2BGError as exc:
+        print(f"l2bg: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # output piped into e.g. `head`
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        print("l2bg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,71 @@
+"""Command-line options shared by ``l2bg run`` and ``l2bg search``: declared once, so every data,
+training and cache option works in both and reads into one :class:`l2bg.settings.Settings`
+(``Settings.from_args``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+__all__ = ["add_experiment_options", "add_strategy_option", "floats", "names"]
+
+
+def floats(text: str) -> list[float]:
+    """``--deltas 0.5,0.25`` and the like."""
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
+
+
+def names(text: str) -> list[str]:
+    """``--bind-targets a,b`` and the like."""
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def add_experiment_options(p: argparse.ArgumentParser, *, benchmark_required: bool) -> None:
+    """Data, training, RSA, device and cache options (the fields of Settings)."""
+    from l2bg.data import BENCHMARKS
+
+    d = p.add_argument_group("data")
+    d.add_argument("--benchmark", required=benchmark_required, default=None, choices=BENCHMARKS,
+                   help="pmnist: permuted MNIST, one shared softmax slot; split-mnist: 5 tasks "
+                        "of 2 digits; split-cifar100: T tasks of 100/T classes (convnet)")
+    d.add_argument("--data-root", type=Path, default=None,
+                   help="directory with MNIST IDX files (train-*/t10k-*, .gz or raw) or "
+                        "cifar-100-python/ (default: the embedded MNIST digits)")
+    d.add_argument("--tasks", type=int, default=None,
+                   help="number of tasks (default: pmnist 10, split-mnist 5, split-cifar100 10)")
+    d.add_argument("--class-order-seed", type=int, default=None,
+                   help="shuffle the class order of split benchmarks with this seed (default: "
+                        "natural order)")
+    d.add_argument("--seed", type=int, default=0,
+                   help="seed of data splits, permutations, initialisation and shuffling "
+                        "(default 0)")
+    t = p.add_argument_group("training")
+    t.add_argument("--epochs", type=int, default=None,
+                   help="epochs per task (default: mlp 10, convnet 20)")
+    t.add_argument("--lr", type=float, default=None,
+                   help="learning rate (default: mlp Adam 1e-3, convnet SGD 0.01)")
+    t.add_argument("--batch-size", type=int, default=None,
+                   help="mini-batch size (default: mlp 128, convnet 64)")
+    t.add_argument("--shared-lr-scale", type=float, default=None,
+                   help="learning-rate factor for bound (shared) layers; 0 freezes them "
+                        "(default 0.1, as in the paper)")
+    t.add_argument("--rsa-samples", type=int, default=None,
+                   help="validation inputs fed to both nets for RSA (default min(500, |V_t|))")
+    t.add_argument("--device", default="auto",
+                   help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N "
+                        "(default auto)")
+    t.add_argument("--cache-dir", type=Path, default=None,
+                   help="cache of independent nets (and the search's memo), shared by every "
+                        "run and search (default $L2BG_CACHE_DIR, else ~/.cache/l2bg)")
+
+
+def add_strategy_option(p: argparse.ArgumentParser, *, default: str | None) -> None:
+    from l2bg import strategies
+
+    helps = "; ".join(f"{n}: {strategies.get(n).help}" for n in strategies.names())
+    p.add_argument("--strategy", required=default is None, default=default,
+                   choices=strategies.names(),
+                   help=helps + ("" if default is None else f" (default {default})"))

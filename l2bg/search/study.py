@@ -1,0 +1,486 @@
+"""The study: search grow sequences π = [(t, b_t, δ_t)] for the Pareto front of gain Δ (or
+accuracy) ↑ and parameters ↓ (paper §3, "Grow Sequences" and "Global Optimization").
+
+:func:`run_search` creates (or resumes) an Optuna study in the storage, then runs workers (this
+process, ``--workers`` processes, or other machines on the same storage) that ask for a trial,
+decode its parameters into a grow sequence, evaluate it with the memo runner, and tell the
+values, until ``trials`` trials have completed in total. Trials that die are retried
+(:mod:`l2bg.search.liveness`). The outputs are written by :mod:`l2bg.search.report`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+import warnings
+from contextlib import suppress
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from l2bg.errors import L2BGError
+from l2bg.fileio import write_json
+from l2bg.locks import FileLocks
+from l2bg.search.liveness import Liveness, reap_stale_trials, retry_callback, trial_by_number
+from l2bg.search.memo import MemoRunner, Outcome
+from l2bg.search.report import SIGNATURE_ATTR, summary_text, write_report
+from l2bg.search.samplers import SAMPLERS, initial_design, make_sampler
+from l2bg.search.space import SPACES, SearchSpace
+from l2bg.search.storage import open_storage, redact_url
+from l2bg.settings import Built, Settings, resolve_cache_dir
+
+if TYPE_CHECKING:  # pragma: no cover
+    from l2bg.learner import Learner
+
+__all__ = ["OBJECTIVES", "SearchConfig", "run_search"]
+
+OBJECTIVES = ("gain", "acc")
+#: Testing hook: seconds every trial sleeps (while alive) before it runs.
+DELAY_ENV = "L2BG_SEARCH_TRIAL_DELAY"
+
+
+@dataclass
+class SearchConfig:
+    """Everything ``l2bg search`` takes (see ``l2bg search --help`` for each field): the
+    experiment's :class:`~l2bg.settings.Settings` and the search's own options."""
+
+    settings: Settings
+    trials: int
+    strategy: str = "l2bg"
+    space: str = "shared-delta"
+    objective: str = "gain"
+    sampler: str = "gp"
+    sampler_seed: int | None = None
+    startup_trials: int | None = None
+    max_params: int | None = None
+    bind_targets: list[str] | None = None
+    delta_set: list[float] | None = None
+    enqueue_baselines: bool = False
+    initial: str | None = None
+    baselines: bool = True
+    storage: str | None = None
+    study_name: str | None = None
+    workers: int = 1
+    threads: int | None = None
+    out: str | None = None
+    lease_s: float = 60.0
+    max_retry: int = 3
+    quiet: bool = False
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SearchConfig:
+        d = dict(d)
+        return cls(settings=Settings(**d.pop("settings")), **d)
+
+    def check(self) -> None:
+        from l2bg import strategies
+
+        self.settings.check()
+        if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 1:
+            raise L2BGError(f"--trials must be a positive number of trials to complete, got "
+                            f"{self.trials}")
+        for name, choices in (("space", SPACES), ("sampler", SAMPLERS),
+                              ("objective", OBJECTIVES)):
+            if getattr(self, name) not in choices:
+                raise L2BGError(f"--{name} {getattr(self, name)!r} is not one of "
+                                f"{', '.join(choices)}")
+        strategies.get(self.strategy)
+        if self.workers < 1:
+            raise L2BGError(f"--workers must be >= 1, got {self.workers}")
+        if self.threads is not None and self.threads < 1:
+            raise L2BGError(f"--threads must be >= 1, got {self.threads}")
+        if self.settings.tasks is not None and self.settings.tasks < 2:
+            raise L2BGError(f"a search needs --tasks >= 2, got {self.settings.tasks}")
+        if self.max_params is not None and self.max_params < 1:
+            raise L2BGError(f"--max-params must be a positive parameter count, got "
+                            f"{self.max_params}")
+        if self.startup_trials is not None and self.startup_trials < 0:
+            raise L2BGError(f"--startup-trials must be >= 0, got {self.startup_trials}")
+        if not self.lease_s > 0 or self.lease_s == float("inf"):
+            raise L2BGError(f"--lease-seconds must be positive and finite, got {self.lease_s}")
+        if self.initial not in (None, "random", "diagonal"):
+            raise L2BGError(f"--initial {self.initial!r} is not one of random, diagonal")
+        if self.study_name is not None and not self.study_name.strip():
+            raise L2BGError("--study-name must not be empty")
+
+
+@dataclass
+class _Setup:
+    """What a worker needs: the built experiment, the space, where things go, and the runner."""
+
+    cfg: SearchConfig
+    built: Built
+    space: SearchSpace
+    cache_dir: Path
+    out: Path
+    storage_url: str
+    study_name: str
+    runner: MemoRunner | None = None
+    locks: FileLocks = field(default_factory=FileLocks)
+
+    def make_runner(self) -> MemoRunner:
+        from l2bg.cache import IndependentCache
+
+        if self.runner is None:
+            self.locks = FileLocks(self.cfg.lease_s)
+            learner: Learner = self.cfg.settings.learner(
+                self.built, IndependentCache(self.cache_dir, self.locks))
+            self.runner = MemoRunner(learner, self.cfg.strategy, memo_dir=self.cache_dir,
+                                     locks=self.locks)
+        return self.runner
+
+    def signature(self) -> dict[str, Any]:
+        runner = self.make_runner()
+        cfg = self.cfg
+        sig = {"version": 2, "benchmark": self.built.bench.name, "objective": cfg.objective,
+               "strategy": cfg.strategy, "epochs": self.built.train.epochs,
+               "seed": cfg.settings.seed, "rsa_samples": cfg.settings.rsa_samples,
+               "max_params": cfg.max_params, "context": runner.context,
+               **self.space.signature()}
+        return sig
+
+
+def _resolve_task_names(names: list[str], tasks: tuple[str, ...], what: str) -> list[str]:
+    out = []
+    for n in names:
+        n = str(n).strip()
+        if n in tasks:
+            out.append(n)
+        elif n.isdigit() and int(n) < len(tasks):
+            out.append(tasks[int(n)])
+        else:
+            raise L2BGError(f"{what} {n!r} is not a task of the benchmark; use a name "
+                            f"({', '.join(tasks)}) or an index 0..{len(tasks) - 1}")
+    return list(dict.fromkeys(out))
+
+
+def _setup(cfg: SearchConfig) -> _Setup:
+    from l2bg import strategies
+
+    cfg.check()
+    built = cfg.settings.build()
+    bench = built.bench
+    names = tuple(t.name for t in bench.tasks)
+    if len(names) < 2:
+        raise L2BGError(f"a grow-sequence search needs at least 2 tasks; {bench.name} has "
+                        f"{len(names)}")
+    targets = (tuple(_resolve_task_names(cfg.bind_targets, names, "--bind-targets"))
+               if cfg.bind_targets else None)
+    space = SearchSpace(cfg.space, names, bind_targets=targets,
+                        delta_set=tuple(cfg.delta_set) if cfg.delta_set else None,
+                        takes_delta=strategies.get(cfg.strategy).takes_delta)
+    T = len(names)
+    strategy = "" if cfg.strategy == "l2bg" else f"{cfg.strategy}-"
+    study_name = cfg.study_name or (f"l2bg-{bench.name}-{T}t-{strategy}{cfg.space}-"
+                                    f"{cfg.objective}-{cfg.sampler}-s{cfg.settings.seed}")
+    out = Path(cfg.out) if cfg.out else Path("runs") / f"search-{study_name}"
+    storage_url = cfg.storage or f"journal:{out / 'study.journal'}"
+    return _Setup(cfg=cfg, built=built, space=space,
+                  cache_dir=resolve_cache_dir(cfg.settings.cache_dir), out=out,
+                  storage_url=storage_url, study_name=study_name)
+
+
+def _open_study(setup: _Setup, storage: Any, create: bool) -> Any:
+    """Create (or load) the study and check it was made for this search."""
+    import optuna
+
+    sig = setup.signature()
+    name = setup.study_name
+    shown = redact_url(setup.storage_url)
+    created = False
+    if create:
+        try:
+            optuna.load_study(study_name=name, storage=storage)
+        except KeyError:
+            try:
+                study = optuna.create_study(storage=storage, study_name=name,
+                                            directions=["maximize", "minimize"])
+                study.set_user_attr(SIGNATURE_ATTR, sig)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    study.set_metric_names([setup.cfg.objective, "params"])
+                created = True
+            except optuna.exceptions.DuplicatedStudyError:
+                pass
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError as exc:
+        raise L2BGError(f"no study {name!r} in {shown}; run the search first or check "
+                        "--study-name") from exc
+    found = study.user_attrs.get(SIGNATURE_ATTR)
+    for _ in range(50):  # another machine may have created it a moment ago
+        if found is not None:
+            break
+        time.sleep(0.1)
+        found = optuna.load_study(study_name=name, storage=storage).user_attrs.get(SIGNATURE_ATTR)
+    if found is None:
+        raise L2BGError(f"study {name!r} in {shown} was not created by l2bg search; choose "
+                        "another --study-name")
+    if found != sig:
+        diffs = [f"{k}: {found.get(k)!r} (study) vs {sig.get(k)!r} (now)"
+                 for k in sorted(set(found) | set(sig)) if found.get(k) != sig.get(k)
+                 and k != "context"]
+        if not diffs:
+            diffs = ["data, template, training recipe or seed differ"]
+        raise L2BGError(f"study {name!r} in {shown} was created for a different search "
+                        f"({'; '.join(diffs[:3])}); rerun with the same options or choose "
+                        "another --study-name")
+    if created:
+        _enqueue_initial(setup, study)
+    return study
+
+
+def _enqueue_initial(setup: _Setup, study: Any) -> None:
+    cfg = setup.cfg
+    if cfg.enqueue_baselines:
+        for grow_all in (False, True):
+            params, label = setup.space.baseline_params(grow_all)
+            study.enqueue_trial(params, user_attrs={"baseline": label})
+    if not setup.space.takes_delta:
+        return
+    for delta in initial_design(cfg.sampler, cfg.initial, cfg.trials, cfg.startup_trials):
+        params = setup.space.diagonal_params(delta)
+        if cfg.enqueue_baselines and set(params.values()) <= {0.0, 1.0}:
+            continue  # the grow-all / no-growth baseline is already queued
+        study.enqueue_trial(params, user_attrs={"initial": f"diagonal delta={delta:.2f}"})
+
+
+def trial_attrs(outcome: Outcome) -> dict[str, Any]:
+    """The user attributes of a trial: the run record's metrics and grow sequence, and the
+    memo counters (what optuna-dashboard shows, what the reports read)."""
+    r = outcome.record
+    ratio = r["params"] / r["params_independent"] if r["params_independent"] else None
+    attrs = {
+        "gain": r["gain"], "gain_raw": r["gain_raw"], "avg_val_acc": r["avg_val_acc"],
+        "avg_test_acc": r["avg_test_acc"], "bwt": r["bwt"], "fwt": r["fwt"],
+        "params": r["params"], "params_independent": r["params_independent"],
+        "params_ratio": ratio, "order": r["order"], "strategy": r["strategy"],
+        "grow_sequence": r["grow_sequence"], "decisions_key": outcome.key,
+        "net_dir": None if outcome.net_dir is None else str(outcome.net_dir),
+        "wall_s": round(r["wall_time_s"], 4),
+        "independent_val_acc": [t["independent_val_acc"] for t in r["tasks"]],
+        "independent_test_acc": [t["independent_test_acc"] for t in r["tasks"]],
+    }
+    attrs.update({f"memo_{k}" if not k.startswith(("memo", "indep")) else k: v
+                  for k, v in outcome.stats.items()})
+    return attrs
+
+
+def _objective_values(cfg: SearchConfig, record: dict[str, Any]) -> list[float]:
+    first = record["gain"] if cfg.objective == "gain" else record["avg_val_acc"]
+    return [float(first), float(record["params"])]
+
+
+def _register_worker(study: Any) -> int:
+    """Record this worker in the study (user attribute ``worker:<host:pid:start>``) and return
+    its rank by registration time: the sampler of rank k is seeded with seed + 1000·k, so the
+    first worker of a fresh study reproduces a single-process run and later workers (other
+    processes, machines or a resumed run) do not repeat its random start-up points."""
+    from l2bg.locks import worker_id
+
+    me = f"worker:{worker_id()}"
+    study.set_user_attr(me, time.time())
+    regs = sorted((v, k) for k, v in study.user_attrs.items() if k.startswith("worker:"))
+    return [k for _, k in regs].index(me)
+
+
+def _counts(study: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        out[t.state.name] = out.get(t.state.name, 0) + 1
+    return out
+
+
+def _work(setup: _Setup, index: int) -> int:
+    """One worker: run trials until ``trials`` have completed in total. Returns how many trials
+    this worker completed."""
+    import optuna
+    import torch
+    from optuna.trial import TrialState
+
+    cfg = setup.cfg
+    threads = cfg.threads or max(1, (os.cpu_count() or 1) // cfg.workers)
+    torch.set_num_threads(threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(setup.storage_url, lease_s=cfg.lease_s, max_retry=cfg.max_retry)
+    seed = cfg.settings.seed if cfg.sampler_seed is None else cfg.sampler_seed
+    rank = _register_worker(optuna.load_study(study_name=setup.study_name, storage=storage))
+    sampler = make_sampler(cfg.sampler, seed + 1000 * rank, cfg.trials, cfg.startup_trials)
+    study = optuna.load_study(study_name=setup.study_name, storage=storage, sampler=sampler)
+    runner = setup.make_runner()
+    delay = float(os.environ.get(DELAY_ENV, "0") or 0)
+    done_here = 0
+    while True:
+        reap_stale_trials(study, storage, cfg.lease_s, cfg.max_retry)
+        counts = _counts(study)
+        if counts.get("COMPLETE", 0) + counts.get("RUNNING", 0) >= cfg.trials:
+            break
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trial = study.ask()
+        alive = Liveness(trial, storage, cfg.lease_s).start()
+        try:
+            frozen = trial_by_number(study, trial.number)  # its system attributes, publicly
+            if _surplus(study, trial, frozen, cfg.trials):  # another worker took the last slot
+                alive.stop()
+                study.tell(trial, state=TrialState.PRUNED)
+                break
+            retry_of = frozen.system_attrs.get("failed_trial")
+            if retry_of is not None:
+                trial.set_user_attr("retry_of", retry_of)
+            params = setup.space.suggest(trial)
+            order, steps = setup.space.decode(params)
+            if delay > 0:
+                time.sleep(delay)
+            outcome = runner.run(order, steps)
+            for k, v in trial_attrs(outcome).items():
+                trial.set_user_attr(k, v)
+            if cfg.max_params is not None:
+                trial.set_constraint("max_params",
+                                     float(outcome.record["params"] - cfg.max_params))
+            values = _objective_values(cfg, outcome.record)
+        except KeyboardInterrupt:
+            alive.stop()
+            with suppress(Exception):  # give the trial back: fail it and re-enqueue its params
+                study.tell(trial, state=TrialState.FAIL)
+                retry_callback(cfg.max_retry)(study, trial_by_number(study, trial.number))
+            raise
+        except BaseException:
+            alive.stop()
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        alive.stop()
+        study.tell(trial, values)
+        done_here += 1
+        if not cfg.quiet:
+            _print_trial(index, trial.number, outcome, setup)
+    return done_here
+
+
+def _surplus(study: Any, trial: Any, frozen: Any, trials: int) -> bool:
+    """True (and the trial's fixed parameters given back to the queue) when ``trials`` trials
+    numbered before this one already completed or run."""
+    from optuna.trial import TrialState
+
+    ahead = [t for t in study.get_trials(deepcopy=False,
+                                         states=(TrialState.COMPLETE, TrialState.RUNNING))
+             if t.number < trial.number]
+    if len(ahead) < trials:
+        return False
+    trial.set_user_attr("surplus", True)
+    fixed = frozen.system_attrs.get("fixed_params") or dict(trial.params)
+    if fixed:
+        study.enqueue_trial(fixed, user_attrs={k: v for k, v in trial.user_attrs.items()
+                                               if k == "baseline"})
+    return True
+
+
+def _print_trial(index: int, number: int, outcome: Outcome, setup: _Setup) -> None:
+    r, s = outcome.record, outcome.stats
+    ratio = r["params"] / r["params_independent"]
+    T = len(setup.space.tasks)
+    print(f"[w{index}] trial {number}: gain {r['gain']:+.2f}%  params {r['params']:,} "
+          f"({ratio:.2f}x independent)  val acc {100 * r['avg_val_acc']:.2f}%  "
+          f"memo {s['memo_hits']}/{T} reused  {r['wall_time_s']:.1f}s", flush=True)
+
+
+def _worker_entry(cfg_dict: dict[str, Any], index: int) -> None:
+    """Entry of a ``--workers`` process (spawned)."""
+    try:
+        _work(_setup(SearchConfig.from_dict(cfg_dict)), index)
+    except L2BGError as exc:
+        print(f"l2bg: error: [worker {index}] {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def _baselines(setup: _Setup, study: Any) -> None:
+    """Store the independent and shared baselines (gain, params, accuracies) as study user
+    attributes, for the plot; shared is evaluated through the memo (bind to the previous task,
+    grow nothing), so it costs T − 1 trainings once per cache directory."""
+    from l2bg import strategies
+
+    if "baseline_shared" in study.user_attrs:
+        return
+    runner = setup.make_runner()
+    r = MemoRunner(runner.learner, strategies.get("shared"), memo_dir=setup.cache_dir,
+                   locks=runner.locks).run().record
+    keep = ("gain", "params", "avg_val_acc", "avg_test_acc", "params_independent")
+    indep_val = [t["independent_val_acc"] for t in r["tasks"]]
+    indep_test = [t["independent_test_acc"] for t in r["tasks"]]
+    study.set_user_attr("baseline_shared", {k: r[k] for k in keep})
+    study.set_user_attr("baseline_independent", {
+        "gain": 0.0, "params": r["params_independent"],
+        "avg_val_acc": sum(indep_val) / len(indep_val),
+        "avg_test_acc": sum(indep_test) / len(indep_test),
+        "params_independent": r["params_independent"]})
+
+
+def _write_search_json(setup: _Setup) -> None:
+    storage = setup.storage_url
+    m = re.match(r"^(sqlite(?:\+\w+)?:///)(.+)$", storage)
+    if m and not m.group(2).startswith("/") and m.group(2) != ":memory:":
+        storage = f"{m.group(1)}{Path(m.group(2)).resolve()}"  # --report from any directory
+    if storage.startswith("journal:"):
+        p = Path(storage[len("journal:"):]).resolve()
+        try:
+            storage = f"journal:{p.relative_to(setup.out.resolve())}"
+        except ValueError:
+            storage = f"journal:{p}"
+    config = asdict(setup.cfg)
+    config["storage"] = None if setup.cfg.storage is None else redact_url(setup.cfg.storage)
+    meta = {"format": "l2bg.search", "version": 2, "study_name": setup.study_name,
+            "storage": redact_url(storage), "config": config,
+            "cache_dir": str(setup.cache_dir)}
+    write_json(setup.out / "search.json", meta)
+
+
+def run_search(cfg: SearchConfig) -> dict[str, Any]:
+    """Run (or resume) a search until ``cfg.trials`` trials have completed; write the outputs
+    and return the report summary (see :func:`l2bg.search.report.write_report`)."""
+    import multiprocessing
+
+    import optuna
+
+    setup = _setup(cfg)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if cfg.storage is not None:  # a bad URL fails before anything is created
+        storage = open_storage(setup.storage_url, lease_s=cfg.lease_s, max_retry=cfg.max_retry)
+    setup.out.mkdir(parents=True, exist_ok=True)
+    setup.cache_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.storage is None:
+        storage = open_storage(setup.storage_url, lease_s=cfg.lease_s, max_retry=cfg.max_retry)
+    study = _open_study(setup, storage, create=True)
+    _write_search_json(setup)
+    if cfg.workers == 1:
+        _work(setup, 0)
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        procs = [ctx.Process(target=_worker_entry, args=(asdict(cfg), i),
+                             name=f"l2bg-search-{i}") for i in range(cfg.workers)]
+        for p in procs:
+            p.start()
+        try:
+            for p in procs:
+                p.join()
+        except KeyboardInterrupt:
+            for p in procs:
+                p.join()
+            raise
+        bad = [(i, p.exitcode) for i, p in enumerate(procs) if p.exitcode != 0]
+        if bad:
+            raise L2BGError(f"search worker {bad[0][0]} exited with code {bad[0][1]} (message "
+                            "above); fix it and rerun the same command to resume")
+    study = optuna.load_study(study_name=setup.study_name, storage=storage)
+    if cfg.baselines:
+        import torch
+
+        torch.set_num_threads(cfg.threads or (os.cpu_count() or 1))
+        _baselines(setup, study)
+    summary = write_report(study, setup.out, storage_label=redact_url(setup.storage_url))
+    if not cfg.quiet:
+        print(summary_text(summary, setup.out))
+    return summary

@@ -1,0 +1,245 @@
+"""Strategies: how a task binds and what grows, as small named objects in one registry.
+
+A strategy turns a :class:`l2bg.step.StepContext` into a :class:`l2bg.step.Decision`. The
+built-ins are the paper's baselines and method (docs/design.md, "Strategies"):
+
+* ``independent``: a fresh task-net per task, its own independent net (the baseline φ);
+* ``shared``: bind to the previous task, grow nothing;
+* ``full``: bind to the previous task, grow every expandable slot by copy;
+* ``random``: the paper's seeded control, drawing from the run's one ``Random(seed)`` in task
+  order: the bind target among the learned tasks, a number of slots k in 0..L, then k slots;
+* ``l2bg``: bind to the candidate with the least task score ‖C‖₂ and grow the nucleus for δ.
+
+A user adds a strategy with :func:`register` (in code) or through the entry-point group
+``l2bg.strategies`` (a package's ``pyproject.toml``: ``[project.entry-points."l2bg.strategies"]
+name = "module:object"``, the object a :class:`Strategy` or a callable returning one); it then runs
+through ``Learner.run``, ``l2bg run --strategy NAME`` and ``l2bg search --strategy NAME``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from l2bg import conflict
+from l2bg.errors import L2BGError
+from l2bg.step import Decision, GrowStep, StepContext
+
+if TYPE_CHECKING:  # pragma: no cover
+    from l2bg.templates import Template
+    from l2bg.training import TrainConfig
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Full",
+    "Independent",
+    "L2BG",
+    "RandomGrowth",
+    "Shared",
+    "Strategy",
+    "get",
+    "names",
+    "register",
+]
+
+ENTRY_POINT_GROUP = "l2bg.strategies"
+
+
+class Strategy:
+    """Base of every strategy. Subclasses set ``name`` (and ``help``), ``takes_delta`` when the
+    grow coefficient δ means something to them (so ``l2bg search`` searches δ for them), and
+    implement :meth:`decide`."""
+
+    name: str = ""
+    help: str = ""
+    takes_delta: bool = False
+
+    def check(self, steps: Sequence[GrowStep], template: Template, config: TrainConfig) -> None:
+        """Reject a grow sequence this strategy cannot run, before any training."""
+
+    def decide(self, ctx: StepContext) -> Decision:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<strategy {self.name}>"
+
+
+def _forced_or(ctx: StepContext, slots: Sequence[int]) -> tuple[tuple[int, ...], str]:
+    forced = ctx.forced_slots()
+    return (forced, "forced slots") if forced is not None else (tuple(slots), "")
+
+
+class Independent(Strategy):
+    name = "independent"
+    help = "a fresh task-net per task (the baseline φ)"
+
+    def decide(self, ctx: StepContext) -> Decision:
+        return Decision(ctx.task, None, reason="independent: its task-net is its independent net")
+
+
+class Shared(Strategy):
+    name = "shared"
+    help = "bind to the previous task, grow nothing"
+
+    def check(self, steps: Sequence[GrowStep], template: Template, config: TrainConfig) -> None:
+        if (steps and config.shared_lr_scale == 0 and not template.per_task_heads
+                and any(s.slots is None for s in steps)):
+            raise L2BGError("strategy shared with --shared-lr-scale 0 and no per-task head leaves "
+                            "nothing to train; use a positive --shared-lr-scale")
+
+    def decide(self, ctx: StepContext) -> Decision:
+        slots, why = _forced_or(ctx, ())
+        b = ctx.spec.bind_to or ctx.previous
+        return Decision(ctx.task, b, slots, reason=why or _bound_why(ctx, "previous task"))
+
+
+class Full(Strategy):
+    name = "full"
+    help = "bind to the previous task and grow every slot by copy"
+
+    def decide(self, ctx: StepContext) -> Decision:
+        slots, why = _forced_or(ctx, ctx.expandable)
+        b = ctx.spec.bind_to or ctx.previous
+        return Decision(ctx.task, b, slots, reason=why or _bound_why(ctx, "previous task"))
+
+
+class RandomGrowth(Strategy):
+    name = "random"
+    help = "random bind target and slots (the paper's seeded control)"
+
+    def decide(self, ctx: StepContext) -> Decision:
+        b = ctx.spec.bind_to or ctx.rng.choice(ctx.learned)
+        forced = ctx.forced_slots()
+        if forced is not None:
+            return Decision(ctx.task, b, forced, reason="forced slots")
+        k = ctx.rng.randint(0, len(ctx.expandable))
+        slots = tuple(sorted(ctx.rng.sample(ctx.expandable, k)))
+        return Decision(ctx.task, b, slots, reason=_bound_why(ctx, "random draw"))
+
+
+def _bound_why(ctx: StepContext, default: str) -> str:
+    return "forced bind target" if ctx.spec.bind_to is not None else default
+
+
+def bind_candidates(spec: GrowStep, learned: Sequence[str]) -> list[str]:
+    """The tasks a step scores: its ``candidates`` (default every learned task), plus a forced
+    ``bind_to`` so its scores are recorded too."""
+    candidates = list(spec.candidates) if spec.candidates else list(learned)
+    unknown = [c for c in candidates if c not in learned]
+    if unknown:
+        raise L2BGError(f"bind candidates {unknown} are not learned tasks; "
+                        f"learned: {list(learned)}")
+    if spec.bind_to is not None and spec.bind_to not in candidates:
+        candidates.append(spec.bind_to)
+    return candidates
+
+
+class L2BG(Strategy):
+    """Learn to Bind and Grow: score every bind candidate by RSA, bind to the least task score,
+    grow the nucleus of the conflict distribution for δ."""
+
+    name = "l2bg"
+    help = "bind by least RSA conflict and grow the nucleus for δ"
+    takes_delta = True
+
+    def check(self, steps: Sequence[GrowStep], template: Template, config: TrainConfig) -> None:
+        for spec in steps:
+            if spec.slots is None:
+                if spec.delta is None:
+                    raise L2BGError("strategy l2bg needs a grow coefficient: pass --delta D or "
+                                    "--deltas d2,...,dT")
+                conflict.check_delta(spec.delta)
+
+    def choose_bind(self, scores: dict[str, float]) -> str:
+        """The bind rule: the least task score, ties to the earliest-learned candidate."""
+        return conflict.choose_bind(scores)
+
+    def grow(self, layers: Sequence[float], delta: float) -> list[int]:
+        """The grow rule: positions (into the expandable slots) of the nucleus for δ."""
+        return conflict.nucleus(layers, delta)
+
+    def decide(self, ctx: StepContext) -> Decision:
+        spec = ctx.spec
+        candidates = bind_candidates(spec, ctx.learned)
+        scores, backend = ctx.scores(candidates)
+        if spec.bind_to is not None:
+            b, why = spec.bind_to, "forced bind target"
+        else:
+            b = self.choose_bind({c: scores[c].score for c in candidates})
+            why = "least task score ‖C‖₂"
+        forced = ctx.forced_slots()
+        if forced is not None:
+            return Decision(ctx.task, b, forced, None, scores, f"{why}; forced slots", backend)
+        picked = self.grow(scores[b].layers, spec.delta)
+        slots = tuple(ctx.expandable[p] for p in picked)
+        return Decision(ctx.task, b, slots, float(spec.delta), scores,
+                        f"{why}; nucleus of the conflict distribution for δ", backend)
+
+
+# --------------------------------------------------------------------------------- registry
+
+_REGISTRY: dict[str, Strategy] = {}
+_ENTRY_POINTS_LOADED = False
+
+
+def register(strategy: Strategy, *, replace: bool = False) -> Strategy:
+    """Add ``strategy`` to the registry under ``strategy.name`` and return it (usable as a class
+    decorator on a subclass with no constructor arguments)."""
+    if isinstance(strategy, type) and issubclass(strategy, Strategy):
+        register(strategy(), replace=replace)
+        return strategy
+    if not isinstance(strategy, Strategy):
+        raise L2BGError(f"register() takes an l2bg.strategies.Strategy, got "
+                        f"{type(strategy).__name__}; subclass Strategy and implement decide()")
+    name = strategy.name
+    if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_" for c in name):
+        raise L2BGError(f"strategy name {name!r} must be non-empty letters, digits, '-' or '_'")
+    if name in _REGISTRY and not replace and _REGISTRY[name] is not strategy:
+        raise L2BGError(f"a strategy named {name!r} is already registered; pass replace=True "
+                        "or choose another name")
+    _REGISTRY[name] = strategy
+    return strategy
+
+
+def _load_entry_points() -> None:
+    global _ENTRY_POINTS_LOADED
+    if _ENTRY_POINTS_LOADED:
+        return
+    _ENTRY_POINTS_LOADED = True
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            obj: Any = ep.load()
+            if not isinstance(obj, Strategy):
+                obj = obj()
+            if ep.name != obj.name:
+                raise L2BGError(f"entry point {ep.name!r} gives a strategy named {obj.name!r}")
+            if obj.name not in _REGISTRY:
+                register(obj)
+        except Exception as exc:  # noqa: BLE001 - a broken plug-in must not break l2bg
+            warnings.warn(f"l2bg: strategy entry point {ep.name} = {ep.value} failed to load "
+                          f"({type(exc).__name__}: {exc}); it is skipped", RuntimeWarning,
+                          stacklevel=2)
+
+
+def names() -> list[str]:
+    """Every registered strategy, built-ins first."""
+    _load_entry_points()
+    return list(_REGISTRY)
+
+
+def get(name: str | Strategy) -> Strategy:
+    """The strategy registered as ``name`` (a Strategy passes through)."""
+    if isinstance(name, Strategy):
+        return name
+    if name not in _REGISTRY:
+        _load_entry_points()
+    if name not in _REGISTRY:
+        raise L2BGError(f"unknown strategy {name!r}; use one of {', '.join(names())}")
+    return _REGISTRY[name]
+
+
+for _builtin in (Independent(), Shared(), Full(), RandomGrowth(), L2BG()):
+    register(_builtin)
+del _builtin

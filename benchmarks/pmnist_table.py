@@ -1,6 +1,6 @@
 """Regenerates the strategy tables of the closing notes on permuted MNIST.
 
-    python benchmarks/pmnist_table.py --data-root ../shared/data/mnist --seeds 0 1 2 \
+    python benchmarks/pmnist_table.py --data-root ~/data/mnist --seeds 0 1 2 \
         --runs independent shared full l2bg:0 l2bg:0.25 l2bg:0.5 l2bg:0.75 l2bg:1 \
                random random-matched
 

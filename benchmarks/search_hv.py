@@ -16,7 +16,7 @@ Two measurements, both with ``l2bg search`` on permuted MNIST (CPU):
 
 Runs in the background (about an hour with the defaults on 2 cores)::
 
-    nohup python benchmarks/search_hv.py --data-root ../shared/data/mnist > runs/search_hv.log &
+    nohup python benchmarks/search_hv.py --data-root ~/data/mnist > runs/search_hv.log &
 
 Every study lives in ``--out``; rerunning the script resumes unfinished studies and reuses
 finished ones. The summary goes to ``--out/summary.json`` and is printed as a table.
@@ -127,7 +127,7 @@ def hypervolumes(args: argparse.Namespace, out: Path) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root", type=Path, default=None,
-                   help="MNIST IDX files (e.g. ../shared/data/mnist); default embedded digits")
+                   help="MNIST IDX files (e.g. ~/data/mnist); default embedded digits")
     p.add_argument("--tasks", type=int, default=5)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--data-seed", type=int, default=0, help="benchmark seed (data, init)")

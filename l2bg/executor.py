@@ -44,7 +44,7 @@ from l2bg._ext import load_extension
 from l2bg.errors import L2BGError
 
 if TYPE_CHECKING:
-    from l2bg.jointnet import JointNet
+    from l2bg.jointnet import GraphView, JointNet
 
 BACKENDS = ("native", "reference", "loop")
 
@@ -360,9 +360,9 @@ def _node_signature(node: nn.Module) -> list[int]:
 
 
 def _build_plan(
-    net: JointNet, tasks: tuple[str, ...], per_task: bool, capture: tuple[str, ...]
+    net: GraphView, tasks: tuple[str, ...], per_task: bool, capture: tuple[str, ...]
 ) -> Plan:
-    routes_by_id = net.routes()
+    routes_by_id = net.routes
     node_ids: list[str] = []
     index: dict[str, int] = {}
     routes = []
@@ -374,10 +374,10 @@ def _build_plan(
                 node_ids.append(n)
             row.append(index[n])
         routes.append(row)
-    n_slots = len(net.template.slots)
+    n_slots = net.num_slots
     modules = [net.nodes[n] for n in node_ids]
     heads: list[nn.Module | None] = (
-        [net.heads[t] for t in tasks] if net.template.per_task_heads else [None] * len(tasks)
+        [net.heads[t] for t in tasks] if net.heads is not None else [None] * len(tasks)
     )
     capture_idx = sorted(tasks.index(t) for t in capture)
 
@@ -386,7 +386,7 @@ def _build_plan(
     layers: list[int] = [n_slots]
     slot_params = []
     native_error = None
-    first_at = {net.node_slot(n): i for i, n in reversed(list(enumerate(node_ids)))}
+    first_at = {net.node_slot[n]: i for i, n in reversed(list(enumerate(node_ids)))}
     for s in range(n_slots):
         node = modules[first_at[s]]
         try:
@@ -396,9 +396,9 @@ def _build_plan(
         sig = _node_signature(node)
         slot_params.append(sum(len(_PARAMS.get(k, ())) for k in sig))
     for n, m in zip(node_ids, modules, strict=True):
-        if _node_signature(m) != _node_signature(modules[first_at[net.node_slot(n)]]):
+        if _node_signature(m) != _node_signature(modules[first_at[net.node_slot[n]]]):
             native_error = f"node {n!r} differs from the other nodes of its slot"
-    head_params = 2 if net.template.per_task_heads else 0
+    head_params = 2 if net.heads is not None else 0
 
     ext = _extension()
     if ext is not None:
@@ -481,13 +481,16 @@ def get_plan(
     key = (tasks, per_task, capture)
     plan = cache.plans.get(key)
     if plan is None:
-        for t in tasks:
-            net._check_task(t)
+        view = net.view()
+        unknown = [t for t in tasks if t not in view.routes]
+        if unknown:
+            raise L2BGError(f"unknown task {unknown[0]!r}; learned tasks: "
+                            f"{list(view.tasks) or 'none yet'}")
         if not tasks:
             raise L2BGError("no tasks to plan; add a task or pass tasks=[...]")
         if len(cache.plans) >= _MAX_PLANS:
             cache.plans.clear()
-        plan = cache.plans[key] = _build_plan(net, tasks, per_task, capture)
+        plan = cache.plans[key] = _build_plan(view, tasks, per_task, capture)
     return plan
 
 
@@ -618,27 +621,19 @@ def default_backend() -> str:
 
 # ------------------------------------------------------------------------------------ front door
 def feature_shape(net: JointNet) -> tuple[int, ...] | None:
-    """Per-sample input shape the JointNet expects (None when it cannot tell)."""
-    kw = net.template.kwargs
-    if net.template.name == "mlp":
-        return (int(kw["input_dim"]),)
-    if net.template.name == "convnet":
-        return (int(kw["in_channels"]), int(kw["image_size"]), int(kw["image_size"]))
-    first = net.template.slots[0].layers[0]
-    if first.kind == "linear":
-        return (int(first.args["in_features"]),)
-    return None
+    """Per-sample input shape the JointNet expects (None when its template does not say)."""
+    return net.view().input_shape
 
 
 def _check_input(
-    net: JointNet, x: Any, what: str, shape: tuple[int, ...] | None, ref: Tensor | None
+    name: str, x: Any, what: str, shape: tuple[int, ...] | None, ref: Tensor | None
 ) -> Tensor:
     if not isinstance(x, Tensor):
         raise L2BGError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
     if shape is not None and tuple(x.shape[1:]) != shape:
         want = ", ".join(str(d) for d in ("batch", *shape))
         raise L2BGError(
-            f"{what} has shape {tuple(x.shape)}; {net.template.name} expects "
+            f"{what} has shape {tuple(x.shape)}; {name} expects "
             f"({want}): reshape the input"
         )
     if ref is not None and (x.dtype != ref.dtype or x.device != ref.device):
@@ -730,11 +725,13 @@ def forward_all(
             )
         plan = get_plan(net, names, per_task, capture)
         ref = plan.ref
-    shape = feature_shape(net)
+    view = net.view()
+    shape = view.input_shape
     if per_task:
-        inputs = [_check_input(net, x[t], f"input of task {t!r}", shape, ref) for t in names]
+        inputs = [_check_input(view.name, x[t], f"input of task {t!r}", shape, ref)
+                  for t in names]
     else:
-        inputs = [_check_input(net, x, "input", shape, ref)]
+        inputs = [_check_input(view.name, x, "input", shape, ref)]
 
     if plan is None:
         if cuda_graph:

@@ -12,8 +12,10 @@ import copy
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -28,6 +30,24 @@ FORMAT_VERSION = 1
 WEIGHTS_FILE = "jointnet.safetensors"
 TOPOLOGY_FILE = "jointnet.json"
 _TASK_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+@dataclass(frozen=True)
+class GraphView:
+    """A read-only view of a JointNet's topology for code that runs it (the executor): the
+    ``version`` (bumped by add_task/bind/grow), the tasks in order, each task's route (node id per
+    slot), each node's module and slot, the per-task heads (None with a shared head slot) and
+    the per-sample input shape (None if unknown)."""
+
+    version: int
+    tasks: tuple[str, ...]
+    routes: Mapping[str, tuple[str, ...]]
+    nodes: Mapping[str, nn.Module]
+    node_slot: Mapping[str, int]
+    heads: Mapping[str, nn.Module] | None
+    num_slots: int
+    input_shape: tuple[int, ...] | None
+    name: str
 
 
 class JointNet(nn.Module):
@@ -52,6 +72,18 @@ class JointNet(nn.Module):
     def tasks(self) -> list[str]:
         """Learned tasks in the order they were added."""
         return list(self._routes)
+
+    def view(self) -> GraphView:
+        """A read-only :class:`GraphView` of the current topology."""
+        heads = dict(self.heads.items()) if self.template.per_task_heads else None
+        return GraphView(
+            version=self.version, tasks=tuple(self._routes),
+            routes=MappingProxyType({t: tuple(r) for t, r in self._routes.items()}),
+            nodes=MappingProxyType(dict(self.nodes.items())),
+            node_slot=MappingProxyType(dict(self._node_slot)),
+            heads=None if heads is None else MappingProxyType(heads),
+            num_slots=len(self.template.slots), input_shape=self.template.input_shape,
+            name=self.template.name)
 
     def routes(self) -> dict[str, list[str]]:
         """Task → node id per slot (a copy; edit the topology through bind/grow)."""
@@ -325,4 +357,4 @@ def copy_task_net(src: JointNet, task: str, dst: JointNet, as_task: str | None =
         dst.heads[name].load_state_dict(src.heads[task].state_dict())
 
 
-__all__: Sequence[str] = ["JointNet", "copy_task_net"]
+__all__: Sequence[str] = ["GraphView", "JointNet", "copy_task_net"]

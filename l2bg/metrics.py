@@ -1,4 +1,4 @@
-"""Continual-learning metrics exactly as ARCHITECTURE.md defines them.
+"""Continual-learning metrics exactly as docs/design.md ("Metrics") defines them.
 
 R is the accuracy matrix as a list of rows: R[i][j] = accuracy (fraction) on task j after learning
 task i, for j <= i; entries with j > i are None. Indices are 0-based here; the docs' 1-based

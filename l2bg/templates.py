@@ -68,6 +68,15 @@ class Template:
     slots: tuple[SlotSpec, ...]
     per_task_heads: bool
     head_in: int | None = None
+    input_shape: tuple[int, ...] | None = None
+    """Shape of one input sample (None: not known; inputs are then not checked). Defaults to
+    the first layer's input features when that layer is linear."""
+
+    def __post_init__(self) -> None:
+        if self.input_shape is None and self.slots and self.slots[0].layers:
+            first = self.slots[0].layers[0]
+            if first.kind == "linear":
+                object.__setattr__(self, "input_shape", (int(first.args["in_features"]),))
 
     @property
     def slot_names(self) -> list[str]:
@@ -127,7 +136,7 @@ def mlp(input_dim: int = 784, hidden: Sequence[int] = (300, 300, 300), num_class
     kwargs = {"input_dim": int(input_dim), "hidden": hidden, "num_classes": int(num_classes),
               "shared_head": bool(shared_head)}
     return Template("mlp", kwargs, tuple(slots), per_task_heads=not shared_head,
-                    head_in=None if shared_head else dims[-1])
+                    head_in=None if shared_head else dims[-1], input_shape=(int(input_dim),))
 
 
 def convnet(in_channels: int = 3, image_size: int = 32, channels: Sequence[int] = (64, 128, 256),
@@ -154,7 +163,8 @@ def convnet(in_channels: int = 3, image_size: int = 32, channels: Sequence[int] 
         n_in = n_out
     kwargs = {"in_channels": int(in_channels), "image_size": int(image_size), "channels": channels,
               "kernels": kernels, "fc": fc, "dropout": float(dropout)}
-    return Template("convnet", kwargs, tuple(slots), per_task_heads=True, head_in=n_in)
+    return Template("convnet", kwargs, tuple(slots), per_task_heads=True, head_in=n_in,
+                    input_shape=(int(in_channels), int(image_size), int(image_size)))
 
 
 TEMPLATES = {"mlp": mlp, "convnet": convnet}

@@ -491,3 +491,28 @@ def test_cuda_matches_loop_and_cuda_graph_replays(per_task, monkeypatch):
                 assert_same(got, want, torch.float32)
     with pytest.raises(L2BGError, match="no_grad"):
         net.forward_all(inputs(), cuda_graph=True)
+
+
+def test_executor_reads_only_the_public_view_of_any_template():
+    """A template the executor has never heard of runs through forward_all; the view it reads
+    cannot be edited."""
+    slots = (SlotSpec("a", (Layer("flatten"), Layer("linear", {"in_features": 12,
+                                                                "out_features": 5}),
+                            Layer("relu"))),
+             SlotSpec("b", (Layer("linear", {"in_features": 5, "out_features": 4}),)))
+    tpl = Template("my-own", {}, slots, per_task_heads=True, head_in=4, input_shape=(3, 4))
+    net = JointNet(tpl)
+    net.add_task("x", 2)
+    net.bind("y", "x", 3)
+    net.grow("y", ["b"])
+    view = net.view()
+    assert view.input_shape == (3, 4) and view.tasks == ("x", "y") and view.num_slots == 2
+    with pytest.raises(TypeError):
+        view.routes["x"] = ("a_9", "b_9")  # type: ignore[index]
+    x = torch.randn(6, 3, 4)
+    for backend in BACKENDS:
+        got = net.forward_all(x, backend=backend)
+        for t in ("x", "y"):
+            torch.testing.assert_close(got[t], net(x, t))
+    with pytest.raises(L2BGError, match="my-own expects"):
+        net.forward_all(torch.randn(6, 12))

@@ -247,7 +247,7 @@ def test_compare_errors():
         rsa.compare(torch.zeros(4, 4), torch.zeros(5))
     with pytest.raises(L2BGError, match="NaN"):
         rsa.compare(torch.tensor([1.0, float("nan"), 2.0]), torch.ones(3))
-    with pytest.raises(L2BGError, match="unknown method"):
+    with pytest.raises(L2BGError, match="unknown comparison method"):
         rsa.compare(torch.zeros(3), torch.zeros(3), method="kendall")
     with pytest.raises(L2BGError, match="broadcast"):
         rsa.compare(torch.rand(2, 5), torch.rand(3, 5))
@@ -346,3 +346,28 @@ def test_dissimilarities_equal_one_pair_at_a_time():
     with pytest.raises(L2BGError, match=r"layer 0 of net b\[1\] has NaN"):
         rsa.dissimilarities(ref, bad)
     assert rsa.dissimilarities(ref, []).shape == (0, 2)
+
+
+def test_comparison_methods_registry():
+    from l2bg.rsa import methods
+
+    g = torch.Generator().manual_seed(3)
+    a, b = rsa.rdm(torch.randn(8, 5, generator=g)), rsa.rdm(torch.randn(8, 5, generator=g))
+    assert float(rsa.compare(a, b, method="corr")) == float(rsa.compare(a, b, method="pearson"))
+    # a user's method is available to compare and dissimilarity at once
+    methods.register(methods.CompareMethod("neg-pearson", lambda x, y: -methods.get(
+        "pearson").torch(x, y)))
+    try:
+        assert float(rsa.compare(a, b, method="neg-pearson")) == pytest.approx(
+            -float(rsa.compare(a, b, method="pearson")))
+        acts = [torch.randn(8, 3, generator=g)]
+        other = [torch.randn(8, 4, generator=g)]
+        d = rsa.dissimilarity(acts, other, method="neg-pearson")
+        assert float(d[0]) == pytest.approx(2 - float(rsa.dissimilarity(acts, other,
+                                                                          method="pearson")[0]))
+        with pytest.raises(L2BGError, match="already registered"):
+            methods.register(methods.CompareMethod("corr", lambda x, y: x))
+    finally:
+        methods._REGISTRY.pop("neg-pearson")
+    with pytest.raises(L2BGError, match="unknown comparison method 'nope'"):
+        rsa.compare(a, b, method="nope")

@@ -10,7 +10,8 @@ The front door: validation, backend choice and the batched conflict-model call. 
   every other sample and 0 to itself. The diagonal is exactly 0, the matrix exactly symmetric,
   values lie in [0, 2] and are never NaN.
 * ``compare(a, b)``: Spearman (average ranks for ties, as ``scipy.stats.spearmanr``) or Pearson
-  correlation of the strict upper triangles; r = 0 when either triangle is constant.
+  correlation of the strict upper triangles; r = 0 when either triangle is constant. Methods
+  are looked up in the registry :mod:`l2bg.rsa.methods` (register your own there).
 * ``dissimilarity(acts_a, acts_b)``: ``1 - compare(rdm(a_l), rdm(b_l))`` per layer (the conflict
   score of the paper).
 
@@ -30,12 +31,12 @@ import torch
 from torch import Tensor
 
 from l2bg.errors import L2BGError
+from l2bg.rsa import methods
 from l2bg.rsa.reference import (
     CONSTANT_REL_TOL,
     NonFiniteError,
     average_ranks,
     check_finite,
-    compare_torch,
     rdm_torch,
     rdm_triu_torch,
     triangle,
@@ -48,16 +49,16 @@ __all__ = [
     "compare",
     "dissimilarities",
     "dissimilarity",
+    "methods",
     "rdm",
     "rdm_triu",
     "resolve_backend",
 ]
 
 Backend = Literal["auto", "torch", "triton"]
-Method = Literal["spearman", "pearson"]
+Method = str  # a name registered in l2bg.rsa.methods ("spearman", "pearson"/"corr", ...)
 
 BACKENDS = ("auto", "torch", "triton")
-METHODS = ("spearman", "pearson")
 
 
 # ----------------------------------------------------------------------------- backend choice
@@ -240,8 +241,7 @@ def compare(
     m >= 3 are accepted (a full RDM needs n >= 3). Leading dims broadcast; the result has the
     broadcast leading shape. r = 0 when either triangle is constant.
     """
-    if method not in METHODS:
-        raise L2BGError(f"compare: unknown method {method!r}; use 'spearman' or 'pearson'")
+    methods.get(method)
     ma, full_a = _layout(a, "a")
     mb, full_b = _layout(b, "b")
     if ma != mb:
@@ -268,23 +268,25 @@ def _compare(
 ) -> tuple[Tensor, str]:
     """compare() on validated inputs whose layout (full RDM or packed triangle) is given;
     returns (r, backend that ran)."""
+    spec = methods.get(method)
     if not a.is_floating_point():
         a = a.to(torch.float64)
     if not b.is_floating_point():
         b = b.to(torch.float64)
-    if resolve_backend(backend, a, fp64_ok=True) == "triton":
+    ran = resolve_backend(backend, a, fp64_ok=True)
+    if ran == "triton" and spec.triton is not None:
         from l2bg.kernels.compare import compare as compare_triton
 
         if full_a != full_b:
             a = triangle(a) if full_a else a
             b = triangle(b) if full_b else b
             full_a = False
-        return compare_triton(a, b, method=method, triangles=not full_a), "triton"
+        return compare_triton(a, b, method=spec.triton, triangles=not full_a), "triton"
     ta = triangle(a) if full_a else a
     tb = triangle(b) if full_b else b
     check_finite(ta, "a")
     check_finite(tb, "b")
-    return compare_torch(ta, tb, method), "torch"
+    return spec.torch(ta, tb), "torch"
 
 
 # ----------------------------------------------------------------------------- dissimilarity
@@ -333,8 +335,7 @@ def dissimilarities(
     in one batched call, and the K comparisons of a layer in one call. The backend that ran is
     'torch' or 'triton', or 'torch+triton' when RDMs and comparisons ran on different ones.
     """
-    if method not in METHODS:
-        raise L2BGError(f"dissimilarity: unknown method {method!r}; use 'spearman' or 'pearson'")
+    methods.get(method)
     _check_layers(acts_ref, "acts_ref", "dissimilarities")
     if isinstance(acts_others, Tensor) or not isinstance(acts_others, Sequence):
         raise L2BGError(

@@ -79,7 +79,19 @@ class Independent(Strategy):
         return Decision(ctx.task, None, reason="independent: its task-net is its independent net")
 
 
-class Shared(Strategy):
+class _BindPrevious(Strategy):
+    """Bind to the previous task (or the forced target) and grow :meth:`grown` slots."""
+
+    def grown(self, ctx: StepContext) -> Sequence[int]:
+        raise NotImplementedError
+
+    def decide(self, ctx: StepContext) -> Decision:
+        slots, why = _forced_or(ctx, self.grown(ctx))
+        b = ctx.spec.bind_to or ctx.previous
+        return Decision(ctx.task, b, slots, reason=why or _bound_why(ctx, "previous task"))
+
+
+class Shared(_BindPrevious):
     name = "shared"
     help = "bind to the previous task, grow nothing"
 
@@ -89,20 +101,16 @@ class Shared(Strategy):
             raise L2BGError("strategy shared with --shared-lr-scale 0 and no per-task head leaves "
                             "nothing to train; use a positive --shared-lr-scale")
 
-    def decide(self, ctx: StepContext) -> Decision:
-        slots, why = _forced_or(ctx, ())
-        b = ctx.spec.bind_to or ctx.previous
-        return Decision(ctx.task, b, slots, reason=why or _bound_why(ctx, "previous task"))
+    def grown(self, ctx: StepContext) -> Sequence[int]:
+        return ()
 
 
-class Full(Strategy):
+class Full(_BindPrevious):
     name = "full"
     help = "bind to the previous task and grow every slot by copy"
 
-    def decide(self, ctx: StepContext) -> Decision:
-        slots, why = _forced_or(ctx, ctx.expandable)
-        b = ctx.spec.bind_to or ctx.previous
-        return Decision(ctx.task, b, slots, reason=why or _bound_why(ctx, "previous task"))
+    def grown(self, ctx: StepContext) -> Sequence[int]:
+        return ctx.expandable
 
 
 class RandomGrowth(Strategy):

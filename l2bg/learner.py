@@ -165,13 +165,14 @@ class Learner:
         n_val = [r.independent_n_val for r in records]
         decisions: list[Decision] = [r.decision for r in records]
         backends = [d.rsa_backend for d in decisions if d.rsa_backend is not None]
+        slots = self.template.slot_names
         return {
             "benchmark": self.benchmark,
             "strategy": strategy,
             "seed": self.seed,
-            "tasks": [r.to_json() for r in records],
+            "tasks": [r.to_json(slots) for r in records],
             "grow_sequence": [{"task": d.task, "bind_to": d.bind_to, "delta": d.delta,
-                               "grown_slots": list(d.slots)} for d in decisions],
+                               "grown_slots": [slots[s] for s in d.slots]} for d in decisions],
             "acc_matrix": R_test,
             "acc_matrix_val": R_val,
             "avg_val_acc": metrics.average_accuracy(R_val),
@@ -182,7 +183,8 @@ class Learner:
             "gain_raw": metrics.gain_raw(final_err, indep_err, n_val),
             "params": records[-1].params,
             "params_independent": sum(r.independent_params for r in records),
-            "slots": self.template.slot_names,
+            "slots": slots,
+            "expandable_slots": [slots[s] for s in self.template.expandable_slots],
             "timings": {k: round(v, 4) for k, v in sorted(timings.items())},
             "rsa_backend": backends[-1] if backends else None,
             "executor_backend": default_backend(),

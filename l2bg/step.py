@@ -131,11 +131,12 @@ class TaskRecord:
     def test_acc(self) -> float:
         return self.test_row[self.position]
 
-    def to_json(self) -> dict[str, Any]:
-        """The task's entry of ``results.json``."""
+    def to_json(self, slot_names: Sequence[str]) -> dict[str, Any]:
+        """The task's entry of ``results.json`` (grown slots by name)."""
         d = self.decision
         out: dict[str, Any] = {
-            "name": d.task, "bind_to": d.bind_to, "grown_slots": list(d.slots), "delta": d.delta,
+            "name": d.task, "bind_to": d.bind_to,
+            "grown_slots": [slot_names[s] for s in d.slots], "delta": d.delta,
             "conflict": {c: s.to_json() for c, s in d.conflict.items()},
             "reason": d.reason,
             "independent_val_acc": self.independent_val_acc,

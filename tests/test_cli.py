@@ -46,7 +46,7 @@ def test_run_mlp_end_to_end_on_embedded_digits(tmp_path, capsys):
                 "avg_test_acc", "bwt", "fwt", "gain", "gain_raw", "params", "wall_time_s"):
         assert key in r
     assert [t["bind_to"] for t in r["tasks"]] == [None, "pmnist-0", "pmnist-1"]
-    assert r["tasks"][1]["grown_slots"] == [0, 1, 2, 3]
+    assert r["tasks"][1]["grown_slots"] == ["fc1", "fc2", "fc3", "head"]
     assert r["acc_matrix"][0][1] is None and 0 <= r["acc_matrix"][2][0] <= 1
     assert r["config"]["train"]["epochs"] == 1 and r["config"]["data"]
     net = JointNet.load(out)
@@ -117,3 +117,34 @@ def test_help_documents_every_option():
                 "--device", "--out", "--quiet", "--delta", "--deltas", "--rsa-samples",
                 "--shared-lr-scale"):
         assert opt in proc.stdout
+
+
+@pytest.mark.slow
+def test_explain_has_a_legend_and_names_slots(tmp_path, capsys):
+    out = tmp_path / "out"
+    code, err = run(["run", "--benchmark", "pmnist", "--tasks", "3", "--strategy", "l2bg",
+                     "--delta", "0.5", "--epochs", "1", "--rsa-samples", "60", "--out", str(out),
+                     "--cache-dir", str(tmp_path / "c"), "--quiet"], capsys)
+    assert code == 0, err
+    r = json.loads((out / "results.json").read_text())
+    slots = r["slots"]
+    grown = r["tasks"][1]["grown_slots"]
+    assert grown and set(grown) <= set(slots) and r["grow_sequence"][1]["grown_slots"] == grown
+    assert main(["explain", str(out)]) == 0
+    text = capsys.readouterr().out
+    legend = text[text.index("\nLegend\n"):]
+    for term in ("C ", "‖C‖₂", "C̃", "cum", "grown", "δ"):
+        assert term in legend.split("\n\n")[0], term
+    for name in slots:
+        assert f"\n  {name} " in text  # every slot appears by name in the tables
+    assert f"grew {', '.join(grown)}" in text
+    # --json gives the same names; an older results.json with slot indices still reads by name
+    assert main(["explain", str(out), "--json"]) == 0
+    js = json.loads(capsys.readouterr().out)
+    assert js["tasks"][1]["grown_slots"] == grown
+    for t in r["tasks"]:
+        t["grown_slots"] = [slots.index(s) for s in t["grown_slots"]]
+    del r["expandable_slots"]
+    (out / "results.json").write_text(json.dumps(r))
+    assert main(["explain", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tasks"][1]["grown_slots"] == grown

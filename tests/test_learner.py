@@ -60,7 +60,8 @@ def test_grow_sequence_is_followed_and_recorded(digits):
     learner = small_learner(tasks, epochs=1)
     seq = [GrowStep(delta=1.0), GrowStep(delta=0.0, bind_to="t0")]
     r = learner.run("l2bg", sequence=seq).record
-    assert r["tasks"][1]["grown_slots"] == [0, 1, 2] and r["tasks"][1]["delta"] == 1.0
+    assert r["tasks"][1]["grown_slots"] == ["fc1", "fc2", "head"]
+    assert r["tasks"][1]["delta"] == 1.0
     assert r["tasks"][2]["bind_to"] == "t0" and r["tasks"][2]["grown_slots"] == []
     assert r["grow_sequence"][2] == {"task": "t2", "bind_to": "t0", "delta": 0.0,
                                      "grown_slots": []}

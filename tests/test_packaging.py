@@ -19,3 +19,17 @@ def test_every_subpackage_is_listed_in_pyproject():
     assert found <= dirs, f"add {sorted(found - dirs)} to [tool.setuptools] packages"
     for p in listed:
         assert (ROOT / cfg["package-dir"].get(p, p.replace(".", "/")) / "__init__.py").is_file()
+
+
+def test_top_level_api_is_complete_and_lazy():
+    import subprocess
+    import sys
+
+    import l2bg
+
+    assert set(l2bg.__all__) == set(l2bg._EXPORTS) | set(l2bg._MODULES) | {"backends",
+                                                                            "__version__"}
+    code = ("import sys, l2bg; assert 'torch' not in sys.modules; "
+            "from l2bg import JointNet, Learner, GrowStep, build_benchmark, rsa; "
+            "assert JointNet.__module__ == 'l2bg.jointnet' and callable(rsa.rdm)")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

@@ -114,7 +114,7 @@ def test_registered_strategy_runs_in_learner_and_search(grow_first, tasks, tmp_p
     torch.set_num_threads(1)
     assert "grow-first" in strategies.names()
     r = _learner(tasks).run("grow-first", delta=0.67).record
-    assert [t["grown_slots"] for t in r["tasks"]] == [[], [0, 1], [0, 1]]
+    assert [t["grown_slots"] for t in r["tasks"]] == [[], ["fc1", "fc2"], ["fc1", "fc2"]]
     assert r["strategy"] == "grow-first"
 
     from l2bg.search.study import SearchConfig, run_search
@@ -175,4 +175,4 @@ def test_entry_point_strategy_through_the_cli(tmp_path):
          "--quiet"], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     r = json.loads((out / "results.json").read_text())
-    assert r["strategy"] == "head-only" and r["tasks"][1]["grown_slots"] == [3]
+    assert r["strategy"] == "head-only" and r["tasks"][1]["grown_slots"] == ["head"]

@@ -9,7 +9,7 @@ from typing import Any
 
 from l2bg.errors import L2BGError
 
-__all__ = ["add_explain_parser", "cmd_explain"]
+__all__ = ["LEGEND", "add_explain_parser", "cmd_explain", "explain"]
 
 
 def add_explain_parser(sub: Any) -> argparse.ArgumentParser:
@@ -23,8 +23,54 @@ def add_explain_parser(sub: Any) -> argparse.ArgumentParser:
     return e
 
 
-def cmd_explain(args: argparse.Namespace) -> int:
+LEGEND = """\
+Legend
+  C        conflict of a slot between this task's independent net and a candidate task-net:
+           1 - Spearman correlation of their RDMs on the same validation inputs
+           (0 = same representational geometry, up to 2)
+  ‖C‖₂     task score, the norm of C over the expandable slots: the task binds to the
+           candidate with the least (ties to the earliest-learned)
+  C̃        the slot's share of the conflict, C / ΣC
+  cum      running sum of C̃ down the table (slots by C, largest first)
+  grown    the nucleus for δ: the slots from the top until cum ≥ δ (δ = 0 grows nothing,
+           δ = 1 every slot); a grown slot gets a copy of the bound task's layer
+Definitions: docs/design.md, "Definitions"."""
+
+
+def _slot_name(names: list[str], s: Any) -> str:
+    """A slot as its name (results.json from older versions gives indices)."""
+    if isinstance(s, int) and 0 <= s < len(names):
+        return names[s]
+    return str(s)
+
+
+def explain(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per task: the decision, every candidate's task score and the conflict distribution of
+    each slot in the order the nucleus takes them (the data behind ``l2bg explain``)."""
     from l2bg.conflict import distribution
+
+    slots = list(r.get("slots") or [])
+    expandable = list(r.get("expandable_slots") or slots)
+    out = []
+    for t in r["tasks"]:
+        entry: dict[str, Any] = {
+            "task": t["name"], "bind_to": t["bind_to"], "delta": t["delta"],
+            "reason": t.get("reason", ""),
+            "grown_slots": [_slot_name(slots, s) for s in t["grown_slots"]], "candidates": []}
+        for cand, sc in (t.get("conflict") or {}).items():
+            dist = distribution(sc["layers"])
+            order = sorted(range(len(dist)), key=lambda i: (-sc["layers"][i], i))
+            cum, rows = 0.0, []
+            for i in order:
+                cum += dist[i]
+                rows.append({"slot": _slot_name(expandable, i), "conflict": sc["layers"][i],
+                             "share": dist[i], "cumulative": cum})
+            entry["candidates"].append({"task": cand, "score": sc["score"], "slots": rows})
+        out.append(entry)
+    return out
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
     from l2bg.fileio import read_json
 
     path = args.dir / "results.json"
@@ -34,48 +80,38 @@ def cmd_explain(args: argparse.Namespace) -> int:
         r = read_json(path)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise L2BGError(f"{path} is not valid JSON ({exc})") from exc
-    slots = r.get("slots") or []
-    expl = []
-    for t in r["tasks"]:
-        entry: dict[str, Any] = {"task": t["name"], "bind_to": t["bind_to"], "delta": t["delta"],
-                                 "grown_slots": [slots[s] if s < len(slots) else s
-                                                 for s in t["grown_slots"]], "candidates": []}
-        for cand, sc in (t.get("conflict") or {}).items():
-            dist = distribution(sc["layers"])
-            order = sorted(range(len(dist)), key=lambda i: (-sc["layers"][i], i))
-            cum, rows = 0.0, []
-            for i in order:
-                cum += dist[i]
-                rows.append({"slot": slots[i] if i < len(slots) else i,
-                             "conflict": sc["layers"][i], "share": dist[i], "cumulative": cum})
-            entry["candidates"].append({"task": cand, "score": sc["score"], "slots": rows})
-        expl.append(entry)
+    expl = explain(r)
     if args.json:
         print(json.dumps({"benchmark": r["benchmark"], "strategy": r["strategy"], "tasks": expl},
                          indent=2))
         return 0
     print(f"{r['benchmark']} · strategy {r['strategy']} · {len(expl)} tasks")
+    if any(e["candidates"] for e in expl):
+        print()
+        print(LEGEND)
     for e in expl:
         print()
+        grew = ", ".join(e["grown_slots"]) or "nothing"
         if e["bind_to"] is None:
-            print(f"{e['task']}: first task or independent; its task-net is its independent net")
+            why = e["reason"] or "its task-net is its independent net"
+            print(f"{e['task']}: not bound ({why}); all its slots are its own")
             continue
         head = f"{e['task']}: bound to {e['bind_to']}"
         if not e["candidates"]:
-            print(f"{head} (strategy {r['strategy']}: no conflict model), grew "
-                  f"{', '.join(e['grown_slots']) or 'nothing'}")
+            why = e["reason"] or f"strategy {r['strategy']}"
+            print(f"{head} ({why}; no conflict scores), grew {grew}")
             continue
-        print(f"{head} (least task score ‖C‖₂), δ = {e['delta']}, grew "
-              f"{', '.join(e['grown_slots']) or 'nothing'}")
+        delta = "" if e["delta"] is None else f", δ = {e['delta']:g}"
+        print(f"{head} ({e['reason'] or 'least task score ‖C‖₂'}){delta}, grew {grew}")
         print(f"  {'candidate':<18}{'‖C‖₂':>8}")
         for c in sorted(e["candidates"], key=lambda c: c["score"]):
             mark = "  ← bound" if c["task"] == e["bind_to"] else ""
             print(f"  {c['task']:<18}{c['score']:>8.4f}{mark}")
         bound = next(c for c in e["candidates"] if c["task"] == e["bind_to"])
-        print(f"  conflict with {e['bind_to']} by slot (descending):")
+        print(f"  conflict with {e['bind_to']} by slot (largest first):")
         print(f"  {'slot':<10}{'C':>8}{'C̃':>8}{'cum':>8}  grown")
         for row in bound["slots"]:
             g = "yes" if row["slot"] in e["grown_slots"] else ""
-            print(f"  {row['slot']!s:<10}{row['conflict']:>8.4f}{row['share']:>8.3f}"
-                  f"{row['cumulative']:>8.3f}  {g}")
+            print(f"  {row['slot']:<10}{row['conflict']:>8.4f}{row['share']:>8.3f}"
+                  f"{row['cumulative']:>8.3f}  {g}".rstrip())
     return 0

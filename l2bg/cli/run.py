@@ -133,7 +133,7 @@ def _summary(r: dict[str, Any], out: Path) -> str:
     lines = [f"{r['benchmark']} · {r['strategy']} · {len(r['tasks'])} tasks · seed {r['seed']}",
              f"{'task':<18}{'bind_to':<18}{'grown':<22}{'val':>9}{'test':>9}{'indep val':>11}"]
     for t in r["tasks"]:
-        grown = ",".join(r["slots"][s] for s in t["grown_slots"]) or "-"
+        grown = ",".join(t["grown_slots"]) or "-"
         lines.append(f"{t['name']:<18}{t['bind_to'] or '-':<18}{grown:<22}"
                      f"{_pct(t['val_acc']):>9}{_pct(t['test_acc']):>9}"
                      f"{_pct(t['independent_val_acc']):>11}")

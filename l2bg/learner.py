@@ -12,6 +12,7 @@ loop.
 from __future__ import annotations
 
 import random
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from l2bg.step import (
 from l2bg.templates import Template
 from l2bg.training import TrainConfig
 
-__all__ = ["GrowStep", "Hook", "Learner", "RunResult"]
+__all__ = ["GrowStep", "Hook", "Learner", "LogLines", "RunResult"]
 
 
 @dataclass
@@ -57,6 +58,23 @@ class Hook:
 
     def after_task(self, ctx: StepContext, record: TaskRecord, elapsed_s: float) -> None:
         """After it is learned and evaluated; ``elapsed_s`` since the run started."""
+
+
+class LogLines(Hook):
+    """One printed line per finished task with the time since the run started: what a log
+    file or batch job shows instead of a progress bar."""
+
+    def __init__(self, slot_names: Sequence[str], file: Any = None) -> None:
+        self.slot_names = list(slot_names)
+        self.file = file
+
+    def after_task(self, ctx: StepContext, record: TaskRecord, elapsed_s: float) -> None:
+        d = record.decision
+        grew = ",".join(self.slot_names[s] for s in d.slots) or "-"
+        what = "own independent net" if d.bind_to is None else f"bound to {d.bind_to}, grew {grew}"
+        print(f"[{elapsed_s:8.1f}s] task {ctx.position + 1} {ctx.task}: {what}; "
+              f"val {100 * record.val_acc:.2f}% test {100 * record.test_acc:.2f}%",
+              file=self.file or sys.stdout, flush=True)
 
 
 class Learner:

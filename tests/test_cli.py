@@ -148,3 +148,44 @@ def test_explain_has_a_legend_and_names_slots(tmp_path, capsys):
     (out / "results.json").write_text(json.dumps(r))
     assert main(["explain", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["tasks"][1]["grown_slots"] == grown
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["explain"], ["search"]])
+def test_help_lists_every_option_with_its_default(command, capsys):
+    import argparse
+    import re
+
+    from l2bg.cli import build_parser
+
+    parser = build_parser()
+    for sub in command:
+        parser = next(a for a in parser._actions
+                      if isinstance(a, argparse._SubParsersAction)).choices[sub]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    text = capsys.readouterr().out
+    assert "``" not in text  # no raw reST markup
+    for action in parser._actions:
+        if not action.option_strings or action.nargs == 0:
+            continue  # positionals and on/off flags
+        assert action.help, action.option_strings
+        option = action.option_strings[-1]
+        assert option in text
+        shown = parser.formatter_class(prog="l2bg")._get_help_string(action) % {
+            "default": action.default}
+        assert re.search(r"\b(default|required)\b", shown), f"{option}: {shown}"
+
+
+@pytest.mark.slow
+def test_without_a_terminal_each_task_logs_one_line(tmp_path):
+    """A batch job sees progress: one line per finished task, with the elapsed time."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "l2bg", "run", "--benchmark", "pmnist", "--tasks", "3",
+         "--strategy", "shared", "--epochs", "1", "--out", str(tmp_path / "o"),
+         "--cache-dir", str(tmp_path / "c")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stdout.splitlines() if "] task " in ln]
+    assert len(lines) == 3
+    for i, ln in enumerate(lines, start=1):
+        assert ln.startswith("[") and "s] task " in ln and f"task {i} pmnist-{i - 1}" in ln
+    assert "bound to pmnist-0" in lines[1] and "own independent net" in lines[0]

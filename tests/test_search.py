@@ -434,3 +434,43 @@ def test_postgres_two_workers_record_every_trial_once(tmp_path, cache_dir):
     assert main(["--report", str(tmp_path / "o0"), "--quiet"]) == 0
     report = json.loads((tmp_path / "o0" / "pareto.json").read_text())
     assert report["trials"]["complete"] == 6 and report["storage"] == url
+
+
+@pytest.mark.slow
+def test_front_is_one_decision_with_duplicates_marked_once(tmp_path, cache_dir, capsys):
+    """δ = 0.001 and 0.002 both grow only the most conflicting slot: the same network. The CLI,
+    pareto.json, trials.csv and the plot's data name one front, each network once."""
+    torch.set_num_threads(1)
+    out = tmp_path / "out"
+    args = [a for a in BASE if a != "--quiet"]
+    assert main([*args, "--trials", "5", "--sampler", "random", "--space", "shared-delta",
+                 "--delta-set", "0.001,0.002,1", "--no-baselines", "--cache-dir",
+                 str(cache_dir), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    pareto = json.loads((out / "pareto.json").read_text())
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    front = pareto["pareto"]
+    numbers = [p["number"] for p in front]
+    assert f"Pareto front ({len(front)} networks" in printed
+    for n in numbers:
+        assert f"trial {n:>4}" in printed
+    assert [int(r["number"]) for r in rows if r["pareto"] == "True"] == sorted(numbers)
+    assert [p["number"] for p in pareto["figure"]["front"]] == [
+        p["number"] for p in sorted(front, key=lambda p: p["params"])]
+    # trials that built the same network point at the first one, and never sit on the front
+    nets: dict[str, list[int]] = {}
+    for r in rows:
+        nets.setdefault(r["grow_sequence"], []).append(int(r["number"]))
+    assert any(len(v) > 1 for v in nets.values())
+    for members in nets.values():
+        for n in members[1:]:
+            row = rows[n]
+            assert row["same_network_as"] == str(members[0]) and row["pareto"] == "False"
+    for p in front:
+        assert p["trials"] == next(v for v in nets.values() if p["number"] in v)
+    # slot names and δ as the space defines them, in the CSV and the per-trial lines
+    assert all("[" not in r["grow_sequence"] or "fc" in r["grow_sequence"]
+               or "head" in r["grow_sequence"] for r in rows)
+    assert {r["delta"] for r in rows} <= {"0.001", "0.002", "1"}
+    assert "0.30000000000000004" not in (out / "trials.csv").read_text()
+    assert printed.count("] trial ") == 5

@@ -1,5 +1,7 @@
-"""The ``l2bg`` command line: ``run`` learns a task stream, ``explain`` shows why, ``search``
-searches grow sequences."""
+"""The l2bg command line: `l2bg run` learns a task stream, `l2bg explain DIR` shows why each
+task bound where it did and what grew, `l2bg search` searches grow sequences for the best
+accuracy/size trade-off. `l2bg COMMAND --help` lists each command's options; docs/design.md
+defines every term."""
 
 from __future__ import annotations
 
@@ -13,10 +15,12 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     from l2bg.cli.explain import add_explain_parser
+    from l2bg.cli.options import HelpFormatter
     from l2bg.cli.run import add_run_parser
     from l2bg.search.cli import add_search_parser
 
-    p = argparse.ArgumentParser(prog="l2bg", description=__doc__)
+    p = argparse.ArgumentParser(prog="l2bg", description=__doc__,
+                                formatter_class=HelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     add_run_parser(sub)
     add_explain_parser(sub)

@@ -7,16 +7,19 @@ import json
 from pathlib import Path
 from typing import Any
 
+from l2bg.cli.options import HelpFormatter
 from l2bg.errors import L2BGError
 
 __all__ = ["LEGEND", "add_explain_parser", "cmd_explain", "explain"]
 
 
 def add_explain_parser(sub: Any) -> argparse.ArgumentParser:
-    e = sub.add_parser("explain", help="show why each task bound where it did and what grew",
-                       description="Read DIR/results.json of an l2bg run and print, per task, "
-                                   "the task score of every bind candidate and the conflict "
-                                   "distribution that chose the grown slots.")
+    e = sub.add_parser(
+        "explain", formatter_class=HelpFormatter,
+        help="show why each task bound where it did and what grew",
+        description="Read DIR/results.json of an l2bg run and print, per task, the task score "
+                    "of every bind candidate and the conflict distribution that chose the grown "
+                    "slots, with a legend of the terms.")
     e.add_argument("dir", type=Path, help="run directory holding results.json")
     e.add_argument("--json", action="store_true", help="machine-readable output")
     e.set_defaults(func=cmd_explain)

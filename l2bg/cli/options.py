@@ -5,9 +5,24 @@ training and cache option works in both and reads into one :class:`l2bg.settings
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
-__all__ = ["add_experiment_options", "add_strategy_option", "floats", "names"]
+__all__ = ["HelpFormatter", "add_experiment_options", "add_strategy_option", "floats", "names"]
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default unless the text already states it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.required:
+            return text + " (required)"
+        if (action.option_strings and action.nargs != 0 and action.default is not None
+                and action.default is not argparse.SUPPRESS
+                and not re.search(r"\bdefault\b", text)):
+            text += " (default: %(default)s)"
+        return text
 
 
 def floats(text: str) -> list[float]:
@@ -30,7 +45,9 @@ def add_experiment_options(p: argparse.ArgumentParser, *, benchmark_required: bo
     d = p.add_argument_group("data")
     d.add_argument("--benchmark", required=benchmark_required, default=None, choices=BENCHMARKS,
                    help="pmnist: permuted MNIST, one shared softmax slot; split-mnist: 5 tasks "
-                        "of 2 digits; split-cifar100: T tasks of 100/T classes (convnet)")
+                        "of 2 digits; split-cifar100: T tasks of 100/T classes (convnet)"
+                        + ("" if benchmark_required else " (no default: required unless "
+                                                         "--report)"))
     d.add_argument("--data-root", type=Path, default=None,
                    help="directory with MNIST IDX files (train-*/t10k-*, .gz or raw) or "
                         "cifar-100-python/ (default: the embedded MNIST digits)")
@@ -68,4 +85,4 @@ def add_strategy_option(p: argparse.ArgumentParser, *, default: str | None) -> N
     helps = "; ".join(f"{n}: {strategies.get(n).help}" for n in strategies.names())
     p.add_argument("--strategy", required=default is None, default=default,
                    choices=strategies.names(),
-                   help=helps + ("" if default is None else f" (default {default})"))
+                   help=helps + ("" if default is None else f" (default: {default})"))

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from l2bg.cli.options import add_experiment_options, add_strategy_option, floats
+from l2bg.cli.options import HelpFormatter, add_experiment_options, add_strategy_option, floats
 from l2bg.errors import L2BGError
 
 __all__ = ["add_run_parser", "cmd_run"]
@@ -17,7 +18,8 @@ __all__ = ["add_run_parser", "cmd_run"]
 
 def add_run_parser(sub: Any) -> argparse.ArgumentParser:
     r = sub.add_parser(
-        "run", help="learn a benchmark's tasks in order and write results.json",
+        "run", formatter_class=HelpFormatter,
+        help="learn a benchmark's tasks in order and write results.json",
         description="Learn a benchmark's tasks in order with one strategy; write results.json and "
                     "the JointNet (jointnet.safetensors + jointnet.json) to --out. Without "
                     "--data-root, MNIST benchmarks use the 5000 real MNIST digits shipped in "
@@ -27,9 +29,10 @@ def add_run_parser(sub: Any) -> argparse.ArgumentParser:
     add_strategy_option(g, default=None)
     g.add_argument("--delta", type=float, default=None,
                    help="grow coefficient δ in [0, 1] for every task (strategies that take δ, "
-                        "such as l2bg)")
+                        "such as l2bg; no default: they need --delta or --deltas)")
     g.add_argument("--deltas", type=floats, default=None,
-                   help="comma-separated δ_2,...,δ_T, one per task after the first")
+                   help="comma-separated δ_2,...,δ_T, one per task after the first (default: "
+                        "--delta for every task)")
     o = r.add_argument_group("output")
     o.add_argument("--no-cache", action="store_true", help="train independent nets afresh, "
                    "without reading or writing the cache")
@@ -54,7 +57,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from l2bg import strategies
     from l2bg.cache import IndependentCache
     from l2bg.fileio import write_json
-    from l2bg.learner import GrowStep
+    from l2bg.learner import GrowStep, LogLines
     from l2bg.settings import Settings, resolve_cache_dir
 
     strategy = strategies.get(args.strategy)
@@ -78,7 +81,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         steps = [GrowStep(delta=args.delta) for _ in range(T - 1)]
     cache = IndependentCache(None if args.no_cache else resolve_cache_dir(settings.cache_dir))
-    learner = settings.learner(built, cache, quiet=args.quiet)
+    hooks = () if args.quiet or sys.stderr.isatty() else (LogLines(template.slot_names),)
+    learner = settings.learner(built, cache, quiet=args.quiet, hooks=hooks)
     learner.prepare(strategy, steps)  # every check before --out is touched
 
     out = args.out or _fresh_out(bench.name, strategy.name)
@@ -131,12 +135,12 @@ def _pct(x: float | None) -> str:
 
 def _summary(r: dict[str, Any], out: Path) -> str:
     lines = [f"{r['benchmark']} · {r['strategy']} · {len(r['tasks'])} tasks · seed {r['seed']}",
-             f"{'task':<18}{'bind_to':<18}{'grown':<22}{'val':>9}{'test':>9}{'indep val':>11}"]
+             f"{'task':<18}{'bind_to':<18}{'grown':<22}{'val':>9}{'test':>9}{'indep test':>12}"]
     for t in r["tasks"]:
         grown = ",".join(t["grown_slots"]) or "-"
         lines.append(f"{t['name']:<18}{t['bind_to'] or '-':<18}{grown:<22}"
                      f"{_pct(t['val_acc']):>9}{_pct(t['test_acc']):>9}"
-                     f"{_pct(t['independent_val_acc']):>11}")
+                     f"{_pct(t['independent_test_acc']):>12}")
     lines.append(f"avg test acc {_pct(r['avg_test_acc'])}  avg val acc {_pct(r['avg_val_acc'])}  "
                  f"BWT {_pct(r['bwt'])}  FWT {_pct(r['fwt'])}")
     lines.append(f"gain Δ {r['gain']:+.2f}%  params {r['params']:,} "

@@ -25,8 +25,8 @@ _EXPORTS = {
     "SAMPLERS": "samplers", "make_sampler": "samplers", "initial_design": "samplers",
     "nsga2_population": "samplers",
     "open_storage": "storage", "redact_url": "storage",
-    "OBJECTIVES": "study", "SearchConfig": "study", "run_search": "study",
-    "REFERENCE_POINT": "report", "hypervolume_2d": "report", "pareto_trials": "report",
+    "OBJECTIVES": "report", "SearchConfig": "study", "run_search": "study",
+    "REFERENCE_POINT": "report", "hypervolume_2d": "report", "pareto_front": "report",
     "report_dir": "report", "write_report": "report",
     "add_search_parser": "cli", "main": "cli",
 }

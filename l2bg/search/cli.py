@@ -8,11 +8,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from l2bg.cli.options import add_experiment_options, add_strategy_option, floats, names
+from l2bg.cli.options import (
+    HelpFormatter,
+    add_experiment_options,
+    add_strategy_option,
+    floats,
+    names,
+)
 from l2bg.errors import L2BGError
+from l2bg.search.report import OBJECTIVES
 from l2bg.search.samplers import SAMPLERS
 from l2bg.search.space import SPACES
-from l2bg.search.study import OBJECTIVES
 
 __all__ = ["add_search_parser", "cmd_search", "main"]
 
@@ -20,7 +26,8 @@ __all__ = ["add_search_parser", "cmd_search", "main"]
 def add_search_parser(sub: Any) -> argparse.ArgumentParser:
     """Add ``l2bg search`` to the sub-parsers of the ``l2bg`` command line."""
     s = sub.add_parser(
-        "search", help="search grow sequences for the Pareto front of gain and parameters",
+        "search", formatter_class=HelpFormatter,
+        help="search grow sequences for the Pareto front of gain and parameters",
         description="Search grow sequences [(t, b_t, delta_t)] with Optuna for the Pareto front "
                     "of gain (or accuracy) and parameter count. Re-running the same command "
                     "resumes the study; more workers or machines share it through --storage "
@@ -28,7 +35,8 @@ def add_search_parser(sub: Any) -> argparse.ArgumentParser:
     add_experiment_options(s, benchmark_required=False)
     add_strategy_option(s, default="l2bg")
     s.add_argument("--trials", type=int, default=None,
-                   help="trials to complete in total (over every worker and rerun)")
+                   help="trials to complete in total, over every worker and rerun (no default: "
+                        "required unless --report)")
     s.add_argument("--space", choices=SPACES, default="shared-delta",
                    help="shared-delta: one delta for every task (steps of 0.05, the paper's); "
                         "per-task-delta: one delta per task; bind: bind target of each task "
@@ -47,11 +55,14 @@ def add_search_parser(sub: Any) -> argparse.ArgumentParser:
                    help="seed of the sampler (default --seed); the k-th worker to join the "
                         "study adds 1000*k")
     s.add_argument("--max-params", type=int, default=None,
-                   help="parameter budget: trials above it are infeasible (Trial.set_constraint)")
+                   help="parameter budget: trials above it are infeasible (Trial.set_constraint; "
+                        "default: no budget)")
     s.add_argument("--bind-targets", type=names, default=None,
-                   help="comma-separated tasks (names or indices) allowed as bind targets")
+                   help="comma-separated tasks (names or indices) allowed as bind targets "
+                        "(default: every earlier task)")
     s.add_argument("--delta-set", type=floats, default=None,
-                   help="comma-separated curated grow coefficients to choose from")
+                   help="comma-separated curated grow coefficients to choose from (default: 0 to 1 "
+                        "in steps of 0.05)")
     s.add_argument("--enqueue-baselines", action="store_true",
                    help="evaluate the no-growth (delta 0) and grow-all (delta 1) sequences first")
     s.add_argument("--initial", choices=("random", "diagonal"), default=None,
@@ -73,7 +84,8 @@ def add_search_parser(sub: Any) -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, default=None,
                    help="output directory (default runs/search-<study name>)")
     s.add_argument("--report", type=Path, default=None, metavar="DIR",
-                   help="only rewrite the outputs of the search in DIR from its storage")
+                   help="only rewrite the outputs of the search in DIR from its storage (default: "
+                        "run the search)")
     s.add_argument("--quiet", action="store_true", help="no per-trial lines and no summary")
     s.set_defaults(func=cmd_search)
     return s

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from l2bg.errors import L2BGError
-from l2bg.step import GrowStep
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
+
+    from l2bg.step import GrowStep
 
 __all__ = ["DELTA_STEP", "SPACES", "SearchSpace"]
 
@@ -112,6 +113,8 @@ class SearchSpace:
 
     def decode(self, params: Mapping[str, Any]) -> tuple[list[int], list[GrowStep]]:
         """Task order (benchmark indices) and one GrowStep per task after the first."""
+        from l2bg.step import GrowStep
+
         T = len(self.tasks)
         if self.mode == "order":
             order = sorted(range(T), key=lambda j: (float(params[f"key_{self.tasks[j]}"]), j))
@@ -180,15 +183,3 @@ class SearchSpace:
                 "bind_targets": None if self.bind_targets is None else list(self.bind_targets),
                 "delta_set": None if self.delta_set is None else list(self.delta_set),
                 "params": sorted(self.distributions())}
-
-    def delta_label(self, delta: float | None) -> str:
-        """δ as the space defines it (rounded to its grid or set), for display."""
-        if delta is None:
-            return ""
-        if self.delta_set is not None:
-            return f"{min(self.delta_set, key=lambda c: abs(c - delta)):g}"
-        return f"{round(delta / DELTA_STEP) * DELTA_STEP:.2f}"
-
-
-# =============================================================================================
-# Worker identity and file locks

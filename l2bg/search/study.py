@@ -25,7 +25,8 @@ from l2bg.fileio import write_json
 from l2bg.locks import FileLocks
 from l2bg.search.liveness import Liveness, reap_stale_trials, retry_callback, trial_by_number
 from l2bg.search.memo import MemoRunner, Outcome
-from l2bg.search.report import SIGNATURE_ATTR, summary_text, write_report
+from l2bg.search.notation import format_sequence
+from l2bg.search.report import OBJECTIVES, SIGNATURE_ATTR, summary_text, write_report
 from l2bg.search.samplers import SAMPLERS, initial_design, make_sampler
 from l2bg.search.space import SPACES, SearchSpace
 from l2bg.search.storage import open_storage, redact_url
@@ -34,9 +35,8 @@ from l2bg.settings import Built, Settings, resolve_cache_dir
 if TYPE_CHECKING:  # pragma: no cover
     from l2bg.learner import Learner
 
-__all__ = ["OBJECTIVES", "SearchConfig", "run_search"]
+__all__ = ["SearchConfig", "run_search"]
 
-OBJECTIVES = ("gain", "acc")
 #: Testing hook: seconds every trial sleeps (while alive) before it runs.
 DELAY_ENV = "L2BG_SEARCH_TRIAL_DELAY"
 
@@ -312,6 +312,7 @@ def _work(setup: _Setup, index: int) -> int:
     runner = setup.make_runner()
     delay = float(os.environ.get(DELAY_ENV, "0") or 0)
     done_here = 0
+    start = time.perf_counter()
     while True:
         reap_stale_trials(study, storage, cfg.lease_s, cfg.max_retry)
         counts = _counts(study)
@@ -355,7 +356,7 @@ def _work(setup: _Setup, index: int) -> int:
         study.tell(trial, values)
         done_here += 1
         if not cfg.quiet:
-            _print_trial(index, trial.number, outcome, setup)
+            _print_trial(index, trial.number, outcome, setup, time.perf_counter() - start)
     return done_here
 
 
@@ -377,13 +378,16 @@ def _surplus(study: Any, trial: Any, frozen: Any, trials: int) -> bool:
     return True
 
 
-def _print_trial(index: int, number: int, outcome: Outcome, setup: _Setup) -> None:
+def _print_trial(index: int, number: int, outcome: Outcome, setup: _Setup,
+                 elapsed: float) -> None:
+    """One line per finished trial (also when the output is not a terminal)."""
     r, s = outcome.record, outcome.stats
     ratio = r["params"] / r["params_independent"]
     T = len(setup.space.tasks)
-    print(f"[w{index}] trial {number}: gain {r['gain']:+.2f}%  params {r['params']:,} "
-          f"({ratio:.2f}x independent)  val acc {100 * r['avg_val_acc']:.2f}%  "
-          f"memo {s['memo_hits']}/{T} reused  {r['wall_time_s']:.1f}s", flush=True)
+    print(f"[w{index} {elapsed:7.1f}s] trial {number}: gain {r['gain']:+.2f}%  params "
+          f"{r['params']:,} ({ratio:.2f}x independent)  val acc {100 * r['avg_val_acc']:.2f}%  "
+          f"memo {s['memo_hits']}/{T} reused  {r['wall_time_s']:.1f}s  "
+          f"{format_sequence(r['grow_sequence'])}", flush=True)
 
 
 def _worker_entry(cfg_dict: dict[str, Any], index: int) -> None:

@@ -1,0 +1,36 @@
+"""How a grow sequence is written in search outputs (CLI, trials.csv, plots)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = ["delta_label", "format_sequence"]
+
+
+def delta_label(seq: Sequence[Mapping[str, Any]] | None) -> str:
+    """The grow coefficients of a grow sequence: ``0.3`` when one δ serves every task, else
+    ``0.3/0.5/…`` in task order; empty when no δ was used."""
+    deltas = [round(float(g["delta"]), 4) for g in (seq or [])[1:] if g.get("delta") is not None]
+    if not deltas:
+        return ""
+    if len(set(deltas)) == 1:
+        return f"{deltas[0]:g}"
+    return "/".join(f"{d:g}" for d in deltas)
+
+
+def format_sequence(seq: Sequence[Mapping[str, Any]] | None) -> str:
+    """A grow sequence on one line: ``a b<a[fc3,head]@0.3 c<b[-]@0.3``: task ``b`` bound to
+    ``a``, grew slots fc3 and head (``-``: nothing), chosen with δ = 0.3; a task alone is
+    unbound (its own independent net)."""
+    if not seq:
+        return ""
+    parts = []
+    for g in seq:
+        if g.get("bind_to") is None:
+            parts.append(str(g["task"]))
+        else:
+            slots = ",".join(str(s) for s in g.get("grown_slots") or []) or "-"
+            delta = "" if g.get("delta") is None else f"@{round(float(g['delta']), 4):g}"
+            parts.append(f"{g['task']}<{g['bind_to']}[{slots}]{delta}")
+    return " ".join(parts)

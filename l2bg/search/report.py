@@ -198,7 +198,8 @@ def summary_text(s: Mapping[str, Any], out: Path) -> str:
              f"{s['trials'].get('fail', 0)} failed, {s['trials'].get('running', 0)} running; "
              f"hypervolume {s['hypervolume']:.3f}",
              f"Pareto front ({len(s['pareto'])} networks"
-             + (f"; {same} more trials built one of them" if same else "") + "):",
+             + (f"; {same} more trial{'s' * (same > 1)} built one of them" if same else "")
+             + "):",
              "  grow sequence: a<b[slots]@δ = task a bound to b, grew those slots, chosen by δ"]
     for p in s["pareto"]:
         dup = f" (= trials {', '.join(map(str, p['trials'][1:]))})" if len(p["trials"]) > 1 else ""

@@ -4,21 +4,38 @@ A reader (another worker, a later run, a crash) sees either the old file or the 
 never half of it: content goes to a uniquely named temporary file in the same directory, is
 flushed to disk, given the mode a plain ``open()`` would give under the process umask (``mkstemp``
 alone would leave it 0600), and renamed over the target. Directories (cache entries, memo nodes)
-are built under a unique temporary name and renamed into place the same way.
+are built under a unique temporary name and renamed into place the same way. Temporary names are
+``.<name>.<random>.tmp``; what a killed process leaves of them is swept by
+:func:`sweep_stale_temps` once it is older than any write could take.
+
+A write that the file system refuses (permissions, read-only, full disk) is an
+:class:`~l2bg.errors.L2BGError` naming the path, never a traceback.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_dir", "atomic_write", "file_mode", "read_json", "write_json"]
+from l2bg import faults
+from l2bg.errors import L2BGError
+
+__all__ = ["atomic_dir", "atomic_write", "file_mode", "link_new", "read_json", "refused",
+           "sha256_file",
+           "sweep_stale_temps", "writable_dir", "write_json"]
+
+#: errno values that mean "the file system will not take this write": reported as L2BGError.
+_REFUSED = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
+            errno.EISDIR}
 
 
 def _read_umask() -> int:
@@ -39,33 +56,52 @@ def file_mode(directory: bool = False) -> int:
     return (0o777 if directory else 0o666) & ~_read_umask()
 
 
+def refused(exc: OSError, path: str | os.PathLike, fix: str = "") -> L2BGError:
+    """The one-line error for a write the file system refused."""
+    why = exc.strerror or type(exc).__name__
+    return L2BGError(f"cannot write {path}: {why}"
+                     f"{'; ' + fix if fix else '; check its permissions and free space'}")
+
+
+@contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in _REFUSED:
+            raise refused(exc, path) from exc
+        raise
+
+
 def atomic_write(path: str | os.PathLike, content: bytes | str | Callable[[Path], None]) -> Path:
     """Write ``content`` (bytes, text, or a function that writes the file at the path it gets)
     to ``path`` atomically; returns the path. The parent directory must exist or is created."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(name)
-    try:
-        if callable(content):
+    with _writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        tmp = Path(name)
+        try:
+            if callable(content):
+                os.close(fd)
+                content(tmp)
+                fd = os.open(tmp, os.O_RDONLY)
+            else:
+                data = content.encode() if isinstance(content, str) else bytes(content)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            os.fsync(fd)
             os.close(fd)
-            content(tmp)
-            fd = os.open(tmp, os.O_RDONLY)
-        else:
-            data = content.encode() if isinstance(content, str) else bytes(content)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
+            fd = -1
+            os.chmod(tmp, file_mode())
+            faults.point("write")
+            os.replace(tmp, path)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
     return path
 
 
@@ -85,11 +121,14 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     the block ends without error. If ``final`` appeared meanwhile (another worker wrote the same
     entry), the new copy is discarded: entries are content-addressed, so both are the same."""
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    with _writing(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
     try:
-        os.chmod(tmp, file_mode(directory=True))
+        with _writing(final):
+            os.chmod(tmp, file_mode(directory=True))
         yield tmp
+        faults.point("dir")
         try:
             os.rename(tmp, final)
         except OSError:
@@ -97,3 +136,71 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def link_new(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Give the file ``src`` the second name ``dst``, which must not exist: an existing ``dst``
+    is never replaced (FileExistsError), however two writers race. Where the file system has no
+    hard links, ``src`` is renamed to ``dst`` after a check (racy only there)."""
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        if os.path.lexists(dst):
+            raise FileExistsError(errno.EEXIST, "File exists", str(dst)) from exc
+        os.rename(src, dst)
+
+
+def sweep_stale_temps(directory: str | os.PathLike, older_than_s: float) -> list[Path]:
+    """Remove the temporary files and directories (``.*.tmp``) in ``directory`` that were last
+    modified more than ``older_than_s`` ago: what killed writers left. A write in progress is
+    never that old (it renames its temporary within the lease of the lock it holds)."""
+    removed: list[Path] = []
+    now = time.time()
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for e in entries:
+        if not (e.name.startswith(".") and e.name.endswith(".tmp")):
+            continue
+        try:
+            if now - e.stat(follow_symlinks=False).st_mtime <= older_than_s:
+                continue
+            if e.is_dir(follow_symlinks=False):
+                shutil.rmtree(e.path)
+            else:
+                os.unlink(e.path)
+        except OSError:
+            continue  # removed by another sweeper, or not ours to remove
+        removed.append(Path(e.path))
+    return removed
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def writable_dir(path: str | os.PathLike, what: str) -> Path:
+    """Create ``path`` (and its parents) if missing and check that this process can create files
+    in it; an L2BGError naming ``what`` (e.g. "--out") otherwise. Returns the path."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise L2BGError(f"{what} {path} is a file, not a directory; choose a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".l2bg-probe.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise L2BGError(f"{what} {path} is not writable ({exc.strerror or exc}); choose a "
+                        "directory you can write to") from exc
+    return path

@@ -20,7 +20,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["FileLocks", "worker_dead", "worker_id"]
+from l2bg.fileio import refused
+
+__all__ = ["FileLocks", "LockHeld", "worker_dead", "worker_id"]
 
 
 def _proc_start(pid: int) -> str | None:
@@ -69,6 +71,14 @@ def worker_dead(worker: str | None) -> bool:
     return False
 
 
+class LockHeld(Exception):
+    """``FileLocks.hold(path, wait=False)`` found the lock held by a live worker (``owner``)."""
+
+    def __init__(self, path: Path, owner: str | None) -> None:
+        super().__init__(f"{path} is held by {owner or 'another worker'}")
+        self.path, self.owner = path, owner
+
+
 class FileLocks:
     """Advisory lock files; see the module docstring. ``hold(path)`` is a context manager."""
 
@@ -81,19 +91,26 @@ class FileLocks:
         self.waits = 0
 
     @contextmanager
-    def hold(self, path: Path) -> Iterator[None]:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def hold(self, path: Path, wait: bool = True) -> Iterator[None]:
+        """Hold the lock at ``path`` for the block: wait while a live worker holds it, or
+        (``wait=False``) raise :class:`LockHeld` at once. A stale lock is broken."""
         waited = False
         while True:
             try:
+                path.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
             except FileExistsError:
                 if self.stale(path):
                     self._break(path)
                     continue
+                if not wait:
+                    raise LockHeld(path, self.owner(path)) from None
                 waited = True
                 time.sleep(self.poll_s)
                 continue
+            except OSError as exc:
+                raise refused(exc, path, "make the directory writable or choose another "
+                                         "one") from exc
             with os.fdopen(fd, "w") as f:
                 f.write(json.dumps({"worker": worker_id(), "time": time.time()}))
             break
@@ -121,11 +138,16 @@ class FileLocks:
             return False  # released meanwhile: the next create decides
         if age > self.lease_s:
             return True
+        return worker_dead(self.owner(path))  # unreadable (being written, garbage): age tells
+
+    @staticmethod
+    def owner(path: Path) -> str | None:
+        """The worker recorded in the lock at ``path`` (None if unreadable)."""
         try:
             owner = json.loads(path.read_text() or "{}").get("worker")
         except (OSError, ValueError, AttributeError):
-            return False  # being written, or garbage: its age will tell
-        return worker_dead(owner)
+            return None
+        return owner if isinstance(owner, str) else None
 
     @staticmethod
     def _break(path: Path) -> None:

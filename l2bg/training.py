@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from l2bg import faults
 from l2bg.errors import L2BGError
 from l2bg.jointnet import JointNet
 
@@ -102,6 +103,7 @@ def fit(net: JointNet, task: str, x: Tensor, y: Tensor, config: TrainConfig,
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                faults.point("train")
                 total += loss.detach() * idx.numel()
             history.append(float(total) / n)
             if progress is not None:

@@ -115,12 +115,13 @@ def test_load_rejects_topology_that_disagrees_with_weights(tmp_path):
     topo = json.loads((tmp_path / "jointnet.json").read_text())
     topo["nodes"] = [n for n in topo["nodes"] if n["id"] != "fc1_1"]
     topo["tasks"][1]["route"][0] = "fc1_0"
+    topo["tasks"][1]["grown_slots"] = []  # a consistent topology, but one node short
     (tmp_path / "jointnet.json").write_text(json.dumps(topo))
     with pytest.raises(L2BGError, match="disagree"):
         JointNet.load(tmp_path)
     topo["template"]["kwargs"]["hidden"] = [7, 6]
     (tmp_path / "jointnet.json").write_text(json.dumps(topo))
-    with pytest.raises(L2BGError, match="shape mismatch"):
+    with pytest.raises(L2BGError, match="shape or dtype mismatch"):
         JointNet.load(tmp_path)
     with pytest.raises(L2BGError, match="missing"):
         JointNet.load(tmp_path / "nowhere")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from l2bg.errors import L2BGError
+from l2bg.errors import L2BGError, one_line_warnings
 
 __all__ = ["build_parser", "main"]
 
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    one_line_warnings()
     try:
         return args.func(args)
     except L2BGError as exc:

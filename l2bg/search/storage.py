@@ -39,21 +39,24 @@ def open_storage(url: str, *, lease_s: float = 60.0, max_retry: int = 3) -> Any:
         raise L2BGError("--storage is empty; give postgresql://…, mysql://…, sqlite:///FILE "
                         "or journal:FILE")
     if url.startswith("journal:"):
-        return _open_journal(url)
+        return _open_journal(url, lease_s)
     return _open_rdb(url, lease_s, max_retry)
 
 
-def _open_journal(url: str) -> Any:
+def _open_journal(url: str, lease_s: float) -> Any:
+    from l2bg.search.journal import open_journal
+
     shown = redact_url(url)
     path = Path(url[len("journal:"):]).expanduser()
     if not path.parent.is_dir():
         raise L2BGError(f"journal storage {shown}: directory {path.parent} does not exist; "
                         "create it or point journal: elsewhere")
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
+    if path.is_dir():
+        raise L2BGError(f"journal storage {shown} is a directory; point journal: at a file")
     try:
-        return JournalStorage(JournalFileBackend(str(path)))
+        return open_journal(path, lease_s)
+    except L2BGError:
+        raise
     except Exception as exc:  # noqa: BLE001 - reported on one line
         raise L2BGError(f"cannot open journal storage {shown}: {one_line(exc)}") from exc
 
@@ -67,6 +70,9 @@ def _open_rdb(url: str, lease_s: float, max_retry: int) -> Any:
     if base not in _RDB:
         raise L2BGError(f"unsupported storage URL {shown!r}: use postgresql://USER:PASS@HOST/DB, "
                         "mysql://USER:PASS@HOST/DB, sqlite:///FILE.db or journal:FILE")
+    if base == "sqlite" and url.split("://", 1)[1] in ("", "/", "/:memory:"):
+        raise L2BGError(f"storage URL {shown!r} is an in-memory SQLite database, which no "
+                        "other worker or later run can see; use sqlite:///FILE.db")
     if base == "postgres":
         raise L2BGError(f"storage URL {shown!r}: SQLAlchemy needs the scheme postgresql://, "
                         "not postgres://")

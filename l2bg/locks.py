@@ -109,8 +109,8 @@ class FileLocks:
                 time.sleep(self.poll_s)
                 continue
             except OSError as exc:
-                raise refused(exc, path, "make the directory writable or choose another "
-                                         "one") from exc
+                raise refused(exc, path, "make its directory writable or point l2bg at one "
+                                         "you can write (--cache-dir, --out)") from exc
             with os.fdopen(fd, "w") as f:
                 f.write(json.dumps({"worker": worker_id(), "time": time.time()}))
             break

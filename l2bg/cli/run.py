@@ -1,9 +1,20 @@
 """``l2bg run``: learn a benchmark's tasks in order with one strategy; write results.json and the
-JointNet."""
+JointNet.
+
+``--out`` may be an existing directory with other files in it: a run never deletes or replaces a
+file it did not write. It claims the directory with a lock file (``.l2bg-run.lock``, created
+exclusively: of two runs on one ``--out`` one proceeds and the other stops with one line), refuses
+up front a directory that already holds one of its outputs, writes its outputs into a staging
+directory of its own (``.l2bg-run.staging``) and publishes them by hard links that never replace
+an existing file, results.json last. Interrupted, it removes only what it wrote; killed, the next
+run on that ``--out`` finds the dead run's claim and removes what that run had published (the
+files that are still the same files as in its staging directory).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -13,7 +24,100 @@ from typing import Any
 from l2bg.cli.options import HelpFormatter, add_experiment_options, add_strategy_option, floats
 from l2bg.errors import L2BGError
 
-__all__ = ["add_run_parser", "cmd_run"]
+__all__ = ["OUTPUTS", "OutDir", "add_run_parser", "cmd_run"]
+
+#: What a run writes to --out, in the order it publishes them (results.json last).
+OUTPUTS = ("jointnet.safetensors", "jointnet.json", "results.json")
+CLAIM = ".l2bg-run.lock"
+STAGING = ".l2bg-run.staging"
+
+
+class OutDir:
+    """The --out directory of one run: claimed on enter, released on exit; see the module
+    docstring. ``staging`` is where the run writes; :meth:`publish` links the outputs into
+    place."""
+
+    def __init__(self, path: Path) -> None:
+        from l2bg.locks import FileLocks
+
+        self.path = path
+        self.staging = path / STAGING
+        self._locks = FileLocks()
+        self._claim: Any = None
+        self._created = False
+        self._published: list[Path] = []
+
+    def __enter__(self) -> OutDir:
+        from l2bg.fileio import writable_dir
+        from l2bg.locks import LockHeld
+
+        self._created = not self.path.exists()
+        writable_dir(self.path, "--out")
+        claim = self._locks.hold(self.path / CLAIM, wait=False)
+        try:
+            claim.__enter__()
+        except LockHeld as exc:
+            raise L2BGError(f"--out {self.path} is in use by another l2bg run ({exc.owner}); "
+                            "wait for it to finish or choose another --out") from None
+        self._claim = claim
+        try:
+            self._remove_dead_run()
+            held = [n for n in OUTPUTS if os.path.lexists(self.path / n)]
+            if held:
+                raise L2BGError(f"--out {self.path} already holds {', '.join(held)}; choose "
+                                "another --out or move those files away")
+            self.staging.mkdir()
+        except BaseException as exc:
+            self.__exit__(type(exc), exc, None)
+            raise
+        return self
+
+    def _remove_dead_run(self) -> None:
+        """What a killed run on this directory left: its staging directory and the outputs it
+        had published (same files as in its staging)."""
+        if not self.staging.is_dir():
+            return
+        for name in OUTPUTS:
+            mine, out = self.staging / name, self.path / name
+            try:
+                if mine.exists() and out.exists() and os.path.samefile(mine, out):
+                    out.unlink()
+            except OSError:
+                pass
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    def publish(self) -> None:
+        """Give every output its name in --out, never replacing a file that appeared there."""
+        from l2bg.fileio import link_new
+
+        for name in OUTPUTS:
+            try:
+                link_new(self.staging / name, self.path / name)
+            except FileExistsError:
+                raise L2BGError(f"{self.path / name} appeared while the run was working; it "
+                                "was left as it is: choose another --out") from None
+            self._published.append(self.path / name)
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None:  # interrupted or failed: take back only what this run wrote
+            for out in self._published:
+                try:
+                    if os.path.samefile(self.staging / out.name, out):
+                        out.unlink()
+                except OSError:
+                    pass
+        shutil.rmtree(self.staging, ignore_errors=True)
+        self._release()
+        if self._created and exc_type is not None:
+            try:
+                self.path.rmdir()  # only if nothing else is in it
+            except OSError:
+                pass
+
+    def _release(self) -> None:
+        if self._claim is not None:
+            self._claim.__exit__(None, None, None)
+            self._claim = None
 
 
 def add_run_parser(sub: Any) -> argparse.ArgumentParser:
@@ -44,6 +148,7 @@ def add_run_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def _fresh_out(benchmark: str, strategy: str) -> Path:
+    """A directory name under runs/ that no other run has taken (checked again by the claim)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = Path("runs") / f"{benchmark}-{strategy}-{stamp}"
     out, k = base, 1
@@ -86,11 +191,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     learner.prepare(strategy, steps)  # every check before --out is touched
 
     out = args.out or _fresh_out(bench.name, strategy.name)
-    created = not out.exists()
-    if out.exists() and (out / "results.json").exists():
-        raise L2BGError(f"{out} already holds results.json; choose another --out or remove it")
-    out.mkdir(parents=True, exist_ok=True)
-    try:
+    with OutDir(out) as target:  # claimed and checked writable before any training
         result = learner.run(strategy, sequence=steps)
         record = result.record
         record["config"] = {
@@ -103,15 +204,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             "cache_dir": None if cache.root is None else str(cache.root),
             "torch": _torch_version(), "l2bg": _l2bg_version(),
         }
-        result.net.save(out)
-        write_json(out / "results.json", record)
-    except BaseException:
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
-        else:
-            for name in ("jointnet.safetensors", "jointnet.json"):
-                (out / name).unlink(missing_ok=True)
-        raise
+        result.net.save(target.staging)
+        write_json(target.staging / "results.json", record)
+        target.publish()
     if not args.quiet:
         print(_summary(record, out))
     return 0

@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import io
 import math
+import os
 import pickle
 import re
 import zlib
@@ -64,6 +65,15 @@ def _file_record(path: Path, raw: bytes) -> dict[str, Any]:
 
 
 
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, but a directory on the way that cannot be searched is one line."""
+    try:
+        return path.is_file()
+    except OSError as exc:
+        raise L2BGError(f"cannot look for {path}: {exc.strerror or exc}; check the permissions "
+                        "of the data root") from exc
+
+
 def _read_bytes(path: Path) -> bytes:
     try:
         return path.read_bytes()
@@ -111,7 +121,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     raises L2BGError otherwise.
     """
     path = Path(path).expanduser()
-    if not path.is_file():
+    if not _is_file(path):
         raise L2BGError(f"IDX file {path} does not exist; check the path")
     return _decode_idx(_read_bytes(path), path)
 
@@ -128,7 +138,7 @@ def _find_mnist_files(root: Path) -> tuple[dict[str, Path], list[Path]]:
     found: dict[str, Path] = {}
     for key, base in MNIST_FILES.items():
         for d in dirs:
-            hit = next((d / n for n in _idx_candidates(base) if (d / n).is_file()), None)
+            hit = next((d / n for n in _idx_candidates(base) if _is_file(d / n)), None)
             if hit is not None:
                 found[key] = hit
                 break
@@ -227,8 +237,13 @@ def _load_embedded_digits(seed: int) -> DataSplits:
 
 def _as_root(data_root: str | Path, what: str, how: str) -> Path:
     root = Path(data_root).expanduser()
-    if not root.is_dir():
-        raise L2BGError(f"{what} data root {root} is not a directory; {how}")
+    try:
+        if not root.is_dir():
+            raise L2BGError(f"{what} data root {root} is not a directory; {how}")
+        os.listdir(root)
+    except OSError as exc:
+        raise L2BGError(f"{what} data root {root} cannot be read ({exc.strerror or exc}); check "
+                        "its permissions") from exc
     return root.resolve()
 
 
@@ -354,7 +369,7 @@ def load_cifar100(data_root: str | Path, *, seed: int = 0) -> DataSplits:
         raise L2BGError(f"CIFAR-100 needs data_root=DIR holding cifar-100-python/; {how}")
     root = _as_root(data_root, "CIFAR-100", how)
     dirs = [root / "cifar-100-python", root]
-    folder = next((d for d in dirs if (d / "train").is_file() and (d / "test").is_file()), None)
+    folder = next((d for d in dirs if _is_file(d / "train") and _is_file(d / "test")), None)
     if folder is None:
         looked = " and ".join(str(d) for d in dirs)
         raise L2BGError(f"no CIFAR-100 python files 'train' and 'test' in {looked}; {how}")

@@ -3,7 +3,11 @@
 An entry is keyed by everything that shapes the net: benchmark, task data fingerprint, seed,
 template and training config. It holds the saved net and its accuracies, so the gain of every
 strategy and the conflict model of every run reuse one trained baseline. Entries are written to a
-temporary directory and renamed into place, so concurrent workers never see half an entry.
+temporary directory and renamed into place, so concurrent workers never see half an entry, and
+sealed (``meta.json`` holds the sha256 of itself and of the net's files): an entry that does not
+match is moved aside (renamed ``<key>.damaged-…``, never deleted) and trained again, with one
+warning. What a killed writer left (``.<key>.*.tmp``) is swept once it is older than the lock
+lease.
 """
 
 from __future__ import annotations
@@ -19,13 +23,22 @@ from typing import Any
 import torch
 
 from l2bg import __version__
-from l2bg.fileio import atomic_dir, write_json
-from l2bg.jointnet import JointNet
+from l2bg.errors import L2BGError
+from l2bg.fileio import (
+    atomic_dir,
+    read_json,
+    seal,
+    seal_problem,
+    set_aside,
+    sweep_stale_temps,
+    write_json,
+)
+from l2bg.jointnet import TOPOLOGY_FILE, WEIGHTS_FILE, JointNet
 from l2bg.locks import FileLocks
 from l2bg.templates import Template
 from l2bg.training import TrainConfig, accuracy, fit
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: sealed entries (checksums in meta.json)
 
 
 @dataclass
@@ -84,7 +97,7 @@ class IndependentCache:
         found = self._memory.get(key) or self._read(key, task.name, device)
         if found is None and self.root is not None:
             with self.locks.hold(self.root / "independent" / f".{key}.lock"):
-                found = self._read(key, task.name, device)
+                found = self._read(key, task.name, device, repair=True)
                 if found is None:
                     return self._train(key, task, tseed, template, cfg, device, progress)
         elif found is None:
@@ -113,26 +126,44 @@ class IndependentCache:
         self._memory[key] = result
         return result
 
-    def _read(self, key: str, task: str, device: torch.device) -> IndependentNet | None:
+    def _read(self, key: str, task: str, device: torch.device, repair: bool = False
+              ) -> IndependentNet | None:
+        """The entry ``key``, or None when it is absent or damaged; with ``repair`` (under the
+        entry's lock) a damaged entry is moved aside."""
         if self.root is None:
             return None
         entry = self.root / "independent" / key
-        meta_file = entry / "meta.json"
-        if not meta_file.is_file():
+        if not entry.is_dir():
             return None
-        meta = json.loads(meta_file.read_text())
-        net = JointNet.load(entry, map_location=device)
-        if net.tasks != [task]:
-            return None
-        return IndependentNet(net=net, task=task, val_acc=meta["val_acc"],
-                              test_acc=meta["test_acc"], n_val=meta["n_val"],
-                              train_s=meta["train_s"], cached=True, key=key)
+        try:
+            meta = read_json(entry / "meta.json")
+            problem = seal_problem(meta, entry)
+        except (OSError, ValueError) as exc:  # missing or not JSON
+            problem = f"meta.json cannot be read ({' '.join(str(exc).split())[:80]})"
+        found = None
+        if problem is None:
+            try:
+                net = JointNet.load(entry, map_location=device)
+                found = IndependentNet(net=net, task=task, val_acc=float(meta["val_acc"]),
+                                       test_acc=float(meta["test_acc"]),
+                                       n_val=int(meta["n_val"]), train_s=float(meta["train_s"]),
+                                       cached=True, key=key)
+                if net.tasks != [task] or meta.get("task") != task:
+                    problem = f"it holds task {meta.get('task')!r}, not {task!r}"
+            except (L2BGError, KeyError, TypeError, ValueError) as exc:
+                problem = " ".join(str(exc).split())[:120]
+        if problem is None:
+            return found
+        if repair:
+            set_aside(entry, problem, "cached independent net")
+        return None
 
     def _write(self, key: str, result: IndependentNet) -> None:
         if self.root is None:
             return
+        sweep_stale_temps(self.root / "independent", self.locks.lease_s)
         with atomic_dir(self.root / "independent" / key) as tmp:
             result.net.save(tmp)
             meta = {"val_acc": result.val_acc, "test_acc": result.test_acc, "n_val": result.n_val,
                     "train_s": result.train_s, "task": result.task, "l2bg": __version__}
-            write_json(tmp / "meta.json", meta)
+            write_json(tmp / "meta.json", seal(meta, tmp, (WEIGHTS_FILE, TOPOLOGY_FILE)))

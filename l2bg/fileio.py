@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from l2bg import faults
-from l2bg.errors import L2BGError
+from l2bg.errors import L2BGError, warn
 
-__all__ = ["atomic_dir", "atomic_write", "file_mode", "link_new", "read_json", "refused",
-           "sha256_file",
+__all__ = ["SEAL", "atomic_dir", "atomic_write", "file_mode", "link_new", "read_json", "refused",
+           "seal", "seal_problem", "set_aside", "sha256_file",
            "sweep_stale_temps", "writable_dir", "write_json"]
 
 #: errno values that mean "the file system will not take this write": reported as L2BGError.
@@ -187,6 +187,69 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+#: Key of the checksums in a sealed metadata object.
+SEAL = "sha256"
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, allow_nan=False).encode()).hexdigest()
+
+
+def seal(meta: dict[str, Any], directory: str | os.PathLike | None = None,
+         files: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``meta`` plus ``sha256``: the checksum of ``meta`` itself (as JSON) and of each of
+    ``files`` in ``directory``. What an entry written to the cache or memo stores, so that a
+    reader can tell a damaged entry from a good one (:func:`seal_problem`)."""
+    body = {k: v for k, v in meta.items() if k != SEAL}
+    sums = {name: sha256_file(Path(directory) / name) for name in files}
+    sums["meta"] = _digest(body)
+    return {**body, SEAL: sums}
+
+
+def seal_problem(meta: Any, directory: str | os.PathLike | None = None) -> str | None:
+    """What is wrong with a sealed entry (its metadata ``meta`` and the files in ``directory``
+    it names), or None when everything matches its checksum."""
+    if not isinstance(meta, dict) or not isinstance(meta.get(SEAL), dict):
+        return "it has no checksum"
+    sums = meta[SEAL]
+    body = {k: v for k, v in meta.items() if k != SEAL}
+    try:
+        if sums.get("meta") != _digest(body):
+            return "its metadata does not match its checksum"
+    except (TypeError, ValueError):
+        return "its metadata is not plain JSON"
+    for name, want in sums.items():
+        if name == "meta":
+            continue
+        if directory is None or not isinstance(name, str) or "/" in name or name in ("", ".",
+                                                                                     ".."):
+            return f"it names a file {name!r} that is not its own"
+        try:
+            got = sha256_file(Path(directory) / name)
+        except OSError as exc:
+            return f"{name} cannot be read ({exc.strerror or exc})"
+        if got != want:
+            return f"{name} does not match its checksum"
+    return None
+
+
+def set_aside(path: str | os.PathLike, why: str, what: str = "entry") -> Path | None:
+    """Rename a damaged file or directory to ``<name>.damaged-<stamp>`` beside it (kept, never
+    deleted) and warn once; returns the new path (None if another worker moved it first)."""
+    path = Path(path)
+    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}-"
+                           f"{os.urandom(3).hex()}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise refused(exc, path, f"the {what} is damaged ({why}); move it away by hand") from exc
+    warn(f"the {what} {path} is damaged ({why}); it was moved to {aside.name} and is "
+         "computed again")
+    return aside
 
 
 def writable_dir(path: str | os.PathLike, what: str) -> Path:

@@ -8,7 +8,10 @@ and the decisions. :class:`MemoRunner` runs the same :class:`l2bg.step.BindGrowS
 and wraps it with the memo and nothing else: before ``apply`` it looks the child node up (a hit
 costs a JSON read), after it saves the node; the parent's JointNet is loaded only when a task must
 be scored or trained. Conflict scores are kept per node, task and candidate set. Nodes and scores
-live on disk (shared by trials, workers and machines, under file locks) or in memory.
+live on disk (shared by trials, workers and machines, under file locks) or in memory. On disk they
+are sealed (:func:`l2bg.fileio.seal`: ``node.json`` holds the sha256 of itself, with the outcomes,
+and of the JointNet's files; a scores file of itself): a node or scores file that does not match
+is moved aside (renamed, never deleted) and computed again, with one warning.
 """
 
 from __future__ import annotations
@@ -25,7 +28,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from l2bg.errors import L2BGError
-from l2bg.fileio import atomic_dir, atomic_write, read_json, write_json
+from l2bg.fileio import (
+    atomic_dir,
+    read_json,
+    seal,
+    seal_problem,
+    set_aside,
+    sweep_stale_temps,
+    write_json,
+)
 from l2bg.locks import FileLocks, worker_id
 from l2bg.step import CandidateScore, Decision, GrowStep, SequenceState, TaskRecord, timer
 
@@ -36,7 +47,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["MEMO_FORMAT", "MemoRunner", "MemoStore", "Outcome", "sha"]
 
-MEMO_FORMAT = 2
+MEMO_FORMAT = 3  # 3: sealed nodes and scores (checksums)
 
 
 def sha(obj: Any, n: int = 20) -> str:
@@ -64,8 +75,9 @@ class Outcome:
 class MemoStore:
     """Memo nodes and conflict scores, on disk under ``root`` or in memory (``root=None``)."""
 
-    def __init__(self, root: Path | None) -> None:
+    def __init__(self, root: Path | None, lease_s: float = 60.0) -> None:
         self.root = root
+        self.lease_s = lease_s
         self._meta: dict[str, dict[str, Any]] = {}
         self._nets: dict[str, JointNet] = {}
         self._scores: dict[str, Any] = {}
@@ -77,15 +89,31 @@ class MemoStore:
         d = self.node_dir(key)
         return nullcontext() if d is None else locks.hold(d.with_name(f".{key}.lock"))
 
-    def exists(self, key: str) -> bool:
+    def exists(self, key: str, repair: bool = False) -> bool:
+        """Whether node ``key`` is stored and intact (checked once per process); with
+        ``repair`` (under the node's lock) a damaged node is moved aside."""
         if key in self._meta:
             return True
         d = self.node_dir(key)
-        return d is not None and (d / "node.json").is_file()
+        if d is None or not d.is_dir():
+            return False
+        try:
+            meta = read_json(d / "node.json")
+            problem = seal_problem(meta, d)
+        except (OSError, ValueError) as exc:
+            problem = f"node.json cannot be read ({' '.join(str(exc).split())[:80]})"
+        if problem is None and not isinstance(meta.get("outcomes"), list):
+            problem = "node.json has no outcomes"
+        if problem is None:
+            self._meta[key] = meta
+            return True
+        if repair:
+            set_aside(d, problem, "memo node")
+        return False
 
     def read_meta(self, key: str) -> dict[str, Any]:
-        if key not in self._meta:
-            self._meta[key] = read_json(self.node_dir(key) / "node.json")
+        if key not in self._meta and not self.exists(key):
+            raise L2BGError(f"memo node {key} vanished or is damaged; rerun to compute it again")
         return self._meta[key]
 
     def load_net(self, key: str, device: Any) -> JointNet:
@@ -96,27 +124,44 @@ class MemoStore:
         return JointNet.load(self.node_dir(key), map_location=device)
 
     def save(self, key: str, meta: dict[str, Any], net: JointNet) -> None:
+        from l2bg.jointnet import TOPOLOGY_FILE, WEIGHTS_FILE
+
         meta = json.loads(json.dumps(meta, allow_nan=False))  # a snapshot, not live lists
         if self.root is None:
             self._nets[key] = copy.deepcopy(net)
         else:
+            sweep_stale_temps(self.root / "nodes", self.lease_s)
             with atomic_dir(self.node_dir(key)) as tmp:
                 net.save(tmp)
+                meta = seal(meta, tmp, (WEIGHTS_FILE, TOPOLOGY_FILE))
                 write_json(tmp / "node.json", meta, indent=None)
         self._meta[key] = meta
 
     def read_scores(self, name: str) -> Any:
+        """The stored scores ``name`` (None when absent; a damaged file is moved aside)."""
         if name in self._scores or self.root is None:
             return self._scores.get(name)
         p = self.root / "scores" / f"{name}.json"
-        if p.is_file():
-            self._scores[name] = read_json(p)
-        return self._scores.get(name)
+        if not p.is_file():
+            return None
+        try:
+            obj = read_json(p)
+            problem = seal_problem(obj)
+            if problem is None:
+                _scores_from_json(obj)
+        except (OSError, ValueError) as exc:  # not JSON, or malformed (L2BGError)
+            problem = " ".join(str(exc).split())[:80]
+        if problem is not None:
+            set_aside(p, problem, "stored conflict scores")
+            return None
+        self._scores[name] = obj
+        return obj
 
     def write_scores(self, name: str, obj: Any) -> None:
         self._scores[name] = obj
         if self.root is not None:
-            atomic_write(self.root / "scores" / f"{name}.json", json.dumps(obj))
+            sweep_stale_temps(self.root / "scores", self.lease_s)
+            write_json(self.root / "scores" / f"{name}.json", seal(obj), indent=None)
 
 
 class MemoRunner:
@@ -144,7 +189,7 @@ class MemoRunner:
                             "train": lr.config.to_dict(), "rsa_samples": lr.rsa_samples,
                             "rsa_method": "spearman"})
         root = Path(memo_dir) / "memo" / self.context if memo_dir is not None else None
-        self.store = MemoStore(root)
+        self.store = MemoStore(root, self.locks.lease_s)
 
     def node_key(self, decisions: Sequence[Decision]) -> str:
         return sha([self.context, [d.key for d in decisions]])
@@ -198,7 +243,7 @@ class MemoRunner:
             hit = self.store.exists(child)
             if not hit:
                 with self.store.lock(self.locks, child):
-                    hit = self.store.exists(child)
+                    hit = self.store.exists(child, repair=True)
                     if not hit:
                         st = state_fn()
                         t0 = time.perf_counter()
@@ -257,5 +302,4 @@ def _scores_from_json(obj: Mapping[str, Any]) -> tuple[dict[str, CandidateScore]
         return ({c: CandidateScore.from_json(s) for c, s in obj["scores"].items()},
                 obj.get("rsa_backend"))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise L2BGError(f"a stored conflict-score entry is malformed ({exc}); delete the memo "
-                        "directory's scores/ to recompute") from exc
+        raise L2BGError(f"a stored conflict-score entry is malformed ({exc})") from exc

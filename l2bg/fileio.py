@@ -154,10 +154,13 @@ def link_new(src: str | os.PathLike, dst: str | os.PathLike) -> None:
         os.rename(src, dst)
 
 
-def sweep_stale_temps(directory: str | os.PathLike, older_than_s: float) -> list[Path]:
-    """Remove the temporary files and directories (``.*.tmp``) in ``directory`` that were last
-    modified more than ``older_than_s`` ago: what killed writers left. A write in progress is
-    never that old (it renames its temporary within the lease of the lock it holds)."""
+def sweep_stale_temps(directory: str | os.PathLike, older_than_s: float,
+                      names: tuple[str, ...] | None = None) -> list[Path]:
+    """Remove the temporary files and directories (``.*.tmp``; with ``names``, only those of
+    these target names) in ``directory`` last modified more than ``older_than_s`` ago: what
+    killed writers left. A write in progress is never that old (it renames its temporary
+    within the lease of the lock it holds)."""
+    prefixes = None if names is None else tuple(f".{n}." for n in names)
     removed: list[Path] = []
     now = time.time()
     try:
@@ -165,7 +168,7 @@ def sweep_stale_temps(directory: str | os.PathLike, older_than_s: float) -> list
     except OSError:
         return removed
     for e in entries:
-        if not (e.name.startswith(".") and e.name.endswith(".tmp")):
+        if not (e.name.startswith(prefixes or ".") and e.name.endswith(".tmp")):
             continue
         try:
             if now - e.stat(follow_symlinks=False).st_mtime <= older_than_s:

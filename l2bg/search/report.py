@@ -14,14 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from l2bg.errors import L2BGError
-from l2bg.fileio import atomic_write, read_json, write_json
+from l2bg.fileio import atomic_write, read_json, sweep_stale_temps, write_json
 from l2bg.search.notation import delta_label, format_sequence
 from l2bg.search.plots import plot_hypervolume, plot_pareto
 from l2bg.search.storage import open_storage, redact_url
 
-__all__ = ["OBJECTIVES", "REFERENCE_POINT", "SIGNATURE_ATTR", "FrontPoint", "hypervolume_2d",
-           "pareto_front", "report_dir", "summary_text", "write_report"]
+__all__ = ["OBJECTIVES", "OUTPUTS", "REFERENCE_POINT", "SIGNATURE_ATTR", "FrontPoint",
+           "hypervolume_2d", "pareto_front", "report_dir", "summary_text", "write_report"]
 
+#: The files a report writes (any of them left half-written by a killed writer is swept).
+OUTPUTS = ("pareto.json", "trials.csv", "pareto.png", "hypervolume.png")
 #: Hypervolume reference point on (−gain in %, params / params of ``independent``).
 REFERENCE_POINT = (100.0, 1.1)
 #: The first objective of a search (maximised; the second is the parameter count, minimised).
@@ -102,6 +104,7 @@ def write_report(study: Any, out: str | os.PathLike, storage_label: str = "") ->
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temps(out, 60.0, OUTPUTS)
     sig = study.user_attrs.get(SIGNATURE_ATTR, {})
     objective = sig.get("objective", "gain")
     trials = study.get_trials(deepcopy=False)
@@ -222,9 +225,20 @@ def report_dir(directory: str | os.PathLike, storage: str | None = None,
                         "search")
     try:
         meta = read_json(meta_file)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise L2BGError(f"{meta_file} is not valid JSON ({exc}); rerun the search") from exc
-    url = storage or meta.get("storage", "")
+    except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, nested too deep
+        raise L2BGError(f"{meta_file} is not valid JSON ({' '.join(str(exc).split())[:80]}); "
+                        "rerun the search") from exc
+    except OSError as exc:
+        raise L2BGError(f"cannot read {meta_file} ({exc.strerror or exc})") from exc
+    fields = {"storage": storage, "study_name": study_name}
+    for key in fields:
+        if fields[key] is None:
+            value = meta.get(key) if isinstance(meta, dict) else None
+            if not isinstance(value, str) or not value:
+                raise L2BGError(f"{meta_file} has no {key} (a non-empty string) or was edited; "
+                                f"pass --{key.replace('_', '-')} or rerun the search")
+            fields[key] = value
+    url = fields["storage"]
     if url.startswith("journal:") and not Path(url[len("journal:"):]).is_absolute():
         url = f"journal:{directory / url[len('journal:'):]}"
     if "***" in url:
@@ -234,7 +248,7 @@ def report_dir(directory: str | os.PathLike, storage: str | None = None,
         raise L2BGError(f"journal {url[len('journal:'):]} not found; pass --storage URL")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     st = open_storage(url)
-    name = study_name or meta["study_name"]
+    name = fields["study_name"]
     try:
         study = optuna.load_study(study_name=name, storage=st)
     except KeyError as exc:

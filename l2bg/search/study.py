@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from l2bg.errors import L2BGError
-from l2bg.fileio import write_json
+from l2bg.fileio import refused, writable_dir, write_json
 from l2bg.locks import FileLocks
 from l2bg.search.liveness import Liveness, reap_stale_trials, retry_callback, trial_by_number
 from l2bg.search.memo import MemoRunner, Outcome
@@ -392,6 +392,9 @@ def _print_trial(index: int, number: int, outcome: Outcome, setup: _Setup,
 
 def _worker_entry(cfg_dict: dict[str, Any], index: int) -> None:
     """Entry of a ``--workers`` process (spawned)."""
+    from l2bg.errors import one_line_warnings
+
+    one_line_warnings()
     try:
         _work(_setup(SearchConfig.from_dict(cfg_dict)), index)
     except L2BGError as exc:
@@ -399,6 +402,38 @@ def _worker_entry(cfg_dict: dict[str, Any], index: int) -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def _run_workers(cfg: SearchConfig) -> list[str]:
+    """Run ``cfg.workers`` worker processes to the end; what went wrong with each that did not
+    exit cleanly (a trial it was running is failed and retried by the others)."""
+    import multiprocessing
+    import signal
+
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_worker_entry, args=(asdict(cfg), i),
+                         name=f"l2bg-search-{i}") for i in range(cfg.workers)]
+    for p in procs:
+        p.start()
+    try:
+        for p in procs:
+            p.join()
+    except KeyboardInterrupt:
+        for p in procs:
+            p.join()
+        raise
+    problems = []
+    for i, p in enumerate(procs):
+        if p.exitcode is not None and p.exitcode < 0:
+            try:
+                name = signal.Signals(-p.exitcode).name
+            except ValueError:
+                name = f"signal {-p.exitcode}"
+            problems.append(f"worker {i} (pid {p.pid}) was killed by {name}")
+        elif p.exitcode:
+            problems.append(f"worker {i} (pid {p.pid}) exited with code {p.exitcode}"
+                            f"{' (message above)' if p.exitcode == 2 else ''}")
+    return problems
 
 
 def _baselines(setup: _Setup, study: Any) -> None:
@@ -444,47 +479,47 @@ def _write_search_json(setup: _Setup) -> None:
 
 def run_search(cfg: SearchConfig) -> dict[str, Any]:
     """Run (or resume) a search until ``cfg.trials`` trials have completed; write the outputs
-    and return the report summary (see :func:`l2bg.search.report.write_report`)."""
-    import multiprocessing
-
+    and return the report summary (see :func:`l2bg.search.report.write_report`). Workers
+    that die do not lose the report: it is written from the storage, and the error (or, when
+    the others completed every trial, the warning) names them."""
     import optuna
 
     setup = _setup(cfg)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if cfg.storage is not None:  # a bad URL fails before anything is created
         storage = open_storage(setup.storage_url, lease_s=cfg.lease_s, max_retry=cfg.max_retry)
-    setup.out.mkdir(parents=True, exist_ok=True)
-    setup.cache_dir.mkdir(parents=True, exist_ok=True)
+    writable_dir(setup.out, "--out")  # before any work
+    try:
+        setup.cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise refused(exc, setup.cache_dir, "choose another --cache-dir") from exc
     if cfg.storage is None:
         storage = open_storage(setup.storage_url, lease_s=cfg.lease_s, max_retry=cfg.max_retry)
     study = _open_study(setup, storage, create=True)
     _write_search_json(setup)
+    problems: list[str] = []
     if cfg.workers == 1:
         _work(setup, 0)
     else:
-        ctx = multiprocessing.get_context("spawn")
-        procs = [ctx.Process(target=_worker_entry, args=(asdict(cfg), i),
-                             name=f"l2bg-search-{i}") for i in range(cfg.workers)]
-        for p in procs:
-            p.start()
-        try:
-            for p in procs:
-                p.join()
-        except KeyboardInterrupt:
-            for p in procs:
-                p.join()
-            raise
-        bad = [(i, p.exitcode) for i, p in enumerate(procs) if p.exitcode != 0]
-        if bad:
-            raise L2BGError(f"search worker {bad[0][0]} exited with code {bad[0][1]} (message "
-                            "above); fix it and rerun the same command to resume")
+        problems = _run_workers(cfg)
     study = optuna.load_study(study_name=setup.study_name, storage=storage)
-    if cfg.baselines:
+    done = _counts(study).get("COMPLETE", 0)
+    if cfg.baselines and done:
         import torch
 
         torch.set_num_threads(cfg.threads or (os.cpu_count() or 1))
         _baselines(setup, study)
     summary = write_report(study, setup.out, storage_label=redact_url(setup.storage_url))
+    if problems:  # the report covers what completed; say what happened to the others
+        what = "; ".join(problems)
+        if done < cfg.trials:
+            raise L2BGError(f"search {what}; the report in {setup.out} covers the {done} "
+                            f"trials completed of {cfg.trials}: rerun the same command to "
+                            "resume")
+        from l2bg.errors import warn
+
+        warn(f"search {what}; the other workers completed all {cfg.trials} trials (its "
+             "running trial was retried) and the report was written")
     if not cfg.quiet:
         print(summary_text(summary, setup.out))
     return summary

@@ -12,6 +12,8 @@ import torch
 from conftest import write_tiny_mnist
 from forking import NOBODY, forked
 
+import l2bg.cache  # noqa: F401 - imported before fit is patched (it binds fit)
+import l2bg.step  # noqa: F401
 from l2bg.cli import main
 from l2bg.cli.run import CLAIM, OUTPUTS, STAGING
 

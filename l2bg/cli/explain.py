@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from l2bg.cli.options import HelpFormatter
 from l2bg.errors import L2BGError
 
-__all__ = ["LEGEND", "add_explain_parser", "cmd_explain", "explain"]
+__all__ = ["LEGEND", "add_explain_parser", "check_record", "cmd_explain", "explain"]
 
 
 def add_explain_parser(sub: Any) -> argparse.ArgumentParser:
@@ -81,8 +82,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
         raise L2BGError(f"{path} not found; point explain at the --out directory of `l2bg run`")
     try:
         r = read_json(path)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise L2BGError(f"{path} is not valid JSON ({exc})") from exc
+    except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, nested too deep
+        raise L2BGError(f"{path} is not valid JSON ({' '.join(str(exc).split())[:80]})") from exc
+    except OSError as exc:
+        raise L2BGError(f"cannot read {path} ({exc.strerror or exc})") from exc
+    check_record(r, str(path))
     expl = explain(r)
     if args.json:
         print(json.dumps({"benchmark": r["benchmark"], "strategy": r["strategy"], "tasks": expl},
@@ -118,3 +122,65 @@ def cmd_explain(args: argparse.Namespace) -> int:
             print(f"  {row['slot']:<10}{row['conflict']:>8.4f}{row['share']:>8.3f}"
                   f"{row['cumulative']:>8.3f}  {g}".rstrip())
     return 0
+
+
+def _number(v: Any) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _names(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def check_record(r: Any, where: str = "results.json") -> None:
+    """Check what ``explain`` reads of a run record (a hand-edited results.json): one line naming
+    the first key that is missing or of the wrong type."""
+    def bad(key: str, want: str) -> L2BGError:
+        return L2BGError(f"{where}: {key} must be {want}; it was edited or is not the "
+                         "results.json of `l2bg run`")
+
+    if not isinstance(r, dict):
+        raise bad("the file", "a JSON object")
+    for key in ("benchmark", "strategy"):
+        if not isinstance(r.get(key), str):
+            raise bad(key, "a string")
+    for key in ("slots", "expandable_slots"):
+        if r.get(key) is not None and not _names(r[key]):
+            raise bad(key, "a list of slot names")
+    slots = r.get("slots") or []
+    if not isinstance(r.get("tasks"), list):
+        raise bad("tasks", "a list")
+    for i, t in enumerate(r["tasks"]):
+        at = f"tasks[{i}]"
+        if not isinstance(t, dict):
+            raise bad(at, "an object")
+        for key in ("name", "bind_to", "delta", "grown_slots"):
+            if key not in t:
+                raise bad(f"{at}.{key}", "present (null where it does not apply)")
+        if not isinstance(t["name"], str):
+            raise bad(f"{at}.name", "a string")
+        if t["bind_to"] is not None and not isinstance(t["bind_to"], str):
+            raise bad(f"{at}.bind_to", "a task name or null")
+        if t["delta"] is not None and not _number(t["delta"]):
+            raise bad(f"{at}.delta", "a number or null")
+        if t.get("reason") is not None and not isinstance(t["reason"], str):
+            raise bad(f"{at}.reason", "a string")
+        grown = t["grown_slots"]
+        if not isinstance(grown, list) or not all(
+                (isinstance(g, str) and g in slots) or (
+                    isinstance(g, int) and not isinstance(g, bool) and 0 <= g < len(slots))
+                for g in grown):
+            raise bad(f"{at}.grown_slots", "a list of the record's slot names")
+        conflict = t.get("conflict") or {}
+        if not isinstance(conflict, dict):
+            raise bad(f"{at}.conflict", "an object")
+        for cand, sc in conflict.items():
+            key = f"{at}.conflict[{cand!r}]"
+            if not isinstance(sc, dict) or not _number(sc.get("score")):
+                raise bad(key, "{\"layers\": [...], \"score\": number}")
+            layers = sc.get("layers")
+            if not isinstance(layers, list) or not layers or not all(
+                    _number(c) and c >= 0 for c in layers):
+                raise bad(f"{key}.layers", "a list of conflict scores >= 0, one per slot")
+        if conflict and t["bind_to"] not in conflict:
+            raise bad(f"{at}.bind_to", "one of the candidates it was scored against")

@@ -160,6 +160,8 @@ def _mnist_pair(found: dict[str, Path], prefix: str) -> tuple[Tensor, Tensor, li
     if len(images) != len(labels):
         raise L2BGError(f"{ipath} has {len(images)} images but {lpath} has {len(labels)} labels; "
                         f"the pair must come from the same MNIST split")
+    if len(images) == 0:
+        raise L2BGError(f"{ipath} holds 0 images; {fix}")
     if labels.size and labels.max() > 9:
         raise L2BGError(f"{lpath}: labels go up to {labels.max()}, MNIST has digits 0..9; {fix}")
     x = torch.from_numpy(images).reshape(len(images), -1).float().div_(255.0)
@@ -346,6 +348,8 @@ def _load_cifar_pickle(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, An
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise L2BGError(f"{path}: b'data' is {data.dtype} {data.shape}, expected uint8 "
                         f"(N, 3072); {fix}")
+    if len(data) == 0:
+        raise L2BGError(f"{path}: holds 0 samples; {fix}")
     if labels.ndim != 1 or len(labels) != len(data) or not np.issubdtype(labels.dtype,
                                                                            np.integer):
         raise L2BGError(f"{path}: b'fine_labels' must be {len(data)} integers, got "

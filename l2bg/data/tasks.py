@@ -76,6 +76,16 @@ class Benchmark:
     shared_head: bool
     source: dict[str, Any] = field(repr=False)
 
+    def __post_init__(self) -> None:
+        for task in self.tasks:  # data read from a root must cover every class it promises
+            counts = torch.bincount(task.y_train, minlength=task.num_classes)
+            if bool((counts == 0).any()):
+                empty = (counts == 0).nonzero().flatten().tolist()
+                names = [task.classes[c] if c < len(task.classes) else c for c in empty]
+                raise L2BGError(f"{self.name}: task {task.name} has no training samples of "
+                                f"class(es) {names}, so it cannot learn them; use a data set "
+                                "with samples of every class")
+
     @property
     def num_tasks(self) -> int:
         return len(self.tasks)
@@ -128,7 +138,10 @@ def _check_task(task: Task) -> None:
         elif tuple(x.shape[1:]) != shape:
             raise L2BGError(f"task {task.name}: x_{split} samples have shape "
                             f"{tuple(x.shape[1:])}, x_train {shape}; all splits must match")
-        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= task.num_classes):
+        if y.numel() == 0:
+            raise L2BGError(f"task {task.name}: its {split} split has no samples; give the "
+                            "data set more samples of this task's classes")
+        if int(y.min()) < 0 or int(y.max()) >= task.num_classes:
             raise L2BGError(f"task {task.name}: y_{split} has labels outside "
                             f"0..{task.num_classes - 1}; relabel the classes")
 

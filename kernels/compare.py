@@ -23,7 +23,7 @@ import triton.language as tl
 from torch import Tensor
 
 from l2bg.errors import L2BGError
-from l2bg.rsa.reference import average_ranks, check_finite, triangle
+from l2bg.rsa.reference import average_ranks, check_finite, compare_torch, triangle
 
 from .rdm import INTERPRETED, check_device
 
@@ -269,9 +269,20 @@ def _raise_non_finite(part: Tensor) -> None:
         raise L2BGError(f"compare: {name} contains NaN or inf; recompute the RDM from finite data")
 
 
+def _out_of_range(part: Tensor) -> bool:
+    """Whether some side's spread (max - min) lies outside [2^-400, 2^400] (and is not 0): its
+    float64 moments, products of shifted values, could overflow or underflow. The kernel does
+    not rescale; such rare inputs (|values| beyond about 1e120 or spreads below 1e-120, only
+    reachable with float64 vectors, never with RDMs) go to the reference, which rescales."""
+    spread = torch.stack([part[..., 6].amax(-1) - part[..., 5].amin(-1),
+                          part[..., 8].amax(-1) - part[..., 7].amin(-1)])
+    return bool(((spread > 2.0**400) | ((spread > 0) & (spread < 2.0**-400))).any())
+
+
 def pearson(a: Tensor, b: Tensor, *, triangles: bool = False, **blocks: int) -> Tensor:
     """Pearson r of the strict upper triangles of RDMs a, b (..., n, n), or of packed triangles
-    (..., m) with ``triangles=True``; float64, broadcast leading shape.
+    (..., m) with ``triangles=True``; float64, broadcast leading shape. Float64 inputs whose
+    squares would overflow or underflow are computed by the reference (``_out_of_range``).
 
     ``blocks`` overrides the launch parameters ``block_r``, ``block_c`` (full RDMs: rows per
     program, columns per step) and ``block``, ``chunk`` (packed: elements per step, per program).
@@ -282,6 +293,11 @@ def pearson(a: Tensor, b: Tensor, *, triangles: bool = False, **blocks: int) -> 
     if a.shape[0] == 0:
         return torch.zeros(lead, dtype=torch.float64, device=a.device)
     part = _launch_moments(a, b, _first_entry(a), _first_entry(b), **cfg)
+    if _out_of_range(part):  # float64 moments would overflow or underflow: the reference
+        ta, tb = (a, b) if triangles else (triangle(a), triangle(b))
+        check_finite(ta, "a")
+        check_finite(tb, "b")
+        return compare_torch(ta, tb, "pearson").reshape(lead)
     _raise_non_finite(part)
     return _finish(part, m).reshape(lead)
 

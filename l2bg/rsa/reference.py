@@ -24,8 +24,10 @@ __all__ = [
     "compare_torch",
     "is_constant",
     "pearson",
+    "pow2_exponent",
     "rdm_torch",
     "rdm_triu_torch",
+    "scale_pow2",
     "triangle",
     "triu_index",
 ]
@@ -62,9 +64,9 @@ class _Rescale(Exception):
     """fp32/fp64 squares overflowed or underflowed: recompute with rescaled rows."""
 
 
-def centre(x: Tensor, out: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
-    """(centred rows in the accumulation dtype, written to ``out`` if given; float64 row means;
-    None, the slot of the row scales of ``centre_scaled``).
+def centre(x: Tensor, out: Tensor | None = None) -> tuple[Tensor, Tensor, bool]:
+    """(centred rows in the accumulation dtype, written to ``out`` if given; float64 row means
+    in the same units as the rows; whether the rows were rescaled by ``centre_scaled``).
 
     Means and subtraction run in the accumulation dtype. Non-finite means come from NaN/inf
     input (an error) or from a sum that overflows (then ``centre_scaled``).
@@ -72,23 +74,39 @@ def centre(x: Tensor, out: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor
     acc = _acc_dtype(x.dtype)
     mean = x.mean(dim=-1, keepdim=True, dtype=acc)
     if bool(torch.isfinite(mean).all()):
-        return torch.sub(x, mean, out=out), mean.squeeze(-1).double(), None
+        return torch.sub(x, mean, out=out), mean.squeeze(-1).double(), False
     bad = ~torch.isfinite(x).flatten(1).all(dim=1)
     if bool(bad.any()):
         raise NonFiniteError(int(bad.nonzero()[0]))
     return centre_scaled(x)
 
 
-def centre_scaled(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Centre in float64 and scale each row by a power of two so that max |x - mean| is in
-    [0.5, 1): no square overflows or underflows. Returns (rows, means, scales)."""
+def pow2_exponent(amax: Tensor) -> Tensor:
+    """Per entry, the k with ``amax · 2^-k`` in [0.5, 1) (0 where amax is 0): the exponent of
+    the power of two that rescales a vector exactly."""
+    return torch.where(amax > 0, torch.frexp(amax).exponent, 0).to(torch.int64)
+
+
+def scale_pow2(x: Tensor, k: Tensor) -> Tensor:
+    """``x · 2^-k`` (k broadcast over the last dim), exact: in two halves, so that neither factor
+    overflows even for subnormal or near-maximal x."""
+    k = k.unsqueeze(-1).double()
+    half = torch.div(k, 2, rounding_mode="floor")
+    return x * torch.exp2(-half) * torch.exp2(half - k)
+
+
+def centre_scaled(x: Tensor) -> tuple[Tensor, Tensor, bool]:
+    """Centre rows in float64 and rescale each by powers of two (exact) so that no square
+    overflows or underflows, whatever the magnitude: first by max |x| (so the mean cannot
+    overflow), then by max |x - mean|, into [0.5, 1). The means are returned in the same units
+    as the rows, so the constant test compares like with like. Returns (rows, means, True)."""
     acc = _acc_dtype(x.dtype)
     x64 = x.double()
+    x64 = scale_pow2(x64, pow2_exponent(x64.abs().amax(dim=-1)))
     mean = x64.mean(dim=-1, keepdim=True)
     xc = x64 - mean
-    amax = xc.abs().amax(dim=-1)
-    scale = torch.where(amax > 0, torch.exp2(-torch.frexp(amax).exponent.double()), 1.0)
-    return (xc * scale.unsqueeze(-1)).to(acc), mean.squeeze(-1), scale
+    k = pow2_exponent(xc.abs().amax(dim=-1))
+    return scale_pow2(xc, k).to(acc), scale_pow2(mean, k).squeeze(-1), True
 
 
 @functools.lru_cache(maxsize=64)
@@ -106,16 +124,16 @@ def _rdm_core(x: Tensor, triu: bool, workspace: Tensor | None = None) -> Tensor:
     at that point every row >= start of block i has its squared norm (the Gram diagonal), so
     the block is normalised and turned into distances while it is still in cache.
     """
-    xc, mean, scale = centre(x, workspace)
+    xc, mean, scaled = centre(x, workspace)
     try:
-        return _rdm_from_centred(xc, mean, scale, triu)
+        return _rdm_from_centred(xc, mean, scaled, triu)
     except _Rescale:
         del xc
-        xc, mean, scale = centre_scaled(x)
-        return _rdm_from_centred(xc, mean, scale, triu)
+        xc, mean, scaled = centre_scaled(x)
+        return _rdm_from_centred(xc, mean, scaled, triu)
 
 
-def _rdm_from_centred(xc: Tensor, mean: Tensor, scale: Tensor | None, triu: bool) -> Tensor:
+def _rdm_from_centred(xc: Tensor, mean: Tensor, scaled: bool, triu: bool) -> Tensor:
     b, n, d = xc.shape
     out = torch.empty(
         (b, n * (n - 1) // 2) if triu else (b, n, n), dtype=xc.dtype, device=xc.device
@@ -129,17 +147,16 @@ def _rdm_from_centred(xc: Tensor, mean: Tensor, scale: Tensor | None, triu: bool
         else:
             p = torch.matmul(xc[:, lo:hi], xc[:, lo:].mT)
         ss = p[:, :, :h].diagonal(dim1=-2, dim2=-1).double()
-        if scale is None:
+        if not scaled:
             suspect = ~torch.isfinite(ss) | (ss < tiny)
             if bool(suspect.any()):
                 rows = xc[:, lo:hi][suspect]
                 if bool((~torch.isfinite(ss[suspect])).any()) or bool(rows.abs().amax() > 0):
                     raise _Rescale
-            true_ss = ss
-        else:
-            true_ss = ss / scale[:, lo:hi].square()
+        # rows and means are in the same units (rescaled together when ``scaled``); a mean so
+        # large that its square overflows makes the row constant, as it is relative to it
         m_blk = mean[:, lo:hi]
-        constant = true_ss <= (CONSTANT_REL_TOL**2) * (true_ss + d * m_blk.square())
+        constant = ss <= (CONSTANT_REL_TOL**2) * (ss + d * m_blk.square())
         inv[:, lo:hi] = torch.where(constant, 0.0, ss.clamp_min(1e-300).rsqrt())
         p.mul_(inv[:, lo:hi, None]).mul_(inv[:, None, lo:]).neg_().add_(1.0).clamp_(0.0, 2.0)
         if triu:
@@ -254,17 +271,22 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
     return torch.matmul(a.unsqueeze(-2), b.unsqueeze(-1))[..., 0, 0]
 
 
+def _centre_pow2(v: Tensor) -> Tensor:
+    """v centred along the last dim and rescaled by powers of two so its largest entry lies in
+    [0.5, 1): r is scale-free, and no square, sum or mean can then overflow or underflow."""
+    v = scale_pow2(v, pow2_exponent(v.abs().amax(dim=-1)))
+    v = v - v.mean(dim=-1, keepdim=True)
+    return scale_pow2(v, pow2_exponent(v.abs().amax(dim=-1)))
+
+
 def pearson(a: Tensor, b: Tensor, dead: Tensor, mean: float | None = None) -> Tensor:
     """Pearson r along the last dim in float64, broadcast over leading dims; 0 where ``dead``.
 
     ``mean``: the exact common mean of a and b when known (ranks: (m + 1) / 2); the inputs
     are then owned float64 tensors and are centred in place.
     """
-    if mean is None:
-        a = a.to(torch.float64)
-        b = b.to(torch.float64)
-        a = a - a.mean(dim=-1, keepdim=True)
-        b = b - b.mean(dim=-1, keepdim=True)
+    if mean is None:  # any float64 magnitude: rescaled by powers of two (exact), then squared
+        a, b = _centre_pow2(a.to(torch.float64)), _centre_pow2(b.to(torch.float64))
     else:
         a = a.sub_(mean)
         b = b.sub_(mean)

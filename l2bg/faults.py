@@ -3,7 +3,8 @@
 Every place where a crash could leave something half done calls :func:`point` with its kind:
 
 * ``write``: a file written by :func:`l2bg.fileio.atomic_write`, after its content is on disk
-  and before it is renamed into place (what a crash mid-write leaves: a temporary file);
+  and before it is renamed into place (what a crash mid-write leaves: a temporary file), and
+  an output published by :func:`l2bg.fileio.link_new`;
 * ``dir``: a directory built by :func:`l2bg.fileio.atomic_dir` (cache entries, memo nodes),
   after its files are written and before it is renamed into place;
 * ``journal``: an append to a search's journal file; the fault writes half of the record first

@@ -142,6 +142,7 @@ def link_new(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     """Give the file ``src`` the second name ``dst``, which must not exist: an existing ``dst``
     is never replaced (FileExistsError), however two writers race. Where the file system has no
     hard links, ``src`` is renamed to ``dst`` after a check (racy only there)."""
+    faults.point("write")
     try:
         os.link(src, dst)
     except FileExistsError:

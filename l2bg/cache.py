@@ -24,15 +24,7 @@ import torch
 
 from l2bg import __version__
 from l2bg.errors import L2BGError
-from l2bg.fileio import (
-    atomic_dir,
-    read_json,
-    seal,
-    seal_problem,
-    set_aside,
-    sweep_stale_temps,
-    write_json,
-)
+from l2bg.fileio import atomic_dir, read_sealed, seal, set_aside, sweep_stale_temps, write_json
 from l2bg.jointnet import TOPOLOGY_FILE, WEIGHTS_FILE, JointNet
 from l2bg.locks import FileLocks
 from l2bg.templates import Template
@@ -135,11 +127,7 @@ class IndependentCache:
         entry = self.root / "independent" / key
         if not entry.is_dir():
             return None
-        try:
-            meta = read_json(entry / "meta.json")
-            problem = seal_problem(meta, entry)
-        except (OSError, ValueError) as exc:  # missing or not JSON
-            problem = f"meta.json cannot be read ({' '.join(str(exc).split())[:80]})"
+        meta, problem = read_sealed(entry, "meta.json")
         found = None
         if problem is None:
             try:

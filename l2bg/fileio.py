@@ -30,7 +30,7 @@ from l2bg import faults
 from l2bg.errors import L2BGError, warn
 
 __all__ = ["SEAL", "atomic_dir", "atomic_write", "file_mode", "link_new", "read_json", "refused",
-           "seal", "seal_problem", "set_aside", "sha256_file",
+           "read_sealed", "seal", "seal_problem", "set_aside", "sha256_file",
            "sweep_stale_temps", "writable_dir", "write_json"]
 
 #: errno values that mean "the file system will not take this write": reported as L2BGError.
@@ -237,6 +237,16 @@ def seal_problem(meta: Any, directory: str | os.PathLike | None = None) -> str |
         if got != want:
             return f"{name} does not match its checksum"
     return None
+
+
+def read_sealed(directory: str | os.PathLike, name: str) -> tuple[Any, str | None]:
+    """(the sealed metadata file ``name`` of the entry ``directory``, what is wrong with the
+    entry or None when it is intact)."""
+    try:
+        meta = read_json(Path(directory) / name)
+    except (OSError, ValueError, RecursionError) as exc:  # missing, not JSON, nested too deep
+        return None, f"{name} cannot be read ({' '.join(str(exc).split())[:80]})"
+    return meta, seal_problem(meta, directory)
 
 
 def set_aside(path: str | os.PathLike, why: str, what: str = "entry") -> Path | None:

@@ -8,10 +8,10 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
+from test_search import _wait_for
 
 from l2bg.errors import L2BGError
 from l2bg.fileio import atomic_write
@@ -100,15 +100,6 @@ def _running(out):
     return [t for t in study.trials if t.state.name == "RUNNING" and len(t.params) == 2]
 
 
-def _wait(pred, timeout, what):
-    end = time.time() + timeout
-    while time.time() < end:
-        if pred():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.mark.slow
 def test_a_killed_worker_still_gets_its_report(tmp_path, tiny_mnist):
     out = tmp_path / "o"
@@ -121,7 +112,7 @@ def test_a_killed_worker_still_gets_its_report(tmp_path, tiny_mnist):
                L2BG_SEARCH_TRIAL_DELAY="1.5")
 
     def kill_workers_mid_trial(proc, how_many):
-        _wait(lambda: len(_running(out)) == 2, 120, "both workers running a trial")
+        _wait_for(lambda: len(_running(out)) == 2, 120, "both workers running a trial")
         workers = sorted(_children(proc.pid))
         kids = [w for w in workers if "l2bg" in open(f"/proc/{w}/cmdline").read()
                 or "multiprocessing" in open(f"/proc/{w}/cmdline").read()]

@@ -28,15 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from l2bg.errors import L2BGError
-from l2bg.fileio import (
-    atomic_dir,
-    read_json,
-    seal,
-    seal_problem,
-    set_aside,
-    sweep_stale_temps,
-    write_json,
-)
+from l2bg.fileio import atomic_dir, read_sealed, seal, set_aside, sweep_stale_temps, write_json
 from l2bg.locks import FileLocks, worker_id
 from l2bg.step import CandidateScore, Decision, GrowStep, SequenceState, TaskRecord, timer
 
@@ -97,11 +89,7 @@ class MemoStore:
         d = self.node_dir(key)
         if d is None or not d.is_dir():
             return False
-        try:
-            meta = read_json(d / "node.json")
-            problem = seal_problem(meta, d)
-        except (OSError, ValueError) as exc:
-            problem = f"node.json cannot be read ({' '.join(str(exc).split())[:80]})"
+        meta, problem = read_sealed(d, "node.json")
         if problem is None and not isinstance(meta.get("outcomes"), list):
             problem = "node.json has no outcomes"
         if problem is None:
@@ -144,13 +132,12 @@ class MemoStore:
         p = self.root / "scores" / f"{name}.json"
         if not p.is_file():
             return None
-        try:
-            obj = read_json(p)
-            problem = seal_problem(obj)
-            if problem is None:
+        obj, problem = read_sealed(p.parent, p.name)
+        if problem is None:
+            try:
                 _scores_from_json(obj)
-        except (OSError, ValueError) as exc:  # not JSON, or malformed (L2BGError)
-            problem = " ".join(str(exc).split())[:80]
+            except L2BGError as exc:
+                problem = str(exc)
         if problem is not None:
             set_aside(p, problem, "stored conflict scores")
             return None

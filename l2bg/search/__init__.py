@@ -6,6 +6,7 @@ One concept per module:
 * :mod:`~l2bg.search.memo`: the memo runner, the Bind-Grow-Step with decision memoisation;
 * :mod:`~l2bg.search.samplers`: the samplers and the start-up design;
 * :mod:`~l2bg.search.storage`: journal file or RDB storages;
+* :mod:`~l2bg.search.journal`: the journal file backend that sets a torn tail aside;
 * :mod:`~l2bg.search.liveness`: heartbeats or leases, retry of dead workers' trials;
 * :mod:`~l2bg.search.study`: the study and its workers (:func:`run_search`);
 * :mod:`~l2bg.search.report`: pareto.json, trials.csv and the plots;

@@ -113,9 +113,9 @@ def test_a_killed_worker_still_gets_its_report(tmp_path, tiny_mnist):
 
     def kill_workers_mid_trial(proc, how_many):
         _wait_for(lambda: len(_running(out)) == 2, 120, "both workers running a trial")
-        workers = sorted(_children(proc.pid))
-        kids = [w for w in workers if "l2bg" in open(f"/proc/{w}/cmdline").read()
-                or "multiprocessing" in open(f"/proc/{w}/cmdline").read()]
+        kids = [w for w in sorted(_children(proc.pid))
+                if b"spawn_main" in Path(f"/proc/{w}/cmdline").read_bytes()]  # not the tracker
+        assert len(kids) == 2, kids
         for w in kids[-how_many:]:
             os.kill(w, signal.SIGKILL)
         return kids[-how_many:]

@@ -1,5 +1,6 @@
-"""The conflict model: per-slot conflict scores from RSA, task scores, the conflict distribution
-and the nucleus of slots to grow (docs/design.md, "Definitions")."""
+"""The conflict model: per-slot conflict scores C = 1 − similarity (RSA-Spearman by default), task
+scores, the conflict distribution, the nucleus of slots to grow and the prefix rule every grow
+rule uses (docs/design.md, "Definitions"; the named rules are in :mod:`l2bg.rules`)."""
 
 from __future__ import annotations
 
@@ -10,21 +11,21 @@ import torch
 from torch import Tensor
 
 from l2bg.errors import L2BGError
+from l2bg.similarity import DEFAULT_SIMILARITY, MEASURES
 
 
 def layer_conflicts(acts_t: Sequence[Tensor], acts_by_candidate: Mapping[str, Sequence[Tensor]],
-                    *, method: str = "spearman", backend: str = "auto"
+                    *, similarity: str = DEFAULT_SIMILARITY, backend: str = "auto"
                     ) -> tuple[dict[str, list[float]], str | None]:
-    """C_{t,b}(l) = 1 − r for every candidate b and slot l: r compares the RDMs of the
-    independent net of t and the task-net of b, all fed the same inputs. Range [0, 2]; 0 means
-    the same geometry. t's RDMs are computed once and all candidates of a slot in one batch.
-    Returns the scores and the RSA backend that computed them."""
-    from l2bg import rsa
-
+    """C_{t,b}(l) = 1 − s for every candidate b and slot l, where s is the similarity measure
+    ``similarity`` (:data:`l2bg.similarity.MEASURES`; the paper's RSA-Spearman by default)
+    between the independent net of t and the task-net of b, all fed the same inputs. 0 means
+    the same geometry. t's part is computed once per slot and all candidates of a slot in one
+    batch. Returns the scores and the backend that computed them."""
     names = list(acts_by_candidate)
-    d, ran = rsa.dissimilarities(acts_t, [acts_by_candidate[b] for b in names], method=method,
-                                 backend=backend, return_backend=True)
-    return {b: [float(c) for c in d[k]] for k, b in enumerate(names)}, ran
+    sim, ran = MEASURES.get(similarity).similarities(
+        acts_t, [acts_by_candidate[b] for b in names], backend=backend)
+    return {b: [float(1.0 - s) for s in sim[k].tolist()] for k, b in enumerate(names)}, ran
 
 
 def task_score(conflicts: Sequence[float]) -> float:
@@ -48,7 +49,7 @@ def choose_bind(scores: Mapping[str, float]) -> str:
 
 def distribution(conflicts: Sequence[float]) -> list[float]:
     """C̃(l) = C(l) / Σ C, uniform when Σ C = 0."""
-    _check_scores(conflicts)
+    check_scores(conflicts)
     total = math.fsum(conflicts)
     if total == 0:
         return [1.0 / len(conflicts)] * len(conflicts) if conflicts else []
@@ -56,26 +57,42 @@ def distribution(conflicts: Sequence[float]) -> list[float]:
 
 
 def nucleus(conflicts: Sequence[float], delta: float) -> list[int]:
-    """Positions (into ``conflicts``) to grow for grow coefficient ``delta``: slots ordered by C
-    descending (ties by position), the shortest prefix whose sum of C reaches δ·ΣC − 1e-12·ΣC in
-    float64. δ=0 → ∅; δ=1 → every slot; monotone in δ. With ΣC = 0 the distribution is uniform,
-    so the prefix length is ⌈δ·L⌉ (up to the same tolerance). Returned sorted by position."""
+    """Positions (into ``conflicts``) to grow for grow coefficient ``delta``, the paper's text:
+    slots ordered by C descending (ties by position), the shortest prefix whose sum of C reaches
+    δ·ΣC − 1e-12·ΣC in float64 (:func:`prefix`). δ=0 → ∅; δ=1 → every slot; monotone in δ. With
+    ΣC = 0 the distribution is uniform, so the prefix length is ⌈δ·L⌉ (up to the same
+    tolerance). Returned sorted by position."""
+    check_scores(conflicts)
+    return prefix(conflicts, delta, ranked(conflicts))
+
+
+def ranked(weights: Sequence[float], *, ascending: bool = False) -> list[int]:
+    """Positions ordered by weight, descending (or ascending); equal weights keep position
+    order."""
+    sign = 1.0 if ascending else -1.0
+    return sorted(range(len(weights)), key=lambda i: (sign * weights[i], i))
+
+
+def prefix(weights: Sequence[float], delta: float, order: Sequence[int]) -> list[int]:
+    """The shortest prefix of ``order`` whose sum of weights reaches δ·Σw − 1e-12·Σw (exactly
+    rounded float64 sums), sorted by position: the nucleus of every grow rule. δ=0 → ∅, δ=1 →
+    every position; Σw = 0 weighs every position the same (prefix length ⌈δ·L⌉)."""
     check_delta(delta)
-    _check_scores(conflicts)
-    L = len(conflicts)
+    check_scores(weights, "grow weight")
+    L = len(weights)
+    if sorted(order) != list(range(L)):
+        raise L2BGError(f"a grow order must list each of the {L} slots once, got {list(order)}")
     if delta == 0 or L == 0:
         return []
     if delta == 1:
         return list(range(L))
-    order = sorted(range(L), key=lambda i: (-conflicts[i], i))
-    weights = list(conflicts) if math.fsum(conflicts) > 0 else [1.0] * L
-    total = math.fsum(weights)
+    w = list(weights) if math.fsum(weights) > 0 else [1.0] * L
+    total = math.fsum(w)
     target = delta * total - 1e-12 * total
     for k in range(L + 1):
-        if math.fsum(weights[i] for i in order[:k]) >= target:
+        if math.fsum(w[i] for i in order[:k]) >= target:
             break
-    chosen = order[:k]
-    return sorted(chosen)
+    return sorted(order[:k])
 
 
 def check_delta(delta: float) -> float:
@@ -84,10 +101,10 @@ def check_delta(delta: float) -> float:
     return float(delta)
 
 
-def _check_scores(conflicts: Sequence[float]) -> None:
+def check_scores(conflicts: Sequence[float], what: str = "conflict score") -> None:
     for i, c in enumerate(conflicts):
         if not math.isfinite(c) or c < 0:
-            raise L2BGError(f"conflict score of slot {i} is {c!r}; scores must be finite and >= 0")
+            raise L2BGError(f"{what} of slot {i} is {c!r}; it must be finite and >= 0")
 
 
 def sample_indices(n_val: int, m: int | None, seed: int) -> Tensor:

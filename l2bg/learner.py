@@ -143,7 +143,7 @@ class Learner:
         progress = tqdm(total=self.config.epochs * (2 * T - 1), unit="epoch", leave=False,
                         desc=f"{self.benchmark}:{strat.name}",
                         disable=True if self.quiet else None)
-        rng = random.Random(self.seed)
+        rng = random.Random(strat.rng_seed(self.seed))
         timings: dict[str, float] = {}
         state = SequenceState(JointNet(self.template).to(self.device))
         start = time.perf_counter()
@@ -163,15 +163,16 @@ class Learner:
         finally:
             progress.close()
         wall = time.perf_counter() - start
-        record = self.run_record(strat.name, state.records, timings, wall)
+        record = self.run_record(strat, state.records, timings, wall)
         return RunResult(net=state.net, record=record, records=state.records,
                          independent=[self.independent(j) for j in order])
 
     def _scorer(self, state: SequenceState, order: list[int], pos: int,
                 timings: dict[str, float]):
-        return lambda candidates: self.step.score(state.net, order, pos, candidates, timings)
+        return lambda candidates, similarity: self.step.score(state.net, order, pos, candidates,
+                                                              timings, similarity)
 
-    def run_record(self, strategy: str, records: Sequence[TaskRecord],
+    def run_record(self, strategy: strategies.Strategy, records: Sequence[TaskRecord],
                    timings: dict[str, float], wall: float) -> dict[str, Any]:
         """``results.json`` of ``records`` (one per learned task, in learning order): the
         decisions, accuracy matrices and the metrics of docs/design.md (``config`` is added by
@@ -186,7 +187,8 @@ class Learner:
         slots = self.template.slot_names
         return {
             "benchmark": self.benchmark,
-            "strategy": strategy,
+            "strategy": strategy.name,
+            "strategy_options": strategy.options(),
             "seed": self.seed,
             "tasks": [r.to_json(slots) for r in records],
             "grow_sequence": [{"task": d.task, "bind_to": d.bind_to, "delta": d.delta,

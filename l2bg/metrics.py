@@ -51,27 +51,43 @@ def fwt(R: Matrix, independent_acc: Sequence[float]) -> float | None:
     return sum(R[i][i] - independent_acc[i] for i in range(1, T)) / (T - 1)
 
 
-def _floored_errors(independent_err: Sequence[float], n_val: Sequence[int]) -> list[float]:
+def _check_sizes(independent_err: Sequence[float], n_val: Sequence[int]) -> None:
     if len(independent_err) != len(n_val):
         raise L2BGError("need one validation size per independent error")
     if any(n < 1 for n in n_val):
         raise L2BGError("validation sets must be non-empty to compute the gain")
+
+
+def _floored_errors(independent_err: Sequence[float], n_val: Sequence[int]) -> list[float]:
+    _check_sizes(independent_err, n_val)
     return [max(e, 1.0 / (2 * n)) for e, n in zip(independent_err, n_val, strict=True)]
+
+
+def smoothed_error(err: float, n: int) -> float:
+    """(errors + ½) / (|V| + 1) for an error rate ``err`` on |V| = ``n`` samples: never 0, the
+    same function for the run and its baseline."""
+    return (err * n + 0.5) / (n + 1)
 
 
 def gain(final_err: Sequence[float], independent_err: Sequence[float],
          n_val: Sequence[int]) -> float:
-    """Gain Δ in percent, higher is better: 100/T · Σ (E_φ,t − E_π,t) / E_φ,t, with E_φ,t floored
-    at 1/(2|V_t|)."""
+    """Gain Δ in percent, higher is better: 100/T · Σ (Ê_φ,t − Ê_π,t) / Ê_φ,t on smoothed errors
+    Ê = (errors + ½)/(|V_t| + 1), for the run and the baseline alike, so a run that matches its
+    baselines scores exactly 0."""
     if len(final_err) != len(independent_err):
         raise L2BGError("need one final and one independent error per task")
-    base = _floored_errors(independent_err, n_val)
-    T = len(base)
-    return 100.0 / T * sum((b - e) / b for e, b in zip(final_err, base, strict=True))
+    _check_sizes(independent_err, n_val)
+    T = len(n_val)
+    total = 0.0
+    for e, b, n in zip(final_err, independent_err, n_val, strict=True):
+        run, base = smoothed_error(e, n), smoothed_error(b, n)
+        total += (base - run) / base
+    return 100.0 / T * total
 
 
 def gain_raw(final_err: Sequence[float], independent_err: Sequence[float],
              n_val: Sequence[int]) -> float:
-    """The paper's Δ_π = Σ (E_π,t − E_φ,t) / E_φ,t (lower is better; same floor on E_φ,t)."""
+    """The paper's Δ_π = Σ (E_π,t − E_φ,t) / E_φ,t on raw errors (lower is better), with only the
+    baseline's error floored at 1/(2|V_t|) so that a perfect baseline does not divide by 0."""
     base = _floored_errors(independent_err, n_val)
     return sum((e - b) / b for e, b in zip(final_err, base, strict=True))

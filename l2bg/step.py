@@ -28,6 +28,7 @@ from l2bg import conflict
 from l2bg.cache import IndependentNet, task_seed
 from l2bg.errors import L2BGError
 from l2bg.jointnet import JointNet, copy_task_net
+from l2bg.similarity import DEFAULT_SIMILARITY
 from l2bg.training import evaluate_all, fit
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -87,7 +88,9 @@ class Decision:
     independent net (first task, or strategy ``independent``). ``slots``: template slot indices,
     sorted. ``delta``: the grow coefficient that chose the slots (None when none did).
     ``conflict``: the scores of every bind candidate that was scored. ``reason``: why, in words.
-    Two decisions with the same :attr:`key` give the same network, whatever δ led to them."""
+    ``rules``: what decided, ``{"bind": rule, "grow": rule, "similarity": measure}`` (None for a
+    part that was forced or a strategy without the conflict model). Two decisions with the same
+    :attr:`key` give the same network, whatever δ or rules led to them."""
 
     task: str
     bind_to: str | None
@@ -96,6 +99,7 @@ class Decision:
     conflict: Mapping[str, CandidateScore] = field(default_factory=dict)
     reason: str = ""
     rsa_backend: str | None = None
+    rules: Mapping[str, str | None] | None = None
 
     @property
     def key(self) -> list[Any]:
@@ -138,6 +142,7 @@ class TaskRecord:
             "name": d.task, "bind_to": d.bind_to,
             "grown_slots": [slot_names[s] for s in d.slots], "delta": d.delta,
             "conflict": {c: s.to_json() for c, s in d.conflict.items()},
+            "rules": None if d.rules is None else dict(d.rules),
             "reason": d.reason,
             "independent_val_acc": self.independent_val_acc,
             "independent_test_acc": self.independent_test_acc,
@@ -187,7 +192,7 @@ def timer(timings: dict[str, float], key: str) -> Iterator[None]:
         timings[key] = timings.get(key, 0.0) + time.perf_counter() - start
 
 
-Scorer = Callable[[Sequence[str]], tuple[dict[str, CandidateScore], "str | None"]]
+Scorer = Callable[[Sequence[str], str], tuple[dict[str, CandidateScore], "str | None"]]
 
 
 @dataclass
@@ -196,8 +201,8 @@ class StepContext:
 
     ``index`` is the task's index in the learner's stream (it keys the independent net);
     ``learned`` the tasks learned so far, in order; ``spec`` the user's :class:`GrowStep`;
-    ``rng`` the run's one ``Random(seed)``, drawn in task order; :meth:`scores` the conflict
-    scores of candidate task-nets (computed once, possibly from a cache)."""
+    ``rng`` the run's one ``Random``, drawn in task order; :meth:`scores` the conflict scores of
+    candidate task-nets under a similarity measure (computed once, possibly from a cache)."""
 
     position: int
     index: int
@@ -213,9 +218,11 @@ class StepContext:
     def previous(self) -> str:
         return self.learned[-1]
 
-    def scores(self, candidates: Sequence[str]) -> tuple[dict[str, CandidateScore], str | None]:
-        """Conflict scores of this task against ``candidates``, and the RSA backend that ran."""
-        return self.scorer(candidates)
+    def scores(self, candidates: Sequence[str], similarity: str = DEFAULT_SIMILARITY
+               ) -> tuple[dict[str, CandidateScore], str | None]:
+        """Conflict scores C = 1 − similarity of this task against ``candidates``, and the
+        backend that ran."""
+        return self.scorer(candidates, similarity)
 
     def forced_slots(self) -> tuple[int, ...] | None:
         """The slots the user forced (sorted indices), or None."""
@@ -289,11 +296,12 @@ class BindGrowStep:
         return decision
 
     def score(self, net: JointNet, order: Sequence[int], position: int,
-              candidates: Sequence[str], timings: dict[str, float]
+              candidates: Sequence[str], timings: dict[str, float],
+              similarity: str = DEFAULT_SIMILARITY
               ) -> tuple[dict[str, CandidateScore], str | None]:
         """Conflict scores of the task at ``position`` against every candidate task-net of
         ``net``: activations of its independent net and of all candidates on the same m
-        validation inputs, then one batched RSA pass per slot."""
+        validation inputs, then one batched pass of the similarity measure per slot."""
         lr = self.learner
         index = order[position]
         task = lr.tasks[index]
@@ -310,7 +318,7 @@ class BindGrowStep:
             layers, backend = conflict.layer_conflicts(
                 [acts_t[s] for s in expandable],
                 {b: [acts_b[b][s] for s in expandable] for b in candidates},
-                backend=lr.rsa_backend)
+                similarity=similarity, backend=lr.rsa_backend)
         return {b: CandidateScore.of(layers[b]) for b in candidates}, backend
 
     # ------------------------------------------------------------------ apply

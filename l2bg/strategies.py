@@ -18,14 +18,17 @@ through ``Learner.run``, ``l2bg run --strategy NAME`` and ``l2bg search --strate
 
 from __future__ import annotations
 
+import copy
 import importlib.metadata
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from l2bg import conflict
 from l2bg.errors import L2BGError
-from l2bg.step import Decision, GrowStep, StepContext
+from l2bg.rules import BIND_RULES, DEFAULT_BIND_RULE, DEFAULT_GROW_RULE, GROW_RULES
+from l2bg.similarity import DEFAULT_SIMILARITY, MEASURES
+from l2bg.step import CandidateScore, Decision, GrowStep, StepContext
 
 if TYPE_CHECKING:  # pragma: no cover
     from l2bg.templates import Template
@@ -55,6 +58,35 @@ class Strategy:
     name: str = ""
     help: str = ""
     takes_delta: bool = False
+    #: constructor arguments that configure the strategy (``configured``, ``options``)
+    option_names: tuple[str, ...] = ()
+
+    def options(self) -> dict[str, Any]:
+        """The options this strategy is configured with (``results.json``:
+        ``strategy_options``)."""
+        return {k: getattr(self, k) for k in self.option_names}
+
+    def configured(self, **options: Any) -> Strategy:
+        """This strategy with ``options`` set (a None value leaves that option as it is): the
+        same object when nothing changes, else a configured copy."""
+        given = {k: v for k, v in options.items() if v is not None}
+        bad = sorted(set(given) - set(self.option_names))
+        if bad:
+            flags = ", ".join(f"--{k.replace('_', '-')}" for k in bad)
+            takes = ", ".join(self.option_names) or "no options"
+            raise L2BGError(f"{flags}: strategy {self.name} takes {takes}; the conflict rules "
+                            "and --similarity apply to strategies that use the conflict model, "
+                            "such as l2bg")
+        current = self.options()
+        if all(current[k] == v for k, v in given.items()):
+            return self
+        other = copy.copy(self)
+        other.__init__(**{**current, **given})  # type: ignore[misc]
+        return other
+
+    def rng_seed(self, run_seed: int) -> int:
+        """Seed of the run's one ``random.Random`` (drawn in task order): the run seed."""
+        return run_seed
 
     def check(self, steps: Sequence[GrowStep], template: Template, config: TrainConfig) -> None:
         """Reject a grow sequence this strategy cannot run, before any training."""
@@ -114,8 +146,22 @@ class Full(_BindPrevious):
 
 
 class RandomGrowth(Strategy):
+    """The paper's seeded control. ``draw_seed`` seeds its draws apart from the run seed, so
+    several random sequences can be drawn on the same data and training (None: the run seed)."""
+
     name = "random"
     help = "random bind target and slots (the paper's seeded control)"
+
+    option_names = ("draw_seed",)
+
+    def __init__(self, draw_seed: int | None = None) -> None:
+        if draw_seed is not None and (isinstance(draw_seed, bool)
+                                      or not isinstance(draw_seed, int)):
+            raise L2BGError(f"draw_seed must be an integer or None, got {draw_seed!r}")
+        self.draw_seed = draw_seed
+
+    def rng_seed(self, run_seed: int) -> int:
+        return run_seed if self.draw_seed is None else self.draw_seed
 
     def decide(self, ctx: StepContext) -> Decision:
         b = ctx.spec.bind_to or ctx.rng.choice(ctx.learned)
@@ -145,12 +191,21 @@ def bind_candidates(spec: GrowStep, learned: Sequence[str]) -> list[str]:
 
 
 class L2BG(Strategy):
-    """Learn to Bind and Grow: score every bind candidate by RSA, bind to the least task score,
-    grow the nucleus of the conflict distribution for δ."""
+    """Learn to Bind and Grow: score every bind candidate with a similarity measure (conflict
+    C = 1 − similarity), bind by a bind rule and grow by a grow rule for δ. The defaults are the
+    paper's text: RSA-Spearman, bind to the least ‖C‖₂, grow the nucleus of C descending
+    (:mod:`l2bg.rules`, :mod:`l2bg.similarity`)."""
 
     name = "l2bg"
-    help = "bind by least RSA conflict and grow the nucleus for δ"
+    help = "bind by least conflict and grow the nucleus for δ (rules: --grow-rule, --bind-rule)"
     takes_delta = True
+    option_names = ("grow_rule", "bind_rule", "similarity")
+
+    def __init__(self, grow_rule: str = DEFAULT_GROW_RULE, bind_rule: str = DEFAULT_BIND_RULE,
+                 similarity: str = DEFAULT_SIMILARITY) -> None:
+        self.grow_rule = GROW_RULES.get(grow_rule).name
+        self.bind_rule = BIND_RULES.get(bind_rule).name
+        self.similarity = MEASURES.get(similarity).name
 
     def check(self, steps: Sequence[GrowStep], template: Template, config: TrainConfig) -> None:
         for spec in steps:
@@ -160,30 +215,35 @@ class L2BG(Strategy):
                                     "--deltas d2,...,dT")
                 conflict.check_delta(spec.delta)
 
-    def choose_bind(self, scores: dict[str, float]) -> str:
-        """The bind rule: the least task score, ties to the earliest-learned candidate."""
-        return conflict.choose_bind(scores)
+    def choose_bind(self, scores: Mapping[str, CandidateScore]) -> str:
+        """The bind rule: the least key of ``bind_rule``, ties to the earliest candidate."""
+        return BIND_RULES.get(self.bind_rule).choose({c: s.layers for c, s in scores.items()})
 
     def grow(self, layers: Sequence[float], delta: float) -> list[int]:
-        """The grow rule: positions (into the expandable slots) of the nucleus for δ."""
-        return conflict.nucleus(layers, delta)
+        """The grow rule: positions (into the expandable slots) that ``grow_rule`` grows for δ."""
+        return GROW_RULES.get(self.grow_rule).grow(layers, delta)
 
     def decide(self, ctx: StepContext) -> Decision:
         spec = ctx.spec
         candidates = bind_candidates(spec, ctx.learned)
-        scores, backend = ctx.scores(candidates)
+        scores, backend = ctx.scores(candidates, self.similarity)
+        rules: dict[str, str | None] = {"bind": None, "grow": None,
+                                        "similarity": self.similarity}
         if spec.bind_to is not None:
             b, why = spec.bind_to, "forced bind target"
         else:
-            b = self.choose_bind({c: scores[c].score for c in candidates})
-            why = "least task score ‖C‖₂"
+            b = self.choose_bind({c: scores[c] for c in candidates})
+            rules["bind"] = self.bind_rule
+            why = f"bind rule {self.bind_rule}: {BIND_RULES.get(self.bind_rule).formula}"
         forced = ctx.forced_slots()
         if forced is not None:
-            return Decision(ctx.task, b, forced, None, scores, f"{why}; forced slots", backend)
+            return Decision(ctx.task, b, forced, None, scores, f"{why}; forced slots", backend,
+                            rules)
         picked = self.grow(scores[b].layers, spec.delta)
         slots = tuple(ctx.expandable[p] for p in picked)
+        rules["grow"] = self.grow_rule
         return Decision(ctx.task, b, slots, float(spec.delta), scores,
-                        f"{why}; nucleus of the conflict distribution for δ", backend)
+                        f"{why}; grow rule {self.grow_rule} for δ", backend, rules)
 
 
 # --------------------------------------------------------------------------------- registry

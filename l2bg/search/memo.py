@@ -39,7 +39,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["MEMO_FORMAT", "MemoRunner", "MemoStore", "Outcome", "sha"]
 
-MEMO_FORMAT = 3  # 3: sealed nodes and scores (checksums)
+MEMO_FORMAT = 4  # 3: sealed nodes and scores (checksums); 4: scores keyed by similarity measure
 
 
 def sha(obj: Any, n: int = 20) -> str:
@@ -157,8 +157,9 @@ class MemoRunner:
     The record of ``run(order, steps)`` equals ``learner.run(strategy, steps, order=order)``
     (timings and cache counters aside). ``memo_dir=None`` keeps nodes in memory (one process); a
     directory shares them between trials, workers and machines (``<memo_dir>/memo/<context>/``:
-    runs with the same data, template, training recipe, seed and RSA settings share nodes,
-    whatever the strategy, since a node depends only on its decisions).
+    runs with the same data, template, training recipe, seed and RSA sample count share nodes,
+    whatever the strategy, rules or similarity measure, since a node depends only on its
+    decisions; conflict scores are kept per similarity measure).
     """
 
     def __init__(self, learner: Learner, strategy: str | Strategy = "l2bg", *,
@@ -173,8 +174,7 @@ class MemoRunner:
         self.context = sha({"format": MEMO_FORMAT, "benchmark": lr.benchmark,
                             "tasks": [[t.name, task_fingerprint(t)] for t in lr.tasks],
                             "seed": lr.seed, "template": lr.template.to_dict(),
-                            "train": lr.config.to_dict(), "rsa_samples": lr.rsa_samples,
-                            "rsa_method": "spearman"})
+                            "train": lr.config.to_dict(), "rsa_samples": lr.rsa_samples})
         root = Path(memo_dir) / "memo" / self.context if memo_dir is not None else None
         self.store = MemoStore(root, self.locks.lease_s)
 
@@ -196,11 +196,15 @@ class MemoRunner:
                                    for d, o in zip(decisions, outcomes, strict=True)])
 
     def run(self, order: Sequence[int] | None = None,
-            steps: Sequence[GrowStep] | None = None) -> Outcome:
+            steps: Sequence[GrowStep] | None = None,
+            strategy: str | Strategy | None = None) -> Outcome:
         """Evaluate the grow sequence ``steps`` (one per task after the first) over the tasks in
-        ``order`` (stream indices; default the stream order), reusing memo nodes."""
+        ``order`` (stream indices; default the stream order) with ``strategy`` (default the
+        runner's), reusing memo nodes. Nodes depend only on decisions, so strategies, rules
+        and similarity measures share them."""
         lr = self.learner
-        strat, steps, order = lr.prepare(self.strategy, steps, None, order)
+        strat, steps, order = lr.prepare(self.strategy if strategy is None else strategy, steps,
+                                         None, order)
         T = len(order)
         start = time.perf_counter()
         stats: dict[str, Any] = dict(memo_hits=0, memo_misses=0, prefix_len=0, full_hit=False,
@@ -208,7 +212,7 @@ class MemoRunner:
                                      node_loads=0, lock_waits=0)
         waits0, misses0 = self.locks.waits, lr.cache.misses
         timings: dict[str, float] = {}
-        rng = random.Random(lr.seed)
+        rng = random.Random(strat.rng_seed(lr.seed))
         decisions: list[Decision] = []
         key: str | None = None
         state: SequenceState | None = None
@@ -255,7 +259,7 @@ class MemoRunner:
         outcomes = self.store.read_meta(key)["outcomes"]
         records = [TaskRecord.from_outcome(d, o)
                    for d, o in zip(decisions, outcomes, strict=True)]
-        record = lr.run_record(strat.name, records, timings, time.perf_counter() - start)
+        record = lr.run_record(strat, records, timings, time.perf_counter() - start)
         record["order"] = [lr.tasks[j].name for j in order]
         record["decisions"] = [d.key for d in decisions]
         record["memo"] = dict(stats)
@@ -268,15 +272,16 @@ class MemoRunner:
         (activations of both nets, RSA) and kept with the node."""
         task = self.learner.tasks[order[pos]].name
 
-        def score(candidates: Sequence[str]) -> tuple[dict[str, CandidateScore], str | None]:
-            name = f"{key}-{task}-{sha(list(candidates), 10)}"
+        def score(candidates: Sequence[str], similarity: str
+                  ) -> tuple[dict[str, CandidateScore], str | None]:
+            name = f"{key}-{task}-{sha([similarity, list(candidates)], 10)}"
             found = self.store.read_scores(name)
             if found is not None:
                 stats["scores_hits"] += 1
                 return _scores_from_json(found)
             stats["scores_misses"] += 1
             scores, backend = self.learner.step.score(state_fn().net, order, pos, candidates,
-                                                      timings)
+                                                      timings, similarity)
             self.store.write_scores(name, {"scores": {c: s.to_json() for c, s in scores.items()},
                                            "rsa_backend": backend})
             return scores, backend

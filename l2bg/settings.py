@@ -2,7 +2,8 @@
 
 ``l2bg run`` and ``l2bg search`` take the same options (declared once, in
 :mod:`l2bg.cli.options`) into one :class:`Settings`, checked before any work, which builds the
-benchmark, template, training recipe and :class:`l2bg.learner.Learner` the same way for both.
+benchmark, template, training recipe, :class:`l2bg.learner.Learner` and the configured strategy
+(its conflict rules and similarity measure) the same way for both.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from l2bg.cache import IndependentCache
     from l2bg.data import Benchmark
     from l2bg.learner import Hook, Learner
+    from l2bg.strategies import Strategy
     from l2bg.templates import Template
     from l2bg.training import TrainConfig
 
@@ -55,8 +57,8 @@ class Built:
 
 @dataclass
 class Settings:
-    """Data, training and RSA settings shared by ``l2bg run`` and ``l2bg search``; None means
-    the template's or benchmark's default (see ``--help``)."""
+    """Data, training, RSA and conflict-model settings shared by ``l2bg run`` and ``l2bg search``;
+    None means the template's, benchmark's or strategy's default (see ``--help``)."""
 
     benchmark: str
     data_root: str | None = None
@@ -70,6 +72,10 @@ class Settings:
     rsa_samples: int | None = None
     device: str = "auto"
     cache_dir: str | None = None
+    angles: list[float] | None = None
+    grow_rule: str | None = None
+    bind_rule: str | None = None
+    similarity: str | None = None
 
     @classmethod
     def from_args(cls, args: Any, **overrides: Any) -> Settings:
@@ -102,6 +108,25 @@ class Settings:
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith(
                 "cuda:"):
             raise L2BGError(f"--device {self.device!r} is not auto, cpu, cuda or cuda:N")
+        from l2bg.rules import BIND_RULES, GROW_RULES
+        from l2bg.similarity import MEASURES
+
+        for registry, value in ((GROW_RULES, self.grow_rule), (BIND_RULES, self.bind_rule),
+                                (MEASURES, self.similarity)):
+            if value is not None:
+                registry.get(value)
+
+    def rules(self) -> dict[str, str | None]:
+        """The conflict-model options given (None: the strategy's default)."""
+        return {"grow_rule": self.grow_rule, "bind_rule": self.bind_rule,
+                "similarity": self.similarity}
+
+    def strategy(self, name: str | Strategy) -> Strategy:
+        """The strategy ``name`` configured with these settings' rules and similarity measure
+        (an error when a rule is given to a strategy without the conflict model)."""
+        from l2bg import strategies
+
+        return strategies.get(name).configured(**self.rules())
 
     def build(self) -> Built:
         """The benchmark, template, training recipe and device of these settings."""
@@ -112,7 +137,8 @@ class Settings:
         self.check()
         device = resolve_device(self.device)
         bench = build_benchmark(self.benchmark, num_tasks=self.tasks, seed=self.seed,
-                                data_root=self.data_root, class_order_seed=self.class_order_seed)
+                                data_root=self.data_root, class_order_seed=self.class_order_seed,
+                                angles=self.angles)
         template = template_for(bench)
         train = default_config(template.name, epochs=self.epochs, lr=self.lr,
                                batch_size=self.batch_size, shared_lr_scale=self.shared_lr_scale,

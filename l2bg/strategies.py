@@ -71,12 +71,14 @@ class Strategy:
         same object when nothing changes, else a configured copy."""
         given = {k: v for k, v in options.items() if v is not None}
         bad = sorted(set(given) - set(self.option_names))
-        if bad:
+        if bad and set(bad) <= {"grow_rule", "bind_rule", "similarity"}:
             flags = ", ".join(f"--{k.replace('_', '-')}" for k in bad)
-            takes = ", ".join(self.option_names) or "no options"
-            raise L2BGError(f"{flags}: strategy {self.name} takes {takes}; the conflict rules "
-                            "and --similarity apply to strategies that use the conflict model, "
-                            "such as l2bg")
+            raise L2BGError(f"{flags} {'applies' if len(bad) == 1 else 'apply'} to strategies "
+                            f"that use the conflict model (such as l2bg), not {self.name}")
+        if bad:
+            takes = ", ".join(self.option_names) or "none"
+            raise L2BGError(f"strategy {self.name} takes no option {', '.join(bad)}; its "
+                            f"options: {takes}")
         current = self.options()
         if all(current[k] == v for k, v in given.items()):
             return self

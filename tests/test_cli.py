@@ -84,6 +84,14 @@ def test_run_convnet_end_to_end_on_cifar_pickles(tmp_path, capsys):
     (["--benchmark", "pmnist", "--tasks", "2", "--strategy", "shared", "--delta", "0.5"],
      "--strategy l2bg"),
     (["--benchmark", "split-cifar100", "--strategy", "shared"], "cifar"),
+    (["--benchmark", "pmnist", "--strategy", "random", "--grow-rule", "released"],
+     "--grow-rule applies to strategies that use the conflict model"),
+    (["--benchmark", "pmnist", "--strategy", "l2bg", "--delta", "0.5", "--bind-rule", "most"],
+     "unknown bind rule 'most'"),
+    (["--benchmark", "pmnist", "--strategy", "l2bg", "--delta", "0.5", "--similarity", "cos"],
+     "unknown similarity measure"),
+    (["--benchmark", "rotated-mnist", "--tasks", "3", "--angles", "0,90", "--strategy",
+      "shared"], "2 values for 3 tasks"),
 ])
 def test_bad_input_gives_one_line_and_no_results(tmp_path, capsys, argv, message):
     out = tmp_path / "out"
@@ -115,7 +123,8 @@ def test_help_documents_every_option():
     assert proc.returncode == 0
     for opt in ("--benchmark", "--data-root", "--tasks", "--strategy", "--epochs", "--seed",
                 "--device", "--out", "--quiet", "--delta", "--deltas", "--rsa-samples",
-                "--shared-lr-scale"):
+                "--shared-lr-scale", "--grow-rule", "--bind-rule", "--similarity", "--angles",
+                "similar-first", "linear-cka", "rotated-mnist"):
         assert opt in proc.stdout
 
 
@@ -133,7 +142,7 @@ def test_explain_has_a_legend_and_names_slots(tmp_path, capsys):
     assert main(["explain", str(out)]) == 0
     text = capsys.readouterr().out
     legend = text[text.index("\nLegend\n"):]
-    for term in ("C ", "‖C‖₂", "C̃", "cum", "grown", "δ"):
+    for term in ("C ", "‖C‖₂", "ρ ", "w ", "share", "cum", "grown", "δ"):
         assert term in legend.split("\n\n")[0], term
     for name in slots:
         assert f"\n  {name} " in text  # every slot appears by name in the tables
@@ -189,3 +198,31 @@ def test_without_a_terminal_each_task_logs_one_line(tmp_path):
     for i, ln in enumerate(lines, start=1):
         assert ln.startswith("[") and "s] task " in ln and f"task {i} pmnist-{i - 1}" in ln
     assert "bound to pmnist-0" in lines[1] and "own independent net" in lines[0]
+
+
+@pytest.mark.slow
+def test_rules_measure_and_rotated_mnist_through_run_and_explain(tmp_path, capsys):
+    out = tmp_path / "out"
+    code, err = run(["run", "--benchmark", "rotated-mnist", "--angles", "0,60,120", "--strategy",
+                     "l2bg", "--delta", "0.5", "--grow-rule", "released", "--bind-rule",
+                     "released", "--similarity", "rsa-pearson", "--epochs", "1", "--out",
+                     str(out), "--no-cache", "--quiet"], capsys)
+    assert code == 0, err
+    r = json.loads((out / "results.json").read_text())
+    opts = {"grow_rule": "released", "bind_rule": "released", "similarity": "rsa-pearson"}
+    assert r["strategy_options"] == opts and r["config"]["strategy_options"] == opts
+    assert all(r["config"][k] == v for k, v in opts.items())
+    assert r["config"]["data"]["angles"] == [0.0, 60.0, 120.0]
+    assert r["tasks"][2]["rules"] == {"bind": "released", "grow": "released",
+                                      "similarity": "rsa-pearson"}
+    capsys.readouterr()
+    assert main(["explain", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "bind rule released; grow rule released, δ = 0.5; similarity rsa-pearson" in text
+    assert "‖ρ‖₂" in text and "in the order of grow rule released (w = ρ)" in text
+    assert main(["explain", str(out), "--json"]) == 0
+    e = json.loads(capsys.readouterr().out)
+    rows = e["tasks"][1]["candidates"][0]["slots"]
+    assert [row["weight"] for row in rows] == sorted((row["weight"] for row in rows),
+                                                     reverse=True)
+    assert rows[-1]["cumulative"] == pytest.approx(1.0)

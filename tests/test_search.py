@@ -18,6 +18,7 @@ from l2bg.data import build_benchmark
 from l2bg.errors import L2BGError
 from l2bg.learner import GrowStep, Learner
 from l2bg.locks import worker_dead, worker_id
+from l2bg.rules import GROW_RULES
 from l2bg.search import (
     SAMPLERS,
     MemoRunner,
@@ -217,8 +218,9 @@ SAMPLER_CASES = {
     "tpe": ["--space", "bind", "--enqueue-baselines", "--max-params", "800000",
             "--startup-trials", "2"],
     "nsga2": ["--space", "shared-delta", "--delta-set", "0,0.3,0.6,1"],
-    "nsga2-paper": ["--space", "per-task-delta", "--bind-targets", "pmnist-0"],
-    "random": ["--space", "order", "--objective", "acc", "--no-baselines"],
+    "nsga2-paper": ["--space", "per-task-delta", "--bind-targets", "pmnist-0", "--search-rules"],
+    "random": ["--space", "order", "--objective", "acc", "--no-baselines", "--grow-rule",
+               "similar-first", "--similarity", "linear-cka"],
 }
 
 
@@ -266,6 +268,17 @@ def test_small_study_with_each_sampler(sampler, tmp_path, cache_dir):
         assert set(pareto["baselines"]) == {"independent", "shared"}
     if sampler == "nsga2":
         assert {x.params["delta"] for x in study.trials} <= {0.0, 0.3, 0.6, 1.0}
+    if sampler == "nsga2-paper":  # the rules are categorical dimensions, one per trial
+        for x in study.trials:
+            opts = x.user_attrs["strategy_options"]
+            assert opts["grow_rule"] == x.params["grow_rule"]
+            assert opts["bind_rule"] == x.params["bind_rule"]
+        assert study.user_attrs["l2bg_search"]["choices"]["grow_rule"] == GROW_RULES.names()
+        assert "-rules-" in study.study_name and "grow_rule=" in rows[0]["strategy_options"]
+    if sampler == "random":  # fixed rules and measure: in the study's name and signature
+        assert "-similar-first-linear-cka-" in study.study_name
+        assert study.user_attrs["l2bg_search"]["strategy_options"]["similarity"] == "linear-cka"
+        assert study.trials[0].user_attrs["strategy_options"]["grow_rule"] == "similar-first"
 
     # the same command again: nothing left to do; --report rewrites the outputs from storage
     assert main(args) == 0
@@ -290,6 +303,11 @@ def test_small_study_with_each_sampler(sampler, tmp_path, cache_dir):
     (["--trials", "2", "--storage", "journal:/nonexistent-dir/j.log"], "does not exist"),
     (["--trials", "2", "--tasks", "1"], "--tasks >= 2"),
     (["--trials", "2", "--bind-targets", "pmnist-7"], "--bind-targets"),
+    (["--trials", "2", "--search-rules", "--grow-rule", "released"],
+     "--grow-rule fixes what --search-rules searches"),
+    (["--trials", "2", "--search-similarity", "--strategy", "random", "--space", "order"],
+     "not random"),
+    (["--trials", "2", "--grow-rule", "widest"], "unknown grow rule"),
 ])
 def test_bad_input_is_one_clear_line(extra, match, tmp_path, capsys):
     args = [a for a in BASE if a != "--quiet"]

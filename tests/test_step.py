@@ -176,3 +176,61 @@ def test_entry_point_strategy_through_the_cli(tmp_path):
     assert proc.returncode == 0, proc.stderr
     r = json.loads((out / "results.json").read_text())
     assert r["strategy"] == "head-only" and r["tasks"][1]["grown_slots"] == ["head"]
+
+
+# --------------------------------------------------------------------------- rules and measures
+
+
+@pytest.mark.slow
+def test_configured_rules_and_measures_in_learner_and_memo(tasks, tmp_path):
+    """A trial with other rules and another measure equals Learner.run with the same configured
+    strategy; the memo keeps scores per measure (never mixed) and shares nodes across rules."""
+    torch.set_num_threads(1)
+    base = strategies.get("l2bg")
+    cka = base.configured(grow_rule="released", bind_rule="released", similarity="linear-cka")
+    seq = [GrowStep(delta=0.5), GrowStep(delta=0.5)]
+    runner = MemoRunner(_learner(tasks, tmp_path / "c"), base, memo_dir=tmp_path / "c")
+    rsa = runner.run(None, seq)
+    got = runner.run(None, seq, strategy=cka)
+    want = _learner(tasks).run(cka, sequence=seq).record
+    assert _comparable(got.record) == _comparable(want)
+    assert got.stats["scores_misses"] == 2  # the RSA scores of the same nodes are not reused
+    assert want["strategy_options"] == {"grow_rule": "released", "bind_rule": "released",
+                                        "similarity": "linear-cka"}
+    assert want["tasks"][1]["rules"] == {"bind": "released", "grow": "released",
+                                         "similarity": "linear-cka"}
+    assert rsa.record["tasks"][1]["rules"] == {"bind": "least-conflict", "grow": "conflict",
+                                               "similarity": "rsa-spearman"}
+    c_rsa = rsa.record["tasks"][1]["conflict"]["pmnist-0"]["layers"]
+    c_cka = got.record["tasks"][1]["conflict"]["pmnist-0"]["layers"]
+    assert c_rsa != c_cka and all(0 <= c <= 1 for c in c_cka)
+    # forced parts are recorded as forced: no rule decided them
+    forced = _learner(tasks).run(base, sequence=[GrowStep(delta=0.5, bind_to="pmnist-0"),
+                                                 GrowStep(slots=["head"])]).record
+    assert forced["tasks"][1]["rules"] == {"bind": None, "grow": "conflict",
+                                           "similarity": "rsa-spearman"}
+    assert forced["tasks"][2]["rules"]["grow"] is None
+    # the same decisions under another grow rule are the same nodes: nothing is retrained
+    every = [GrowStep(delta=1.0), GrowStep(delta=1.0)]
+    first = runner.run(None, every)
+    again = runner.run(None, every, strategy=base.configured(grow_rule="similar-first"))
+    assert [d.key for d in again.decisions] == [d.key for d in first.decisions]
+    assert again.stats["full_hit"] and again.stats["scores_misses"] == 0
+
+
+def test_random_draw_seed_draws_apart_from_the_data_seed(tasks):
+    learner = _learner(tasks)
+    steps = [GrowStep(), GrowStep()]
+
+    def decisions(strategy):
+        import random as _random
+
+        rng = _random.Random(strategy.rng_seed(learner.seed))
+        ctxs = [learner.step.context([0, 1, 2], p, steps[0], rng, None) for p in (1, 2)]
+        return [strategy.decide(c).key for c in ctxs]
+
+    plain = strategies.get("random")
+    assert decisions(plain) == decisions(plain.configured(draw_seed=0))
+    draws = {str(decisions(plain.configured(draw_seed=s))) for s in range(8)}
+    assert len(draws) > 1
+    assert plain.configured(draw_seed=5).options() == {"draw_seed": 5}

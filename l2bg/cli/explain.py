@@ -18,9 +18,10 @@ def add_explain_parser(sub: Any) -> argparse.ArgumentParser:
     e = sub.add_parser(
         "explain", formatter_class=HelpFormatter,
         help="show why each task bound where it did and what grew",
-        description="Read DIR/results.json of an l2bg run and print, per task, the task score "
-                    "of every bind candidate and the conflict distribution that chose the grown "
-                    "slots, with a legend of the terms.")
+        description="Read DIR/results.json of an l2bg run and print, per task, the rules and "
+                    "similarity measure that decided, the task score of every bind candidate "
+                    "and the slots in the order of the grow rule with their share and "
+                    "cumulative share, with a legend of the terms.")
     e.add_argument("dir", type=Path, help="run directory holding results.json")
     e.add_argument("--json", action="store_true", help="machine-readable output")
     e.set_defaults(func=cmd_explain)
@@ -30,15 +31,17 @@ def add_explain_parser(sub: Any) -> argparse.ArgumentParser:
 LEGEND = """\
 Legend
   C        conflict of a slot between this task's independent net and a candidate task-net:
-           1 - Spearman correlation of their RDMs on the same validation inputs
-           (0 = same representational geometry, up to 2)
-  ‖C‖₂     task score, the norm of C over the expandable slots: the task binds to the
-           candidate with the least (ties to the earliest-learned)
-  C̃        the slot's share of the conflict, C / ΣC
-  cum      running sum of C̃ down the table (slots by C, largest first)
-  grown    the nucleus for δ: the slots from the top until cum ≥ δ (δ = 0 grows nothing,
-           δ = 1 every slot); a grown slot gets a copy of the bound task's layer
-Definitions: docs/design.md, "Definitions"."""
+           1 - similarity of their activations on the same validation inputs (rsa-spearman,
+           the default: 1 - Spearman correlation of their RDMs; 0 = same geometry, up to 2)
+  ‖C‖₂     task score, the norm of C over the expandable slots; the bind rule least-conflict
+           binds to the candidate with the least (ties to the earliest-learned)
+  ρ        similarity max(0, 1 - C): the released rules bind to the least ‖ρ‖₂ and grow by ρ
+  w        the grow rule's weight of a slot (C for conflict and similar-first, ρ for released)
+  share    the slot's share of the weight, w / Σw
+  cum      running sum of the shares down the table (slots in the grow rule's order)
+  grown    the slots from the top until cum ≥ δ (δ = 0 grows nothing, δ = 1 every slot); a
+           grown slot gets a copy of the bound task's layer
+Definitions: docs/design.md, "Definitions" (rules: "Conflict rules in use")."""
 
 
 def _slot_name(names: list[str], s: Any) -> str:
@@ -48,28 +51,52 @@ def _slot_name(names: list[str], s: Any) -> str:
     return str(s)
 
 
+def _rules_of(task: dict[str, Any]) -> dict[str, str | None]:
+    """The rules and measure behind a task's decision (records older than the rules: the
+    defaults, which were the only rules then)."""
+    from l2bg.rules import DEFAULT_BIND_RULE, DEFAULT_GROW_RULE
+    from l2bg.similarity import DEFAULT_SIMILARITY
+
+    if "rules" in task:
+        return dict(task["rules"] or {"bind": None, "grow": None, "similarity": None})
+    scored = bool(task.get("conflict"))
+    return {"bind": DEFAULT_BIND_RULE if scored else None,
+            "grow": DEFAULT_GROW_RULE if scored and task.get("delta") is not None else None,
+            "similarity": DEFAULT_SIMILARITY if scored else None}
+
+
+def _registered(registry: Any, name: str | None, default: str) -> Any:
+    """The rule ``name``, or the default when it is not registered in this process (a plug-in
+    rule of another installation): explain still shows the scores."""
+    return registry.get(name if name in registry else default)
+
+
 def explain(r: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per task: the decision, every candidate's task score and the conflict distribution of
-    each slot in the order the nucleus takes them (the data behind ``l2bg explain``)."""
-    from l2bg.conflict import distribution
+    """Per task: the decision, the rules and measure that made it, every candidate's task score
+    and bind key, and the bound candidate's slots in the order of the grow rule with their
+    weight, share and cumulative share (the data behind ``l2bg explain``)."""
+    from l2bg.rules import BIND_RULES, DEFAULT_BIND_RULE, DEFAULT_GROW_RULE, GROW_RULES
 
     slots = list(r.get("slots") or [])
     expandable = list(r.get("expandable_slots") or slots)
     out = []
     for t in r["tasks"]:
+        rules = _rules_of(t)
         entry: dict[str, Any] = {
             "task": t["name"], "bind_to": t["bind_to"], "delta": t["delta"],
-            "reason": t.get("reason", ""),
+            "reason": t.get("reason", ""), "rules": rules,
             "grown_slots": [_slot_name(slots, s) for s in t["grown_slots"]], "candidates": []}
+        bind = _registered(BIND_RULES, rules.get("bind"), DEFAULT_BIND_RULE)
+        grow = _registered(GROW_RULES, rules.get("grow"), DEFAULT_GROW_RULE)
         for cand, sc in (t.get("conflict") or {}).items():
-            dist = distribution(sc["layers"])
-            order = sorted(range(len(dist)), key=lambda i: (-sc["layers"][i], i))
-            cum, rows = 0.0, []
-            for i in order:
-                cum += dist[i]
-                rows.append({"slot": _slot_name(expandable, i), "conflict": sc["layers"][i],
-                             "share": dist[i], "cumulative": cum})
-            entry["candidates"].append({"task": cand, "score": sc["score"], "slots": rows})
+            rows = [{"slot": _slot_name(expandable, row["position"]),
+                     "conflict": row["conflict"], "weight": row["weight"],
+                     "share": row["share"], "cumulative": row["cumulative"]}
+                    for row in grow.table(sc["layers"])]
+            entry["candidates"].append({
+                "task": cand, "score": sc["score"], "bind_key": bind.key(sc["layers"]),
+                "bind_symbol": bind.symbol, "grow_rule": grow.name, "weight": grow.symbol,
+                "slots": rows})
         out.append(entry)
     return out
 
@@ -89,10 +116,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
     check_record(r, str(path))
     expl = explain(r)
     if args.json:
-        print(json.dumps({"benchmark": r["benchmark"], "strategy": r["strategy"], "tasks": expl},
+        print(json.dumps({"benchmark": r["benchmark"], "strategy": r["strategy"],
+                          "strategy_options": r.get("strategy_options") or {}, "tasks": expl},
                          indent=2))
         return 0
-    print(f"{r['benchmark']} · strategy {r['strategy']} · {len(expl)} tasks")
+    opts = r.get("strategy_options") or {}
+    shown = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in opts.items() if v is not None)
+    print(f"{r['benchmark']} · strategy {r['strategy']}{f' ({shown})' if shown else ''} · "
+          f"{len(expl)} tasks")
     if any(e["candidates"] for e in expl):
         print()
         print(LEGEND)
@@ -108,18 +139,28 @@ def cmd_explain(args: argparse.Namespace) -> int:
             why = e["reason"] or f"strategy {r['strategy']}"
             print(f"{head} ({why}; no conflict scores), grew {grew}")
             continue
-        delta = "" if e["delta"] is None else f", δ = {e['delta']:g}"
-        print(f"{head} ({e['reason'] or 'least task score ‖C‖₂'}){delta}, grew {grew}")
-        print(f"  {'candidate':<18}{'‖C‖₂':>8}")
-        for c in sorted(e["candidates"], key=lambda c: c["score"]):
+        rules = e["rules"]
+        how = f"bind rule {rules['bind']}" if rules.get("bind") else "forced bind target"
+        grow = (f"grow rule {rules['grow']}, δ = {e['delta']:g}" if rules.get("grow")
+                and e["delta"] is not None else "forced slots")
+        print(f"{head} ({how}; {grow}; similarity {rules.get('similarity')}), grew {grew}")
+        sym = e["candidates"][0]["bind_symbol"]
+        extra = f"{sym:>8}" if sym != "‖C‖₂" else ""
+        print(f"  {'candidate':<18}{'‖C‖₂':>8}{extra}")
+        for c in sorted(e["candidates"], key=lambda c: c["bind_key"]):
             mark = "  ← bound" if c["task"] == e["bind_to"] else ""
-            print(f"  {c['task']:<18}{c['score']:>8.4f}{mark}")
+            key = f"{c['bind_key']:>8.4f}" if extra else ""
+            print(f"  {c['task']:<18}{c['score']:>8.4f}{key}{mark}")
         bound = next(c for c in e["candidates"] if c["task"] == e["bind_to"])
-        print(f"  conflict with {e['bind_to']} by slot (largest first):")
-        print(f"  {'slot':<10}{'C':>8}{'C̃':>8}{'cum':>8}  grown")
+        w = bound["weight"]
+        print(f"  slots of {e['bind_to']} in the order of grow rule {bound['grow_rule']} "
+              f"(w = {w}):")
+        wcol = f"{w:>8}" if w != "C" else ""
+        print(f"  {'slot':<10}{'C':>8}{wcol}{'share':>8}{'cum':>8}  grown")
         for row in bound["slots"]:
             g = "yes" if row["slot"] in e["grown_slots"] else ""
-            print(f"  {row['slot']:<10}{row['conflict']:>8.4f}{row['share']:>8.3f}"
+            wv = f"{row['weight']:>8.4f}" if wcol else ""
+            print(f"  {row['slot']:<10}{row['conflict']:>8.4f}{wv}{row['share']:>8.3f}"
                   f"{row['cumulative']:>8.3f}  {g}".rstrip())
     return 0
 
@@ -147,6 +188,8 @@ def check_record(r: Any, where: str = "results.json") -> None:
     for key in ("slots", "expandable_slots"):
         if r.get(key) is not None and not _names(r[key]):
             raise bad(key, "a list of slot names")
+    if r.get("strategy_options") is not None and not isinstance(r["strategy_options"], dict):
+        raise bad("strategy_options", "an object")
     slots = r.get("slots") or []
     if not isinstance(r.get("tasks"), list):
         raise bad("tasks", "a list")
@@ -165,6 +208,10 @@ def check_record(r: Any, where: str = "results.json") -> None:
             raise bad(f"{at}.delta", "a number or null")
         if t.get("reason") is not None and not isinstance(t["reason"], str):
             raise bad(f"{at}.reason", "a string")
+        rules = t.get("rules")
+        if rules is not None and (not isinstance(rules, dict) or not all(
+                v is None or isinstance(v, str) for v in rules.values())):
+            raise bad(f"{at}.rules", "an object of rule names (or null)")
         grown = t["grown_slots"]
         if not isinstance(grown, list) or not all(
                 (isinstance(g, str) and g in slots) or (

@@ -45,14 +45,20 @@ def add_experiment_options(p: argparse.ArgumentParser, *, benchmark_required: bo
     d = p.add_argument_group("data")
     d.add_argument("--benchmark", required=benchmark_required, default=None, choices=BENCHMARKS,
                    help="pmnist: permuted MNIST, one shared softmax slot; split-mnist: 5 tasks "
-                        "of 2 digits; split-cifar100: T tasks of 100/T classes (convnet)"
+                        "of 2 digits; split-cifar100: T tasks of 100/T classes (convnet); "
+                        "rotated-mnist: each task rotates the digits by its own angle, one "
+                        "shared softmax slot"
                         + ("" if benchmark_required else " (no default: required unless "
                                                          "--report)"))
     d.add_argument("--data-root", type=Path, default=None,
                    help="directory with MNIST IDX files (train-*/t10k-*, .gz or raw) or "
                         "cifar-100-python/ (default: the embedded MNIST digits)")
     d.add_argument("--tasks", type=int, default=None,
-                   help="number of tasks (default: pmnist 10, split-mnist 5, split-cifar100 10)")
+                   help="number of tasks (default: pmnist 10, split-mnist 5, split-cifar100 10, "
+                        "rotated-mnist 10 or one per --angles value)")
+    d.add_argument("--angles", type=floats, default=None,
+                   help="rotated-mnist: comma-separated rotation of each task in degrees, "
+                        "counter-clockwise (default: T angles evenly spaced over [0, 180))")
     d.add_argument("--class-order-seed", type=int, default=None,
                    help="shuffle the class order of split benchmarks with this seed (default: "
                         "natural order)")
@@ -74,6 +80,17 @@ def add_experiment_options(p: argparse.ArgumentParser, *, benchmark_required: bo
     t.add_argument("--device", default="auto",
                    help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N "
                         "(default auto)")
+    from l2bg.rules import BIND_RULES, GROW_RULES
+    from l2bg.similarity import MEASURES
+
+    c = p.add_argument_group("conflict model (strategy l2bg)")
+    c.add_argument("--grow-rule", default=None, metavar="RULE",
+                   help=f"which slots grow for δ: {GROW_RULES.help()} (default conflict)")
+    c.add_argument("--bind-rule", default=None, metavar="RULE",
+                   help=f"where a task binds: {BIND_RULES.help()} (default least-conflict)")
+    c.add_argument("--similarity", default=None, metavar="MEASURE",
+                   help=f"similarity of two nets' slots, conflict C = 1 − similarity: "
+                        f"{MEASURES.help()} (default rsa-spearman)")
     t.add_argument("--cache-dir", type=Path, default=None,
                    help="cache of independent nets (and the search's memo), shared by every "
                         "run and search (default $L2BG_CACHE_DIR, else ~/.cache/l2bg)")

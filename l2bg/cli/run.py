@@ -159,13 +159,13 @@ def _fresh_out(benchmark: str, strategy: str) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from l2bg import strategies
     from l2bg.cache import IndependentCache
     from l2bg.fileio import write_json
     from l2bg.learner import GrowStep, LogLines
     from l2bg.settings import Settings, resolve_cache_dir
 
-    strategy = strategies.get(args.strategy)
+    settings = Settings.from_args(args)
+    strategy = settings.strategy(args.strategy)
     if args.delta is not None and args.deltas is not None:
         raise L2BGError("give either --delta or --deltas, not both")
     if (args.delta is not None or args.deltas is not None) and not strategy.takes_delta:
@@ -174,7 +174,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     if strategy.takes_delta and args.delta is None and args.deltas is None:
         raise L2BGError(f"--strategy {args.strategy} needs a grow coefficient: --delta D or "
                         "--deltas d2,...,dT")
-    settings = Settings.from_args(args)
     built = settings.build()
     bench, template, config = built.bench, built.template, built.train
     T = len(bench.tasks)
@@ -195,7 +194,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         result = learner.run(strategy, sequence=steps)
         record = result.record
         record["config"] = {
-            **settings.to_dict(), "tasks": T, "strategy": strategy.name,
+            **settings.to_dict(), **{k: v for k, v in strategy.options().items()
+                                     if k in settings.rules()},
+            "tasks": T, "strategy": strategy.name, "strategy_options": strategy.options(),
             "delta": args.delta, "deltas": args.deltas,
             "rsa_samples_effective": [min(500, t.x_val.shape[0]) if settings.rsa_samples is None
                                       else settings.rsa_samples for t in bench.tasks],

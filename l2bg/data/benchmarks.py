@@ -4,19 +4,23 @@
   the same images; one shared 10-way softmax head (``shared_head=True``), template ``"mlp"``.
 * ``split-mnist``: 2 digits per task (at most 5 tasks), labels relabelled 0/1, per-task heads.
 * ``split-cifar100``: ``T`` tasks of ``100/T`` classes, per-task heads, template ``"convnet"``.
+* ``rotated-mnist``: task t rotates every digit by its own angle (default: T angles evenly
+  spaced over [0°, 180°), task 0 unrotated), all 10 classes, one shared head like pmnist.
 
 :func:`register` adds a benchmark; ``BENCHMARKS`` lists them (the CLI's choices).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from l2bg.data.sources import CIFAR_URL, load_cifar100, load_mnist
@@ -24,16 +28,18 @@ from l2bg.data.splits import derive_seed, seeded_generator
 from l2bg.data.tasks import Benchmark, DataSplits, Task
 from l2bg.errors import L2BGError
 
-__all__ = ["BENCHMARKS", "BenchmarkSpec", "build_benchmark", "register"]
+__all__ = ["BENCHMARKS", "BenchmarkSpec", "build_benchmark", "default_angles", "register",
+           "rotate"]
 
 SPLIT_MNIST_CLASSES_PER_TASK = 2
 
 
 @dataclass(frozen=True)
 class BenchmarkSpec:
-    """A benchmark: ``build(num_tasks, seed, data_root, class_order_seed)`` returns the tasks and
-    a ``source`` record; ``default_tasks`` and ``max_tasks`` bound the task count, checked before
-    any data is read."""
+    """A benchmark: ``build(num_tasks, seed, data_root, class_order_seed, **options)`` returns
+    the tasks and a ``source`` record; ``default_tasks`` and ``max_tasks`` bound the task count,
+    checked before any data is read; ``options`` names the extra keyword arguments it takes
+    (``angles`` for rotated-mnist)."""
 
     name: str
     help: str
@@ -42,6 +48,7 @@ class BenchmarkSpec:
     default_tasks: int
     max_tasks: int | None
     build: Callable[..., tuple[list[Task], dict[str, Any]]]
+    options: tuple[str, ...] = ()
 
 
 _REGISTRY: dict[str, BenchmarkSpec] = {}
@@ -165,12 +172,87 @@ def _build_pmnist(num_tasks: int, seed: int, data_root: str | Path | None,
     return tasks, {**data.source, **info}
 
 
+def default_angles(num_tasks: int) -> list[float]:
+    """T angles evenly spaced over [0°, 180°): 180·t/T for t = 0..T−1."""
+    return [180.0 * t / num_tasks for t in range(num_tasks)]
+
+
+def rotate(x: Tensor, angle: float, *, chunk: int = 8192) -> Tensor:
+    """Square images ``x`` (N, H·W) or (N, H, W), rotated counter-clockwise by ``angle`` degrees
+    about the image centre: bilinear sampling (``affine_grid``/``grid_sample``,
+    ``align_corners=False``) with zeros outside the image, and exactly ``torch.rot90`` for
+    multiples of 90° (0° is an exact copy). Deterministic; float32, the shape it was given."""
+    if x.ndim not in (2, 3):
+        raise L2BGError(f"rotate: expected images (N, H*W) or (N, H, W), got {tuple(x.shape)}")
+    side = math.isqrt(x.shape[-1]) if x.ndim == 2 else x.shape[-1]
+    if (x.ndim == 2 and side * side != x.shape[-1]) or (x.ndim == 3 and x.shape[1] != side):
+        raise L2BGError(f"rotate: images must be square, got {tuple(x.shape[1:])} features; "
+                        "rotated-mnist needs square MNIST-like digits")
+    if not math.isfinite(angle):
+        raise L2BGError(f"rotate: angle must be a finite number of degrees, got {angle!r}")
+    x = x.float()
+    quarter = float(angle) / 90.0
+    if quarter == round(quarter):
+        img = torch.rot90(x.reshape(-1, side, side), int(round(quarter)) % 4, dims=(-2, -1))
+        return img.reshape(x.shape).clone()
+    return _bilinear_rotation(x, math.radians(angle), side, chunk)
+
+
+def _bilinear_rotation(x: Tensor, rad: float, side: int, chunk: int = 8192) -> Tensor:
+    """``rotate`` by sampling: output pixel p reads the input at R(−angle)·p (normalised
+    coordinates, x to the right, y downwards), so the content turns counter-clockwise."""
+    c, s = math.cos(rad), math.sin(rad)
+    theta = torch.tensor([[[c, -s, 0.0], [s, c, 0.0]]], dtype=torch.float32)
+    grid = F.affine_grid(theta, [1, 1, side, side], align_corners=False)
+    out = torch.empty_like(x)
+    for i in range(0, x.shape[0], chunk):
+        part = x[i:i + chunk].reshape(-1, 1, side, side)
+        rot = F.grid_sample(part, grid.expand(part.shape[0], -1, -1, -1), mode="bilinear",
+                            padding_mode="zeros", align_corners=False)
+        out[i:i + chunk] = rot.reshape(out[i:i + chunk].shape)
+    return out
+
+
+def check_angles(angles: Sequence[float] | None, num_tasks: int) -> list[float]:
+    """The angle of every task: ``angles`` (one finite number per task) or the defaults."""
+    if angles is None:
+        return default_angles(num_tasks)
+    angles = list(angles)
+    if len(angles) != num_tasks:
+        raise L2BGError(f"--angles has {len(angles)} values for {num_tasks} tasks; give one "
+                        "angle (degrees) per task")
+    bad = [a for a in angles if isinstance(a, bool) or not isinstance(a, (int, float))
+           or not math.isfinite(a)]
+    if bad:
+        raise L2BGError(f"--angles must be finite numbers of degrees, got {bad[0]!r}")
+    return [float(a) for a in angles]
+
+
+def _build_rotated_mnist(num_tasks: int, seed: int, data_root: str | Path | None,
+                         class_order_seed: int | None, angles: Sequence[float] | None = None
+                         ) -> tuple[list[Task], dict[str, Any]]:
+    angles = check_angles(angles, num_tasks)
+    data = load_mnist(data_root, seed=seed)
+    tasks = []
+    for t, angle in enumerate(angles):
+        splits = [(rotate(x, angle), y.clone()) for x, y in (data.train, data.val, data.test)]
+        tasks.append(Task(f"rotated-mnist-{t}", *splits[0], *splits[1], *splits[2],
+                          num_classes=10, classes=tuple(range(10))))
+    info = {"angles": angles, "rotation": "counter-clockwise about the image centre, bilinear "
+            "(affine_grid/grid_sample, align_corners=False), zeros outside",
+            "class_order_seed": None}
+    return tasks, {**data.source, **info}
+
+
 register(BenchmarkSpec("pmnist", "permuted MNIST, one shared softmax slot", "mlp", True, 10,
                        None, _build_pmnist))
 register(BenchmarkSpec("split-mnist", "5 tasks of 2 digits, per-task heads", "mlp", False, 5,
                        10 // SPLIT_MNIST_CLASSES_PER_TASK, _build_split_mnist))
 register(BenchmarkSpec("split-cifar100", "T tasks of 100/T classes (convnet)", "convnet", False,
                        10, 100, _build_split_cifar100))
+register(BenchmarkSpec("rotated-mnist", "each task rotates the digits by its own angle, one "
+                       "shared softmax slot", "mlp", True, 10, None, _build_rotated_mnist,
+                       options=("angles",)))
 
 
 def build_benchmark(
@@ -180,12 +262,14 @@ def build_benchmark(
     seed: int = 0,
     data_root: str | Path | None = None,
     class_order_seed: int | None = None,
+    angles: Sequence[float] | None = None,
 ) -> Benchmark:
     """Build a benchmark's task stream (see ``BENCHMARKS``) from data already on disk.
 
     ``seed`` draws the train/val(/test) split and the pmnist permutations; ``class_order_seed``
     shuffles the class order of split benchmarks (None: classes in natural order; ignored by
-    pmnist). Deterministic: the same arguments give bit-identical tensors.
+    pmnist). ``angles`` (rotated-mnist only) gives each task's rotation in degrees.
+    Deterministic: the same arguments give bit-identical tensors.
     """
     key = str(name).strip().lower().replace("_", "-")
     if key not in _REGISTRY:
@@ -199,8 +283,15 @@ def build_benchmark(
                                                                 (int, np.integer)):
             raise L2BGError(f"class_order_seed must be an int or None, got {class_order_seed!r}")
         class_order_seed = int(class_order_seed)
+    options = {"angles": angles}
+    given = [k for k, v in options.items() if v is not None and k not in spec.options]
+    if given:
+        raise L2BGError(f"--{given[0]} applies to rotated-mnist, not {key}; drop it")
+    if angles is not None and num_tasks is None:
+        num_tasks = len(angles)
     num_tasks = _check_num_tasks(key, num_tasks, spec.max_tasks)
-    tasks, source = spec.build(num_tasks, seed, data_root, class_order_seed)
+    kwargs = {k: v for k, v in options.items() if k in spec.options}
+    tasks, source = spec.build(num_tasks, seed, data_root, class_order_seed, **kwargs)
     source.update(benchmark=key, num_tasks=num_tasks, seed=seed,
                   split_generator_seed=derive_seed(seed, "split"))
     return Benchmark(name=key, tasks=tasks, seed=seed, template=spec.template,

@@ -63,6 +63,12 @@ def add_search_parser(sub: Any) -> argparse.ArgumentParser:
     s.add_argument("--delta-set", type=floats, default=None,
                    help="comma-separated curated grow coefficients to choose from (default: 0 to 1 "
                         "in steps of 0.05)")
+    s.add_argument("--search-rules", action="store_true",
+                   help="search the grow rule and the bind rule too (categoricals over every "
+                        "registered rule, one per trial)")
+    s.add_argument("--search-similarity", action="store_true",
+                   help="search the similarity measure too (a categorical over every "
+                        "registered measure)")
     s.add_argument("--enqueue-baselines", action="store_true",
                    help="evaluate the no-growth (delta 0) and grow-all (delta 1) sequences first")
     s.add_argument("--initial", choices=("random", "diagonal"), default=None,
@@ -116,7 +122,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         baselines=not args.no_baselines, storage=args.storage, study_name=args.study_name,
         workers=args.workers, threads=args.threads,
         out=None if args.out is None else str(args.out), lease_s=args.lease_seconds,
-        quiet=args.quiet)
+        quiet=args.quiet, search_rules=args.search_rules,
+        search_similarity=args.search_similarity)
     run_search(cfg)
     return 0
 

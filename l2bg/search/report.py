@@ -124,7 +124,7 @@ def write_report(study: Any, out: str | os.PathLike, storage_label: str = "") ->
             "number": f.number, "trials": f.trials, "values": list(f.trial.values),
             **{k: u.get(k) for k in ("gain", "gain_raw", "params", "params_ratio",
                                      "avg_val_acc", "avg_test_acc", "bwt", "fwt", "order",
-                                     "grow_sequence", "net_dir")},
+                                     "strategy_options", "grow_sequence", "net_dir")},
             "search_params": _rounded(f.trial.params), "baseline": u.get("baseline")})
     counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
     baselines = {k[len("baseline_"):]: v for k, v in study.user_attrs.items()
@@ -158,11 +158,14 @@ def _rounded(params: Mapping[str, Any]) -> dict[str, Any]:
     return {k: round(v, 10) if isinstance(v, float) else v for k, v in params.items()}
 
 
+def _fmt_options(options: Mapping[str, Any] | None) -> str:
+    return " ".join(f"{k}={v}" for k, v in (options or {}).items() if v is not None)
+
 
 def _write_trials_csv(path: Path, trials: Sequence[Any], front: set[int], objective: str) -> None:
     cols = ["number", "state", f"value_{objective}", "value_params", "gain", "avg_val_acc",
             "avg_test_acc", "params_ratio", "feasible", "pareto", "same_network_as", "baseline",
-            "delta", "grow_sequence",
+            "strategy_options", "delta", "grow_sequence",
             "search_params", "duration_s", "worker", "memo_hits", "memo_misses", "memo_prefix_len",
             "memo_full_hit", "indep_trained", "retry_of"]
     first: dict[str, int] = {}
@@ -180,7 +183,8 @@ def _write_trials_csv(path: Path, trials: Sequence[Any], front: set[int], object
         w.writerow([t.number, t.state.name, vals[0], vals[1], u.get("gain"),
                     u.get("avg_val_acc"), u.get("avg_test_acc"), u.get("params_ratio"),
                     _feasible(t) if t.values else None, t.number in front,
-                    _same_as(t, first), u.get("baseline"), delta_label(u.get("grow_sequence")),
+                    _same_as(t, first), u.get("baseline"), _fmt_options(u.get("strategy_options")),
+                    delta_label(u.get("grow_sequence")),
                     format_sequence(u.get("grow_sequence")),
                     json.dumps(_rounded(t.params), sort_keys=True), dur, u.get("worker"),
                     u.get("memo_hits"), u.get("memo_misses"), u.get("memo_prefix_len"),
@@ -208,7 +212,9 @@ def summary_text(s: Mapping[str, Any], out: Path) -> str:
         dup = f" (= trials {', '.join(map(str, p['trials'][1:]))})" if len(p["trials"]) > 1 else ""
         lines.append(f"  trial {p['number']:>4}{dup}  gain {p['gain']:+7.2f}%  params "
                      f"{p['params']:>10,} ({p['params_ratio']:.2f}x)  "
-                     f"{format_sequence(p['grow_sequence'])}")
+                     f"{format_sequence(p['grow_sequence'])}"
+                     + (f"  [{_fmt_options(p.get('strategy_options'))}]"
+                        if _fmt_options(p.get("strategy_options")) else ""))
     lines.append(f"outputs: {out / 'pareto.json'}, trials.csv, pareto.png, hypervolume.png")
     return "\n".join(lines)
 

@@ -4,7 +4,8 @@ Spaces: ``shared-delta`` (one δ for every task, the paper's), ``per-task-delta`
 ``bind`` (b_t as a categorical over earlier tasks, plus δ_t), ``order`` (the task order as random
 keys, plus one δ). δ dimensions exist only for strategies that take δ (``takes_delta``); the
 low-budget restrictions of the paper (a fixed set of allowed bind targets, a curated δ set) apply
-to every space.
+to every space. Any space can also search the strategy's options as categoricals (``choices``:
+the grow rule, bind rule or similarity measure of l2bg), one per trial.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ class SearchSpace:
     Parameter names (stable, so a study can be resumed and inspected in optuna-dashboard):
     ``delta`` (shared-delta, order), ``delta_<task>`` (per-task-delta, bind), ``bind_<task>``
     (bind: a categorical over the earlier tasks that are allowed targets; omitted when only one
-    is possible), ``key_<task>`` (order: random keys in [0, 1], the order is their argsort).
+    is possible), ``key_<task>`` (order: random keys in [0, 1], the order is their argsort),
+    and one categorical per entry of ``choices`` (``grow_rule``, ``bind_rule``, ``similarity``:
+    the strategy options of the trial, :meth:`strategy_options`).
     """
 
     mode: str
@@ -41,6 +44,7 @@ class SearchSpace:
     bind_targets: tuple[str, ...] | None = None
     delta_set: tuple[float, ...] | None = None
     takes_delta: bool = True
+    choices: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         if self.mode not in SPACES:
@@ -61,6 +65,10 @@ class SearchSpace:
                                 f"{list(self.delta_set)}")
             object.__setattr__(self, "delta_set", tuple(sorted({float(d)
                                                                 for d in self.delta_set})))
+        for name, values in self.choices:
+            if not values or len(set(values)) != len(values):
+                raise L2BGError(f"searched option {name} needs distinct choices, got "
+                                f"{list(values)}")
         if not self.distributions():
             raise L2BGError(f"search space {self.mode!r} has nothing to search for a strategy "
                             "that takes no grow coefficient; use --space bind or order")
@@ -99,7 +107,13 @@ class SearchSpace:
                     out[f"bind_{t}"] = CategoricalDistribution(choices)
         for name in self._delta_names():
             out[name] = delta
+        for name, values in self.choices:
+            out[name] = CategoricalDistribution(list(values))
         return out
+
+    def strategy_options(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The strategy options a trial's parameters choose (empty without ``choices``)."""
+        return {name: params[name] for name, _ in self.choices if name in params}
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
         """Ask ``trial`` for every parameter (a static space: the same names every trial)."""
@@ -144,8 +158,11 @@ class SearchSpace:
         dists = self.distributions()
         params: dict[str, Any] = {}
         exact = self.mode == "bind"
+        chosen = dict(self.choices)
         for name, dist in dists.items():
-            if name.startswith("key_"):
+            if name in chosen:
+                params[name] = chosen[name][0]  # δ = 0 / 1 grows the same for every grow rule
+            elif name.startswith("key_"):
                 params[name] = self.tasks.index(name[4:]) / (len(self.tasks) - 1)
             elif name.startswith("bind_"):
                 task = name[5:]
@@ -182,4 +199,5 @@ class SearchSpace:
         return {"space": self.mode, "tasks": list(self.tasks),
                 "bind_targets": None if self.bind_targets is None else list(self.bind_targets),
                 "delta_set": None if self.delta_set is None else list(self.delta_set),
+                "choices": {name: list(values) for name, values in self.choices},
                 "params": sorted(self.distributions())}

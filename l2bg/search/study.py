@@ -68,6 +68,8 @@ class SearchConfig:
     lease_s: float = 60.0
     max_retry: int = 3
     quiet: bool = False
+    search_rules: bool = False
+    search_similarity: bool = False
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SearchConfig:
@@ -75,7 +77,6 @@ class SearchConfig:
         return cls(settings=Settings(**d.pop("settings")), **d)
 
     def check(self) -> None:
-        from l2bg import strategies
 
         self.settings.check()
         if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 1:
@@ -86,7 +87,18 @@ class SearchConfig:
             if getattr(self, name) not in choices:
                 raise L2BGError(f"--{name} {getattr(self, name)!r} is not one of "
                                 f"{', '.join(choices)}")
-        strategies.get(self.strategy)
+        strategy = self.settings.strategy(self.strategy)
+        searched = [n for n, on in (("grow_rule", self.search_rules),
+                                    ("bind_rule", self.search_rules),
+                                    ("similarity", self.search_similarity)) if on]
+        if searched and not set(searched) <= set(strategy.option_names):
+            raise L2BGError(f"--search-rules/--search-similarity search the conflict model of "
+                            f"strategies such as l2bg, not {self.strategy}")
+        fixed = [n for n in searched if self.settings.rules()[n] is not None]
+        if fixed:
+            flag = "--search-rules" if fixed[0] != "similarity" else "--search-similarity"
+            raise L2BGError(f"--{fixed[0].replace('_', '-')} fixes what {flag} searches; give "
+                            "one of the two")
         if self.workers < 1:
             raise L2BGError(f"--workers must be >= 1, got {self.workers}")
         if self.threads is not None and self.threads < 1:
@@ -127,8 +139,8 @@ class _Setup:
             self.locks = FileLocks(self.cfg.lease_s)
             learner: Learner = self.cfg.settings.learner(
                 self.built, IndependentCache(self.cache_dir, self.locks))
-            self.runner = MemoRunner(learner, self.cfg.strategy, memo_dir=self.cache_dir,
-                                     locks=self.locks)
+            self.runner = MemoRunner(learner, self.cfg.settings.strategy(self.cfg.strategy),
+                                     memo_dir=self.cache_dir, locks=self.locks)
         return self.runner
 
     def signature(self) -> dict[str, Any]:
@@ -137,6 +149,7 @@ class _Setup:
         sig = {"version": 2, "benchmark": self.built.bench.name, "objective": cfg.objective,
                "strategy": cfg.strategy, "epochs": self.built.train.epochs,
                "seed": cfg.settings.seed, "rsa_samples": cfg.settings.rsa_samples,
+               "strategy_options": runner.strategy.options(),
                "max_params": cfg.max_params, "context": runner.context,
                **self.space.signature()}
         return sig
@@ -158,6 +171,8 @@ def _resolve_task_names(names: list[str], tasks: tuple[str, ...], what: str) -> 
 
 def _setup(cfg: SearchConfig) -> _Setup:
     from l2bg import strategies
+    from l2bg.rules import BIND_RULES, GROW_RULES
+    from l2bg.similarity import MEASURES
 
     cfg.check()
     built = cfg.settings.build()
@@ -168,12 +183,23 @@ def _setup(cfg: SearchConfig) -> _Setup:
                         f"{len(names)}")
     targets = (tuple(_resolve_task_names(cfg.bind_targets, names, "--bind-targets"))
                if cfg.bind_targets else None)
+    choices = []
+    if cfg.search_rules:
+        choices += [("grow_rule", tuple(GROW_RULES.names())),
+                    ("bind_rule", tuple(BIND_RULES.names()))]
+    if cfg.search_similarity:
+        choices.append(("similarity", tuple(MEASURES.names())))
     space = SearchSpace(cfg.space, names, bind_targets=targets,
                         delta_set=tuple(cfg.delta_set) if cfg.delta_set else None,
-                        takes_delta=strategies.get(cfg.strategy).takes_delta)
+                        takes_delta=strategies.get(cfg.strategy).takes_delta,
+                        choices=tuple(choices))
     T = len(names)
     strategy = "" if cfg.strategy == "l2bg" else f"{cfg.strategy}-"
-    study_name = cfg.study_name or (f"l2bg-{bench.name}-{T}t-{strategy}{cfg.space}-"
+    tags = [v for v in cfg.settings.rules().values() if v is not None]
+    tags += [name for name, on in (("rules", cfg.search_rules),
+                                   ("similarity", cfg.search_similarity)) if on]
+    tag = "".join(f"-{t}" for t in tags)
+    study_name = cfg.study_name or (f"l2bg-{bench.name}-{T}t-{strategy}{cfg.space}{tag}-"
                                     f"{cfg.objective}-{cfg.sampler}-s{cfg.settings.seed}")
     out = Path(cfg.out) if cfg.out else Path("runs") / f"search-{study_name}"
     storage_url = cfg.storage or f"journal:{out / 'study.journal'}"
@@ -257,6 +283,7 @@ def trial_attrs(outcome: Outcome) -> dict[str, Any]:
         "avg_test_acc": r["avg_test_acc"], "bwt": r["bwt"], "fwt": r["fwt"],
         "params": r["params"], "params_independent": r["params_independent"],
         "params_ratio": ratio, "order": r["order"], "strategy": r["strategy"],
+        "strategy_options": r["strategy_options"],
         "grow_sequence": r["grow_sequence"], "decisions_key": outcome.key,
         "net_dir": None if outcome.net_dir is None else str(outcome.net_dir),
         "wall_s": round(r["wall_time_s"], 4),
@@ -333,9 +360,10 @@ def _work(setup: _Setup, index: int) -> int:
                 trial.set_user_attr("retry_of", retry_of)
             params = setup.space.suggest(trial)
             order, steps = setup.space.decode(params)
+            strategy = runner.strategy.configured(**setup.space.strategy_options(params))
             if delay > 0:
                 time.sleep(delay)
-            outcome = runner.run(order, steps)
+            outcome = runner.run(order, steps, strategy)
             for k, v in trial_attrs(outcome).items():
                 trial.set_user_attr(k, v)
             if cfg.max_params is not None:

@@ -1,0 +1,292 @@
+"""Quality table: strategies × conflict rules × δ × seeds → mean ± sd, parameters relative to the
+independent nets, and the Pareto front (CSV, markdown and an accuracy-against-parameters plot).
+
+    python benchmarks/quality_table.py --benchmarks pmnist split-mnist rotated-mnist \\
+        --data-root DIR --tasks 5 --epochs 5 --seeds 0 1 2 --out runs/quality
+
+Runs are ``independent``, ``shared``, ``full``, ``random`` or
+``l2bg:GROW_RULE:DELTA[:BIND_RULE[:SIMILARITY]]``; ``--baselines`` and the grid
+``--grow-rules × --deltas`` add to ``--runs``. Every run of a (benchmark, seed) shares the
+independent nets (``--cache-dir``, the same cache rule as ``l2bg run``) and one in-memory decision
+memo, so a decision sequence that two runs share (two δ with the same nucleus) is trained once.
+
+Outputs in ``--out``: ``runs.csv`` (one row per run and seed), ``table.csv`` and ``table.md``
+(mean ± sd over seeds), ``plot.png`` (test accuracy against parameters / independent, one panel
+per benchmark, the front marked) and ``runs/<benchmark>/s<seed>/<run>/results.json`` for
+``l2bg explain``. The Pareto front is taken on the mean *validation* accuracy (↑) and the mean
+parameter ratio (↓), so selecting on it never looks at the test set; the table reports both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from l2bg.cache import IndependentCache
+from l2bg.fileio import atomic_write, write_json
+from l2bg.learner import GrowStep
+from l2bg.rules import DEFAULT_BIND_RULE
+from l2bg.search import MemoRunner
+from l2bg.settings import Settings, resolve_cache_dir
+from l2bg.similarity import DEFAULT_SIMILARITY
+
+BASELINES = ("independent", "shared", "full", "random")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One row of the table: a strategy, its options and (for l2bg) one δ for every task."""
+
+    label: str
+    strategy: str
+    options: dict[str, Any] = field(default_factory=dict)
+    delta: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> RunSpec:
+        if text in BASELINES:
+            return cls(text, text)
+        parts = text.split(":")
+        if parts[0] != "l2bg" or not 3 <= len(parts) <= 5:
+            raise SystemExit(f"run {text!r}: use one of {', '.join(BASELINES)} or "
+                             "l2bg:GROW_RULE:DELTA[:BIND_RULE[:SIMILARITY]]")
+        grow, delta = parts[1], float(parts[2])
+        bind = parts[3] if len(parts) > 3 else DEFAULT_BIND_RULE
+        sim = parts[4] if len(parts) > 4 else DEFAULT_SIMILARITY
+        label = f"l2bg-{grow}-{delta:g}"
+        label += f"-bind-{bind}" if bind != DEFAULT_BIND_RULE else ""
+        label += f"-{sim}" if sim != DEFAULT_SIMILARITY else ""
+        return cls(label, "l2bg", {"grow_rule": grow, "bind_rule": bind, "similarity": sim},
+                   delta)
+
+
+def run_specs(args: argparse.Namespace) -> list[RunSpec]:
+    texts = list(args.baselines) + [f"l2bg:{g}:{d:g}" for g in args.grow_rules
+                                    for d in args.deltas] + list(args.runs)
+    specs = [RunSpec.parse(t) for t in dict.fromkeys(texts)]
+    if not specs:
+        raise SystemExit("nothing to run: give --baselines, --grow-rules with --deltas, or --runs")
+    return specs
+
+
+def run_all(args: argparse.Namespace, specs: list[RunSpec]) -> list[dict[str, Any]]:
+    """Every spec on every benchmark and seed; one row per run (and results.json on disk)."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cache = IndependentCache(resolve_cache_dir(args.cache_dir))
+    rows = []
+    for bench in args.benchmarks:
+        for seed in args.seeds:
+            settings = Settings(bench, data_root=args.data_root, tasks=args.tasks, seed=seed,
+                                epochs=args.epochs, cache_dir=args.cache_dir,
+                                rsa_samples=args.rsa_samples)
+            built = settings.build()
+            learner = settings.learner(built, cache)
+            runner = MemoRunner(learner, "l2bg", memo_dir=None)
+            T = len(built.bench.tasks)
+            for spec in specs:
+                t0 = time.perf_counter()
+                strategy = settings.strategy(spec.strategy).configured(**spec.options)
+                steps = [GrowStep(delta=spec.delta)] * (T - 1) if strategy.takes_delta else None
+                record = runner.run(None, steps, strategy).record
+                record["config"] = {**settings.to_dict(), "tasks": T, "strategy": spec.strategy,
+                                    "strategy_options": strategy.options(),
+                                    "delta": spec.delta, "data": built.bench.source,
+                                    "train": built.train.to_dict()}
+                write_json(args.out / "runs" / bench / f"s{seed}" / spec.label / "results.json",
+                           record)
+                row = {"benchmark": bench, "run": spec.label, "seed": seed,
+                       "strategy": spec.strategy, **_options(spec), "delta": spec.delta,
+                       "test_acc": 100 * record["avg_test_acc"],
+                       "val_acc": 100 * record["avg_val_acc"],
+                       "params_ratio": record["params"] / record["params_independent"],
+                       "params": record["params"], "gain": record["gain"],
+                       "bwt": None if record["bwt"] is None else 100 * record["bwt"],
+                       "grown": " ".join(",".join(map(str, t["grown_slots"])) or "-"
+                                         for t in record["tasks"][1:]),
+                       "bind": " ".join(str(t["bind_to"]) for t in record["tasks"][1:]),
+                       "trained": record["memo"]["memo_misses"],
+                       "wall_s": round(time.perf_counter() - t0, 2)}
+                rows.append(row)
+                print(f"{bench} s{seed} {spec.label:<34} test {row['test_acc']:6.2f}%  val "
+                      f"{row['val_acc']:6.2f}%  params {row['params_ratio']:.2f}x  "
+                      f"gain {row['gain']:+8.2f}%  {row['wall_s']:.1f}s", flush=True)
+    return rows
+
+
+def _options(spec: RunSpec) -> dict[str, Any]:
+    return {k: spec.options.get(k) for k in ("grow_rule", "bind_rule", "similarity")}
+
+
+def _ms(values: list[float]) -> tuple[float, float]:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return math.nan, math.nan
+    return statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
+
+
+def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean ± sd over seeds per (benchmark, run), and the Pareto front per benchmark on (mean
+    validation accuracy ↑, mean parameter ratio ↓)."""
+    table: list[dict[str, Any]] = []
+    keys = list(dict.fromkeys((r["benchmark"], r["run"]) for r in rows))
+    for bench, run in keys:
+        rs = [r for r in rows if r["benchmark"] == bench and r["run"] == run]
+        out = {k: rs[0][k] for k in ("benchmark", "run", "strategy", "grow_rule", "bind_rule",
+                                     "similarity", "delta")}
+        out["seeds"] = len(rs)
+        for key in ("test_acc", "val_acc", "params_ratio", "gain", "bwt"):
+            out[f"{key}_mean"], out[f"{key}_sd"] = _ms([r[key] for r in rs])
+        table.append(out)
+    for bench in dict.fromkeys(r["benchmark"] for r in table):
+        group = [r for r in table if r["benchmark"] == bench]
+        for r in group:
+            r["front"] = not any(
+                o["val_acc_mean"] >= r["val_acc_mean"] and o["params_ratio_mean"]
+                <= r["params_ratio_mean"] and (o["val_acc_mean"] > r["val_acc_mean"]
+                                               or o["params_ratio_mean"]
+                                               < r["params_ratio_mean"]) for o in group)
+        indep = next((r for r in group if r["run"] == "independent"), None)
+        for r in group:
+            r["val_gap_to_independent"] = (None if indep is None
+                                           else r["val_acc_mean"] - indep["val_acc_mean"])
+            r["test_gap_to_independent"] = (None if indep is None
+                                            else r["test_acc_mean"] - indep["test_acc_mean"])
+    return table
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write(path, buf.getvalue())
+
+
+def markdown(table: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    def pm(r: dict[str, Any], key: str, fmt: str = ".2f") -> str:
+        m, s = r[f"{key}_mean"], r[f"{key}_sd"]
+        return "n/a" if math.isnan(m) else f"{m:{fmt}} ± {s:{fmt}}"
+
+    lines = []
+    for bench in dict.fromkeys(r["benchmark"] for r in table):
+        lines += [f"**{bench}** ({meta['tasks_label']}, {meta['epochs_label']}, seeds "
+                  f"{meta['seeds']}; mean ± sd)", "",
+                  "| run | test acc % | val acc % | params / independent | gain Δ % | "
+                  "BWT % | front |", "|---|---|---|---|---|---|---|"]
+        for r in (r for r in table if r["benchmark"] == bench):
+            lines.append(f"| {r['run']} | {pm(r, 'test_acc')} | {pm(r, 'val_acc')} | "
+                         f"{pm(r, 'params_ratio')} | {pm(r, 'gain', '.1f')} | {pm(r, 'bwt')} | "
+                         f"{'yes' if r['front'] else ''} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(path: Path, table: list[dict[str, Any]]) -> None:
+    """Test accuracy against parameters / independent, one panel per benchmark; the front (on
+    validation accuracy) is drawn as a red step line through its members."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    benches = list(dict.fromkeys(r["benchmark"] for r in table))
+    fig = Figure(figsize=(5.2 * len(benches), 4.4), dpi=110)
+    FigureCanvasAgg(fig)
+    colors = {"conflict": "tab:orange", "similar-first": "tab:purple", "released": "tab:cyan"}
+    marks = {"independent": ("D", "tab:blue"), "shared": ("s", "tab:green"),
+             "full": ("^", "tab:brown"), "random": ("x", "0.3")}
+    for k, bench in enumerate(benches):
+        ax = fig.add_subplot(1, len(benches), k + 1)
+        group = [r for r in table if r["benchmark"] == bench]
+        seen: set[str] = set()
+        for r in group:
+            if r["strategy"] in marks:
+                m, c = marks[r["strategy"]]
+                label = r["strategy"]
+            else:
+                m, c = "o", colors.get(r["grow_rule"], "tab:gray")
+                label = f"l2bg {r['grow_rule']}"
+                if r["bind_rule"] != DEFAULT_BIND_RULE:
+                    m, label = "P", f"{label}, bind {r['bind_rule']}"
+            ax.errorbar(r["params_ratio_mean"], r["test_acc_mean"], xerr=r["params_ratio_sd"],
+                        yerr=r["test_acc_sd"], fmt=m, color=c, ms=6, capsize=2, lw=0.8,
+                        label=None if label in seen else label, zorder=3)
+            seen.add(label)
+            if r["delta"] is not None:
+                ax.annotate(f"{r['delta']:g}", (r["params_ratio_mean"], r["test_acc_mean"]),
+                            textcoords="offset points", xytext=(4, 3), fontsize=6, color=c)
+        front = sorted((r for r in group if r["front"]), key=lambda r: r["params_ratio_mean"])
+        if front:
+            ax.step([r["params_ratio_mean"] for r in front], [r["test_acc_mean"] for r in front],
+                    where="post", c="tab:red", lw=1, zorder=2)
+            ax.scatter([r["params_ratio_mean"] for r in front],
+                       [r["test_acc_mean"] for r in front], s=110, facecolors="none",
+                       edgecolors="tab:red", linewidths=1.2, label="Pareto front (val)",
+                       zorder=4)
+        ax.set_xlabel("parameters / independent nets")
+        ax.set_ylabel("average test accuracy (%)")
+        ax.set_title(bench, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--benchmarks", nargs="+", default=["pmnist"])
+    p.add_argument("--data-root", default=None, help="MNIST IDX files (default: embedded digits)")
+    p.add_argument("--tasks", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=None, help="default: the template's")
+    p.add_argument("--rsa-samples", type=int, default=None)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=BASELINES)
+    p.add_argument("--grow-rules", nargs="*", default=["conflict", "similar-first", "released"])
+    p.add_argument("--deltas", type=float, nargs="*", default=[0.25, 0.5, 0.75])
+    p.add_argument("--runs", nargs="*", default=[],
+                   help="more runs: l2bg:GROW_RULE:DELTA[:BIND_RULE[:SIMILARITY]]")
+    p.add_argument("--cache-dir", default=None,
+                   help="independent-net cache (default: $L2BG_CACHE_DIR or ~/.cache/l2bg)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", type=Path, default=Path("runs/quality"))
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    specs = run_specs(args)
+    t0 = time.perf_counter()
+    rows = run_all(args, specs)
+    table = aggregate(rows)
+    meta = {"benchmarks": args.benchmarks, "tasks_label": f"{args.tasks} tasks",
+            "epochs_label": f"{args.epochs or 'default'} epochs", "seeds": args.seeds,
+            "data_root": args.data_root, "wall_s": round(time.perf_counter() - t0, 1),
+            "argv": sys.argv[1:] if argv is None else argv}
+    write_csv(args.out / "runs.csv", rows)
+    write_csv(args.out / "table.csv", table)
+    md = markdown(table, meta)
+    atomic_write(args.out / "table.md", md)
+    write_json(args.out / "meta.json", json.loads(json.dumps(meta, default=str)))
+    plot(args.out / "plot.png", table)
+    print()
+    print(md)
+    print(f"outputs: {args.out}/table.md, table.csv, runs.csv, plot.png "
+          f"({meta['wall_s'] / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -230,7 +230,10 @@ def _pct(x: float | None) -> str:
 
 
 def _summary(r: dict[str, Any], out: Path) -> str:
-    lines = [f"{r['benchmark']} · {r['strategy']} · {len(r['tasks'])} tasks · seed {r['seed']}",
+    opts = " ".join(f"{k}={v}" for k, v in (r.get("strategy_options") or {}).items()
+                    if v is not None)
+    lines = [f"{r['benchmark']} · {r['strategy']}{f' ({opts})' if opts else ''} · "
+             f"{len(r['tasks'])} tasks · seed {r['seed']}",
              f"{'task':<18}{'bind_to':<18}{'grown':<22}{'val':>9}{'test':>9}{'indep test':>12}"]
     for t in r["tasks"]:
         grown = ",".join(t["grown_slots"]) or "-"

@@ -221,6 +221,8 @@ def plot(path: Path, table: list[dict[str, Any]]) -> None:
                 label = f"l2bg {r['grow_rule']}"
                 if r["bind_rule"] != DEFAULT_BIND_RULE:
                     m, label = "P", f"{label}, bind {r['bind_rule']}"
+                if r["similarity"] != DEFAULT_SIMILARITY:
+                    m, label = "v", f"{label}, {r['similarity']}"
             ax.errorbar(r["params_ratio_mean"], r["test_acc_mean"], xerr=r["params_ratio_sd"],
                         yerr=r["test_acc_sd"], fmt=m, color=c, ms=6, capsize=2, lw=0.8,
                         label=None if label in seen else label, zorder=3)

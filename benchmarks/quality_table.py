@@ -262,7 +262,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="more runs: l2bg:GROW_RULE:DELTA[:BIND_RULE[:SIMILARITY]]")
     p.add_argument("--cache-dir", default=None,
                    help="independent-net cache (default: $L2BG_CACHE_DIR or ~/.cache/l2bg)")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: these small nets train fastest on one "
+                        "thread, and on a busy machine more threads slow training many-fold)")
     p.add_argument("--out", type=Path, default=Path("runs/quality"))
     return p.parse_args(argv)
 

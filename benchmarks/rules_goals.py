@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hv-benchmarks", nargs="*", default=["pmnist", "split-mnist"])
     p.add_argument("--trials", type=int, default=20)
     p.add_argument("--sampler", default="gp")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (see quality_table.py)")
     p.add_argument("--quality", type=Path, default=None,
                    help="output directory of quality_table.py for the second goal")
     p.add_argument("--within", type=float, default=0.5, help="points of accuracy")

@@ -25,7 +25,7 @@ from torch import Tensor
 from l2bg.errors import L2BGError
 from l2bg.rsa.reference import average_ranks, check_finite, compare_torch, triangle
 
-from .rdm import INTERPRETED, check_device
+from .rdm import INTERPRETED, DeviceLimits, check_device, device_limits
 
 _NSTAT = 9
 
@@ -219,12 +219,17 @@ def _finish(part: Tensor, m: int) -> Tensor:
     return r.clamp_(-1.0, 1.0)
 
 
+def launch_config(limits: DeviceLimits | None) -> dict[str, int]:
+    """Default launch parameters on a device with ``limits`` (None: the interpreter)."""
+    if limits is None:
+        return dict(block_r=8, block_c=16, block=64, chunk=256)
+    return dict(block_r=16, block_c=128, block=1024, chunk=16384)
+
+
 def _config(device: torch.device, blocks: dict[str, int]) -> dict[str, int]:
     """Launch parameters: defaults per device, overridden by ``blocks`` (powers of two)."""
-    if INTERPRETED or device.type != "cuda":
-        cfg = dict(block_r=8, block_c=16, block=64, chunk=256)
-    else:
-        cfg = dict(block_r=16, block_c=128, block=1024, chunk=16384)
+    cuda = device.type == "cuda" and not INTERPRETED
+    cfg = launch_config(device_limits(device) if cuda else None)
     for name, v in blocks.items():
         if name not in cfg or v < 1 or (name != "chunk" and v & (v - 1)):
             raise L2BGError(

@@ -21,6 +21,7 @@ in their own dtype. Reference (the spec): ``l2bg.rsa.rdm(x, backend='torch')``
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -268,15 +269,67 @@ def check_blocks(x: Tensor, **blocks: int) -> None:
             raise L2BGError(f"rdm kernel: {name}={v} must be a power of two >= {least}")
 
 
-def _defaults(x: Tensor, n: int, d: int, batch: int) -> dict:
-    if INTERPRETED or not x.is_cuda:
+@dataclass(frozen=True)
+class DeviceLimits:
+    """What a launch configuration must fit on one device: its SMs, shared memory and registers
+    (bytes of shared memory per block are the opt-in maximum a kernel may request)."""
+
+    name: str
+    sms: int
+    smem_per_block: int
+    smem_per_sm: int
+    regs_per_sm: int = 65536
+    threads_per_sm: int = 2048
+
+
+A100 = DeviceLimits("A100 (sm_80)", sms=108, smem_per_block=166912, smem_per_sm=167936)
+H100 = DeviceLimits("H100 SXM (sm_90)", sms=132, smem_per_block=232448, smem_per_sm=233472)
+
+
+@functools.lru_cache(maxsize=16)
+def device_limits(device: torch.device) -> DeviceLimits:
+    """The limits of a CUDA device, read from its properties (once per device)."""
+    p = torch.cuda.get_device_properties(device)
+    smem_block = getattr(p, "shared_memory_per_block_optin", 0) or 48 * 1024
+    return DeviceLimits(
+        name=p.name,
+        sms=p.multi_processor_count,
+        smem_per_block=smem_block,
+        smem_per_sm=getattr(p, "shared_memory_per_multiprocessor", 0) or smem_block,
+        regs_per_sm=getattr(p, "regs_per_multiprocessor", 0) or 65536,
+        threads_per_sm=getattr(p, "max_threads_per_multi_processor", 0) or 2048,
+    )
+
+
+def launch_config(
+    n: int, d: int, batch: int, dtype: torch.dtype, limits: DeviceLimits | None
+) -> dict:
+    """Default launch parameters of the Gram kernels for (batch, n, d) inputs of ``dtype`` on a
+    device with ``limits`` (None: the interpreter, small blocks)."""
+    if limits is None:
         return dict(block=16, block_k=32, split_k=1, num_warps=4, num_stages=1)
     block = 128 if n >= 512 else 64
-    block_k = 32 if x.dtype == torch.float32 else 64
+    block_k = 32 if dtype == torch.float32 else 64
     tiles = triton.cdiv(n, block) * (triton.cdiv(n, block) + 1) // 2
-    sms = torch.cuda.get_device_properties(x.device).multi_processor_count
+    sms = limits.sms
     split = max(1, min(16, (2 * sms) // max(1, tiles * batch), d // (16 * block_k)))
     return dict(block=block, block_k=block_k, split_k=split, num_warps=8, num_stages=3)
+
+
+def gram_shared_bytes(block: int, block_k: int, dtype: torch.dtype, num_stages: int) -> int:
+    """Shared memory the Gram kernel asks for (an upper bound of what Triton allocates): the
+    ``num_stages`` pipelined operand tiles (2 x block x block_k elements each), or the
+    block x block fp32 accumulator when the epilogue converts its layout, whichever is larger."""
+    item = torch.empty((), dtype=dtype).element_size()
+    return max(max(num_stages, 1) * 2 * block * block_k * item, block * block * 4)
+
+
+def _limits(x: Tensor) -> DeviceLimits | None:
+    return device_limits(x.device) if x.is_cuda and not INTERPRETED else None
+
+
+def _defaults(x: Tensor, n: int, d: int, batch: int) -> dict:
+    return launch_config(n, d, batch, x.dtype, _limits(x))
 
 
 def row_stats(x: Tensor, *, block_d: int = 1024) -> tuple[Tensor, Tensor, Tensor, Tensor]:

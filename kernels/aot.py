@@ -11,7 +11,7 @@ compile errors and shared memory beyond the target's limit. Registers, stack and
 
 What is compiled: the launches of the RSA benchmark grid, of the whole-trial benchmark and of the
 CUDA tests (``launches()``), each turned into the kernels its launcher runs with the launch
-parameters ``l2bg.kernels.rdm.launch_config`` picks for the target (A100 limits for sm_80, H100
+parameters ``l2bg.kernels.launch.gram_config`` picks for the target (A100 limits for sm_80, H100
 for sm_90). The kernel arguments below mirror the launchers' calls (same order, same integer
 values, so Triton specialises them the same way: ints equal to 1 become constants, multiples of
 16 get divisibility hints); a kernel that gains or loses an argument fails here at once.
@@ -34,6 +34,16 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import torch
+from l2bg.kernels.launch import (
+    A100,
+    H100,
+    gram_config,
+    gram_shared_bytes,
+    moments_config,
+    strip,
+)
 
 # ------------------------------------------------------------------------------- what to compile
 
@@ -115,7 +125,8 @@ def _test_launches() -> list[Launch]:
                           source="test"))  # fmt: skip
     for op in ("pearson", "spearman"):
         for triangles in (False, True):
-            out.append(Launch(op, 400, batch=2, triangles=triangles, source="test"))
+            for n in (258, 400):  # rows and triangles unaligned / 16-aligned
+                out.append(Launch(op, n, batch=2, triangles=triangles, source="test"))
     # transposed views (tests/test_kernels_launch.py): strided loads, no unit-stride constant
     out.append(Launch("rdm", 300, 700, batch=2, transposed=True, source="test"))
     out.append(Launch("rdm", 300, 700, batch=2, transposed=True, split_k=3, source="test"))
@@ -200,13 +211,10 @@ _STATS = ("X", "MEAN", "INV", "SS", "AMAX", "n", "d", "stride_xb", "stride_xn", 
 
 
 def _rdm_specs(launch: Launch, limits) -> list[KernelSpec]:
-    """The kernels ``l2bg.kernels.rdm.rdm`` launches for this call (``launch_config`` choices)."""
-    import torch
-    from l2bg.kernels import rdm as krdm
-
+    """The kernels ``l2bg.kernels.rdm.rdm`` launches for this call (``gram_config`` choices)."""
     b, n, d = launch.batch, launch.n, max(launch.d, 1)
     dtype = getattr(torch, launch.dtype)
-    cfg = krdm.launch_config(n, d, b, dtype, limits)
+    cfg = gram_config(n, d, b, dtype, limits)
     block = launch.block or cfg["block"]
     block_k = launch.block_k or cfg["block_k"]
     split_k = launch.split_k or cfg["split_k"]
@@ -237,18 +245,16 @@ def _rdm_specs(launch: Launch, limits) -> list[KernelSpec]:
     else:
         specs.append(_spec("rdm", "_gram_tile_kernel", _GRAM, values,
                            dict(MODE=1, TRIU=False, **common), **opts))  # fmt: skip
-        specs.append(_spec("rdm", "_dist_tile_kernel", _DIST, [f32, f32, tiles, f32, n, split_k,
-                           *so], dict(TRIU=launch.triu, BLOCK=block), **opts))  # fmt: skip
+        dist = dict(TRIU=launch.triu, BLOCK=block, STRIP=strip(block))
+        values = [f32, f32, tiles, f32, n, split_k, *so]
+        specs.append(_spec("rdm", "_dist_tile_kernel", _DIST, values, dist, **opts))
     return specs
 
 
 def _stream_specs(launch: Launch, limits) -> list[KernelSpec]:
     """``RDMStream.update`` (one slice of d features) and ``result`` (both layouts)."""
-    import torch
-    from l2bg.kernels import rdm as krdm
-
     b, n, d = launch.batch, launch.n, launch.d
-    cfg = krdm.launch_config(n, d, b, getattr(torch, launch.dtype), limits)
+    cfg = gram_config(n, d, b, getattr(torch, launch.dtype), limits)
     block = launch.block or cfg["block"]
     block_k = launch.block_k or cfg["block_k"]
     x, f32, tiles = Ptr(launch.dtype), Ptr("float32"), Ptr("int32")
@@ -270,16 +276,15 @@ def _stream_specs(launch: Launch, limits) -> list[KernelSpec]:
     for triu in (False, True):
         so = [n * (n - 1) // 2, 0, 1] if triu else _contiguous_strides((b, n, n))
         specs.append(_spec("rdm", "_dist_tile_kernel", _DIST, [f32, f32, tiles, f32, n, 1, *so],
-                           dict(TRIU=triu, BLOCK=block), num_warps=cfg["num_warps"]))  # fmt: skip
+                           dict(TRIU=triu, BLOCK=block, STRIP=strip(block)),
+                           num_warps=cfg["num_warps"]))  # fmt: skip
     return specs
 
 
 def _compare_specs(launch: Launch, limits) -> list[KernelSpec]:
     """``l2bg.kernels.compare.pearson``/``spearman``: the moments pass on RDMs or triangles
     (Spearman always runs it on float64 ranks of the packed triangles)."""
-    from l2bg.kernels import compare as kcompare
-
-    cfg = kcompare.launch_config(limits)
+    cfg = moments_config(limits)
     b, n = launch.batch, launch.n
     m = n * (n - 1) // 2
     full = launch.op == "pearson" and not launch.triangles
@@ -319,9 +324,7 @@ class Target:
 
     @property
     def limits(self):
-        from l2bg.kernels import rdm as krdm
-
-        return krdm.A100 if self.arch < 90 else krdm.H100
+        return A100 if self.arch < 90 else H100
 
 
 TARGETS = {80: Target("sm_80", 80), 90: Target("sm_90", 90)}
@@ -448,11 +451,8 @@ def compile_spec(spec: KernelSpec, arch: int) -> Result:
     fn = getattr(module, spec.kernel)
     args = dict(spec.args)
     if spec.kernel == "_gram_tile_kernel":
-        import torch
-        from l2bg.kernels import rdm as krdm
-
         x = args["X"].dtype
-        res.shared_estimate = krdm.gram_shared_bytes(
+        res.shared_estimate = gram_shared_bytes(
             args["BLOCK"], args["BLOCK_K"], getattr(torch, x), spec.num_stages
         )
     start = time.perf_counter()

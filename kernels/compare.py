@@ -25,7 +25,8 @@ from torch import Tensor
 from l2bg.errors import L2BGError
 from l2bg.rsa.reference import average_ranks, check_finite, compare_torch, triangle
 
-from .rdm import INTERPRETED, DeviceLimits, check_device, device_limits
+from .launch import device_limits, host_flags, launch_guard, moments_config
+from .rdm import INTERPRETED, check_device
 
 _NSTAT = 9
 
@@ -96,9 +97,10 @@ def _moments_full_kernel(
     mxy = tl.full([BLOCK_R], -float("inf"), dtype=tl.float64)
     for c0 in range(pid * BLOCK_R, n, BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C)
+        cols64 = cols.to(tl.int64)
         mask = (rows[:, None] < cols[None, :]) & (cols[None, :] < n)
-        x = tl.load(a_row + cols[None, :] * stride_ac, mask=mask, other=0.0).to(tl.float64) - sa
-        y = tl.load(b_row + cols[None, :] * stride_bc, mask=mask, other=0.0).to(tl.float64) - sb
+        x = tl.load(a_row + cols64[None, :] * stride_ac, mask=mask, other=0.0).to(tl.float64) - sa
+        y = tl.load(b_row + cols64[None, :] * stride_bc, mask=mask, other=0.0).to(tl.float64) - sb
         x = tl.where(mask, x, 0.0)
         y = tl.where(mask, y, 0.0)
         sx += tl.sum(x, axis=1)
@@ -188,17 +190,19 @@ def _launch_moments(
         n = a.shape[-1]
         grid = (triton.cdiv(n - 1, block_r), nb)
         out = torch.empty((nb, grid[0], _NSTAT), device=a.device, dtype=torch.float64)
-        _moments_full_kernel[grid](
-            a, b, shift_a, shift_b, out, n, *a.stride(), *b.stride(),
-            BLOCK_R=block_r, BLOCK_C=block_c,
-        )  # fmt: skip
+        with launch_guard(a):
+            _moments_full_kernel[grid](
+                a, b, shift_a, shift_b, out, n, *a.stride(), *b.stride(),
+                BLOCK_R=block_r, BLOCK_C=block_c,
+            )  # fmt: skip
         return out
     m = a.shape[-1]
     grid = (triton.cdiv(m, chunk), nb)
     out = torch.empty((nb, grid[0], _NSTAT), device=a.device, dtype=torch.float64)
-    _moments_flat_kernel[grid](
-        a, b, shift_a, shift_b, out, m, chunk, *a.stride(), *b.stride(), BLOCK=block
-    )
+    with launch_guard(a):
+        _moments_flat_kernel[grid](
+            a, b, shift_a, shift_b, out, m, chunk, *a.stride(), *b.stride(), BLOCK=block
+        )
     return out
 
 
@@ -219,17 +223,10 @@ def _finish(part: Tensor, m: int) -> Tensor:
     return r.clamp_(-1.0, 1.0)
 
 
-def launch_config(limits: DeviceLimits | None) -> dict[str, int]:
-    """Default launch parameters on a device with ``limits`` (None: the interpreter)."""
-    if limits is None:
-        return dict(block_r=8, block_c=16, block=64, chunk=256)
-    return dict(block_r=16, block_c=128, block=1024, chunk=16384)
-
-
 def _config(device: torch.device, blocks: dict[str, int]) -> dict[str, int]:
     """Launch parameters: defaults per device, overridden by ``blocks`` (powers of two)."""
     cuda = device.type == "cuda" and not INTERPRETED
-    cfg = launch_config(device_limits(device) if cuda else None)
+    cfg = moments_config(device_limits(device) if cuda else None)
     for name, v in blocks.items():
         if name not in cfg or v < 1 or (name != "chunk" and v & (v - 1)):
             raise L2BGError(
@@ -266,11 +263,14 @@ def _check(a: Tensor, b: Tensor, triangles: bool) -> int:
 
 
 def _raise_non_finite(part: Tensor) -> None:
+    """Non-finite input shows in the partial sums; one host read for both sides."""
     sums = part[..., :4].sum(dim=-2)
-    bad_a = ~torch.isfinite(sums[..., 0] + sums[..., 2])
-    bad_b = ~torch.isfinite(sums[..., 1] + sums[..., 3])
-    if bool(bad_a.any()) or bool(bad_b.any()):
-        name = "a" if bool(bad_a.any()) else "b"
+    bad_a, bad_b = host_flags(
+        (~torch.isfinite(sums[..., 0] + sums[..., 2])).any(),
+        (~torch.isfinite(sums[..., 1] + sums[..., 3])).any(),
+    )
+    if bad_a or bad_b:
+        name = "a" if bad_a else "b"
         raise L2BGError(f"compare: {name} contains NaN or inf; recompute the RDM from finite data")
 
 
@@ -311,8 +311,9 @@ def spearman(a: Tensor, b: Tensor, *, triangles: bool = False, **blocks: int) ->
     """Spearman r (average ranks for ties) of the strict upper triangles; as ``pearson``."""
     m = _check(a, b, triangles)
     ta, tb = (a, b) if triangles else (triangle(a), triangle(b))
-    check_finite(ta, "a")
-    check_finite(tb, "b")
+    if any(host_flags(*(~torch.isfinite(t).all() for t in (ta, tb)))):  # one read, then name it
+        check_finite(ta, "a")
+        check_finite(tb, "b")
     if ta.shape == tb.shape and ta.dtype == tb.dtype:
         ranks = average_ranks(torch.stack([ta, tb]))
         ra, rb = ranks[0], ranks[1]

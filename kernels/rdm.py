@@ -21,7 +21,6 @@ in their own dtype. Reference (the spec): ``l2bg.rsa.rdm(x, backend='torch')``
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 
 import torch
 import triton
@@ -30,6 +29,16 @@ from torch import Tensor
 
 from l2bg.errors import L2BGError
 from l2bg.rsa.reference import NonFiniteError, rdm_torch, rdm_triu_torch
+
+from .launch import (
+    DeviceLimits,
+    check_shared_memory,
+    device_limits,
+    gram_config,
+    host_flags,
+    launch_guard,
+    strip,
+)
 
 CONSTANT_REL_TOL2 = 1e-12
 """Squared constant-sample tolerance: a row is constant when ss <= 1e-12 * ||x||^2."""
@@ -57,7 +66,8 @@ def _row_stats_kernel(
     acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     for k in range(0, d, BLOCK_D):
         offs = k + tl.arange(0, BLOCK_D)
-        acc += tl.load(base + offs * stride_xd, mask=offs < d, other=0.0).to(tl.float32)
+        ptr = base + offs.to(tl.int64) * stride_xd
+        acc += tl.load(ptr, mask=offs < d, other=0.0).to(tl.float32)
     mean = tl.sum(acc, axis=0) / d
     s1 = tl.zeros([BLOCK_D], dtype=tl.float32)
     s2 = tl.zeros([BLOCK_D], dtype=tl.float32)
@@ -65,7 +75,7 @@ def _row_stats_kernel(
     for k in range(0, d, BLOCK_D):
         offs = k + tl.arange(0, BLOCK_D)
         mask = offs < d
-        v = tl.load(base + offs * stride_xd, mask=mask, other=0.0).to(tl.float32)
+        v = tl.load(base + offs.to(tl.int64) * stride_xd, mask=mask, other=0.0).to(tl.float32)
         c = tl.where(mask, v - mean, 0.0)
         s1 += c
         s2 += c * c
@@ -107,9 +117,9 @@ def _store_dist(
     cols64 = cols.to(tl.int64)
     base = OUT + b.to(tl.int64) * stride_ob
     if TRIU:
-        idx = rows64[:, None] * n - rows64[:, None] * (rows64[:, None] + 1) // 2
-        idx += cols64[None, :] - rows64[:, None] - 1
-        tl.store(base + idx * stride_oc, dist, mask=upper)
+        # packed index of (i, j), i < j: i n - i (i + 1) / 2 + j - i - 1 (row part per row)
+        start = rows64 * n - rows64 * (rows64 + 1) // 2 - rows64 - 1
+        tl.store(base + (start[:, None] + cols64[None, :]) * stride_oc, dist, mask=upper)
     else:
         tl.store(base + rows64[:, None] * stride_or + cols64[None, :] * stride_oc, dist, mask=upper)
         tl.store(base + cols64[None, :] * stride_or + rows64[:, None] * stride_oc, dist, mask=upper)
@@ -171,8 +181,9 @@ def _gram_tile_kernel(
         kmask = offs_k < k_hi
         am = rmask[:, None] & kmask[None, :]
         bm = kmask[:, None] & cmask[None, :]
-        a = tl.load(a_ptr + offs_k[None, :] * stride_xd, mask=am, other=0.0).to(tl.float32)
-        bt = tl.load(b_ptr + offs_k[:, None] * stride_xd, mask=bm, other=0.0).to(tl.float32)
+        koff = offs_k.to(tl.int64) * stride_xd
+        a = tl.load(a_ptr + koff[None, :], mask=am, other=0.0).to(tl.float32)
+        bt = tl.load(b_ptr + koff[:, None], mask=bm, other=0.0).to(tl.float32)
         a = tl.where(am, a - mu_r[:, None], 0.0)
         bt = tl.where(bm, bt - mu_c[None, :], 0.0)
         if LOW:
@@ -209,25 +220,30 @@ def _dist_tile_kernel(
     stride_oc,
     TRIU: tl.constexpr,
     BLOCK: tl.constexpr,
+    STRIP: tl.constexpr,
 ):
-    """Sum the n_split partial Gram tiles in WS (n_split, B, n, n) and write distances."""
+    """Sum the n_split partial Gram tiles in WS (n_split, B, n, n) and write distances, STRIP
+    rows of the tile at a time (a whole 128 x 128 tile of sums and 64-bit addresses spills)."""
     t = tl.program_id(0)
     b = tl.program_id(1)
     ti = tl.load(TILES + 2 * t)
     tj = tl.load(TILES + 2 * t + 1)
-    rows = ti * BLOCK + tl.arange(0, BLOCK)
     cols = tj * BLOCK + tl.arange(0, BLOCK)
-    rmask = rows < n
     cmask = cols < n
-    m2 = rmask[:, None] & cmask[None, :]
-    offs = rows.to(tl.int64)[:, None] * n + cols[None, :]
-    acc = tl.zeros([BLOCK, BLOCK], dtype=tl.float32)
-    for s in range(0, n_split):
-        ws = WS + (s * tl.num_programs(1) + b).to(tl.int64) * n * n
-        acc += tl.load(ws + offs, mask=m2, other=0.0)
-    inv_r = tl.load(INV + b * n + rows, mask=rmask, other=0.0)
     inv_c = tl.load(INV + b * n + cols, mask=cmask, other=0.0)
-    _store_dist(OUT, acc, rows, cols, inv_r, inv_c, b, n, stride_ob, stride_or, stride_oc, TRIU)
+    for r0 in range(0, BLOCK, STRIP):
+        rows = ti * BLOCK + r0 + tl.arange(0, STRIP)
+        rmask = rows < n
+        m2 = rmask[:, None] & cmask[None, :]
+        offs = rows.to(tl.int64)[:, None] * n + cols[None, :]
+        acc = tl.zeros([STRIP, BLOCK], dtype=tl.float32)
+        for s in range(0, n_split):
+            ws = WS + (s * tl.num_programs(1) + b).to(tl.int64) * n * n
+            acc += tl.load(ws + offs, mask=m2, other=0.0)
+        inv_r = tl.load(INV + b * n + rows, mask=rmask, other=0.0)
+        _store_dist(
+            OUT, acc, rows, cols, inv_r, inv_c, b, n, stride_ob, stride_or, stride_oc, TRIU
+        )
 
 
 def _is_interpreted() -> bool:
@@ -269,67 +285,13 @@ def check_blocks(x: Tensor, **blocks: int) -> None:
             raise L2BGError(f"rdm kernel: {name}={v} must be a power of two >= {least}")
 
 
-@dataclass(frozen=True)
-class DeviceLimits:
-    """What a launch configuration must fit on one device: its SMs, shared memory and registers
-    (bytes of shared memory per block are the opt-in maximum a kernel may request)."""
-
-    name: str
-    sms: int
-    smem_per_block: int
-    smem_per_sm: int
-    regs_per_sm: int = 65536
-    threads_per_sm: int = 2048
-
-
-A100 = DeviceLimits("A100 (sm_80)", sms=108, smem_per_block=166912, smem_per_sm=167936)
-H100 = DeviceLimits("H100 SXM (sm_90)", sms=132, smem_per_block=232448, smem_per_sm=233472)
-
-
-@functools.lru_cache(maxsize=16)
-def device_limits(device: torch.device) -> DeviceLimits:
-    """The limits of a CUDA device, read from its properties (once per device)."""
-    p = torch.cuda.get_device_properties(device)
-    smem_block = getattr(p, "shared_memory_per_block_optin", 0) or 48 * 1024
-    return DeviceLimits(
-        name=p.name,
-        sms=p.multi_processor_count,
-        smem_per_block=smem_block,
-        smem_per_sm=getattr(p, "shared_memory_per_multiprocessor", 0) or smem_block,
-        regs_per_sm=getattr(p, "regs_per_multiprocessor", 0) or 65536,
-        threads_per_sm=getattr(p, "max_threads_per_multi_processor", 0) or 2048,
-    )
-
-
-def launch_config(
-    n: int, d: int, batch: int, dtype: torch.dtype, limits: DeviceLimits | None
-) -> dict:
-    """Default launch parameters of the Gram kernels for (batch, n, d) inputs of ``dtype`` on a
-    device with ``limits`` (None: the interpreter, small blocks)."""
-    if limits is None:
-        return dict(block=16, block_k=32, split_k=1, num_warps=4, num_stages=1)
-    block = 128 if n >= 512 else 64
-    block_k = 32 if dtype == torch.float32 else 64
-    tiles = triton.cdiv(n, block) * (triton.cdiv(n, block) + 1) // 2
-    sms = limits.sms
-    split = max(1, min(16, (2 * sms) // max(1, tiles * batch), d // (16 * block_k)))
-    return dict(block=block, block_k=block_k, split_k=split, num_warps=8, num_stages=3)
-
-
-def gram_shared_bytes(block: int, block_k: int, dtype: torch.dtype, num_stages: int) -> int:
-    """Shared memory the Gram kernel asks for (an upper bound of what Triton allocates): the
-    ``num_stages`` pipelined operand tiles (2 x block x block_k elements each), or the
-    block x block fp32 accumulator when the epilogue converts its layout, whichever is larger."""
-    item = torch.empty((), dtype=dtype).element_size()
-    return max(max(num_stages, 1) * 2 * block * block_k * item, block * block * 4)
-
-
 def _limits(x: Tensor) -> DeviceLimits | None:
+    """The limits of x's device when the kernels are compiled for it (None: interpreter)."""
     return device_limits(x.device) if x.is_cuda and not INTERPRETED else None
 
 
 def _defaults(x: Tensor, n: int, d: int, batch: int) -> dict:
-    return launch_config(n, d, batch, x.dtype, _limits(x))
+    return gram_config(n, d, batch, x.dtype, _limits(x))
 
 
 def row_stats(x: Tensor, *, block_d: int = 1024) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -342,7 +304,8 @@ def row_stats(x: Tensor, *, block_d: int = 1024) -> tuple[Tensor, Tensor, Tensor
     if b * n == 0:
         return tuple(out)
     block_d = min(block_d, triton.next_power_of_2(max(d, 1)))
-    _row_stats_kernel[(b * n,)](x, *out, n, d, *x.stride(), BLOCK_D=block_d)
+    with launch_guard(x):
+        _row_stats_kernel[(b * n,)](x, *out, n, d, *x.stride(), BLOCK_D=block_d)
     return tuple(out)
 
 
@@ -363,15 +326,17 @@ def _validate(x: Tensor, precision: str) -> tuple[Tensor, bool]:
 
 def _check_stats(x: Tensor, mean: Tensor, ss: Tensor, amax: Tensor) -> bool:
     """False when fp32 row statistics overflowed or underflowed (caller falls back); raises on
-    non-finite input."""
-    ok = torch.isfinite(mean) & torch.isfinite(ss)
-    if not bool(ok.all()):
+    non-finite input. One host read on the common path."""
+    tiny = torch.finfo(torch.float32).tiny * 2.0**24
+    overflow, underflow = host_flags(
+        ~(torch.isfinite(mean) & torch.isfinite(ss)).all(), ((ss < tiny) & (amax > 0)).any()
+    )
+    if overflow:
         bad = ~torch.isfinite(x).flatten(1).all(dim=1)
         if bool(bad.any()):
             raise NonFiniteError(int(bad.nonzero()[0]))
         return False
-    tiny = torch.finfo(torch.float32).tiny * 2.0**24
-    return not bool(((ss < tiny) & (amax > 0)).any())
+    return not underflow
 
 
 def rdm(
@@ -390,18 +355,24 @@ def rdm(
 
     ``block`` is the square output tile, ``block_k`` the d-block streamed per step, ``split_k``
     the number of K splits (partial Grams reduced by a second kernel). All are launcher
-    parameters so that tests can make small shapes span several tiles, d-blocks and splits.
-    Rows whose fp32 statistics overflow or underflow fall back to the torch reference.
+    parameters so that tests can make small shapes span several tiles, d-blocks and splits;
+    sizes whose shared memory cannot fit the device are refused with an L2BGError. Any strides
+    (transposed views too) are read in place with 64-bit offsets. Rows whose fp32 statistics
+    overflow or underflow fall back to the torch reference. One host sync per call.
     """
     xb, batched = _validate(x, precision)
     b, n, d = xb.shape
-    cfg = _defaults(xb, n, d, b)
+    limits = _limits(xb)
+    cfg = gram_config(n, d, b, xb.dtype, limits)
     block = block or cfg["block"]
     block_k = block_k or cfg["block_k"]
     split_k = split_k or cfg["split_k"]
     check_blocks(xb, block=block, block_k=block_k)
     launch = dict(
         num_warps=num_warps or cfg["num_warps"], num_stages=num_stages or cfg["num_stages"]
+    )
+    check_shared_memory(
+        block, block_k, xb.dtype, launch["num_stages"], limits and limits.smem_per_block
     )
     if d == 0:
         xb = xb.new_zeros((b, n, 1))
@@ -421,25 +392,21 @@ def rdm(
     k_per_split = triton.cdiv(triton.cdiv(d, split_k), block_k) * block_k
     split_k = triton.cdiv(d, k_per_split)
     so = (out.stride(0), 0, out.stride(1)) if triu else out.stride()
-    common = dict(
-        TRIU=triu,
-        BLOCK=block,
-        BLOCK_K=block_k,
-        PRECISION=precision,
-        LOW=xb.dtype != torch.float32,
-    )
-    if split_k == 1:
-        _gram_tile_kernel[(tiles.shape[0], b, 1)](
-            xb, mean, inv, tiles, out, out, mean, n, d, k_per_split, 0.0,
-            *xb.stride(), *so, MODE=0, **common, **launch,
-        )  # fmt: skip
-    else:
-        ws = torch.empty((split_k, b, n, n), device=xb.device, dtype=torch.float32)
-        _gram_tile_kernel[(tiles.shape[0], b, split_k)](
-            xb, mean, inv, tiles, out, ws, mean, n, d, k_per_split, 0.0,
-            *xb.stride(), *so, MODE=1, **common, **launch,
-        )  # fmt: skip
-        _dist_tile_kernel[(tiles.shape[0], b)](
-            ws, inv, tiles, out, n, split_k, *so, TRIU=triu, BLOCK=block, **launch
-        )
+    common = dict(BLOCK=block, BLOCK_K=block_k, PRECISION=precision, LOW=xb.dtype != torch.float32)
+    with launch_guard(xb):
+        if split_k == 1:
+            _gram_tile_kernel[(tiles.shape[0], b, 1)](
+                xb, mean, inv, tiles, out, out, mean, n, d, k_per_split, 0.0,
+                *xb.stride(), *so, MODE=0, TRIU=triu, **common, **launch,
+            )  # fmt: skip
+        else:  # TRIU only shapes MODE 0's epilogue: one compiled variant for MODE 1
+            ws = torch.empty((split_k, b, n, n), device=xb.device, dtype=torch.float32)
+            _gram_tile_kernel[(tiles.shape[0], b, split_k)](
+                xb, mean, inv, tiles, out, ws, mean, n, d, k_per_split, 0.0,
+                *xb.stride(), *so, MODE=1, TRIU=False, **common, **launch,
+            )  # fmt: skip
+            _dist_tile_kernel[(tiles.shape[0], b)](
+                ws, inv, tiles, out, n, split_k, *so, TRIU=triu, BLOCK=block,
+                STRIP=strip(block), **launch,
+            )  # fmt: skip
     return out if batched else out.squeeze(0)

@@ -22,13 +22,15 @@ from torch import Tensor
 
 from l2bg.errors import L2BGError
 
+from .launch import check_shared_memory, host_flags, launch_guard, strip
 from .rdm import (
     CONSTANT_REL_TOL2,
-    _defaults,
     _dist_tile_kernel,
     _gram_tile_kernel,
+    _limits,
     check_blocks,
     check_device,
+    gram_config,
     row_stats,
     upper_tiles,
 )
@@ -84,29 +86,32 @@ class RDMStream:
         d_c = xb.shape[-1]
         if d_c == 0:
             return self
+        b, n = self.batch, self.n
+        limits = _limits(xb)
+        cfg = gram_config(n, self.d_seen + d_c, b, xb.dtype, limits)
+        block = self._cfg["block"] or cfg["block"]
+        block_k = self._cfg["block_k"] or cfg["block_k"]
+        num_stages = self._cfg["num_stages"] or cfg["num_stages"]
+        check_blocks(xb, block=block, block_k=block_k)
+        check_shared_memory(block, block_k, xb.dtype, num_stages, limits and limits.smem_per_block)
         nu, _, ss, _ = row_stats(xb)
-        if not (bool(torch.isfinite(nu).all()) and bool(torch.isfinite(ss).all())):
+        if any(host_flags(~torch.isfinite(nu).all(), ~torch.isfinite(ss).all())):
             raise L2BGError(
                 "RDMStream.update: the slice has NaN/inf (or fp32-overflowing) activations; "
                 "fix or rescale them"
             )
-        b, n = self.batch, self.n
-        cfg = _defaults(xb, n, self.d_seen + d_c, b)
-        block = self._cfg["block"] or cfg["block"]
-        block_k = self._cfg["block_k"] or cfg["block_k"]
-        check_blocks(xb, block=block, block_k=block_k)
         total = self.d_seen + d_c
         delta = (self.mean - nu).contiguous()
         weight = self.d_seen * d_c / total
         tiles = upper_tiles(triton.cdiv(n, block), xb.device)
-        _gram_tile_kernel[(tiles.shape[0], b, 1)](
-            xb, nu, nu, tiles, self.gram, self.gram, delta, n, d_c, d_c, weight,
-            *xb.stride(), 0, 0, 0,
-            MODE=2, TRIU=False, BLOCK=block, BLOCK_K=block_k, PRECISION=self.precision,
-            LOW=xb.dtype != torch.float32,
-            num_warps=self._cfg["num_warps"] or cfg["num_warps"],
-            num_stages=self._cfg["num_stages"] or cfg["num_stages"],
-        )  # fmt: skip
+        with launch_guard(xb):
+            _gram_tile_kernel[(tiles.shape[0], b, 1)](
+                xb, nu, nu, tiles, self.gram, self.gram, delta, n, d_c, d_c, weight,
+                *xb.stride(), 0, 0, 0,
+                MODE=2, TRIU=False, BLOCK=block, BLOCK_K=block_k, PRECISION=self.precision,
+                LOW=xb.dtype != torch.float32,
+                num_warps=self._cfg["num_warps"] or cfg["num_warps"], num_stages=num_stages,
+            )  # fmt: skip
         self.mean += (d_c / total) * (nu - self.mean)
         self.d_seen = total
         return self
@@ -121,12 +126,13 @@ class RDMStream:
         shape = (b, n * (n - 1) // 2) if triu else (b, n, n)
         out = torch.empty(shape, device=self.device, dtype=torch.float32)
         if out.numel():
-            cfg = _defaults(self.gram, n, max(self.d_seen, 1), b)
+            cfg = gram_config(n, max(self.d_seen, 1), b, torch.float32, _limits(self.gram))
             block = self._cfg["block"] or cfg["block"]
             tiles = upper_tiles(triton.cdiv(n, block), self.device)
             so = (out.stride(0), 0, out.stride(1)) if triu else out.stride()
-            _dist_tile_kernel[(tiles.shape[0], b)](
-                self.gram, inv, tiles, out, n, 1, *so, TRIU=triu, BLOCK=block,
-                num_warps=self._cfg["num_warps"] or cfg["num_warps"],
-            )  # fmt: skip
+            with launch_guard(self.gram):
+                _dist_tile_kernel[(tiles.shape[0], b)](
+                    self.gram, inv, tiles, out, n, 1, *so, TRIU=triu, BLOCK=block,
+                    STRIP=strip(block), num_warps=self._cfg["num_warps"] or cfg["num_warps"],
+                )  # fmt: skip
         return out if self.batched else out.squeeze(0)

@@ -15,6 +15,7 @@ pytest.importorskip("triton")
 
 from l2bg.kernels import compare as kcompare  # noqa: E402
 from l2bg.kernels import rdm as krdm  # noqa: E402
+from l2bg.kernels.aot import CUDA_TEST_BLOCKS, CUDA_TEST_BLOCKS_K  # noqa: E402
 from l2bg.kernels.rdm_stream import RDMStream  # noqa: E402
 
 from l2bg import rsa  # noqa: E402
@@ -36,8 +37,9 @@ DEV = "cuda" if CUDA else "cpu"
 FEW = settings(max_examples=20 if not CUDA else 40, deadline=None)
 # Interpreter: tiny shapes, blocks of 4/8 (tl.dot needs >= 16 per dim when compiled).
 MAX_N, MAX_D = (13, 40) if not CUDA else (300, 700)
-BLOCKS = [4, 8] if not CUDA else [16, 32, 64]
-BLOCKS_K = [4, 8, 16] if not CUDA else [16, 32, 64]
+# CUDA: the blocks l2bg.kernels.aot compiles ahead of time for sm_80/sm_90 (test_gpu_compile).
+BLOCKS = [4, 8] if not CUDA else list(CUDA_TEST_BLOCKS)
+BLOCKS_K = [4, 8, 16] if not CUDA else list(CUDA_TEST_BLOCKS_K)
 
 
 @st.composite

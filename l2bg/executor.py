@@ -24,10 +24,8 @@ does one update/draw per task. This is by design (it is what sharing the node me
 Edit the topology only through add_task/bind/grow: the cache keys on ``net.version`` and holds
 the plan's node modules; parameters are looked up in them on every run (never copied).
 
-CUDA: ``cuda_graph=True`` captures the run in a CUDA graph for the current input shapes and
-replays it while shapes, dtype, tasks and topology stay the same (no grad, eval mode; the outputs
-are the graph's static tensors, overwritten by the next replay). Untested on the CPU-only
-development machine: the CUDA tests in tests/test_executor.py run it where a GPU is present.
+CUDA: ``cuda_graph=True`` captures the run in a CUDA graph and replays it while inputs,
+topology, parameter storages and inference mode stay the same (``l2bg.cuda_graph``).
 """
 
 from __future__ import annotations
@@ -446,14 +444,13 @@ def _build_plan(
 
 
 class _NetCache:
-    """Plans (and a CUDA graph) of one JointNet, valid for one topology version."""
+    """Plans of one JointNet, valid for one topology version."""
 
-    __slots__ = ("version", "plans", "graph")
+    __slots__ = ("version", "plans")
 
     def __init__(self, version: int) -> None:
         self.version = version
         self.plans: dict[tuple, Plan] = {}
-        self.graph: _CudaGraph | None = None
 
 
 _CACHES: weakref.WeakKeyDictionary[nn.Module, _NetCache] = weakref.WeakKeyDictionary()
@@ -551,67 +548,6 @@ def run_reference(plan: Plan, inputs: list[Tensor]) -> list[Tensor]:
         else:
             outputs[step[1]] = view(step[2], step[3], 1)
     return outputs
-
-
-class _CudaGraph:
-    """One CUDA graph of a plan run for fixed input shapes; replayed while the key holds.
-
-    Outputs are the graph's static tensors: the next replay overwrites them (clone to keep)."""
-
-    def __init__(self, key: tuple, fn, inputs: list[Tensor]) -> None:
-        self.key = key
-        self.static_inputs = [x.clone() for x in inputs]
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):  # warm up allocator, cuBLAS/cuDNN handles outside the capture
-                fn(self.static_inputs)
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.static_outputs = fn(self.static_inputs)
-
-    def __call__(self, inputs: list[Tensor]) -> list[Tensor]:
-        for dst, src in zip(self.static_inputs, inputs, strict=True):
-            dst.copy_(src)
-        self.graph.replay()
-        return self.static_outputs
-
-
-def _run_cuda_graph(net: JointNet, plan: Plan, backend: str, inputs: list[Tensor]) -> list[Tensor]:
-    if not torch.cuda.is_available() or any(x.device.type != "cuda" for x in inputs):
-        raise L2BGError(
-            "cuda_graph=True needs CUDA inputs and parameters; move them with "
-            ".to('cuda') or drop cuda_graph"
-        )
-    if torch.is_grad_enabled():
-        raise L2BGError(
-            "cuda_graph=True records no autograd graph; call it under "
-            "torch.no_grad() or torch.inference_mode()"
-        )
-    if any(plan.flags()):
-        raise L2BGError(
-            "cuda_graph=True replays eval-mode networks only (batch norm and dropout "
-            "in train mode would update/draw at capture); call net.eval()"
-        )
-    cache = _net_cache(net)
-    key = (
-        plan.version,
-        plan.tasks,
-        plan.per_task,
-        plan.capture,
-        backend,
-        tuple((tuple(x.shape), x.stride(), x.dtype, x.device) for x in inputs),
-    )
-    if cache.graph is None or cache.graph.key != key:
-        cache.graph = None  # free the previous graph's memory pool before capturing anew
-        fn = (
-            (lambda xs: run_native(plan, xs))
-            if backend == "native"
-            else (lambda xs: run_reference(plan, xs))
-        )
-        cache.graph = _CudaGraph(key, fn, inputs)
-    return cache.graph(inputs)
 
 
 def default_backend() -> str:
@@ -746,7 +682,10 @@ def forward_all(
         return (logits, acts) if return_activations is not False else logits
 
     if cuda_graph:
-        outs = _run_cuda_graph(net, plan, backend, inputs)
+        from l2bg import cuda_graph as graphs
+
+        runner = run_native if backend == "native" else run_reference
+        outs = graphs.replay(net, plan, backend, lambda xs: runner(plan, xs), inputs)
     elif backend == "native":
         outs = run_native(plan, inputs)
     else:

@@ -7,7 +7,7 @@ EXTRAS ?= data,test,search,triton
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.l2bg-installed
 
-.PHONY: setup run test bench lint clean
+.PHONY: setup run test bench gpu-check lint clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +33,17 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+# Every benchmark suite (benchmarks/bench_*.py) through the one harness: the table at the end,
+# rows in benchmarks/results/bench.{csv,json}. Heavy rows: L2BG_BENCH_FULL=1 make bench.
 bench: setup
-	$(BIN)/python -m pytest benchmarks --benchmark-only -q
+	$(BIN)/python -m pytest benchmarks -q --benchmark-quiet
+
+# On a CUDA machine, with no network: the CUDA tests and every GPU benchmark with the Python,
+# torch and triton already there (no venv, nothing from a registry); report in
+# benchmarks/results/gpu-check/. PY=/path/to/python picks the interpreter.
+PY ?= python3
+gpu-check:
+	$(PY) benchmarks/gpu_check.py
 
 lint: setup
 	$(BIN)/ruff check .

@@ -25,6 +25,7 @@ def pytest_configure(config: pytest.Config) -> None:
     harness.start_session(config.getoption("--bench-out", default=None))
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     s = harness.session()
     if not s.rows:

@@ -210,6 +210,13 @@ _DIST = ("WS", "INV", "TILES", "OUT", "n", "n_split", "stride_ob", "stride_or", 
 _STATS = ("X", "MEAN", "INV", "SS", "AMAX", "n", "d", "stride_xb", "stride_xn", "stride_xd")
 
 
+def _stats_spec(x: Ptr, n: int, d: int, strides: list[int]) -> KernelSpec:
+    """``row_stats``: one program per row, d in blocks of up to 1024."""
+    f32 = Ptr("float32")
+    values = [x, f32, f32, f32, f32, n, d, *strides]
+    return _spec("rdm", "_row_stats_kernel", _STATS, values, dict(BLOCK_D=min(1024, _next_pow2(d))))
+
+
 def _rdm_specs(launch: Launch, limits) -> list[KernelSpec]:
     """The kernels ``l2bg.kernels.rdm.rdm`` launches for this call (``gram_config`` choices)."""
     b, n, d = launch.batch, launch.n, max(launch.d, 1)
@@ -222,15 +229,7 @@ def _rdm_specs(launch: Launch, limits) -> list[KernelSpec]:
     x = Ptr(launch.dtype)
     f32 = Ptr("float32")
     xs = _strides((b, n, d), launch.transposed)
-    specs = [
-        _spec(
-            "rdm",
-            "_row_stats_kernel",
-            _STATS,
-            [x, f32, f32, f32, f32, n, d, *xs],
-            dict(BLOCK_D=min(1024, _next_pow2(d))),
-        )  # fmt: skip
-    ]
+    specs = [_stats_spec(x, n, d, xs)]
     m = n * (n - 1) // 2
     so = [m, 0, 1] if launch.triu else _contiguous_strides((b, n, n))
     k_per_split = _cdiv(_cdiv(d, split_k), block_k) * block_k
@@ -259,15 +258,7 @@ def _stream_specs(launch: Launch, limits) -> list[KernelSpec]:
     block_k = launch.block_k or cfg["block_k"]
     x, f32, tiles = Ptr(launch.dtype), Ptr("float32"), Ptr("int32")
     xs = _contiguous_strides((b, n, d))
-    specs = [
-        _spec(
-            "rdm",
-            "_row_stats_kernel",
-            _STATS,
-            [x, f32, f32, f32, f32, n, d, *xs],
-            dict(BLOCK_D=min(1024, _next_pow2(d))),
-        )  # fmt: skip
-    ]
+    specs = [_stats_spec(x, n, d, xs)]
     specs.append(_spec("rdm", "_gram_tile_kernel", _GRAM,
                        [x, f32, f32, tiles, f32, f32, f32, n, d, d, 0.5, *xs, 0, 0, 0],
                        dict(MODE=2, TRIU=False, BLOCK=block, BLOCK_K=block_k,

@@ -23,6 +23,7 @@ and ``l2bg.learner.Learner(...).run(...)``.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -160,8 +161,10 @@ def test_trial(benchmark_name, scale, device):
     gemm_rate = calibrate_gemm(SUITE, *gemm, device=device, label=f"{benchmark_name} largest")
     run_trial(synthetic_tasks(benchmark_name, WARM_UP), template, config.replace(epochs=1),
               device)  # lazy imports, allocator and kernel caches: not part of the trial
+    start = time.perf_counter()
     result = run_trial(tasks, template, config, device)
-    timings, wall = result.record["timings"], result.record["wall_time_s"]
+    wall = time.perf_counter() - start
+    timings = result.record["timings"]
     label = (f"{benchmark_name} T={size.tasks} n={size.train}/{size.val}/{size.test} "
              f"ep={config.epochs}")  # fmt: skip
     goal = GOAL_S.get(benchmark_name) if device == "cuda" else None

@@ -27,6 +27,7 @@ from l2bg.kernels.rdm_stream import RDMStream  # noqa: E402
 
 from l2bg import rsa  # noqa: E402
 from l2bg.errors import L2BGError  # noqa: E402
+from l2bg.rsa import reference as ref  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 if not CUDA and not krdm.INTERPRETED:
@@ -41,7 +42,7 @@ pytestmark = pytest.mark.filterwarnings(
 
 
 def _ref(x: torch.Tensor, triu: bool) -> torch.Tensor:
-    return (rsa._rdm_triu_torch if triu else rsa._rdm_torch)(x.double().cpu())
+    return (ref.rdm_triu_torch if triu else ref.rdm_torch)(x.double().cpu())
 
 
 # ----------------------------------------------------------------------------- strided inputs
@@ -68,7 +69,7 @@ def test_transposed_compare_and_stream_match_reference():
     assert at.stride(-2) == 1
     for method in ("pearson", "spearman"):
         got = kcompare.compare(at, b, method=method, **CMP)
-        want = rsa._compare(a.cpu(), b.cpu(), True, True, method, "torch")
+        want = ref.compare_torch(ref.triangle(a.cpu()), ref.triangle(b.cpu()), method)
         torch.testing.assert_close(got.cpu(), want, rtol=0, atol=1e-10)
     x = torch.randn(12, 7, generator=gen)  # (d, n): slices of its transpose are strided
     stream = RDMStream(7, device=DEV, **SMALL)
@@ -176,7 +177,7 @@ def test_every_launch_runs_under_the_device_guard(monkeypatch):
     r = rsa.rdm(x.cpu()).to(DEV)
     kcompare.pearson(r, r.flip(0), **CMP)
     kcompare.spearman(r, r.flip(0), **CMP)
-    kcompare.pearson(rsa._triangle(r), rsa._triangle(r), triangles=True, **CMP)
+    kcompare.pearson(ref.triangle(r), ref.triangle(r), triangles=True, **CMP)
     stream = RDMStream(9, batch=2, device=DEV, **SMALL).update(x)
     stream.result()
     # row stats x2, gram x2, dist x1, moments x3, stream: stats, gram, dist

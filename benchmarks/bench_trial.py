@@ -1,6 +1,6 @@
 """Whole-trial benchmark: one full grow sequence (L2BG, δ = 0.5 for every task), timed by phase.
 
-    pytest benchmarks/bench_trial.py                      CPU: reduced sizes (about a minute)
+    pytest benchmarks/bench_trial.py                      CPU: reduced sizes (~30 s on 2 cores)
     L2BG_BENCH_FULL=1 pytest benchmarks/bench_trial.py    CPU: full sizes too (hours on 2 cores)
 
 Two task streams of synthetic class-conditional data (this measures time, not accuracy; no
@@ -52,8 +52,8 @@ class Size:
 
 
 SIZES = {
-    "split-cifar100": {"full": Size(10, 4500, 500, 1000), "cpu": Size(3, 320, 64, 64, epochs=1)},
-    "pmnist": {"full": Size(5, 54000, 6000, 10000), "cpu": Size(3, 2048, 256, 256, epochs=1)},
+    "split-cifar100": {"full": Size(10, 4500, 500, 1000), "cpu": Size(3, 1000, 200, 200, epochs=1)},
+    "pmnist": {"full": Size(5, 54000, 6000, 10000), "cpu": Size(3, 6000, 600, 1000, epochs=1)},
 }
 SHAPES = {"split-cifar100": (3, 32, 32), "pmnist": (784,)}
 CLASSES = 10

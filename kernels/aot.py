@@ -87,9 +87,9 @@ def _trial_launches() -> list[Launch]:
     """RSA of the whole-trial benchmark at full size: every bind candidate's RDM of a slot in one
     batched call (K = 1..9 candidates), then Spearman on the packed triangles (float64 ranks)."""
     out = []
-    # split-CIFAR-100 convnet (500 validation images): conv1..3, fc1, fc2 activation widths;
-    # permuted MNIST MLP (6000 validation digits): fc1..3 and the shared head.
-    for n, widths in ((500, (12544, 4608, 1024, 2048)), (6000, (300, 10))):
+    # n = 500 RSA samples (the default, min(500, |V_t|)); widths of the expandable slots:
+    # split-CIFAR-100 convnet conv1..3, fc1, fc2; permuted-MNIST MLP fc1..3 and the shared head.
+    for n, widths in ((500, (12544, 4608, 1024, 2048)), (500, (300, 10))):
         for d in widths:
             for k in range(1, 10):
                 out.append(Launch("rdm", n, d, batch=k, triu=True, source="trial"))

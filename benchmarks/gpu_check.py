@@ -315,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     run = Run(out=args.out.resolve(), deadline=time.monotonic() + args.budget)
     run.out.mkdir(parents=True, exist_ok=True)
     run.env.pop("TRITON_INTERPRET", None)
+    if not _present("torch"):
+        print(f"gpu-check: torch is not importable by {sys.executable}; run it with the Python "
+              "that has torch: make gpu-check PY=/path/to/python", file=sys.stderr)  # fmt: skip
+        return 2
     info = environment()
     print(f"gpu-check: python {info['python']}, torch {info['torch']}, triton "
           f"{info.get('triton')}, missing: {', '.join(info['missing']) or 'none'}")  # fmt: skip

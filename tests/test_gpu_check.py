@@ -50,6 +50,16 @@ def test_without_cuda_it_says_so_and_exits_2(tmp_path):
     assert not (tmp_path / "report.md").exists()
 
 
+def test_without_torch_it_names_the_fix(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(BLOCKER.replace('"optuna", "mlxtend", "rsatoolbox", '
+                                                           '"scipy", "sklearn"', '"torch"'))
+    r = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path / "out")],
+                       env=_env(site), capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 2 and "PY=/path/to/python" in r.stderr, r.stderr
+
+
 def test_dry_run_collects_everything_without_the_optional_packages(tmp_path):
     site = tmp_path / "site"
     site.mkdir()

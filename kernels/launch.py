@@ -198,7 +198,9 @@ def launch_guard(x: Tensor) -> Iterator[None]:
         try:
             yield
         except Exception as exc:
-            if type(exc).__name__ != "OutOfResources":
+            from triton.runtime.errors import OutOfResources  # loaded: a kernel just ran
+
+            if not isinstance(exc, OutOfResources):
                 raise
             raise L2BGError(f"l2bg kernel does not fit {x.device}: {exc}".splitlines()[0]) from None
 

@@ -32,10 +32,13 @@ from harness import FULL, Timing, calibrate_gemm, peak_flops, precision_kind, re
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from l2bg.data import Task
-from l2bg.learner import GrowStep, Learner
-from l2bg.templates import Template, convnet, mlp
-from l2bg.training import default_config
+pytest.importorskip("numpy", reason="l2bg.data needs numpy")
+pytest.importorskip("tqdm", reason="Learner.run needs tqdm")
+
+from l2bg.data import Task  # noqa: E402
+from l2bg.learner import GrowStep, Learner  # noqa: E402
+from l2bg.templates import Template, convnet, mlp  # noqa: E402
+from l2bg.training import default_config  # noqa: E402
 
 SUITE = "trial"
 PHASES = ("independent", "activations", "rsa", "training", "evaluation")

@@ -290,10 +290,6 @@ def _limits(x: Tensor) -> DeviceLimits | None:
     return device_limits(x.device) if x.is_cuda and not INTERPRETED else None
 
 
-def _defaults(x: Tensor, n: int, d: int, batch: int) -> dict:
-    return gram_config(n, d, batch, x.dtype, _limits(x))
-
-
 def row_stats(x: Tensor, *, block_d: int = 1024) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Row means, 1/||x_i - mu_i|| (0 for constant rows), centred sums of squares, max |x - mu|.
 

@@ -14,8 +14,10 @@
 
 fp32, fp16 and bf16 inputs; fp32 accumulation. ``precision='ieee'`` is exact fp32, ``'tf32'`` uses
 TF32 tensor cores for fp32 inputs; 16-bit inputs are centred in fp32 and fed to the tensor cores
-in their own dtype. Reference (the spec): ``l2bg.rsa.rdm(x, backend='torch')``
-(``l2bg.rsa.reference.rdm_torch``).
+in their own dtype. Element offsets are 64-bit, so any strides (transposed views) are read in
+place. Tile sizes and the K split, the shared-memory check, the device guard and the one host read
+per call are the launch policies of ``l2bg.kernels.launch``. Reference (the spec):
+``l2bg.rsa.rdm(x, backend='torch')`` (``l2bg.rsa.reference.rdm_torch``).
 """
 
 from __future__ import annotations

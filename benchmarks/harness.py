@@ -334,19 +334,21 @@ def calibrate_gemm(
     benchmark: Any = None,
     label: str = "",
 ) -> float:
-    """Record a plain (m x k) @ (k x n) GEMM of the given shape and return its FLOP/s: the rate
-    this machine's BLAS reaches right now, the yardstick for the rows beside it."""
+    """Record a plain (m x k) @ (k x n) GEMM of the given shape and return the FLOP/s of its
+    fastest round: the rate this machine's BLAS reaches (the row shows the median; on a shared
+    machine preempted rounds slow the median, not the best), the yardstick for other rows."""
     gen = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(m, k, device=device, dtype=dtype, generator=gen)
     b = torch.randn(k, n, device=device, dtype=dtype, generator=gen)
     t = measure(lambda: torch.mm(a, b), rounds=rounds, warmup=1, device=device,
                 benchmark=benchmark)  # fmt: skip
     tf32 = torch.device(device).type == "cuda" and torch.backends.cuda.matmul.allow_tf32
-    row = record(suite=suite, op="gemm (calibration)", backend="torch", device=device,
+    record(suite=suite, op="gemm (calibration)", backend="torch", device=device,
                  shape=f"{m}x{k} @ {k}x{n}" + (f" ({label})" if label else ""),
                  dtype=str(dtype).removeprefix("torch."), timing=t, flops=2.0 * m * k * n,
-                 peak=peak_flops(precision_kind(dtype, tf32), device))  # fmt: skip
-    return row["throughput"]
+                 peak=peak_flops(precision_kind(dtype, tf32), device),
+                 best_rate=f"{2.0 * m * k * n / min(t.times) / 1e9:.1f} GFLOP/s")  # fmt: skip
+    return 2.0 * m * k * n / min(t.times)
 
 
 # ------------------------------------------------------------------------------- the table

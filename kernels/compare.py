@@ -262,32 +262,27 @@ def _check(a: Tensor, b: Tensor, triangles: bool) -> int:
     return ma
 
 
-def _raise_non_finite(part: Tensor) -> None:
-    """Non-finite input shows in the partial sums; one host read for both sides."""
-    sums = part[..., :4].sum(dim=-2)
-    bad_a, bad_b = host_flags(
-        (~torch.isfinite(sums[..., 0] + sums[..., 2])).any(),
-        (~torch.isfinite(sums[..., 1] + sums[..., 3])).any(),
-    )
-    if bad_a or bad_b:
-        name = "a" if bad_a else "b"
-        raise L2BGError(f"compare: {name} contains NaN or inf; recompute the RDM from finite data")
+def _part_flags(part: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Device flags of the partial moments: (out of range, a non-finite, b non-finite).
 
-
-def _out_of_range(part: Tensor) -> bool:
-    """Whether some side's spread (max - min) lies outside [2^-400, 2^400] (and is not 0): its
-    float64 moments, products of shifted values, could overflow or underflow. The kernel does
-    not rescale; such rare inputs (|values| beyond about 1e120 or spreads below 1e-120, only
-    reachable with float64 vectors, never with RDMs) go to the reference, which rescales."""
+    Out of range: some side's spread (max - min) lies outside [2^-400, 2^400] (and is not 0):
+    its float64 moments, products of shifted values, could overflow or underflow. The kernel
+    does not rescale; such rare inputs (|values| beyond about 1e120 or spreads below 1e-120,
+    only reachable with float64 vectors, never with RDMs) go to the reference, which rescales.
+    Non-finite input shows in the partial sums. All three are read back in one host read."""
     spread = torch.stack([part[..., 6].amax(-1) - part[..., 5].amin(-1),
-                          part[..., 8].amax(-1) - part[..., 7].amin(-1)])
-    return bool(((spread > 2.0**400) | ((spread > 0) & (spread < 2.0**-400))).any())
+                          part[..., 8].amax(-1) - part[..., 7].amin(-1)])  # fmt: skip
+    out_of_range = ((spread > 2.0**400) | ((spread > 0) & (spread < 2.0**-400))).any()
+    sums = part[..., :4].sum(dim=-2)
+    bad_a = (~torch.isfinite(sums[..., 0] + sums[..., 2])).any()
+    bad_b = (~torch.isfinite(sums[..., 1] + sums[..., 3])).any()
+    return out_of_range, bad_a, bad_b
 
 
 def pearson(a: Tensor, b: Tensor, *, triangles: bool = False, **blocks: int) -> Tensor:
     """Pearson r of the strict upper triangles of RDMs a, b (..., n, n), or of packed triangles
     (..., m) with ``triangles=True``; float64, broadcast leading shape. Float64 inputs whose
-    squares would overflow or underflow are computed by the reference (``_out_of_range``).
+    squares would overflow or underflow are computed by the reference (``_part_flags``).
 
     ``blocks`` overrides the launch parameters ``block_r``, ``block_c`` (full RDMs: rows per
     program, columns per step) and ``block``, ``chunk`` (packed: elements per step, per program).
@@ -298,12 +293,15 @@ def pearson(a: Tensor, b: Tensor, *, triangles: bool = False, **blocks: int) -> 
     if a.shape[0] == 0:
         return torch.zeros(lead, dtype=torch.float64, device=a.device)
     part = _launch_moments(a, b, _first_entry(a), _first_entry(b), **cfg)
-    if _out_of_range(part):  # float64 moments would overflow or underflow: the reference
+    out_of_range, bad_a, bad_b = host_flags(*_part_flags(part))
+    if out_of_range:  # float64 moments would overflow or underflow: the reference
         ta, tb = (a, b) if triangles else (triangle(a), triangle(b))
         check_finite(ta, "a")
         check_finite(tb, "b")
         return compare_torch(ta, tb, "pearson").reshape(lead)
-    _raise_non_finite(part)
+    if bad_a or bad_b:
+        name = "a" if bad_a else "b"
+        raise L2BGError(f"compare: {name} contains NaN or inf; recompute the RDM from finite data")
     return _finish(part, m).reshape(lead)
 
 

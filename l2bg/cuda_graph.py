@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from l2bg.errors import L2BGError
 
 if TYPE_CHECKING:
-    from l2bg.executor import Plan
+    from l2bg.plan import Plan
 
 Runner = Callable[[list[Tensor]], list[Tensor]]
 

@@ -1,8 +1,8 @@
 """A named registry: one name per entry, one error message for an unknown or duplicate name.
 
-The conflict model's choices (grow rules, bind rules, similarity measures) are each kept in one
-:class:`Registry`, so the command line, the search and ``results.json`` name them the same way and
-a user adds one with ``register``.
+Strategies, benchmarks and the conflict model's choices (grow rules, bind rules, similarity
+measures) are each kept in one :class:`Registry`, so the command line, the search and
+``results.json`` name them the same way and a user adds one with ``register``.
 """
 
 from __future__ import annotations
@@ -57,6 +57,10 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return list(self._items)
+
+    def unregister(self, name: str) -> T:
+        """Remove and return the entry registered as ``name``."""
+        return self._items.pop(self.get(name).name)  # type: ignore[attr-defined]
 
     def __contains__(self, name: object) -> bool:
         return name in self._items

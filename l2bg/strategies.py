@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from l2bg import conflict
 from l2bg.errors import L2BGError
+from l2bg.registry import Registry
 from l2bg.rules import BIND_RULES, DEFAULT_BIND_RULE, DEFAULT_GROW_RULE, GROW_RULES
 from l2bg.similarity import DEFAULT_SIMILARITY, MEASURES
 from l2bg.step import CandidateScore, Decision, GrowStep, StepContext
@@ -45,6 +46,7 @@ __all__ = [
     "get",
     "names",
     "register",
+    "unregister",
 ]
 
 ENTRY_POINT_GROUP = "l2bg.strategies"
@@ -250,7 +252,7 @@ class L2BG(Strategy):
 
 # --------------------------------------------------------------------------------- registry
 
-_REGISTRY: dict[str, Strategy] = {}
+_REGISTRY: Registry[Strategy] = Registry("strategy", "--strategy")
 _ENTRY_POINTS_LOADED = False
 
 
@@ -263,14 +265,12 @@ def register(strategy: Strategy, *, replace: bool = False) -> Strategy:
     if not isinstance(strategy, Strategy):
         raise L2BGError(f"register() takes an l2bg.strategies.Strategy, got "
                         f"{type(strategy).__name__}; subclass Strategy and implement decide()")
-    name = strategy.name
-    if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_" for c in name):
-        raise L2BGError(f"strategy name {name!r} must be non-empty letters, digits, '-' or '_'")
-    if name in _REGISTRY and not replace and _REGISTRY[name] is not strategy:
-        raise L2BGError(f"a strategy named {name!r} is already registered; pass replace=True "
-                        "or choose another name")
-    _REGISTRY[name] = strategy
-    return strategy
+    return _REGISTRY.register(strategy, replace=replace)
+
+
+def unregister(name: str) -> Strategy:
+    """Remove the strategy registered as ``name`` (and return it)."""
+    return _REGISTRY.unregister(name)
 
 
 def _load_entry_points() -> None:
@@ -296,7 +296,7 @@ def _load_entry_points() -> None:
 def names() -> list[str]:
     """Every registered strategy, built-ins first."""
     _load_entry_points()
-    return list(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get(name: str | Strategy) -> Strategy:
@@ -305,9 +305,7 @@ def get(name: str | Strategy) -> Strategy:
         return name
     if name not in _REGISTRY:
         _load_entry_points()
-    if name not in _REGISTRY:
-        raise L2BGError(f"unknown strategy {name!r}; use one of {', '.join(names())}")
-    return _REGISTRY[name]
+    return _REGISTRY.get(name)
 
 
 for _builtin in (Independent(), Shared(), Full(), RandomGrowth(), L2BG()):

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from l2bg import _ext
 from l2bg import executor as ex
+from l2bg import plan as plan_mod
 from l2bg.errors import L2BGError
 from l2bg.jointnet import JointNet
 from l2bg.templates import Layer, SlotSpec, Template, convnet, mlp
@@ -210,20 +211,20 @@ def test_native_router_equals_reference_router(data, n_tasks, n_slots, per_task,
     native = torch.ops.l2bg.plan(
         [k for r in routes for k in r], n_slots, slot_params, head_params, per_task, capture
     )
-    ref = ex.compile_plan_reference(routes, slot_params, head_params, per_task, capture)
+    ref = plan_mod.compile_plan_reference(routes, slot_params, head_params, per_task, capture)
     assert list(native) == ref
     # Every buffer is written once, read only while alive, and released exactly once.
     alive, released = set(range(n_tasks if per_task else 1)), set()
-    for step in ex.decode_steps(ref):
-        if step[0] == ex.EVAL:
+    for step in plan_mod.decode_steps(ref):
+        if step[0] == plan_mod.EVAL:
             assert all(seg[0] in alive for seg in step[3])
             alive.add(step[2])
-        elif step[0] == ex.RELEASE:
+        elif step[0] == plan_mod.RELEASE:
             alive.remove(step[1])
             released.add(step[1])
         else:
             assert step[2] in alive
-    assert not alive and len(released) == ref[ex.H_BUFFERS]
+    assert not alive and len(released) == ref[plan_mod.H_BUFFERS]
 
 
 def test_plan_is_cached_and_rebuilt_on_topology_change():

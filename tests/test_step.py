@@ -106,7 +106,7 @@ class GrowFirst(strategies.Strategy):
 def grow_first():
     strat = strategies.register(GrowFirst())
     yield strat
-    strategies._REGISTRY.pop(strat.name)
+    strategies.unregister(strat.name)
 
 
 @pytest.mark.slow

@@ -27,6 +27,7 @@ from l2bg.data.sources import CIFAR_URL, load_cifar100, load_mnist
 from l2bg.data.splits import derive_seed, seeded_generator
 from l2bg.data.tasks import Benchmark, DataSplits, Task
 from l2bg.errors import L2BGError
+from l2bg.registry import Registry
 
 __all__ = ["BENCHMARKS", "BenchmarkSpec", "build_benchmark", "default_angles", "register",
            "rotate"]
@@ -51,15 +52,16 @@ class BenchmarkSpec:
     options: tuple[str, ...] = ()
 
 
-_REGISTRY: dict[str, BenchmarkSpec] = {}
+_REGISTRY: Registry[BenchmarkSpec] = Registry("benchmark", "--benchmark")
 BENCHMARKS: tuple[str, ...] = ()
+"""The registered benchmark names (the choices of ``--benchmark``)."""
 
 
-def register(spec: BenchmarkSpec) -> BenchmarkSpec:
+def register(spec: BenchmarkSpec, *, replace: bool = False) -> BenchmarkSpec:
     """Add ``spec`` to the registry (its name becomes a choice of ``--benchmark``)."""
     global BENCHMARKS
-    _REGISTRY[spec.name] = spec
-    BENCHMARKS = tuple(_REGISTRY)
+    _REGISTRY.register(spec, replace=replace)
+    BENCHMARKS = tuple(_REGISTRY.names())
     return spec
 
 
@@ -67,7 +69,7 @@ def register(spec: BenchmarkSpec) -> BenchmarkSpec:
 
 def _check_num_tasks(name: str, num_tasks: Any, limit: int | None) -> int:
     if num_tasks is None:
-        return _REGISTRY[name].default_tasks
+        return _REGISTRY.get(name).default_tasks
     if isinstance(num_tasks, bool) or not isinstance(num_tasks, (int, np.integer)):
         raise L2BGError(f"num_tasks must be an int, got {num_tasks!r}")
     num_tasks = int(num_tasks)
@@ -274,7 +276,7 @@ def build_benchmark(
     key = str(name).strip().lower().replace("_", "-")
     if key not in _REGISTRY:
         raise L2BGError(f"unknown benchmark {name!r}: choose one of {', '.join(BENCHMARKS)}")
-    spec = _REGISTRY[key]
+    spec = _REGISTRY.get(key)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise L2BGError(f"seed must be an int, got {seed!r}")
     seed = int(seed)

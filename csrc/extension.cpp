@@ -9,6 +9,7 @@
 //   l2bg::probe(Tensor x) -> Tensor            smoke test of the build (a copy of x)
 //   l2bg::plan(...) -> int[]                   the router (plan.cpp), no tensors involved
 //   l2bg::run_plan(...) -> Tensor[]            the executor (executor.cpp)
+//   l2bg::count_discordant(Tensor seq) -> Tensor  discordant pairs for Kendall (discordant.cpp)
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
@@ -22,7 +23,7 @@ namespace l2bg {
 
 // Changes whenever an op's schema or the plan format changes; the Python loader refuses a stale
 // build with a different number.
-constexpr int64_t kAbiVersion = 2;
+constexpr int64_t kAbiVersion = 3;
 
 std::vector<at::Tensor> run_plan(at::IntArrayRef program, at::IntArrayRef layers,
     at::ArrayRef<double> fargs, at::IntArrayRef flags, at::TensorList inputs,

@@ -18,8 +18,8 @@ from types import ModuleType
 from l2bg.errors import L2BGError
 
 _CSRC = Path(__file__).resolve().parent.parent / "csrc"
-ABI_VERSION = 2  # must match kAbiVersion in csrc/extension.cpp
-_OPS = ("probe", "plan", "run_plan")
+ABI_VERSION = 3  # must match kAbiVersion in csrc/extension.cpp
+_OPS = ("probe", "plan", "run_plan", "count_discordant")
 _status: dict[str, str] = {}
 
 

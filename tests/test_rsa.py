@@ -248,7 +248,7 @@ def test_compare_errors():
     with pytest.raises(L2BGError, match="NaN"):
         rsa.compare(torch.tensor([1.0, float("nan"), 2.0]), torch.ones(3))
     with pytest.raises(L2BGError, match="unknown comparison method"):
-        rsa.compare(torch.zeros(3), torch.zeros(3), method="kendall")
+        rsa.compare(torch.zeros(3), torch.zeros(3), method="bures")
     with pytest.raises(L2BGError, match="broadcast"):
         rsa.compare(torch.rand(2, 5), torch.rand(3, 5))
 

@@ -1,10 +1,13 @@
 """The registry of RDM comparison methods: one name, one torch reference, optional fast paths.
 
 A method compares RDM triangles (..., m) (leading dims broadcast) and returns float64 r with the
-broadcast leading shape; a constant triangle gives r = 0 (docs/design.md, "Compare").
-``compare(..., method=NAME)``, the conflict model and the rsatoolbox drop-in all look methods up
-here, so a method registered once (``register``) is available everywhere. Built-ins:
-``spearman`` (average ranks for ties) and ``pearson`` (alias ``corr``, rsatoolbox's name).
+broadcast leading shape; degenerate input (a constant triangle; an all-zero one for cosine) gives
+r = 0 (docs/design.md, "Compare"). ``compare(..., method=NAME)``, the conflict model, layer x
+layer RSA and the rsatoolbox drop-in all look methods up here, so a method registered once
+(``register``) is available everywhere. Built-ins (math in :mod:`l2bg.rsa.comparisons`):
+``spearman`` (average ranks for ties), ``pearson`` (alias ``corr``, rsatoolbox's name),
+``cosine``, ``rho-a`` (rsatoolbox's Spearman without tie correction), ``tau-a`` and ``kendall``
+(alias ``tau-b``, Kendall's tau-b as ``scipy.stats.kendalltau``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from l2bg.errors import L2BGError
+from l2bg.rsa import comparisons
 from l2bg.rsa.reference import compare_torch
 
 __all__ = ["CompareMethod", "get", "names", "register"]
@@ -22,15 +26,24 @@ __all__ = ["CompareMethod", "get", "names", "register"]
 
 @dataclass(frozen=True)
 class CompareMethod:
-    """A comparison of RDM triangles: ``torch(ta, tb)`` is the reference (any device);
-    ``triton`` names the method of :func:`l2bg.kernels.compare.compare` that implements it on
-    the Triton backend (None: the torch reference runs there too)."""
+    """A comparison of RDM triangles: ``torch(ta, tb)`` is the reference (any device,
+    broadcast leading dims); ``triton`` names the method of :func:`l2bg.kernels.compare.compare`
+    that implements it on the Triton backend (None: the torch reference runs there too);
+    ``matrix(ta (Ka, m), tb (Kb, m)) -> (Ka, Kb)`` compares every pair, each RDM prepared once
+    (None: built from ``torch`` by broadcasting)."""
 
     name: str
     torch: Callable[[Tensor, Tensor], Tensor]
     help: str = ""
     triton: str | None = None
     aliases: tuple[str, ...] = ()
+    matrix: Callable[[Tensor, Tensor], Tensor] | None = None
+
+    def all_pairs(self, ta: Tensor, tb: Tensor) -> Tensor:
+        """(Ka, Kb) similarities of every row of ta (Ka, m) with every row of tb (Kb, m)."""
+        if self.matrix is not None:
+            return self.matrix(ta, tb)
+        return self.torch(ta.unsqueeze(1), tb.unsqueeze(0))
 
 
 _REGISTRY: dict[str, CompareMethod] = {}
@@ -63,7 +76,24 @@ def names() -> list[str]:
     return list(_REGISTRY)
 
 
+def _matrix(kind: str) -> Callable[[Tensor, Tensor], Tensor]:
+    return lambda ta, tb: comparisons.cross(kind, *comparisons.prepare(kind, ta, tb))
+
+
 register(CompareMethod("spearman", lambda a, b: compare_torch(a, b, "spearman"),
-                       "Spearman rank correlation, average ranks for ties", triton="spearman"))
+                       "Spearman rank correlation, average ranks for ties", triton="spearman",
+                       matrix=_matrix("spearman")))
 register(CompareMethod("pearson", lambda a, b: compare_torch(a, b, "pearson"),
-                       "Pearson correlation", triton="pearson", aliases=("corr",)))
+                       "Pearson correlation", triton="pearson", aliases=("corr",),
+                       matrix=_matrix("pearson")))
+register(CompareMethod("cosine", comparisons.broadcast("cosine"),
+                       "cosine similarity (not centred)", matrix=_matrix("cosine")))
+register(CompareMethod("rho-a", comparisons.broadcast("rho-a"),
+                       "Spearman's rho without tie correction, 12 Σ r_a r_b / (m^3 - m) on "
+                       "centred average ranks (rsatoolbox's rho-a)", matrix=_matrix("rho-a")))
+register(CompareMethod("tau-a", comparisons.broadcast("tau-a"),
+                       "Kendall's tau-a, (concordant - discordant) / all pairs",
+                       matrix=_matrix("tau-a")))
+register(CompareMethod("kendall", comparisons.broadcast("tau-b"),
+                       "Kendall's tau-b (ties corrected, as scipy.stats.kendalltau)",
+                       aliases=("tau-b",), matrix=_matrix("tau-b")))

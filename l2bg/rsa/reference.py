@@ -28,6 +28,7 @@ __all__ = [
     "rdm_torch",
     "rdm_triu_torch",
     "scale_pow2",
+    "sort_rows",
     "triangle",
     "triu_index",
 ]
@@ -222,31 +223,46 @@ def _sort_keys(v: Tensor) -> Tensor:
     return torch.add(bits, offsets.unsqueeze(1)).reshape(-1)
 
 
+def sort_rows(v: Tensor) -> tuple[Tensor, Tensor]:
+    """Sort every row of v (R, m) by integer keys: (sorted keys (R, m) int64, row-local order).
+
+    Keys are order-preserving integers of the values (-0 == +0), so equal keys are tied values.
+    float16/bfloat16/float32: one 1-D integer sort for all rows (``_sort_keys``); float64 (and
+    integers): the float64 bits made order-preserving, one 1-D integer sort per row (or one
+    row-wise sort for many short rows). 1-D integer sorts are radix sorts on CPU and CUDA, much
+    faster than comparison sorts of floats.
+    """
+    rows, m = v.shape
+    if v.dtype in (torch.float16, torch.bfloat16, torch.float32):
+        s, order = torch.sort(_sort_keys(v), stable=True)
+        offsets = torch.arange(rows, dtype=torch.int64, device=v.device).mul_(m).unsqueeze(1)
+        return s.view(rows, m), order.view(rows, m).sub_(offsets)
+    bits = (v.to(torch.float64) + 0.0).view(torch.int64)
+    keys = bits ^ ((bits >> 63) & 0x7FFFFFFFFFFFFFFF)
+    if rows > 64 and m < 2**15:
+        return torch.sort(keys, dim=-1)
+    parts = [torch.sort(k) for k in keys]
+    return torch.stack([p.values for p in parts]), torch.stack([p.indices for p in parts])
+
+
 def average_ranks(v: Tensor) -> Tensor:
     """Average ranks (1-based; tied values share the mean of their positions) along the last dim.
 
-    One sort (float16/bfloat16/float32: a single 1-D integer sort of order-preserving keys for
-    all rows; float64: a row-wise sort); tie groups start where the sorted values change; group
-    ids are the prefix sum of those starts and group sizes the gaps between them; int64
-    positions, float64 ranks, no Python loop. Equals ``scipy.stats.rankdata(v, 'average')``.
+    One integer sort per row set (``sort_rows``); tie groups start where the sorted keys change;
+    group ids are the prefix sum of those starts and group sizes the gaps between them; int64
+    positions, float64 ranks, no Python loop over elements. Equals
+    ``scipy.stats.rankdata(v, 'average')``.
     """
     shape, m = v.shape, v.shape[-1]
     if v.numel() == 0:
         return torch.zeros(shape, dtype=torch.float64, device=v.device)
     rows = v.numel() // m
-    v2 = v.reshape(rows, m)
-    if v2.dtype in (torch.float16, torch.bfloat16, torch.float32):
-        s, order = torch.sort(_sort_keys(v2), stable=True)
-        start = torch.empty(s.shape, dtype=torch.bool, device=v.device)
-        start[:1] = True
-        torch.ne(s[1:], s[:-1], out=start[1:])
-    else:
-        s, order = torch.sort(v2, dim=-1)
-        start = torch.empty((rows, m), dtype=torch.bool, device=v.device)
-        start[:, :1] = True
-        torch.ne(s[:, 1:], s[:, :-1], out=start[:, 1:])
-        start = start.view(-1)
+    s, order = sort_rows(v.reshape(rows, m))
+    start = torch.empty((rows, m), dtype=torch.bool, device=v.device)
+    start[:, :1] = True
+    torch.ne(s[:, 1:], s[:, :-1], out=start[:, 1:])
     del s
+    start = start.view(-1)
     if bool(start.all()):
         ranked = torch.arange(1, rows * m + 1, dtype=torch.float64, device=v.device)
     else:
@@ -255,12 +271,8 @@ def average_ranks(v: Tensor) -> Tensor:
         size = torch.diff(first, append=first.new_full((1,), rows * m))
         mean_rank = first.to(torch.float64).add_(size.to(torch.float64).add_(1.0).mul_(0.5))
         ranked = mean_rank.index_select(0, group)
-    out = torch.empty(rows * m, dtype=torch.float64, device=v.device)
-    if order.ndim == 1:
-        out.scatter_(0, order, ranked)
-    else:
-        out.view(rows, m).scatter_(1, order, ranked.view(rows, m))
-    out = out.view(rows, m)
+    out = torch.empty((rows, m), dtype=torch.float64, device=v.device)
+    out.scatter_(1, order, ranked.view(rows, m))
     if rows > 1:
         out -= torch.arange(rows, dtype=torch.float64, device=v.device).mul_(m).unsqueeze(1)
     return out.view(shape)

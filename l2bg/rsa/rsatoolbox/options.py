@@ -1,0 +1,96 @@
+"""Settings of the rsatoolbox drop-in, its lazy import of rsatoolbox, and rsatoolbox's own
+(unpatched) functions that the drop-in falls through to."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, replace
+from types import ModuleType
+from typing import Any
+
+import torch
+
+from l2bg.errors import L2BGError
+
+__all__ = ["DEFINED_IN", "OPTIONS", "Options", "configure", "original", "require", "resolve"]
+
+DEFINED_IN = {
+    "calc_rdm": "rsatoolbox.rdm.calc",
+    "compare": "rsatoolbox.rdm.compare",
+    "prec_from_measurements": "rsatoolbox.data.noise",
+    "prec_from_residuals": "rsatoolbox.data.noise",
+}
+"""The module that defines each function the drop-in replaces (rsatoolbox 0.3.2)."""
+
+_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+@dataclass(frozen=True)
+class Options:
+    """``dtype``: arithmetic and rounding of the drop-in (float64 by default, float32 opt-in);
+    ``device``: ``'auto'`` (CUDA when available, else the CPU), ``'cpu'``, ``'cuda'``, ..."""
+
+    dtype: torch.dtype = torch.float64
+    device: str = "auto"
+
+
+OPTIONS = [Options()]  # one mutable slot: configure() swaps the frozen Options inside
+_ORIGINALS: dict[str, Any] = {}
+
+
+def _dtype(value: object) -> torch.dtype:
+    if isinstance(value, torch.dtype) and value in _DTYPES.values():
+        return value
+    if isinstance(value, str) and value in _DTYPES:
+        return _DTYPES[value]
+    raise L2BGError(f"dtype {value!r} is not supported by the rsatoolbox drop-in; use "
+                    "'float64' (default) or 'float32'")
+
+
+def configure(*, dtype: object = None, device: str | None = None) -> Options:
+    """Set the drop-in's defaults (None keeps a setting); returns the previous ones."""
+    before = OPTIONS[0]
+    new = before
+    if dtype is not None:
+        new = replace(new, dtype=_dtype(dtype))
+    if device is not None:
+        torch.device("cpu" if device == "auto" else device)  # validates the name
+        new = replace(new, device=device)
+    OPTIONS[0] = new
+    return before
+
+
+def resolve(dtype: object = None, device: str | None = None) -> tuple[torch.dtype, torch.device]:
+    """The dtype and device of one call: its own arguments, else the configured defaults."""
+    opts = OPTIONS[0]
+    dt = opts.dtype if dtype is None else _dtype(dtype)
+    dev = opts.device if device is None else device
+    if dev == "auto":
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+    return dt, torch.device(dev)
+
+
+def require() -> ModuleType:
+    """rsatoolbox, imported now (its rdm and data subpackages included); a one-line error when
+    it is not installed. Records rsatoolbox's own functions on first use."""
+    try:
+        rsa = importlib.import_module("rsatoolbox")
+        for name in ("rsatoolbox.rdm", "rsatoolbox.rdm.combine", "rsatoolbox.data",
+                     *DEFINED_IN.values()):
+            importlib.import_module(name)
+    except ImportError as exc:
+        raise L2BGError(f"the rsatoolbox drop-in needs rsatoolbox ({exc}); pip install "
+                        "rsatoolbox") from None
+    if not _ORIGINALS:
+        import sys
+
+        for name, module in DEFINED_IN.items():
+            fn = getattr(sys.modules[module], name)
+            _ORIGINALS[name] = getattr(fn, "__l2bg_original__", fn)
+    return rsa
+
+
+def original(name: str) -> Any:
+    """rsatoolbox's own ``name`` (never the drop-in, patched or not)."""
+    require()
+    return _ORIGINALS[name]

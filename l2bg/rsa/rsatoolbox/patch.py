@@ -1,0 +1,120 @@
+"""``patch()`` / ``unpatch()``: point every binding of rsatoolbox's functions at the drop-in.
+
+rsatoolbox's modules hold their own references (``from rsatoolbox.rdm import compare`` in its
+inference and model-fitting modules, ``from rsatoolbox.rdm.calc import calc_rdm`` in the
+searchlight, the package re-exports), so rebinding one name is not enough: ``patch`` imports the
+modules listed in ``BINDINGS`` (rsatoolbox 0.3.2) and rebinds every attribute of every loaded
+``rsatoolbox`` module that *is* one of the four functions; ``unpatch`` puts back exactly the
+objects it replaced, including bindings made while patched by modules imported later.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from l2bg.rsa.rsatoolbox.calc import calc_rdm
+from l2bg.rsa.rsatoolbox.compare import compare
+from l2bg.rsa.rsatoolbox.noise import prec_from_measurements, prec_from_residuals
+from l2bg.rsa.rsatoolbox.options import configure, original, require
+
+__all__ = ["BINDINGS", "is_patched", "patch", "unpatch"]
+
+DROP_INS = {
+    "calc_rdm": calc_rdm,
+    "compare": compare,
+    "prec_from_measurements": prec_from_measurements,
+    "prec_from_residuals": prec_from_residuals,
+}
+
+BINDINGS = (
+    ("rsatoolbox.rdm", "calc_rdm"),
+    ("rsatoolbox.rdm", "compare"),
+    ("rsatoolbox.rdm.calc", "calc_rdm"),
+    ("rsatoolbox.rdm.compare", "compare"),
+    ("rsatoolbox.data", "prec_from_measurements"),
+    ("rsatoolbox.data", "prec_from_residuals"),
+    ("rsatoolbox.data.noise", "prec_from_measurements"),
+    ("rsatoolbox.data.noise", "prec_from_residuals"),
+    ("rsatoolbox.inference.evaluate", "compare"),
+    ("rsatoolbox.inference.noise_ceiling", "compare"),
+    ("rsatoolbox.model.fitter", "compare"),
+    ("rsatoolbox.util.searchlight", "calc_rdm"),
+)
+"""(module, name) of every binding of the four functions in rsatoolbox 0.3.2."""
+
+_SAVED: list[tuple[Any, str, Any]] = []  # (module, attribute, the object it held)
+_STATE = {"options": None}
+
+
+def _modules() -> Iterator[Any]:
+    for name, module in list(sys.modules.items()):
+        if module is not None and (name == "rsatoolbox" or name.startswith("rsatoolbox.")):
+            yield module
+
+
+def is_patched() -> bool:
+    """Whether ``patch()`` is in effect."""
+    return bool(_SAVED)
+
+
+class _Patch:
+    """What ``patch()`` returns: usable as a context manager that unpatches on exit."""
+
+    def __init__(self, owner: bool) -> None:
+        self.owner = owner
+
+    def __enter__(self) -> _Patch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.owner:
+            unpatch()
+
+
+def patch(*, dtype: object = None, device: str | None = None) -> _Patch:
+    """Run rsatoolbox's ``calc_rdm``, ``compare``, ``prec_from_measurements`` and
+    ``prec_from_residuals`` on l2bg everywhere rsatoolbox refers to them; ``dtype`` and
+    ``device`` set the drop-in's defaults while patched. Also a context manager::
+
+        with l2bg.rsa.rsatoolbox.patch():
+            ...  # rsatoolbox code, computed by l2bg
+    """
+    require()
+    for module, _ in BINDINGS:
+        try:
+            importlib.import_module(module)
+        except ImportError:  # an optional dependency of that rsatoolbox module is missing
+            continue
+    owner = not _SAVED
+    if owner:
+        _STATE["options"] = configure(dtype=dtype, device=device)
+    else:
+        configure(dtype=dtype, device=device)
+    originals = {id(original(name)): name for name in DROP_INS}
+    for module in _modules():
+        for attr, value in list(vars(module).items()):
+            name = originals.get(id(value))
+            if name is not None and value is original(name):
+                _SAVED.append((module, attr, value))
+                setattr(module, attr, DROP_INS[name])
+    return _Patch(owner)
+
+
+def unpatch() -> None:
+    """Undo ``patch()``: every rebound attribute holds rsatoolbox's own object again."""
+    drop_ins = {id(f): name for name, f in DROP_INS.items()}
+    for module, attr, value in reversed(_SAVED):
+        setattr(module, attr, value)
+    _SAVED.clear()
+    for module in _modules():  # bound while patched, e.g. by a module imported meanwhile
+        for attr, value in list(vars(module).items()):
+            name = drop_ins.get(id(value))
+            if name is not None and value is DROP_INS[name]:
+                setattr(module, attr, original(name))
+    if _STATE["options"] is not None:
+        previous = _STATE["options"]
+        configure(dtype=previous.dtype, device=previous.device)
+        _STATE["options"] = None

@@ -1,7 +1,7 @@
 """The l2bg command line: `l2bg run` learns a task stream, `l2bg explain DIR` shows why each
 task bound where it did and what grew, `l2bg search` searches grow sequences for the best
-accuracy/size trade-off. `l2bg COMMAND --help` lists each command's options; docs/design.md
-defines every term."""
+accuracy/size trade-off, `l2bg rsa` compares the layers of networks from activations on disk.
+`l2bg COMMAND --help` lists each command's options; docs/design.md defines every term."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ __all__ = ["build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     from l2bg.cli.explain import add_explain_parser
     from l2bg.cli.options import HelpFormatter
+    from l2bg.cli.rsa import add_rsa_parser
     from l2bg.cli.run import add_run_parser
     from l2bg.search.cli import add_search_parser
 
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_parser(sub)
     add_explain_parser(sub)
     add_search_parser(sub)
+    add_rsa_parser(sub)
     return p
 
 

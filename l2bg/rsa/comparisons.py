@@ -80,10 +80,11 @@ def _unit_rows(v: Tensor, dead: Tensor, centre: float | None | bool) -> Tensor:
 
 
 def _ranks_of_both(ta: Tensor, tb: Tensor | None) -> tuple[Tensor, Tensor | None]:
-    """Average ranks of both sides with one sort when their dtypes agree."""
+    """Average ranks of both sides: one sort when their dtypes agree and they are small, one
+    per side when large (half the peak memory of the sort's work space)."""
     if tb is None:
         return average_ranks(ta), None
-    if ta.dtype == tb.dtype:
+    if ta.dtype == tb.dtype and ta.numel() + tb.numel() <= _PAIR_CHUNK * 8:
         r = average_ranks(torch.cat([ta, tb]))
         return r[: ta.shape[0]], r[ta.shape[0] :]
     return average_ranks(ta), average_ranks(tb)

@@ -32,12 +32,13 @@ __all__ = [
     "crossnobis_fold_pairs",
     "euclidean",
     "mahalanobis",
+    "row_blocks",
     "symmetric_gram",
     "upper_blocks",
 ]
 
 
-def _row_blocks(n: int) -> list[tuple[int, int]]:
+def row_blocks(n: int) -> list[tuple[int, int]]:
     """Row blocks for the upper-triangular Gram: about 128 rows each, at most 16."""
     nb = max(1, min(16, n // 128))
     edges = [round(i * n / nb) for i in range(nb + 1)]
@@ -55,7 +56,7 @@ def upper_blocks(left: Tensor, right: Tensor) -> Iterator[tuple[int, int, Tensor
     """Row blocks ``(lo, hi, left[:, lo:hi] @ right[:, lo:]^T)`` of a product whose strict upper
     triangle is all that is needed (left, right: (B, n, p))."""
     n = left.shape[1]
-    for lo, hi in _row_blocks(n):
+    for lo, hi in row_blocks(n):
         yield lo, hi, torch.matmul(left[:, lo:hi], right[:, lo:].mT)
 
 

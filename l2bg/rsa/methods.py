@@ -29,21 +29,22 @@ class CompareMethod:
     """A comparison of RDM triangles: ``torch(ta, tb)`` is the reference (any device,
     broadcast leading dims); ``triton`` names the method of :func:`l2bg.kernels.compare.compare`
     that implements it on the Triton backend (None: the torch reference runs there too);
-    ``matrix(ta (Ka, m), tb (Kb, m)) -> (Ka, Kb)`` compares every pair, each RDM prepared once
-    (None: built from ``torch`` by broadcasting)."""
+    ``matrix(ta (Ka, m), tb (Kb, m) | None) -> (Ka, Kb)`` compares every pair, each RDM
+    prepared once (tb None: ta against itself; None: built from ``torch`` by broadcasting)."""
 
     name: str
     torch: Callable[[Tensor, Tensor], Tensor]
     help: str = ""
     triton: str | None = None
     aliases: tuple[str, ...] = ()
-    matrix: Callable[[Tensor, Tensor], Tensor] | None = None
+    matrix: Callable[..., Tensor] | None = None
 
-    def all_pairs(self, ta: Tensor, tb: Tensor) -> Tensor:
-        """(Ka, Kb) similarities of every row of ta (Ka, m) with every row of tb (Kb, m)."""
+    def all_pairs(self, ta: Tensor, tb: Tensor | None = None) -> Tensor:
+        """(Ka, Kb) similarities of every row of ta (Ka, m) with every row of tb (Kb, m);
+        without tb, ta against itself (Ka, Ka), each RDM still prepared once."""
         if self.matrix is not None:
             return self.matrix(ta, tb)
-        return self.torch(ta.unsqueeze(1), tb.unsqueeze(0))
+        return self.torch(ta.unsqueeze(1), (ta if tb is None else tb).unsqueeze(0))
 
 
 _REGISTRY: dict[str, CompareMethod] = {}
@@ -76,8 +77,12 @@ def names() -> list[str]:
     return list(_REGISTRY)
 
 
-def _matrix(kind: str) -> Callable[[Tensor, Tensor], Tensor]:
-    return lambda ta, tb: comparisons.cross(kind, *comparisons.prepare(kind, ta, tb))
+def _matrix(kind: str) -> Callable[..., Tensor]:
+    def all_pairs(ta: Tensor, tb: Tensor | None = None) -> Tensor:
+        pa, pb = comparisons.prepare(kind, ta, tb)
+        return comparisons.cross(kind, pa, pa if pb is None else pb)
+
+    return all_pairs
 
 
 register(CompareMethod("spearman", lambda a, b: compare_torch(a, b, "spearman"),

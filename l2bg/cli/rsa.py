@@ -1,0 +1,86 @@
+"""``l2bg rsa``: layer x layer RSA of activations on disk (one network against itself, or two or
+more networks fed the same inputs); writes similarity.json, similarity.csv and similarity.png."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from l2bg.cli.options import HelpFormatter, names
+from l2bg.errors import L2BGError
+
+__all__ = ["add_rsa_parser", "cmd_rsa"]
+
+
+def add_rsa_parser(sub: Any) -> argparse.ArgumentParser:
+    from l2bg.rsa import methods
+
+    r = sub.add_parser(
+        "rsa", formatter_class=HelpFormatter,
+        help="layer x layer RSA of activations on disk (JSON, CSV and heatmap)",
+        description="Compare the representational geometry of every layer of one network with "
+                    "every layer of another (or of itself, or of several networks), from "
+                    "activations on disk: a directory of per-layer .npy/.safetensors/.h5 files "
+                    "(as written by l2bg.rsa.capture), or one .safetensors/.h5 file with a tensor "
+                    "per layer, or one .npy file. RDMs are correlation distances, streamed in "
+                    "slices of features.")
+    r.add_argument("sources", nargs="+", type=Path, metavar="SOURCE",
+                   help="activations of a network (directory or file); give two (or more) to "
+                        "compare networks")
+    r.add_argument("--layers", type=names, default=None,
+                   help="comma-separated layer names to use (default: every layer)")
+    r.add_argument("--layers-b", type=names, default=None,
+                   help="layer names of the second source (default: --layers)")
+    r.add_argument("--method", default="spearman", choices=methods.names(),
+                   help="RDM comparison")
+    r.add_argument("--samples", type=int, default=None,
+                   help="use this many samples, drawn with --seed (default: all)")
+    r.add_argument("--seed", type=int, default=0, help="seed of the sample draw")
+    r.add_argument("--device", default="auto",
+                   help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
+    r.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"],
+                   help="RDM backend (auto: Triton on CUDA, torch otherwise)")
+    r.add_argument("--slice-width", type=int, default=4096,
+                   help="features read and accumulated at a time")
+    r.add_argument("--out", type=Path, required=True, help="output directory")
+    r.add_argument("--quiet", action="store_true", help="no progress bar and no table")
+    r.set_defaults(func=cmd_rsa)
+    return r
+
+
+def cmd_rsa(args: argparse.Namespace) -> int:
+    from l2bg.rsa.layers import layer_similarity
+    from l2bg.training import resolve_device
+
+    if (args.out / "similarity.json").exists():
+        raise L2BGError(f"{args.out} already holds similarity.json; choose a new --out")
+    if args.layers_b is not None and len(args.sources) < 2:
+        raise L2BGError("--layers-b names the second source's layers; give two sources")
+    try:
+        device = resolve_device(args.device)
+    except RuntimeError as exc:
+        raise L2BGError(f"--device {args.device!r} is not a device ({exc})") from None
+    layers = [args.layers] * len(args.sources)
+    if args.layers_b is not None:
+        layers[1] = args.layers_b
+    result = layer_similarity(args.sources, layers=layers, method=args.method,
+                              samples=args.samples, seed=args.seed, device=device,
+                              backend=args.backend, slice_width=args.slice_width,
+                              progress=False if args.quiet else None)
+    result.info["config"] = {"sources": [str(s) for s in args.sources], "layers": layers,
+                             "method": args.method, "samples": args.samples, "seed": args.seed,
+                             "device": str(device), "backend": args.backend,
+                             "slice_width": args.slice_width}
+    paths = result.save(args.out)
+    if not args.quiet:
+        width = max(len(c) for c in result.cols + ["rows"])
+        print(f"{result.method} similarity of correlation-distance RDMs over {result.n} samples")
+        print(" " * (max(len(r) for r in result.rows) + 2)
+              + "".join(f"{c:>{width + 2}}" for c in result.cols))
+        for name, row in zip(result.rows, result.values, strict=True):
+            print(f"{name:<{max(len(r) for r in result.rows) + 2}}"
+                  + "".join(f"{v:>{width + 2}.4f}" for v in row))
+        print(json.dumps({k: str(v) for k, v in paths.items()}))
+    return 0

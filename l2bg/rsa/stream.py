@@ -1,0 +1,160 @@
+"""Streamed RDMs: all n samples' features arrive in slices (n x d_c), one pass, bounded memory.
+
+``TorchRDMStream`` is the CPU (any device) accumulator beside the Triton ``RDMStream``
+(:mod:`l2bg.kernels.rdm_stream`), with the same math: it holds only the (B, n, n) co-moments of
+the features seen so far (upper row blocks), the running row means and the feature count. A slice
+with row means nu and slice-centred rows xc merges by Chan et al.:
+
+    C  <-  C + xc xc^T + (d_seen d_c / (d_seen + d_c)) (mu - nu)(mu - nu)^T
+    mu <-  mu + d_c / (d_seen + d_c) (nu - mu)
+
+and both terms are one GEMM per row block: the rank-one term is one more column of the slice,
+``sqrt(w) (mu - nu)``, so no product of uncentred values is ever formed. ``result()`` applies the
+RDM definition of docs/design.md ("RDM": constant-sample rule, clamp, zero diagonal).
+
+``stream_rdm(read, n, d)`` drives either accumulator over a reader of feature slices with a
+progress bar. Reference (the spec): ``l2bg.rsa.rdm(torch.cat(slices, dim=-1), backend='torch')``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from l2bg.errors import L2BGError
+from l2bg.rsa.distances import row_blocks
+from l2bg.rsa.reference import CONSTANT_REL_TOL
+
+__all__ = ["TorchRDMStream", "progress_bar", "stream_rdm"]
+
+
+class TorchRDMStream:
+    """Accumulates the RDMs of B batches of n samples from feature slices, in one pass.
+
+    ``dtype``: the accumulation dtype (float32, as the Triton stream, or float64); slices of
+    16-bit floats are upcast, float64 slices need a float64 stream."""
+
+    def __init__(self, n: int, *, batch: int | None = None, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> None:
+        if n < 1:
+            raise L2BGError(f"TorchRDMStream: n must be >= 1, got {n}")
+        if dtype not in (torch.float32, torch.float64):
+            raise L2BGError(f"TorchRDMStream: dtype must be float32 or float64, got {dtype}")
+        self.n = n
+        self.batched = batch is not None
+        self.batch = batch or 1
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.d_seen = 0
+        self.mean = torch.zeros((self.batch, n), device=self.device, dtype=dtype)
+        self._blocks = row_blocks(n)
+        self.gram = [torch.zeros((self.batch, hi - lo, n - lo), device=self.device, dtype=dtype)
+                     for lo, hi in self._blocks]
+
+    def update(self, x: Tensor) -> TorchRDMStream:
+        """Add a slice of features: (n, d_c), or (B, n, d_c) for a batched stream."""
+        if not isinstance(x, Tensor) or x.ndim != (3 if self.batched else 2):
+            raise L2BGError(
+                f"TorchRDMStream.update: expected a slice of shape "
+                f"{'(B, n, d_c)' if self.batched else '(n, d_c)'}"
+            )
+        xb = x if self.batched else x.unsqueeze(0)
+        if xb.shape[:2] != (self.batch, self.n):
+            raise L2BGError(
+                f"TorchRDMStream.update: slice has (B, n) = {tuple(xb.shape[:2])}, the stream "
+                f"expects {(self.batch, self.n)}; pass every sample's features of this slice"
+            )
+        if xb.dtype == torch.float64 and self.dtype != torch.float64:
+            raise L2BGError("TorchRDMStream.update: float64 slice in a float32 stream; create "
+                            "the stream with dtype=torch.float64")
+        d_c = xb.shape[-1]
+        if d_c == 0:
+            return self
+        xb = xb.to(device=self.device, dtype=self.dtype)
+        nu = xb.mean(dim=-1)
+        if not bool(torch.isfinite(nu).all()) or not bool(torch.isfinite(xb).all()):
+            raise L2BGError(
+                "TorchRDMStream.update: the slice has NaN/inf (or overflowing) activations; "
+                "fix or rescale them"
+            )
+        total = self.d_seen + d_c
+        weight = math.sqrt(self.d_seen * d_c / total)
+        aug = torch.cat([xb - nu.unsqueeze(-1), (weight * (self.mean - nu)).unsqueeze(-1)], -1)
+        for (lo, hi), acc in zip(self._blocks, self.gram, strict=True):
+            acc.baddbmm_(aug[:, lo:hi], aug[:, lo:].mT)
+        self.mean += (d_c / total) * (nu - self.mean)
+        self.d_seen = total
+        return self
+
+    def result(self, *, triu: bool = False) -> Tensor:
+        """RDMs of all features seen so far: (B,) n x n, or packed strict upper triangles."""
+        b, n = self.batch, self.n
+        ss = torch.cat([g[:, :, : hi - lo].diagonal(dim1=-2, dim2=-1)
+                        for (lo, hi), g in zip(self._blocks, self.gram, strict=True)], -1)
+        ss = ss.double()
+        mean = self.mean.double()
+        constant = ss <= CONSTANT_REL_TOL**2 * (ss + max(self.d_seen, 1) * mean.square())
+        inv = torch.where(constant, 0.0, ss.clamp_min(1e-300).rsqrt()).to(self.dtype)
+        m = n * (n - 1) // 2
+        out = torch.zeros((b, m) if triu else (b, n, n), device=self.device, dtype=self.dtype)
+        for (lo, hi), g in zip(self._blocks, self.gram, strict=True):
+            d = (1.0 - g * inv[:, lo:hi, None] * inv[:, None, lo:]).clamp_(0.0, 2.0)
+            if triu:
+                first = lo * n - lo * (lo + 1) // 2
+                iu = torch.triu_indices(hi - lo, n - lo, 1, device=self.device)
+                out[:, first : first + iu.shape[1]] = d[:, iu[0], iu[1]]
+            else:
+                out[:, lo:hi, lo:] = torch.triu(d, diagonal=1)
+        if not triu:
+            out = out + out.mT
+        return out if self.batched else out.squeeze(0)
+
+
+def progress_bar(total: int | None, desc: str, enabled: bool | None = None, *,
+                 unit: str = "feat"):
+    """A tqdm bar on stderr; ``enabled=None`` shows it only when stderr is a terminal."""
+    from tqdm import tqdm
+
+    show = sys.stderr.isatty() if enabled is None else enabled
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "feat", disable=not show,
+                leave=False, file=sys.stderr)
+
+
+def stream_rdm(read: Callable[[int, int], Tensor], n: int, d: int, *, slice_width: int = 2048,
+               device: torch.device | str = "cpu", backend: str = "auto", triu: bool = True,
+               progress: bool | None = None, desc: str = "rdm") -> tuple[Tensor, str]:
+    """The RDM of n samples whose d features are read in slices ``read(start, stop) -> (n,
+    stop - start)``; (packed triangle or full RDM, backend that ran). ``backend``: 'torch'
+    (this module's accumulator), 'triton' (``l2bg.kernels.rdm_stream``; float32 on CUDA or the
+    interpreter) or 'auto' (triton for CUDA devices when usable). Memory: the accumulator plus
+    one slice."""
+    from l2bg.rsa import resolve_backend
+
+    if slice_width < 1:
+        raise L2BGError(f"slice width must be >= 1, got {slice_width}")
+    device = torch.device(device)
+    first = read(0, min(d, slice_width)) if d else torch.zeros((n, 0))
+    dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
+    ran = resolve_backend(backend, first.to(device) if device.type == "cuda" else first)
+    if dtype == torch.float64:
+        ran = "torch"
+    if ran == "triton":
+        from l2bg.kernels.rdm_stream import RDMStream
+
+        acc = RDMStream(n, device=device)
+    else:
+        acc = TorchRDMStream(n, device=device, dtype=dtype)
+    with progress_bar(d, desc, progress) as bar:
+        start, chunk = 0, first
+        while start < d:
+            stop = start + chunk.shape[1]
+            acc.update(chunk.to(device=device, dtype=dtype))
+            bar.update(stop - start)
+            start = stop
+            if start < d:
+                chunk = read(start, min(d, start + slice_width))
+    return acc.result(triu=triu), ran

@@ -1,9 +1,9 @@
 // Discordant pairs of integer sequences, the O(m log m) core of Kendall's tau (l2bg.rsa).
 //
-//   l2bg::count_discordant(Tensor seq) -> Tensor
+//   l2bg::count_discordant(Tensor seq, int span) -> Tensor
 //
-// seq: (P, m) int32 or int64 on the CPU, values >= 0. Returns (P,) int64: per row, the number
-// of pairs i < j with seq[i] > seq[j] (equal values are not discordant).
+// seq: (P, m) int32 or int64 on the CPU, values in [0, span). Returns (P,) int64: per row, the
+// number of pairs i < j with seq[i] > seq[j] (equal values are not discordant).
 //
 // Per row: a Fenwick tree over the values counts, for each element, the earlier elements that
 // are not greater (i - that count are greater). Many rows run one per thread. A single long row
@@ -22,16 +22,22 @@ namespace l2bg {
 
 namespace {
 
+// Tree slot of Fenwick index k: one spare slot every 2^14 keeps the power-of-two strides of
+// the tree walks from mapping onto the same cache sets.
+inline int64_t slot(int64_t k) { return k + (k >> 14); }
+
 // Pairs i < j in v[0:n] with v[i] > v[j]; values in [0, span).
 template <typename T>
 int64_t fenwick_count(const T* v, int64_t n, int64_t span) {
-  std::vector<int32_t> tree(span + 1, 0);
+  std::vector<int32_t> tree(slot(span) + 1, 0);
+  int32_t* t = tree.data();
   int64_t count = 0;
   for (int64_t i = 0; i < n; ++i) {
+    const int64_t key = int64_t(v[i]) + 1;
     int64_t not_greater = 0;
-    for (int64_t k = int64_t(v[i]) + 1; k > 0; k &= k - 1) not_greater += tree[k];
+    for (int64_t k = key; k > 0; k &= k - 1) not_greater += t[slot(k)];
     count += i - not_greater;
-    for (int64_t k = int64_t(v[i]) + 1; k <= span; k += k & -k) ++tree[k];
+    for (int64_t k = key; k <= span; k += k & -k) ++t[slot(k)];
   }
   return count;
 }
@@ -70,7 +76,7 @@ int64_t chunked_count(const T* v, int64_t m, int64_t span, int64_t chunks) {
   return total;
 }
 
-at::Tensor count_discordant(const at::Tensor& seq) {
+at::Tensor count_discordant(const at::Tensor& seq, int64_t span) {
   TORCH_CHECK_VALUE(seq.dim() == 2, "count_discordant: expected (P, m), got ", seq.sizes());
   TORCH_CHECK_VALUE(seq.device().is_cpu(), "count_discordant: expected a CPU tensor");
   TORCH_CHECK_VALUE(seq.scalar_type() == at::kInt || seq.scalar_type() == at::kLong,
@@ -79,8 +85,9 @@ at::Tensor count_discordant(const at::Tensor& seq) {
   const int64_t p = x.size(0), m = x.size(1);
   auto out = at::zeros({p}, x.options().dtype(at::kLong));
   if (p == 0 || m < 2) return out;
-  TORCH_CHECK_VALUE(x.min().item<int64_t>() >= 0, "count_discordant: values must be >= 0");
-  const int64_t span = x.max().item<int64_t>() + 1;
+  auto [lo, hi] = at::aminmax(x);
+  TORCH_CHECK_VALUE(lo.item<int64_t>() >= 0 && hi.item<int64_t>() < span,
+      "count_discordant: values must lie in [0, span)");
   auto* res = out.data_ptr<int64_t>();
   const int64_t threads = at::get_num_threads();
   AT_DISPATCH_INDEX_TYPES(x.scalar_type(), "count_discordant", [&] {
@@ -101,6 +108,6 @@ at::Tensor count_discordant(const at::Tensor& seq) {
 
 }  // namespace l2bg
 
-TORCH_LIBRARY_FRAGMENT(l2bg, m) { m.def("count_discordant(Tensor seq) -> Tensor"); }
+TORCH_LIBRARY_FRAGMENT(l2bg, m) { m.def("count_discordant(Tensor seq, int span) -> Tensor"); }
 
 TORCH_LIBRARY_IMPL(l2bg, CPU, m) { m.impl("count_discordant", &l2bg::count_discordant); }

@@ -9,7 +9,7 @@
 //   l2bg::probe(Tensor x) -> Tensor            smoke test of the build (a copy of x)
 //   l2bg::plan(...) -> int[]                   the router (plan.cpp), no tensors involved
 //   l2bg::run_plan(...) -> Tensor[]            the executor (executor.cpp)
-//   l2bg::count_discordant(Tensor seq) -> Tensor  discordant pairs for Kendall (discordant.cpp)
+//   l2bg::count_discordant(Tensor seq, int span) -> Tensor   Kendall's discordant pairs
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 

@@ -50,7 +50,7 @@ class Prepared:
 
     ``unit``: (K, m) float64 rows with unit norm (zero rows where degenerate) for the GEMM
     family; ``scale`` multiplies their dot products (rho-a). For Kendall: ``ranks`` (K, m)
-    int64 dense ranks (0-based), ``order`` (K, m) a permutation sorting each row, ``ties``
+    dense ranks (0-based, int32 or int64), ``order`` (K, m) a permutation sorting each row, ``ties``
     (K,) int64 pairs tied within the row, ``dead`` (K,) rows that are constant.
     """
 
@@ -110,15 +110,21 @@ def _prepare_gemm(method: str, t: Tensor, ranks: Tensor | None) -> Prepared:
 
 
 def dense_ranks(t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Dense ranks (0-based, int64), a sorting permutation and the number of tied pairs
+    """Dense ranks (0-based, int32 below 2^31 pairs), a sorting permutation (int64) and the
+    number of tied pairs
     ``sum c (c - 1) / 2`` over tie groups, per row of t (K, m); one sort.
 
     Ties are exact equality in the row's dtype (16-bit floats compare as float32)."""
     s, order = sort_rows(t)
     new, ties = _tie_groups(s)
     del s
-    sorted_ranks = torch.cumsum(new, dim=-1).sub_(1)
-    ranks = torch.empty_like(sorted_ranks).scatter_(1, order, sorted_ranks)
+    narrow = torch.int32 if t.shape[-1] <= 2**31 else torch.int64
+    if bool(new.all()):  # no ties: the ranks are the inverse permutation
+        sorted_ranks = torch.arange(t.shape[-1], device=t.device, dtype=narrow).expand_as(order)
+    else:
+        sorted_ranks = torch.cumsum(new, dim=-1, dtype=narrow).sub_(1)
+    ranks = torch.empty(order.shape, dtype=narrow, device=t.device).scatter_(1, order,
+                                                                              sorted_ranks)
     return ranks, order, ties
 
 
@@ -128,18 +134,23 @@ def _tie_groups(s: Tensor) -> tuple[Tensor, Tensor]:
     k, m = s.shape
     new = torch.ones((k, m), dtype=torch.bool, device=s.device)
     torch.ne(s[:, 1:], s[:, :-1], out=new[:, 1:])
+    if bool(new.all()):
+        return new, torch.zeros(k, dtype=torch.int64, device=s.device)
     pos = torch.arange(m, device=s.device).expand(k, m)
     start = torch.cummax(torch.where(new, pos, 0), dim=-1).values
     return new, (pos - start).sum(dim=-1)
 
 
-def count_discordant(seq: Tensor) -> Tensor:
-    """Per row of seq (P, m) (integers >= 0): the number of pairs i < j with seq[i] > seq[j],
-    int64 (P,). CPU tensors go to the C++ merge sort of the extension (``l2bg._C``) when it is
-    built, everything else to :func:`count_discordant_torch`; both are O(m log m)."""
+def count_discordant(seq: Tensor, span: int | None = None) -> Tensor:
+    """Per row of seq (P, m) (integers in [0, span)): the number of pairs i < j with
+    seq[i] > seq[j], int64 (P,). CPU tensors go to the C++ Fenwick-tree count of the extension
+    (``l2bg._C``) when it is built, everything else to :func:`count_discordant_torch`; both are
+    O(m log m)."""
     if seq.device.type == "cpu" and seq.numel() and _native_discordant():
-        narrow = seq.to(torch.int32) if int(seq.max()) < 2**31 else seq.to(torch.int64)
-        return torch.ops.l2bg.count_discordant(narrow)
+        span = int(seq.max()) + 1 if span is None else span
+        if seq.dtype not in (torch.int32, torch.int64):
+            seq = seq.to(torch.int32 if span <= 2**31 else torch.int64)
+        return torch.ops.l2bg.count_discordant(seq, span)
     return count_discordant_torch(seq)
 
 
@@ -217,10 +228,10 @@ def _kendall_chunk(a: Prepared, b: Prepared, ia: Tensor, ib: Tensor, variant: st
         joint = torch.zeros_like(xt)
     else:  # lexicographic (x, y) order by one sort of combined keys
         span = int(y.max()) + 1
-        keys = torch.sort(x * span + y, dim=-1).values
+        keys = torch.sort(x.long() * span + y, dim=-1).values
         seq = keys % span
         joint = _tie_groups(keys)[1]
-    dis = count_discordant(seq)
+    dis = count_discordant(seq, m)
     total = m * (m - 1) // 2
     diff = (total - xt - yt + joint - 2 * dis).to(torch.float64)
     if variant == "a":

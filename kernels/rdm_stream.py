@@ -21,6 +21,7 @@ import triton
 from torch import Tensor
 
 from l2bg.errors import L2BGError
+from l2bg.rsa.reference import check_slice
 
 from .launch import check_shared_memory, host_flags, launch_guard, strip
 from .rdm import (
@@ -67,17 +68,7 @@ class RDMStream:
 
     def update(self, x: Tensor) -> RDMStream:
         """Add a slice of features: (n, d_c), or (B, n, d_c) for a batched stream."""
-        if not isinstance(x, Tensor) or x.ndim != (3 if self.batched else 2):
-            raise L2BGError(
-                f"RDMStream.update: expected a slice of shape "
-                f"{'(B, n, d_c)' if self.batched else '(n, d_c)'}"
-            )
-        xb = x if self.batched else x.unsqueeze(0)
-        if xb.shape[:2] != (self.batch, self.n):
-            raise L2BGError(
-                f"RDMStream.update: slice has (B, n) = {tuple(xb.shape[:2])}, the stream "
-                f"expects {(self.batch, self.n)}; pass every sample's features of this slice"
-            )
+        xb = check_slice(x, batched=self.batched, batch=self.batch, n=self.n, who="RDMStream")
         if xb.dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise L2BGError(f"RDMStream.update: dtype {xb.dtype}; pass float32/16 or bfloat16")
         if xb.device != self.device:

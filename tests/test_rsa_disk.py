@@ -75,6 +75,21 @@ def test_torch_stream_equals_triton_stream(case):
                                atol=2e-5)
 
 
+def test_stream_rdm_on_the_triton_backend():
+    """stream_rdm drives the Triton RDMStream when asked (the interpreter without CUDA)."""
+    pytest.importorskip("triton")
+    from l2bg.kernels import rdm as krdm
+
+    if not (torch.cuda.is_available() or krdm.INTERPRETED):
+        pytest.skip("Triton needs CUDA or the interpreter")
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    x = torch.randn(6, 21, generator=torch.Generator().manual_seed(5)) + 3
+    got, ran = stream_rdm(lambda a, b: x[:, a:b], 6, 21, slice_width=8, device=dev,
+                          backend="triton", progress=False)
+    assert ran == "triton"
+    torch.testing.assert_close(got.cpu(), rsa.rdm_triu(x, backend="torch"), rtol=0, atol=2e-5)
+
+
 def test_stream_errors():
     s = TorchRDMStream(4)
     with pytest.raises(L2BGError, match="expects"):

@@ -177,3 +177,16 @@ def test_sort_rows_orders_values_and_ties():
         s, order = reference.sort_rows(v)
         assert torch.equal(v.gather(1, order), v.sort(dim=1).values)
         assert torch.equal(s[:, 1:] == s[:, :-1], v.sort(dim=1).values.diff(dim=1) == 0)
+
+
+@pytest.mark.parametrize("scale", [1e-200, 1e200, 1e300])
+def test_all_pairs_are_scale_free(scale):
+    """Correlations and cosines of triangles of any float64 magnitude: nothing overflows."""
+    gen = torch.Generator().manual_seed(4)
+    ta, tb = torch.rand(3, 40, generator=gen).double(), torch.rand(2, 40, generator=gen).double()
+    for method in ("pearson", "cosine", "spearman"):
+        spec = methods.get(method)
+        want = spec.all_pairs(ta, tb)
+        got = spec.all_pairs(ta * scale, tb * scale)
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)

@@ -71,12 +71,21 @@ def _unit_rows(v: Tensor, dead: Tensor, centre: float | None | bool) -> Tensor:
     that exact value; ``None``: not centred); rows that are dead or of norm 0 become 0."""
     v = v.to(torch.float64)
     if centre is True:
+        v = _pow2_scaled(v)  # any float64 magnitude: no mean, square or sum overflows
         v = v - v.mean(dim=-1, keepdim=True)
     elif centre is not None:
         v = v - centre
+    v = _pow2_scaled(v)
     norm = torch.linalg.vector_norm(v, dim=-1, keepdim=True)
     zero = dead.unsqueeze(-1) | (norm == 0)
     return torch.where(zero, 0.0, v / torch.where(zero, 1.0, norm))
+
+
+def _pow2_scaled(v: Tensor) -> Tensor:
+    """Rows scaled by a power of two (exact) so that their largest |entry| lies in [0.5, 1)."""
+    amax = v.abs().amax(dim=-1, keepdim=True)
+    exponent = torch.where(amax > 0, torch.frexp(amax).exponent, 0)
+    return torch.ldexp(v, -exponent)
 
 
 def _ranks_of_both(ta: Tensor, tb: Tensor | None) -> tuple[Tensor, Tensor | None]:

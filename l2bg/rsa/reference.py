@@ -21,6 +21,7 @@ __all__ = [
     "average_ranks",
     "centre",
     "check_finite",
+    "check_slice",
     "compare_torch",
     "is_constant",
     "pearson",
@@ -181,6 +182,23 @@ def rdm_torch(x: Tensor) -> Tensor:
 def rdm_triu_torch(x: Tensor, workspace: Tensor | None = None) -> Tensor:
     """Strict upper triangles (B, m) of the RDMs of x (B, n, d); reference implementation."""
     return _rdm_core(x, triu=True, workspace=workspace)
+
+
+def check_slice(x: object, *, batched: bool, batch: int, n: int, who: str) -> Tensor:
+    """A streamed RDM's slice of features as (B, n, d_c): (n, d_c), or (B, n, d_c) for a
+    batched stream, with every one of the stream's samples; ``who`` names the stream in the
+    one-line error."""
+    if not isinstance(x, Tensor) or x.ndim != (3 if batched else 2):
+        raise L2BGError(
+            f"{who}.update: expected a slice of shape {'(B, n, d_c)' if batched else '(n, d_c)'}"
+        )
+    xb = x if batched else x.unsqueeze(0)
+    if xb.shape[:2] != (batch, n):
+        raise L2BGError(
+            f"{who}.update: slice has (B, n) = {tuple(xb.shape[:2])}, the stream expects "
+            f"{(batch, n)}; pass every sample's features of this slice"
+        )
+    return xb
 
 
 @functools.lru_cache(maxsize=16)

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from l2bg.errors import L2BGError
 from l2bg.rsa.distances import row_blocks
-from l2bg.rsa.reference import CONSTANT_REL_TOL
+from l2bg.rsa.reference import CONSTANT_REL_TOL, check_slice
 
 __all__ = ["TorchRDMStream", "progress_bar", "stream_rdm"]
 
@@ -57,17 +57,8 @@ class TorchRDMStream:
 
     def update(self, x: Tensor) -> TorchRDMStream:
         """Add a slice of features: (n, d_c), or (B, n, d_c) for a batched stream."""
-        if not isinstance(x, Tensor) or x.ndim != (3 if self.batched else 2):
-            raise L2BGError(
-                f"TorchRDMStream.update: expected a slice of shape "
-                f"{'(B, n, d_c)' if self.batched else '(n, d_c)'}"
-            )
-        xb = x if self.batched else x.unsqueeze(0)
-        if xb.shape[:2] != (self.batch, self.n):
-            raise L2BGError(
-                f"TorchRDMStream.update: slice has (B, n) = {tuple(xb.shape[:2])}, the stream "
-                f"expects {(self.batch, self.n)}; pass every sample's features of this slice"
-            )
+        xb = check_slice(x, batched=self.batched, batch=self.batch, n=self.n,
+                         who="TorchRDMStream")
         if xb.dtype == torch.float64 and self.dtype != torch.float64:
             raise L2BGError("TorchRDMStream.update: float64 slice in a float32 stream; create "
                             "the stream with dtype=torch.float64")

@@ -159,7 +159,7 @@ def test_explain_has_a_legend_and_names_slots(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["tasks"][1]["grown_slots"] == grown
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["explain"], ["search"]])
+@pytest.mark.parametrize("command", [[], ["run"], ["explain"], ["search"], ["rsa"]])
 def test_help_lists_every_option_with_its_default(command, capsys):
     import argparse
     import re

@@ -20,12 +20,13 @@ def add_rsa_parser(sub: Any) -> argparse.ArgumentParser:
     r = sub.add_parser(
         "rsa", formatter_class=HelpFormatter,
         help="layer x layer RSA of activations on disk (JSON, CSV and heatmap)",
-        description="Compare the representational geometry of every layer of one network with "
-                    "every layer of another (or of itself, or of several networks), from "
-                    "activations on disk: a directory of per-layer .npy/.safetensors/.h5 files "
-                    "(as written by l2bg.rsa.capture), or one .safetensors/.h5 file with a tensor "
-                    "per layer, or one .npy file. RDMs are correlation distances, streamed in "
-                    "slices of features.")
+        description="Compare the representational geometry of every layer of one network with\n"
+                    "every layer of another (or of itself, or of several networks), from\n"
+                    "activations on disk: a directory of per-layer .npy/.safetensors/.h5 files\n"
+                    "(as l2bg.rsa.capture writes them), one .safetensors/.h5 file with a tensor\n"
+                    "per layer, or one .npy file. RDMs are correlation distances, streamed in\n"
+                    "slices of features. Writes similarity.json, similarity.csv and\n"
+                    "similarity.png to --out.")
     r.add_argument("sources", nargs="+", type=Path, metavar="SOURCE",
                    help="activations of a network (directory or file); give two (or more) to "
                         "compare networks")

@@ -22,6 +22,7 @@ n=10,000 rows. Needs rsatoolbox (``pip install rsatoolbox``); skipped without it
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -82,7 +83,8 @@ def _print_table(request):
     capman = request.config.pluginmanager.getplugin("capturemanager")
     with capman.global_and_fixture_disabled():
         load = os.getloadavg()
-        print(f"\n\nrsatoolbox {rsatoolbox.__version__} vs l2bg, CPU, {torch.get_num_threads()}"
+        version = importlib.metadata.version("rsatoolbox")
+        print(f"\n\nrsatoolbox {version} vs l2bg, CPU, {torch.get_num_threads()}"
               f" threads, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
         print(f"{'op':<28}{'impl':<22}{'shape':<22}{'dtype':<9}{'best_s':>10}  notes")
         for r in ROWS:

@@ -66,26 +66,31 @@ class Prepared:
 # ----------------------------------------------------------------------------- correlations
 
 
-def _unit_rows(v: Tensor, dead: Tensor, centre: float | None | bool) -> Tensor:
+def _unit_rows(v: Tensor, dead: Tensor, centre: float | None | bool, *,
+               owned: bool = False) -> Tensor:
     """float64 rows scaled to unit norm after centring (``True``: by the row mean; a number: by
-    that exact value; ``None``: not centred); rows that are dead or of norm 0 become 0."""
-    v = v.to(torch.float64)
+    that exact value; ``None``: not centred); rows that are dead or of norm 0 become 0.
+    ``owned``: v is a float64 work tensor of the caller's, changed in place (large ranks)."""
+    if not (owned and v.dtype == torch.float64):
+        v = v.to(torch.float64, copy=True)
     if centre is True:
-        v = _pow2_scaled(v)  # any float64 magnitude: no mean, square or sum overflows
-        v = v - v.mean(dim=-1, keepdim=True)
+        _pow2_scale_(v)  # any float64 magnitude: no mean, square or sum overflows
+        v.sub_(v.mean(dim=-1, keepdim=True))
     elif centre is not None:
-        v = v - centre
-    v = _pow2_scaled(v)
+        v.sub_(centre)
+    _pow2_scale_(v)
     norm = torch.linalg.vector_norm(v, dim=-1, keepdim=True)
     zero = dead.unsqueeze(-1) | (norm == 0)
-    return torch.where(zero, 0.0, v / torch.where(zero, 1.0, norm))
+    return v.div_(torch.where(zero, 1.0, norm)).masked_fill_(zero, 0.0)
 
 
-def _pow2_scaled(v: Tensor) -> Tensor:
-    """Rows scaled by a power of two (exact) so that their largest |entry| lies in [0.5, 1)."""
-    amax = v.abs().amax(dim=-1, keepdim=True)
+def _pow2_scale_(v: Tensor) -> None:
+    """Scale float64 rows in place by a power of two (exact) so that their largest |entry|
+    lies in [0.5, 1)."""
+    lo, hi = torch.aminmax(v, dim=-1, keepdim=True)
+    amax = torch.maximum(lo.abs(), hi.abs())
     exponent = torch.where(amax > 0, torch.frexp(amax).exponent, 0)
-    return torch.ldexp(v, -exponent)
+    v.mul_(torch.ldexp(torch.ones_like(amax), -exponent))
 
 
 def _ranks_of_both(ta: Tensor, tb: Tensor | None) -> tuple[Tensor, Tensor | None]:
@@ -109,9 +114,9 @@ def _prepare_gemm(method: str, t: Tensor, ranks: Tensor | None) -> Prepared:
         return Prepared(m, dead, unit=_unit_rows(t, dead, True))
     centre = (m + 1) / 2
     if method == "spearman":
-        return Prepared(m, dead, unit=_unit_rows(ranks, dead, centre))
+        return Prepared(m, dead, unit=_unit_rows(ranks, dead, centre, owned=True))
     # rho-a: the dot product of centred ranks over the fixed (m^3 - m) / 12, not their norms
-    centred = ranks.to(torch.float64) - centre
+    centred = ranks.sub_(centre)
     return Prepared(m, dead, unit=centred, scale=12.0 / (float(m) ** 3 - m))
 
 

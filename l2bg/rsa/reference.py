@@ -252,7 +252,7 @@ def sort_rows(v: Tensor) -> tuple[Tensor, Tensor]:
     """
     rows, m = v.shape
     if v.dtype in (torch.float16, torch.bfloat16, torch.float32):
-        s, order = torch.sort(_sort_keys(v), stable=True)
+        s, order = torch.sort(_sort_keys(v))  # ties in any order: callers rank tie groups
         offsets = torch.arange(rows, dtype=torch.int64, device=v.device).mul_(m).unsqueeze(1)
         return s.view(rows, m), order.view(rows, m).sub_(offsets)
     bits = (v.to(torch.float64) + 0.0).view(torch.int64)

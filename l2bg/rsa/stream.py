@@ -54,6 +54,7 @@ class TorchRDMStream:
         self._blocks = row_blocks(n)
         self.gram = [torch.zeros((self.batch, hi - lo, n - lo), device=self.device, dtype=dtype)
                      for lo, hi in self._blocks]
+        self._work: Tensor | None = None  # the slice, centred, plus the merge column
 
     def update(self, x: Tensor) -> TorchRDMStream:
         """Add a slice of features: (n, d_c), or (B, n, d_c) for a batched stream."""
@@ -74,7 +75,12 @@ class TorchRDMStream:
             )
         total = self.d_seen + d_c
         weight = math.sqrt(self.d_seen * d_c / total)
-        aug = torch.cat([xb - nu.unsqueeze(-1), (weight * (self.mean - nu)).unsqueeze(-1)], -1)
+        if self._work is None or self._work.shape[-1] < d_c + 1:  # reused from slice to slice
+            self._work = torch.empty((self.batch, self.n, d_c + 1), device=self.device,
+                                     dtype=self.dtype)
+        aug = self._work[..., : d_c + 1]
+        torch.sub(xb, nu.unsqueeze(-1), out=aug[..., :d_c])
+        torch.mul(self.mean - nu, weight, out=aug[..., d_c])
         for (lo, hi), acc in zip(self._blocks, self.gram, strict=True):
             acc.baddbmm_(aug[:, lo:hi], aug[:, lo:].mT)
         self.mean += (d_c / total) * (nu - self.mean)

@@ -32,6 +32,7 @@ __all__ = [
     "crossnobis_fold_pairs",
     "euclidean",
     "mahalanobis",
+    "pack_blocks",
     "row_blocks",
     "symmetric_gram",
     "upper_blocks",
@@ -73,8 +74,8 @@ def symmetric_gram(a: Tensor) -> Tensor:
     return g if batched else g.squeeze(0)
 
 
-def _pack(n: int, batch: int, blocks: Iterator[tuple[int, int, Tensor]], dtype: torch.dtype,
-          device: torch.device) -> Tensor:
+def pack_blocks(n: int, batch: int, blocks: Iterator[tuple[int, int, Tensor]],
+                dtype: torch.dtype, device: torch.device) -> Tensor:
     """Packed strict upper triangles (B, m) from row blocks of finished dissimilarities."""
     out = torch.empty((batch, n * (n - 1) // 2), dtype=dtype, device=device)
     for lo, hi, block in blocks:
@@ -94,7 +95,7 @@ def euclidean(x: Tensor) -> Tensor:
         for lo, hi, g in upper_blocks(x, x):
             yield lo, hi, (s[:, lo:hi, None] + s[:, None, lo:] - 2.0 * g) / p
 
-    return _pack(n, b, blocks(), x.dtype, x.device)
+    return pack_blocks(n, b, blocks(), x.dtype, x.device)
 
 
 def correlation(x: Tensor) -> Tensor:
@@ -109,7 +110,7 @@ def correlation(x: Tensor) -> Tensor:
         for lo, hi, g in upper_blocks(u, u):
             yield lo, hi, 1.0 - g
 
-    return _pack(n, b, blocks(), x.dtype, x.device)
+    return pack_blocks(n, b, blocks(), x.dtype, x.device)
 
 
 def mahalanobis(x: Tensor, precision: Tensor) -> Tensor:
@@ -123,7 +124,7 @@ def mahalanobis(x: Tensor, precision: Tensor) -> Tensor:
         for lo, hi, k in upper_blocks(xp, x):
             yield lo, hi, (diag[:, lo:hi, None] + diag[:, None, lo:] - 2.0 * k) / p
 
-    return _pack(n, b, blocks(), x.dtype, x.device)
+    return pack_blocks(n, b, blocks(), x.dtype, x.device)
 
 
 def _cross_terms(s: Tensor, scale: float) -> Tensor:

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from l2bg.errors import L2BGError
-from l2bg.rsa.distances import row_blocks
+from l2bg.rsa.distances import pack_blocks, row_blocks
 from l2bg.rsa.reference import CONSTANT_REL_TOL, check_slice
 
 __all__ = ["TorchRDMStream", "progress_bar", "stream_rdm"]
@@ -96,17 +96,18 @@ class TorchRDMStream:
         mean = self.mean.double()
         constant = ss <= CONSTANT_REL_TOL**2 * (ss + max(self.d_seen, 1) * mean.square())
         inv = torch.where(constant, 0.0, ss.clamp_min(1e-300).rsqrt()).to(self.dtype)
-        m = n * (n - 1) // 2
-        out = torch.zeros((b, m) if triu else (b, n, n), device=self.device, dtype=self.dtype)
-        for (lo, hi), g in zip(self._blocks, self.gram, strict=True):
-            d = (1.0 - g * inv[:, lo:hi, None] * inv[:, None, lo:]).clamp_(0.0, 2.0)
-            if triu:
-                first = lo * n - lo * (lo + 1) // 2
-                iu = torch.triu_indices(hi - lo, n - lo, 1, device=self.device)
-                out[:, first : first + iu.shape[1]] = d[:, iu[0], iu[1]]
-            else:
+
+        def blocks():
+            for (lo, hi), g in zip(self._blocks, self.gram, strict=True):
+                d = torch.mul(g, inv[:, lo:hi, None]).mul_(inv[:, None, lo:])
+                yield lo, hi, d.neg_().add_(1.0).clamp_(0.0, 2.0)
+
+        if triu:
+            out = pack_blocks(n, b, blocks(), self.dtype, self.device)
+        else:
+            out = torch.zeros((b, n, n), device=self.device, dtype=self.dtype)
+            for lo, hi, d in blocks():
                 out[:, lo:hi, lo:] = torch.triu(d, diagonal=1)
-        if not triu:
             out = out + out.mT
         return out if self.batched else out.squeeze(0)
 

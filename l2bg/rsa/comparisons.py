@@ -66,22 +66,36 @@ class Prepared:
 # ----------------------------------------------------------------------------- correlations
 
 
-def _unit_rows(v: Tensor, dead: Tensor, centre: float | None | bool, *,
+def _unit_rows(t: Tensor, dead: Tensor, centre: float | None | bool, *,
                owned: bool = False) -> Tensor:
     """float64 rows scaled to unit norm after centring (``True``: by the row mean; a number: by
     that exact value; ``None``: not centred); rows that are dead or of norm 0 become 0.
-    ``owned``: v is a float64 work tensor of the caller's, changed in place (large ranks)."""
-    if not (owned and v.dtype == torch.float64):
-        v = v.to(torch.float64, copy=True)
+    ``owned``: t is a float64 work tensor of the caller's, changed in place (large ranks).
+
+    Rows whose squares overflow or underflow (|entries| beyond about 1e150 or below 1e-150)
+    are redone after an exact power-of-two rescaling, so any float64 magnitude works."""
+    owned = owned and t.dtype == torch.float64
+    v = t if owned else t.to(torch.float64, copy=True)
+    _centre_(v, centre)
+    norm = torch.linalg.vector_norm(v, dim=-1, keepdim=True)
+    risky = (~torch.isfinite(norm) | (norm < 2.0**-500)).squeeze(-1)
+    if bool(risky.any()):
+        rows = v[risky] if owned else t[risky].to(torch.float64)
+        _pow2_scale_(rows)
+        if not owned:
+            _centre_(rows, centre)
+            _pow2_scale_(rows)
+        v[risky] = rows
+        norm[risky] = torch.linalg.vector_norm(rows, dim=-1, keepdim=True)
+    zero = dead.unsqueeze(-1) | (norm == 0)
+    return v.div_(torch.where(zero, 1.0, norm)).masked_fill_(zero, 0.0)
+
+
+def _centre_(v: Tensor, centre: float | None | bool) -> None:
     if centre is True:
-        _pow2_scale_(v)  # any float64 magnitude: no mean, square or sum overflows
         v.sub_(v.mean(dim=-1, keepdim=True))
     elif centre is not None:
         v.sub_(centre)
-    _pow2_scale_(v)
-    norm = torch.linalg.vector_norm(v, dim=-1, keepdim=True)
-    zero = dead.unsqueeze(-1) | (norm == 0)
-    return v.div_(torch.where(zero, 1.0, norm)).masked_fill_(zero, 0.0)
 
 
 def _pow2_scale_(v: Tensor) -> None:
@@ -214,7 +228,8 @@ def count_discordant_torch(seq: Tensor) -> Tensor:
 
 def _prepare_kendall(t: Tensor) -> Prepared:
     ranks, order, ties = dense_ranks(t)
-    return Prepared(t.shape[-1], is_constant(t), ranks=ranks, order=order, ties=ties)
+    m = t.shape[-1]
+    return Prepared(m, ties == m * (m - 1) // 2, ranks=ranks, order=order, ties=ties)
 
 
 def _kendall_pairs(a: Prepared, b: Prepared, ia: Tensor, ib: Tensor, variant: str,

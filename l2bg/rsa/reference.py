@@ -259,8 +259,11 @@ def sort_rows(v: Tensor) -> tuple[Tensor, Tensor]:
     keys = bits ^ ((bits >> 63) & 0x7FFFFFFFFFFFFFFF)
     if rows > 64 and m < 2**15:
         return torch.sort(keys, dim=-1)
-    parts = [torch.sort(k) for k in keys]
-    return torch.stack([p.values for p in parts]), torch.stack([p.indices for p in parts])
+    s = torch.empty_like(keys)
+    order = torch.empty(keys.shape, dtype=torch.int64, device=keys.device)
+    for r in range(rows):
+        torch.sort(keys[r], out=(s[r], order[r]))
+    return s, order
 
 
 def average_ranks(v: Tensor) -> Tensor:

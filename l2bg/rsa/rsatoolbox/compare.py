@@ -51,12 +51,14 @@ def compare(rdm1: Any, rdm2: Any, method: str = "cosine", sigma_k: Any = None, *
     dt, dev = resolve(dtype, device)
     t1 = torch.as_tensor(np.ascontiguousarray(v1)).to(device=dev, dtype=dt)
     t2 = torch.as_tensor(np.ascontiguousarray(v2)).to(device=dev, dtype=dt)
-    nan1, nan2 = t1.isnan().any(dim=0), t2.isnan().any(dim=0)
-    if bool(nan1.any()) or bool(nan2.any()):  # positions missing from any RDM are left out
-        if not torch.equal(nan1, nan2):
+    if not (bool(t1.isfinite().all()) and bool(t2.isfinite().all())):
+        nan1, nan2 = t1.isnan().any(dim=0), t2.isnan().any(dim=0)
+        if not torch.equal(nan1, nan2):  # positions missing from any RDM are left out
             raise ValueError("rdm1 and rdm2 have different nan positions")
         t1, t2 = t1[:, ~nan1], t2[:, ~nan1]
-    if t1.shape[1] < 3 or not (bool(t1.isfinite().all()) and bool(t2.isfinite().all())):
+        if not (bool(t1.isfinite().all()) and bool(t2.isfinite().all())):  # inf: rsatoolbox's
+            return original("compare")(rdm1, rdm2, method, sigma_k)
+    if t1.shape[1] < 3:
         return original("compare")(rdm1, rdm2, method, sigma_k)
     a, b = comparisons.prepare(kind, t1, t2)
     sim = comparisons.cross(kind, a, b, degenerate=float("nan"))

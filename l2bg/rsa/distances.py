@@ -14,8 +14,9 @@ strict upper triangles (B, m), m = n (n - 1) / 2, in the dtype of the input (flo
   training and b_f the test patterns of fold f (``crossnobis``), or averaged over fold pairs with
   one precision per pair (``crossnobis_fold_pairs``).
 
-Symmetric products (euclidean, correlation, mahalanobis) compute only the upper row blocks of the
-Gram (about (nb + 1) / (2 nb) of the full GEMM); crossnobis is two GEMMs for all folds at once.
+Symmetric products (euclidean, correlation) are one BLAS syrk on the CPU (half a GEMM), else the
+upper row blocks of the Gram (about (nb + 1) / (2 nb) of the full GEMM), as mahalanobis's
+``(X P) X^T``; crossnobis is two GEMMs for all folds at once.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -61,10 +63,30 @@ def upper_blocks(left: Tensor, right: Tensor) -> Iterator[tuple[int, int, Tensor
         yield lo, hi, torch.matmul(left[:, lo:hi], right[:, lo:].mT)
 
 
+_SYRK_MAX_N = 8192
+"""Up to this many rows, a CPU Gram is one symmetric rank-k update (half the work of a GEMM)."""
+
+
+def _syrk(a: Tensor) -> Tensor | None:
+    """``a @ a^T`` of a CPU float matrix a (n, k) by BLAS syrk, or None where that does not
+    apply. torch has no syrk; numpy calls it for a product of an array with its own transpose
+    (zero-copy views of the tensor), and mirrors the triangle, so the result is symmetric."""
+    if a.device.type != "cpu" or a.dtype not in (torch.float32, torch.float64) or a.ndim != 2:
+        return None
+    if a.shape[0] > _SYRK_MAX_N or a.requires_grad:
+        return None
+    x = a.numpy()
+    return torch.from_numpy(np.matmul(x, x.T))
+
+
 def symmetric_gram(a: Tensor) -> Tensor:
-    """``a @ a^T`` for a (n, k) (or (B, n, k)) from its upper row blocks, mirrored: about half
-    the GEMM work of the full product, and exactly symmetric."""
+    """``a @ a^T`` for a (n, k) (or (B, n, k)): BLAS syrk on the CPU, else its upper row
+    blocks mirrored; about half the GEMM work of the full product, and exactly symmetric."""
     batched = a.ndim == 3
+    if not batched:
+        g = _syrk(a)
+        if g is not None:
+            return g
     a = a if batched else a.unsqueeze(0)
     b, n, _ = a.shape
     g = torch.zeros((b, n, n), dtype=a.dtype, device=a.device)
@@ -72,6 +94,17 @@ def symmetric_gram(a: Tensor) -> Tensor:
         g[:, lo:hi, lo:] = block
     g = torch.triu(g).add_(torch.triu(g, 1).mT)
     return g if batched else g.squeeze(0)
+
+
+def _self_blocks(x: Tensor) -> Iterator[tuple[int, int, Tensor]]:
+    """Row blocks of ``x @ x^T`` (B, n, n) for the upper triangle: one syrk for a single CPU
+    matrix, else the upper row blocks."""
+    if x.shape[0] == 1:
+        g = _syrk(x[0])
+        if g is not None:
+            yield 0, x.shape[1], g.unsqueeze(0)
+            return
+    yield from upper_blocks(x, x)
 
 
 def pack_blocks(n: int, batch: int, blocks: Iterator[tuple[int, int, Tensor]],
@@ -92,7 +125,7 @@ def euclidean(x: Tensor) -> Tensor:
     s = torch.einsum("bnp,bnp->bn", x, x)
 
     def blocks():
-        for lo, hi, g in upper_blocks(x, x):
+        for lo, hi, g in _self_blocks(x):
             yield lo, hi, (s[:, lo:hi, None] + s[:, None, lo:] - 2.0 * g) / p
 
     return pack_blocks(n, b, blocks(), x.dtype, x.device)
@@ -107,7 +140,7 @@ def correlation(x: Tensor) -> Tensor:
     u = torch.where(constant, torch.nan, xc / torch.where(constant, 1.0, norm))
 
     def blocks():
-        for lo, hi, g in upper_blocks(u, u):
+        for lo, hi, g in _self_blocks(u):
             yield lo, hi, 1.0 - g
 
     return pack_blocks(n, b, blocks(), x.dtype, x.device)

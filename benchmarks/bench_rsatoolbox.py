@@ -7,7 +7,7 @@ Rows (CPU; every l2bg row has the rsatoolbox row of the same call beside it):
   the drop-in (rsatoolbox objects in and out; float64, and float32 opted in), and l2bg's front
   door (``rsa.dissimilarity``, float32; goals 25 ms and 0.30 s);
 * every other covered method at both sizes: ``calc_rdm`` euclidean and mahalanobis, ``compare``
-  cosine, corr, rho-a, tau-a, kendall;
+  cosine, corr, spearman, rho-a, tau-a, kendall (one RDM against one);
 * crossnobis with its noise precision at 1,800 measurements (600 conditions x 3 runs) x 7,000
   channels: ``prec_from_measurements`` (shrinkage_diag) and ``calc_rdm('crossnobis')``;
 * l2bg alone from disk: two networks of n=10,000, d=16,384 (float32 .npy files), their RDMs
@@ -170,7 +170,7 @@ def test_calc_rdm_methods(benchmark, pair, method):
     _row(f"calc_rdm {method}", "l2bg drop-in", shape, "float64", t)
 
 
-@pytest.mark.parametrize("method", ["cosine", "corr", "rho-a", "tau-a", "kendall"])
+@pytest.mark.parametrize("method", ["cosine", "corr", "spearman", "rho-a", "tau-a", "kendall"])
 def test_compare_methods(benchmark, pair, method):
     n, d, a, b = pair
     shape = _shape(n, d)

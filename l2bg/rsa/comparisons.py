@@ -75,8 +75,15 @@ def _unit_rows(t: Tensor, dead: Tensor, centre: float | None | bool, *,
     Rows whose squares overflow or underflow (|entries| beyond about 1e150 or below 1e-150)
     are redone after an exact power-of-two rescaling, so any float64 magnitude works."""
     owned = owned and t.dtype == torch.float64
-    v = t if owned else t.to(torch.float64, copy=True)
-    _centre_(v, centre)
+    if owned:
+        v = t
+        _centre_(v, centre)
+    elif centre is True:  # the centred copy is the one allocation
+        t64 = t.to(torch.float64)
+        v = t64 - t64.mean(dim=-1, keepdim=True)
+    else:
+        v = t.to(torch.float64, copy=True)
+        _centre_(v, centre)
     norm = torch.linalg.vector_norm(v, dim=-1, keepdim=True)
     risky = (~torch.isfinite(norm) | (norm < 2.0**-500)).squeeze(-1)
     if bool(risky.any()):
@@ -88,7 +95,8 @@ def _unit_rows(t: Tensor, dead: Tensor, centre: float | None | bool, *,
         v[risky] = rows
         norm[risky] = torch.linalg.vector_norm(rows, dim=-1, keepdim=True)
     zero = dead.unsqueeze(-1) | (norm == 0)
-    return v.div_(torch.where(zero, 1.0, norm)).masked_fill_(zero, 0.0)
+    v.div_(torch.where(zero, 1.0, norm))
+    return v.masked_fill_(zero, 0.0) if bool(zero.any()) else v
 
 
 def _centre_(v: Tensor, centre: float | None | bool) -> None:

@@ -34,6 +34,7 @@ __all__ = [
     "crossnobis_fold_pairs",
     "euclidean",
     "mahalanobis",
+    "matmul",
     "pack_blocks",
     "row_blocks",
     "symmetric_gram",
@@ -67,13 +68,28 @@ _SYRK_MAX_N = 8192
 """Up to this many rows, a CPU Gram is one symmetric rank-k update (half the work of a GEMM)."""
 
 
+def _numpy_blas(*ts: Tensor) -> bool:
+    """Whether CPU products of these tensors go to numpy's BLAS: float32/float64 CPU tensors
+    without autograd. torch's CPU BLAS has no syrk, and on AMD CPUs its MKL GEMMs trail the
+    OpenBLAS numpy ships; numpy reads the tensors through zero-copy views."""
+    return all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
+               and not t.requires_grad for t in ts) and len({t.dtype for t in ts}) == 1
+
+
+def matmul(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` (2-D, or a batch of one (1, n, k) times (k, p)): numpy's BLAS on the CPU
+    (``_numpy_blas``), torch elsewhere."""
+    if _numpy_blas(a, b) and b.ndim == 2 and (a.ndim == 2 or a.shape[0] == 1):
+        out = torch.from_numpy(np.matmul(a.reshape(-1, a.shape[-1]).numpy(), b.numpy()))
+        return out.view(*a.shape[:-1], b.shape[-1])
+    return torch.matmul(a, b)
+
+
 def _syrk(a: Tensor) -> Tensor | None:
     """``a @ a^T`` of a CPU float matrix a (n, k) by BLAS syrk, or None where that does not
     apply. torch has no syrk; numpy calls it for a product of an array with its own transpose
     (zero-copy views of the tensor), and mirrors the triangle, so the result is symmetric."""
-    if a.device.type != "cpu" or a.dtype not in (torch.float32, torch.float64) or a.ndim != 2:
-        return None
-    if a.shape[0] > _SYRK_MAX_N or a.requires_grad:
+    if not _numpy_blas(a) or a.ndim != 2 or a.shape[0] > _SYRK_MAX_N:
         return None
     x = a.numpy()
     return torch.from_numpy(np.matmul(x, x.T))
@@ -119,14 +135,19 @@ def pack_blocks(n: int, batch: int, blocks: Iterator[tuple[int, int, Tensor]],
     return out
 
 
+def _rowdot(a: Tensor, b: Tensor) -> Tensor:
+    """Per row, ``<a_i, b_i>`` (B, n) of a, b (B, n, p), without an elementwise temporary."""
+    return torch.matmul(a.unsqueeze(-2), b.unsqueeze(-1))[..., 0, 0]
+
+
 def euclidean(x: Tensor) -> Tensor:
     """Squared Euclidean distance over the channel count, packed (B, m), of patterns x."""
     b, n, p = x.shape
-    s = torch.einsum("bnp,bnp->bn", x, x)
+    s = _rowdot(x, x)
 
     def blocks():
-        for lo, hi, g in _self_blocks(x):
-            yield lo, hi, (s[:, lo:hi, None] + s[:, None, lo:] - 2.0 * g) / p
+        for lo, hi, g in _self_blocks(x):  # g is ours: the distances are made in place
+            yield lo, hi, g.mul_(-2.0).add_(s[:, lo:hi, None]).add_(s[:, None, lo:]).div_(p)
 
     return pack_blocks(n, b, blocks(), x.dtype, x.device)
 
@@ -134,14 +155,15 @@ def euclidean(x: Tensor) -> Tensor:
 def correlation(x: Tensor) -> Tensor:
     """Correlation distance ``1 - r`` between rows, packed (B, m); NaN for constant rows."""
     b, n, _ = x.shape
-    xc = x - x.mean(dim=-1, keepdim=True)
-    norm = torch.linalg.vector_norm(xc, dim=-1, keepdim=True)
-    constant = (x.amax(dim=-1) == x.amin(dim=-1)).unsqueeze(-1)
-    u = torch.where(constant, torch.nan, xc / torch.where(constant, 1.0, norm))
+    u = x - x.mean(dim=-1, keepdim=True)
+    norm = torch.linalg.vector_norm(u, dim=-1, keepdim=True)
+    smallest, largest = torch.aminmax(x, dim=-1, keepdim=True)
+    constant = smallest == largest
+    u.div_(torch.where(constant, 1.0, norm)).masked_fill_(constant, torch.nan)
 
     def blocks():
         for lo, hi, g in _self_blocks(u):
-            yield lo, hi, 1.0 - g
+            yield lo, hi, g.neg_().add_(1.0)
 
     return pack_blocks(n, b, blocks(), x.dtype, x.device)
 
@@ -150,12 +172,12 @@ def mahalanobis(x: Tensor, precision: Tensor) -> Tensor:
     """Squared Mahalanobis distance over the channel count, packed (B, m), for precision
     (p, p) or (B, p, p)."""
     b, n, p = x.shape
-    xp = torch.matmul(x, precision)
-    diag = torch.einsum("bnp,bnp->bn", xp, x)
+    xp = matmul(x, precision)
+    diag = _rowdot(xp, x)
 
     def blocks():
         for lo, hi, k in upper_blocks(xp, x):
-            yield lo, hi, (diag[:, lo:hi, None] + diag[:, None, lo:] - 2.0 * k) / p
+            yield lo, hi, k.mul_(-2.0).add_(diag[:, lo:hi, None]).add_(diag[:, None, lo:]).div_(p)
 
     return pack_blocks(n, b, blocks(), x.dtype, x.device)
 
@@ -174,8 +196,8 @@ def crossnobis(train: Tensor, test: Tensor, precision: Tensor | None) -> Tensor:
     folds at once), then ``S = T' test'^T`` over the concatenated (F p) features, which sums
     the folds' kernels ``train_f P test_f^T``."""
     n, folds, p = train.shape
-    left = train if precision is None else (train.reshape(n * folds, p) @ precision)
-    s = left.reshape(n, folds * p) @ test.reshape(n, folds * p).T
+    left = train if precision is None else matmul(train.reshape(n * folds, p), precision)
+    s = matmul(left.reshape(n, folds * p), test.reshape(n, folds * p).T)
     return _cross_terms(s, 1.0 / (folds * p))
 
 

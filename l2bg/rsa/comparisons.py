@@ -109,8 +109,7 @@ def _centre_(v: Tensor, centre: float | None | bool) -> None:
 def _pow2_scale_(v: Tensor) -> None:
     """Scale float64 rows in place by a power of two (exact) so that their largest |entry|
     lies in [0.5, 1)."""
-    lo, hi = torch.aminmax(v, dim=-1, keepdim=True)
-    amax = torch.maximum(lo.abs(), hi.abs())
+    amax = torch.maximum(v.amin(dim=-1, keepdim=True).abs(), v.amax(dim=-1, keepdim=True).abs())
     exponent = torch.where(amax > 0, torch.frexp(amax).exponent, 0)
     v.mul_(torch.ldexp(torch.ones_like(amax), -exponent))
 

@@ -112,15 +112,15 @@ def symmetric_gram(a: Tensor) -> Tensor:
     return g if batched else g.squeeze(0)
 
 
-def _self_blocks(x: Tensor) -> Iterator[tuple[int, int, Tensor]]:
-    """Row blocks of ``x @ x^T`` (B, n, n) for the upper triangle: one syrk for a single CPU
-    matrix, else the upper row blocks."""
+def _self_blocks(x: Tensor) -> tuple[list | Iterator, Tensor | None]:
+    """Row blocks of ``x @ x^T`` (B, n, n) covering its upper triangle, and the row norms
+    squared when they come for free: one syrk block for a single CPU matrix (its diagonal),
+    else the upper row blocks (and None)."""
     if x.shape[0] == 1:
         g = _syrk(x[0])
         if g is not None:
-            yield 0, x.shape[1], g.unsqueeze(0)
-            return
-    yield from upper_blocks(x, x)
+            return [(0, x.shape[1], g.unsqueeze(0))], g.diagonal().clone().unsqueeze(0)
+    return upper_blocks(x, x), None
 
 
 def pack_blocks(n: int, batch: int, blocks: Iterator[tuple[int, int, Tensor]],
@@ -143,10 +143,11 @@ def _rowdot(a: Tensor, b: Tensor) -> Tensor:
 def euclidean(x: Tensor) -> Tensor:
     """Squared Euclidean distance over the channel count, packed (B, m), of patterns x."""
     b, n, p = x.shape
-    s = _rowdot(x, x)
+    grams, s = _self_blocks(x)
+    s = _rowdot(x, x) if s is None else s
 
     def blocks():
-        for lo, hi, g in _self_blocks(x):  # g is ours: the distances are made in place
+        for lo, hi, g in grams:  # g is ours: the distances are made in place
             yield lo, hi, g.mul_(-2.0).add_(s[:, lo:hi, None]).add_(s[:, None, lo:]).div_(p)
 
     return pack_blocks(n, b, blocks(), x.dtype, x.device)
@@ -157,12 +158,11 @@ def correlation(x: Tensor) -> Tensor:
     b, n, _ = x.shape
     u = x - x.mean(dim=-1, keepdim=True)
     norm = torch.linalg.vector_norm(u, dim=-1, keepdim=True)
-    smallest, largest = torch.aminmax(x, dim=-1, keepdim=True)
-    constant = smallest == largest
+    constant = x.amin(dim=-1, keepdim=True) == x.amax(dim=-1, keepdim=True)
     u.div_(torch.where(constant, 1.0, norm)).masked_fill_(constant, torch.nan)
 
     def blocks():
-        for lo, hi, g in _self_blocks(u):
+        for lo, hi, g in _self_blocks(u)[0]:
             yield lo, hi, g.neg_().add_(1.0)
 
     return pack_blocks(n, b, blocks(), x.dtype, x.device)

@@ -100,7 +100,14 @@ def _usable(ds: Any, descriptor: str | None) -> bool:
         return False
     if descriptor is not None and descriptor not in ds.obs_descriptors:
         return False
-    return x.dtype.kind != "f" or bool(np.isfinite(x).all())
+    return x.dtype.kind != "f" or _finite(x)
+
+
+def _finite(a: np.ndarray) -> bool:
+    """No NaN or inf in a: a sum is finite then (one pass, no temporary); only a sum that
+    overflows needs the elementwise test."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(a.sum())) or bool(np.isfinite(a).all())
 
 
 def _group_means(x: Tensor, index: np.ndarray | None, n: int) -> Tensor:
@@ -179,7 +186,8 @@ def _calc_many(datasets: list, noises: list, method: str, descriptor: str | None
     remove_mean = rest[3]
     for members in batches.values():
         cond = conds[members[0]]
-        x = torch.stack([_tensor(datasets[i].measurements, dtype, device) for i in members])
+        parts = [_tensor(datasets[i].measurements, dtype, device) for i in members]
+        x = parts[0].unsqueeze(0) if len(parts) == 1 else torch.stack(parts)
         x = _group_means(x, cond.index, cond.n)
         nz = noises[members[0]]
         vectors, measure, extra = _single_trial(method, x, nz, remove_mean, dtype, device)
@@ -205,8 +213,7 @@ def _noise_usable(method: str, nz: Any, ds: Any, descriptor: str | None) -> bool
 
 
 def _square(a: Any, p: int) -> bool:
-    return (isinstance(a, np.ndarray) and a.shape == (p, p) and a.dtype.kind in "fiu"
-            and bool(np.isfinite(a).all()))
+    return isinstance(a, np.ndarray) and a.shape == (p, p) and a.dtype.kind in "fiu"
 
 
 def _single_trial(method: str, x: Tensor, nz: Any, remove_mean: bool, dtype: torch.dtype,

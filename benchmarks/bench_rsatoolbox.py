@@ -1,97 +1,66 @@
-"""rsatoolbox 0.3.2 against l2bg on the same data, side by side:
-``python -m pytest benchmarks/bench_rsatoolbox.py --benchmark-only -s``.
+"""rsatoolbox 0.3.2 against l2bg on the same data, side by side
+(``pytest benchmarks/bench_rsatoolbox.py``; heavy rows with ``L2BG_BENCH_FULL=1``).
 
-Rows (CPU; every l2bg row has the rsatoolbox row of the same call beside it):
+Rows (CPU; every l2bg row has the rsatoolbox row of the same call beside it, and its notes carry
+``speedup`` over it and the issue's goal):
 
 * two correlation RDMs + Spearman at n=500, d=4096 and n=1000, d=16384: rsatoolbox's own calls,
   the drop-in (rsatoolbox objects in and out; float64, and float32 opted in), and l2bg's front
   door (``rsa.dissimilarity``, float32; goals 25 ms and 0.30 s);
 * every other covered method at both sizes: ``calc_rdm`` euclidean and mahalanobis, ``compare``
   cosine, corr, spearman, rho-a, tau-a, kendall (one RDM against one);
-* crossnobis with its noise precision at 1,800 measurements (600 conditions x 3 runs) x 7,000
-  channels: ``prec_from_measurements`` (shrinkage_diag) and ``calc_rdm('crossnobis')``;
-* l2bg alone from disk: two networks of n=10,000, d=16,384 (float32 .npy files), their RDMs
-  streamed and compared (``layer_similarity``), with the peak resident memory (run in a child
-  process so the figure is its own).
+* rsatoolbox's own searchlight (1,000 spheres), unpatched and patched;
+* heavy (``L2BG_BENCH_FULL=1``): crossnobis with its noise precision at 1,800 measurements
+  (600 conditions x 3 runs) x 7,000 channels (``prec_from_measurements`` shrinkage_diag, about
+  5 minutes in rsatoolbox, and ``calc_rdm('crossnobis')`` with and without the precision); l2bg
+  alone from disk: two networks of n=10,000, d=16,384 (float32 .npy files), their RDMs streamed
+  and compared (``layer_similarity``), with the peak resident memory of the child process that
+  runs it.
 
-A GEMM of the same shape is timed first (``gemm`` rows): what BLAS delivers on this machine at
-that moment (shared machines are noisy). A table with the speedups and goals is printed at the
-end. Heavy rsatoolbox rows run once. Set ``L2BG_BENCH_QUICK=1`` to skip the 1,800 x 7,000 and
-n=10,000 rows. Needs rsatoolbox (``pip install rsatoolbox``); skipped without it.
+A GEMM of each size is the calibration row (``calibrate_gemm``): what BLAS delivers on this
+machine at that moment. rsatoolbox rows that take seconds run once. Needs rsatoolbox (``pip
+install rsatoolbox``); skipped without it.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
-import os
 import subprocess
 import sys
 import textwrap
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from harness import FULL, Timing, calibrate_gemm, measure, record
 
-rsatoolbox = pytest.importorskip("rsatoolbox")
+import l2bg.rsa.rsatoolbox as fast
+from l2bg import rsa
+from l2bg.rsa.rsatoolbox.options import original
 
-from rsatoolbox.data import Dataset  # noqa: E402
-
-import l2bg.rsa.rsatoolbox as fast  # noqa: E402
-from l2bg import rsa  # noqa: E402
-from l2bg.rsa.rsatoolbox.options import original  # noqa: E402
-
-QUICK = os.environ.get("L2BG_BENCH_QUICK", "") not in ("", "0")
+SUITE = "rsatoolbox"
 SIZES = [(500, 4096), (1000, 16384)]
 GOALS_S = {(500, 4096): 0.025, (1000, 16384): 0.30}
-ROWS: list[dict] = []
-BASE: dict[tuple, float] = {}  # (op, shape) -> rsatoolbox's median
+_OWN: dict[tuple[str, str], float] = {}  # (op, shape) -> rsatoolbox's median
 
 
-def _best_of(fn, rounds: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+def _pair(op: str, shape: str, dtype: str, own, ours, *, own_rounds: int, rounds: int,
+          benchmark=None, backend: str = "l2bg drop-in", **notes) -> Timing:
+    """rsatoolbox's call and l2bg's on the same data: two rows, l2bg's with the speedup."""
+    if (op, shape) not in _OWN:
+        t_own = measure(own, rounds=own_rounds, warmup=0 if own_rounds == 1 else 1)
+        record(suite=SUITE, op=op, backend="rsatoolbox", shape=shape, dtype="float64",
+               timing=t_own)
+        _OWN[(op, shape)] = t_own.median
+    t = measure(ours, rounds=rounds, benchmark=benchmark)
+    record(suite=SUITE, op=op, backend=backend, shape=shape, dtype=dtype, timing=t,
+           speedup=f"{_OWN[(op, shape)] / t.median:.1f}x", **notes)
+    return t
 
 
-def _run(benchmark, fn, rounds: int) -> float:
-    """Best of ``rounds`` (after one warm-up); pytest-benchmark records the same calls."""
-    benchmark.pedantic(fn, rounds=rounds, warmup_rounds=1 if rounds > 1 else 0)
-    return benchmark.stats.stats.min
-
-
-def _row(op, impl, shape, dtype, seconds, **notes) -> None:
-    base = BASE.get((op, shape))
-    if impl == "rsatoolbox":
-        BASE[(op, shape)] = seconds
-    elif base is not None:
-        notes["speedup"] = f"{base / seconds:.1f}x"
-    ROWS.append(dict(op=op, impl=impl, shape=shape, dtype=dtype, best_s=seconds, **notes))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _print_table(request):
-    yield
-    if not ROWS:
-        return
-    capman = request.config.pluginmanager.getplugin("capturemanager")
-    with capman.global_and_fixture_disabled():
-        load = os.getloadavg()
-        version = importlib.metadata.version("rsatoolbox")
-        print(f"\n\nrsatoolbox {version} vs l2bg, CPU, {torch.get_num_threads()}"
-              f" threads, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-        print(f"{'op':<28}{'impl':<22}{'shape':<22}{'dtype':<9}{'best_s':>10}  notes")
-        for r in ROWS:
-            notes = "; ".join(f"{k}={v}" for k, v in r.items()
-                              if k not in ("op", "impl", "shape", "dtype", "best_s"))
-            print(f"{r['op']:<28}{r['impl']:<22}{r['shape']:<22}{r['dtype']:<9}"
-                  f"{r['best_s']:>10.4f}  {notes}")
+def _dataset(x: np.ndarray, obs: dict):
+    """An rsatoolbox Dataset (the rows that need rsatoolbox skip without it)."""
+    return pytest.importorskip("rsatoolbox").data.Dataset(x, obs_descriptors=obs)
 
 
 def _data(n: int, d: int, seed: int) -> np.ndarray:
@@ -104,10 +73,10 @@ def pair(request):
     n, d = request.param
     xa, xb = _data(n, d, 0), _data(n, d, 1) * 0.5 + _data(n, d, 0) * 0.5
     obs = {"stimulus": np.arange(n)}
-    return n, d, Dataset(xa, obs_descriptors=obs), Dataset(xb, obs_descriptors=obs)
+    return n, d, _dataset(xa, obs), _dataset(xb, obs)
 
 
-def _shape(n, d):
+def _shape(n: int, d: int) -> str:
     return f"n={n} d={d}"
 
 
@@ -115,14 +84,10 @@ def _shape(n, d):
 
 
 def test_gemm_calibration(benchmark, pair):
-    n, d, a, _ = pair
-    x64 = torch.from_numpy(a.measurements)
-    x32 = x64.float()
-    for dtype, x in (("float64", x64), ("float32", x32)):
-        t = _best_of(lambda x=x: torch.mm(x, x.T), 5)
-        _row("gemm x@x.T (calibration)", "torch", _shape(n, d), dtype, t,
-             gflops=f"{2 * n * n * d / t / 1e9:.0f}")
-    benchmark.pedantic(lambda: torch.mm(x32, x32.T), rounds=3)
+    n, d, _, _ = pair
+    calibrate_gemm(SUITE, n, d, n, dtype=torch.float64, rounds=5, label="x @ x.T")
+    calibrate_gemm(SUITE, n, d, n, dtype=torch.float32, rounds=5, benchmark=benchmark,
+                   label="x @ x.T")
 
 
 # ----------------------------------------------------------------------------- correlation+rho
@@ -135,20 +100,17 @@ def test_two_correlation_rdms_and_spearman(benchmark, pair):
     calc, comp = original("calc_rdm"), original("compare")
     own = lambda: comp(calc(a, method="correlation"), calc(b, method="correlation"),
                        method="spearman")
-    _row(op, "rsatoolbox", shape, "float64", _best_of(own, 1 if n > 500 else 3))
-    for dtype in ("float64", "float32"):
+    for dtype, goal in (("float64", ">=10x"), ("float32", ">=20x")):
         drop = lambda dtype=dtype: fast.compare(
             fast.calc_rdm(a, method="correlation", dtype=dtype),
             fast.calc_rdm(b, method="correlation", dtype=dtype), method="spearman", dtype=dtype)
-        want = 20 if dtype == "float32" else 10
-        t = _best_of(drop, 5)
-        _row(op, "l2bg drop-in", shape, dtype, t, goal=f">={want}x")
+        _pair(op, shape, dtype, own, drop, own_rounds=1 if n > 500 else 3, rounds=5, goal=goal)
     xa = torch.from_numpy(a.measurements).float()
     xb = torch.from_numpy(b.measurements).float()
-    front = lambda: rsa.dissimilarity([xa], [xb], backend="torch")
-    t = _run(benchmark, front, 7)
-    _row(op, "l2bg rsa.dissimilarity", shape, "float32", t,
-         goal=f"<={GOALS_S[(n, d)] * 1e3:.0f}ms", ratio_to_goal=f"{t / GOALS_S[(n, d)]:.2f}")
+    goal = GOALS_S[(n, d)]
+    _pair(op, shape, "float32", own, lambda: rsa.dissimilarity([xa], [xb], backend="torch"),
+          own_rounds=1, rounds=7, benchmark=benchmark, backend="l2bg rsa.dissimilarity",
+          goal_s=goal)
 
 
 # ----------------------------------------------------------------------------- other methods
@@ -157,32 +119,53 @@ def test_two_correlation_rdms_and_spearman(benchmark, pair):
 @pytest.mark.parametrize("method", ["euclidean", "mahalanobis"])
 def test_calc_rdm_methods(benchmark, pair, method):
     n, d, a, _ = pair
-    shape = _shape(n, d)
     noise = None
     if method == "mahalanobis":
-        rng = np.random.default_rng(0)
-        q = rng.standard_normal((d, 64))
+        q = np.random.default_rng(0).standard_normal((d, 64))
         noise = np.eye(d) + q @ q.T / 64  # a dense symmetric precision
-    own = lambda: original("calc_rdm")(a, method=method, noise=noise)
     heavy = method == "mahalanobis" and d > 4096
-    _row(f"calc_rdm {method}", "rsatoolbox", shape, "float64", _best_of(own, 1 if heavy else 3))
-    t = _run(benchmark, lambda: fast.calc_rdm(a, method=method, noise=noise), 1 if heavy else 5)
-    _row(f"calc_rdm {method}", "l2bg drop-in", shape, "float64", t)
+    _pair(f"calc_rdm {method}", _shape(n, d), "float64",
+          lambda: original("calc_rdm")(a, method=method, noise=noise),
+          lambda: fast.calc_rdm(a, method=method, noise=noise),
+          own_rounds=1 if heavy else 3, rounds=2 if heavy else 5, benchmark=benchmark,
+          goal=">=1x")
 
 
 @pytest.mark.parametrize("method", ["cosine", "corr", "spearman", "rho-a", "tau-a", "kendall"])
 def test_compare_methods(benchmark, pair, method):
     n, d, a, b = pair
-    shape = _shape(n, d)
     ra = original("calc_rdm")(a, method="euclidean")
     rb = original("calc_rdm")(b, method="euclidean")
-    own = lambda: original("compare")(ra, rb, method=method)
-    _row(f"compare {method}", "rsatoolbox", shape, "float64", _best_of(own, 3))
-    t = _run(benchmark, lambda: fast.compare(ra, rb, method=method), 5)
-    _row(f"compare {method}", "l2bg drop-in", shape, "float64", t)
+    goal = ">=5x" if method in ("spearman", "tau-a", "kendall") else ">=1x"
+    _pair(f"compare {method}", _shape(n, d), "float64",
+          lambda: original("compare")(ra, rb, method=method),
+          lambda: fast.compare(ra, rb, method=method), own_rounds=5, rounds=7,
+          benchmark=benchmark, goal=goal)
 
 
-# ----------------------------------------------------------------------------- crossnobis
+def test_searchlight_patched(benchmark):
+    """rsatoolbox's own searchlight (1,000 spheres of up to 33 voxels, 40 events, correlation
+    RDMs of 20 conditions): its many small datasets go through the drop-in's batched list
+    path when patched."""
+    pytest.importorskip("rsatoolbox")
+    from rsatoolbox.util.searchlight import get_searchlight_RDMs, get_volume_searchlight
+
+    rng = np.random.default_rng(4)
+    mask = np.ones((10, 10, 10), dtype=bool)
+    centers, neighbors = get_volume_searchlight(mask, radius=2, threshold=0.5)
+    events = np.repeat(np.arange(20), 2)
+    data = rng.standard_normal((40, mask.size))
+    own = lambda: get_searchlight_RDMs(data, centers, neighbors, events, method="correlation")
+
+    def patched():
+        with fast.patch():
+            return own()
+
+    _pair("searchlight RDMs", f"{len(centers)} spheres", "float64", own, patched, own_rounds=3,
+          rounds=3, benchmark=benchmark, backend="l2bg patched")
+
+
+# ----------------------------------------------------------------------------- heavy rows
 
 
 @pytest.fixture(scope="module")
@@ -193,37 +176,26 @@ def runs_dataset():
     noise = torch.randn(n_cond * runs, p, generator=gen, dtype=torch.float64)
     x = (signal.repeat(runs, 1) + noise).numpy()
     obs = {"cond": np.tile(np.arange(n_cond), runs), "run": np.repeat(np.arange(runs), n_cond)}
-    return Dataset(x, obs_descriptors=obs)
+    return _dataset(x, obs)
 
 
-@pytest.mark.skipif(QUICK, reason="L2BG_BENCH_QUICK")
+@pytest.mark.skipif(not FULL, reason="heavy: L2BG_BENCH_FULL=1")
 def test_crossnobis_and_noise_precision(benchmark, runs_dataset):
     ds = runs_dataset
-    shape = "1800x7000 (600x3)"
+    shape = "1800x7000 (600 conds x 3 runs)"
+    _pair("prec_from_measurements", shape, "float64",
+          lambda: original("prec_from_measurements")(ds, "cond"),
+          lambda: fast.prec_from_measurements(ds, "cond"), own_rounds=1, rounds=2, goal=">=5x")
     prec = fast.prec_from_measurements(ds, "cond")
-    _row("prec_from_measurements", "rsatoolbox", shape, "float64",
-         _once(lambda: original("prec_from_measurements")(ds, "cond")))
-    _row("prec_from_measurements", "l2bg drop-in", shape, "float64",
-         _best_of(lambda: fast.prec_from_measurements(ds, "cond"), 2))
     kw = dict(method="crossnobis", descriptor="cond", cv_descriptor="run", noise=prec)
-    _row("calc_rdm crossnobis", "rsatoolbox", shape, "float64",
-         _once(lambda: original("calc_rdm")(ds, **kw)))
-    t = _run(benchmark, lambda: fast.calc_rdm(ds, **kw), 2)
-    _row("calc_rdm crossnobis", "l2bg drop-in", shape, "float64", t)
-    kw["noise"] = None
-    _row("calc_rdm crossnobis (no noise)", "rsatoolbox", shape, "float64",
-         _once(lambda: original("calc_rdm")(ds, **kw)))
-    _row("calc_rdm crossnobis (no noise)", "l2bg drop-in", shape, "float64",
-         _best_of(lambda: fast.calc_rdm(ds, **kw), 2))
+    _pair("calc_rdm crossnobis", shape, "float64", lambda: original("calc_rdm")(ds, **kw),
+          lambda: fast.calc_rdm(ds, **kw), own_rounds=1, rounds=2, benchmark=benchmark,
+          goal=">=5x")
+    plain = dict(kw, noise=None)
+    _pair("calc_rdm crossnobis, no noise", shape, "float64",
+          lambda: original("calc_rdm")(ds, **plain), lambda: fast.calc_rdm(ds, **plain),
+          own_rounds=1, rounds=2, goal=">=5x")
 
-
-def _once(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
-
-
-# ----------------------------------------------------------------------------- from disk
 
 _DISK_CHILD = textwrap.dedent("""
     import json, resource, sys, time
@@ -237,8 +209,8 @@ _DISK_CHILD = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(QUICK, reason="L2BG_BENCH_QUICK")
-def test_two_networks_from_disk(benchmark, tmp_path_factory):
+@pytest.mark.skipif(not FULL, reason="heavy: L2BG_BENCH_FULL=1")
+def test_two_networks_from_disk(tmp_path_factory):
     n, d = 10_000, 16_384
     root = tmp_path_factory.mktemp("disk")
     gen = torch.Generator().manual_seed(3)
@@ -250,37 +222,15 @@ def test_two_networks_from_disk(benchmark, tmp_path_factory):
             out[lo:lo + 1000] = torch.randn(1000, d, generator=gen).numpy()
         out.flush()
         del out
-    best = None
+    runs = []
     for _ in range(2):
         proc = subprocess.run([sys.executable, "-c", _DISK_CHILD, str(root / "a"), str(root / "b")],
                               capture_output=True, text=True, check=True)
-        res = json.loads(proc.stdout.strip().splitlines()[-1])
-        best = res if best is None or res["seconds"] < best["seconds"] else best
-    benchmark.extra_info.update(best)
-    benchmark.pedantic(lambda: None, rounds=1)
-    _row("2 nets from disk + spearman", "l2bg layer_similarity", f"n={n} d={d}", "float32",
-         best["seconds"], peak_rss=f"{best['peak_bytes'] / 2**30:.2f}GiB", goal="<=40s, <=8GiB")
-    Path(root / "a" / "layer.npy").unlink()
-    Path(root / "b" / "layer.npy").unlink()
-
-
-# ----------------------------------------------------------------------------- searchlight
-
-
-def test_searchlight_patched(benchmark):
-    """rsatoolbox's own searchlight (1,000 spheres of up to 33 voxels, 40 events, correlation
-    RDMs of 20 conditions), unpatched and patched: its many small datasets go through the
-    drop-in's batched list path."""
-    from rsatoolbox.util.searchlight import get_searchlight_RDMs, get_volume_searchlight
-
-    rng = np.random.default_rng(4)
-    mask = np.ones((10, 10, 10), dtype=bool)
-    centers, neighbors = get_volume_searchlight(mask, radius=2, threshold=0.5)
-    events = np.repeat(np.arange(20), 2)
-    data = rng.standard_normal((40, mask.size))
-    shape = f"{len(centers)} spheres"
-    own = lambda: get_searchlight_RDMs(data, centers, neighbors, events, method="correlation")
-    _row("searchlight RDMs", "rsatoolbox", shape, "float64", _best_of(own, 1))
-    with fast.patch():
-        t = _run(benchmark, own, 3)
-    _row("searchlight RDMs", "l2bg patched", shape, "float64", t)
+        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    for name in ("a", "b"):
+        (root / name / "layer.npy").unlink()
+    peak = max(r["peak_bytes"] for r in runs) / 2**30
+    best = min(r["seconds"] for r in runs)
+    record(suite=SUITE, op="2 nets from disk + spearman", backend="l2bg layer_similarity",
+           shape=f"n={n} d={d}", dtype="float32", timing=Timing([r["seconds"] for r in runs]),
+           goal="<=40s, <=8GiB", best_s=f"{best:.1f}", peak_rss=f"{peak:.2f}GiB")

@@ -28,7 +28,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from l2bg.rsa.reference import average_ranks, is_constant, sort_rows
+from l2bg.rsa.reference import (
+    average_ranks,
+    is_constant,
+    pow2_exponent,
+    scale_pow2,
+    sort_rows,
+)
 
 __all__ = [
     "Prepared",
@@ -87,11 +93,10 @@ def _unit_rows(t: Tensor, dead: Tensor, centre: float | None | bool, *,
     norm = torch.linalg.vector_norm(v, dim=-1, keepdim=True)
     risky = (~torch.isfinite(norm) | (norm < 2.0**-500)).squeeze(-1)
     if bool(risky.any()):
-        rows = v[risky] if owned else t[risky].to(torch.float64)
-        _pow2_scale_(rows)
+        rows = _pow2_scaled(v[risky] if owned else t[risky].to(torch.float64))
         if not owned:
             _centre_(rows, centre)
-            _pow2_scale_(rows)
+            rows = _pow2_scaled(rows)
         v[risky] = rows
         norm[risky] = torch.linalg.vector_norm(rows, dim=-1, keepdim=True)
     zero = dead.unsqueeze(-1) | (norm == 0)
@@ -106,12 +111,9 @@ def _centre_(v: Tensor, centre: float | None | bool) -> None:
         v.sub_(centre)
 
 
-def _pow2_scale_(v: Tensor) -> None:
-    """Scale float64 rows in place by a power of two (exact) so that their largest |entry|
-    lies in [0.5, 1)."""
-    amax = torch.maximum(v.amin(dim=-1, keepdim=True).abs(), v.amax(dim=-1, keepdim=True).abs())
-    exponent = torch.where(amax > 0, torch.frexp(amax).exponent, 0)
-    v.mul_(torch.ldexp(torch.ones_like(amax), -exponent))
+def _pow2_scaled(v: Tensor) -> Tensor:
+    """float64 rows rescaled by powers of two (exact) so their largest |entry| is in [0.5, 1)."""
+    return scale_pow2(v, pow2_exponent(v.abs().amax(dim=-1)))
 
 
 def _ranks_of_both(ta: Tensor, tb: Tensor | None) -> tuple[Tensor, Tensor | None]:

@@ -10,6 +10,8 @@ Rows (CPU; every l2bg row has the rsatoolbox row of the same call beside it, and
 * every other covered method at both sizes: ``calc_rdm`` euclidean and mahalanobis, ``compare``
   cosine, corr, spearman, rho-a, tau-a, kendall (one RDM against one);
 * rsatoolbox's own searchlight (1,000 spheres), unpatched and patched;
+* CUDA (``-m cuda``, where present): the patched rsatoolbox calls on the GPU (float64, and float32
+  through Triton) and the rank comparisons, against rsatoolbox on the CPU (goal >= 50x);
 * heavy (``L2BG_BENCH_FULL=1``): crossnobis with its noise precision at 1,800 measurements
   (600 conditions x 3 runs) x 7,000 channels (``prec_from_measurements`` shrinkage_diag, about
   5 minutes in rsatoolbox, and ``calc_rdm('crossnobis')`` with and without the precision); l2bg
@@ -41,6 +43,7 @@ from l2bg.rsa.rsatoolbox.options import original
 SUITE = "rsatoolbox"
 SIZES = [(500, 4096), (1000, 16384)]
 GOALS_S = {(500, 4096): 0.025, (1000, 16384): 0.30}
+CUDA = torch.cuda.is_available()
 _OWN: dict[tuple[str, str], float] = {}  # (op, shape) -> rsatoolbox's median
 
 
@@ -163,6 +166,46 @@ def test_searchlight_patched(benchmark):
 
     _pair("searchlight RDMs", f"{len(centers)} spheres", "float64", own, patched, own_rounds=3,
           rounds=3, benchmark=benchmark, backend="l2bg patched")
+
+
+# ----------------------------------------------------------------------------- CUDA
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_cuda_patched_correlation_and_spearman(benchmark, pair, dtype):
+    """The drop-in on CUDA (Triton for float32 correlation RDMs), rsatoolbox's objects in and
+    out, against rsatoolbox's own call on the CPU (goal: >= 50x)."""
+    n, d, a, b = pair
+    calc, comp = original("calc_rdm"), original("compare")
+    own = lambda: comp(calc(a, method="correlation"), calc(b, method="correlation"),
+                       method="spearman")
+
+    def patched():
+        with fast.patch(dtype=dtype, device="cuda"):
+            import rsatoolbox
+
+            ra = rsatoolbox.rdm.calc_rdm(a, method="correlation")
+            return rsatoolbox.rdm.compare(ra, rsatoolbox.rdm.calc_rdm(b, method="correlation"),
+                                          method="spearman")
+
+    _pair("2 corr RDMs + spearman", _shape(n, d), dtype, own, patched,
+          own_rounds=1 if n > 500 else 3, rounds=7, benchmark=benchmark,
+          backend="l2bg patched (cuda)", goal=">=50x")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("method", ["spearman", "tau-a", "kendall"])
+def test_cuda_compare_methods(benchmark, pair, method):
+    n, d, a, b = pair
+    ra = original("calc_rdm")(a, method="euclidean")
+    rb = original("calc_rdm")(b, method="euclidean")
+    _pair(f"compare {method}", _shape(n, d), "float64",
+          lambda: original("compare")(ra, rb, method=method),
+          lambda: fast.compare(ra, rb, method=method, device="cuda"), own_rounds=5, rounds=7,
+          benchmark=benchmark, backend="l2bg drop-in (cuda)", goal=">=50x")
 
 
 # ----------------------------------------------------------------------------- heavy rows

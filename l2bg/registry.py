@@ -33,15 +33,24 @@ class Registry(Generic[T]):
         self.kind = kind
         self.option = option
         self._items: dict[str, T] = {}
+        self._aliases: dict[str, str] = {}  # alias -> name (an entry's ``aliases`` attribute)
 
     def register(self, item: T, *, replace: bool = False) -> T:
         """Add ``item`` under ``item.name`` and return it; a second entry of the same name needs
         ``replace=True``."""
         name = check_name(self.kind, getattr(item, "name", None))
+        aliases = tuple(check_name(self.kind, a) for a in getattr(item, "aliases", ()))
+        for key in (name, *aliases):
+            owner = self._aliases.get(key, key if key in self._items else None)
+            if owner is not None and owner != name and not replace:
+                raise L2BGError(f"a {self.kind} named {key!r} is already registered; pass "
+                                "replace=True or choose another name")
         if name in self._items and not replace and self._items[name] is not item:
             raise L2BGError(f"a {self.kind} named {name!r} is already registered; pass "
                             "replace=True or choose another name")
         self._items[name] = item
+        for a in aliases:
+            self._aliases[a] = name
         return item
 
     def get(self, name: str | T) -> T:
@@ -50,20 +59,25 @@ class Registry(Generic[T]):
             if getattr(name, "name", None) in self._items:
                 return name  # type: ignore[return-value]
             raise L2BGError(f"{self.option} expects a registered {self.kind} name, got {name!r}")
-        if name not in self._items:
+        key = self._aliases.get(name, name)
+        if key not in self._items:
             raise L2BGError(f"unknown {self.kind} {name!r} for {self.option}; use one of "
                             f"{', '.join(self._items)}")
-        return self._items[name]
+        return self._items[key]
 
     def names(self) -> list[str]:
+        """Registered names in registration order (aliases not repeated)."""
         return list(self._items)
 
     def unregister(self, name: str) -> T:
         """Remove and return the entry registered as ``name``."""
-        return self._items.pop(self.get(name).name)  # type: ignore[attr-defined]
+        item = self._items.pop(self.get(name).name)  # type: ignore[attr-defined]
+        for a in [a for a, owner in self._aliases.items() if owner == item.name]:  # type: ignore[attr-defined]
+            del self._aliases[a]
+        return item
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        return name in self._items or name in self._aliases
 
     def help(self) -> str:
         """``name: help; ...`` of every entry (for ``--help``)."""

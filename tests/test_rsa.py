@@ -368,6 +368,12 @@ def test_comparison_methods_registry():
         with pytest.raises(L2BGError, match="already registered"):
             methods.register(methods.CompareMethod("corr", lambda x, y: x))
     finally:
-        methods._REGISTRY.pop("neg-pearson")
+        methods.unregister("neg-pearson")
     with pytest.raises(L2BGError, match="unknown comparison method 'nope'"):
         rsa.compare(a, b, method="nope")
+    # an alias belongs to its method: unregistering the method frees it
+    methods.register(methods.CompareMethod("anti", lambda x, y: -x.sum(-1), aliases=("anti2",)))
+    assert methods.get("anti2") is methods.get("anti") and "anti2" not in methods.names()
+    methods.unregister("anti")
+    with pytest.raises(L2BGError, match="unknown comparison method 'anti2'"):
+        methods.get("anti2")

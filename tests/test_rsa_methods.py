@@ -3,6 +3,7 @@ torch math against scipy and brute-force definitions, the all-pairs form against
 form, the C++ discordant-pair count against its torch reference, and ranking each RDM once."""
 
 import itertools
+import os
 
 import numpy as np
 import pytest
@@ -190,3 +191,47 @@ def test_all_pairs_are_scale_free(scale):
         got = spec.all_pairs(ta * scale, tb * scale)
         assert torch.isfinite(got).all()
         torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+def test_sides_prepared_side_by_side_equal_one_after_the_other(monkeypatch):
+    """With one torch thread (the drop-in, layer x layer RSA), large sides are sorted in two
+    Python threads; the result is exactly the sequential one, ties and batches included."""
+    from l2bg.rsa.blas import one_torch_thread
+
+    gen = torch.Generator().manual_seed(6)
+    m = comparisons._SIDE_BY_SIDE_MIN + 17
+    ta = torch.randint(0, 60, (1, m), generator=gen).double()  # ties
+    tb = torch.rand(2, m, generator=gen, dtype=torch.float64)
+    pools = []
+
+    class CountingPool(comparisons.ThreadPoolExecutor):
+        def __init__(self, *a, **k):
+            pools.append(1)
+            super().__init__(*a, **k)
+
+    monkeypatch.setattr(comparisons, "ThreadPoolExecutor", CountingPool)
+    before = torch.get_num_threads()
+    for method in ("spearman", "kendall", "tau-a", "rho-a"):
+        spec = methods.get(method)
+        with monkeypatch.context() as mp:
+            mp.setattr(comparisons, "_SIDE_BY_SIDE_MIN", 2**62)
+            want = spec.all_pairs(ta, tb)
+        n_pools = len(pools)
+        with one_torch_thread("cpu"):
+            assert torch.get_num_threads() == 1
+            got = spec.all_pairs(ta, tb)
+        assert torch.get_num_threads() == before
+        assert torch.equal(got, want), method
+        if (os.cpu_count() or 1) > 1:
+            assert len(pools) == n_pools + 1, method  # the two sides ran side by side
+
+
+def test_one_torch_thread_restores_the_count_on_error():
+    from l2bg.rsa.blas import one_torch_thread
+
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError, match="boom"), one_torch_thread("cpu"):
+        raise RuntimeError("boom")
+    assert torch.get_num_threads() == before
+    with one_torch_thread("meta"):  # not the CPU: untouched
+        assert torch.get_num_threads() == before

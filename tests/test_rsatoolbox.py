@@ -365,3 +365,19 @@ def test_missing_rsatoolbox_is_a_one_line_error(monkeypatch):
     with pytest.raises(L2BGError, match="pip install rsatoolbox") as info:
         fast.calc_rdm(None)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("scale,dtype", [(1e200, "float64"), (1e-200, "float64"),
+                                         (1e30, "float32"), (1e-30, "float32")])
+def test_correlation_rdm_is_scale_free(scale, dtype):
+    """Correlation distances of patterns whose squares overflow or underflow (the rows are then
+    rescaled by powers of two) equal those of the same patterns at scale 1; constant patterns
+    stay NaN."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((9, 40))
+    x[3] = 1.0
+    base = fast.calc_rdm(Dataset(x), method="correlation", dtype=dtype).dissimilarities
+    got = fast.calc_rdm(Dataset(x * scale), method="correlation", dtype=dtype).dissimilarities
+    assert np.isnan(base).sum() == 8
+    np.testing.assert_allclose(got, base, rtol=1e-5 if dtype == "float32" else 1e-12,
+                               atol=1e-6 if dtype == "float32" else 1e-13, equal_nan=True)

@@ -372,7 +372,8 @@ def dissimilarities(
         flat = [x.reshape(n, -1) for x in xs]
         try:
             if len({f.shape[1] for f in flat}) == 1:  # one batched call for all K nets
-                tb, r2 = rdm_triu(torch.stack(flat), backend=backend, return_backend=True)
+                batch = flat[0].unsqueeze(0) if K == 1 else torch.stack(flat)  # no copy of one
+                tb, r2 = rdm_triu(batch, backend=backend, return_backend=True)
             else:
                 parts = []
                 for k, f in enumerate(flat):

@@ -22,8 +22,11 @@ rsatoolbox do (tau-b of a constant triangle).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -45,6 +48,8 @@ __all__ = [
     "pairs",
     "prepare",
 ]
+
+T = TypeVar("T")
 
 _PAIR_CHUNK = 1 << 22
 """Elements (pairs x m) handled at once by the Kendall pair loop: bounds its int64 work space."""
@@ -116,11 +121,30 @@ def _pow2_scaled(v: Tensor) -> Tensor:
     return scale_pow2(v, pow2_exponent(v.abs().amax(dim=-1)))
 
 
+_SIDE_BY_SIDE_MIN = 1 << 16
+"""Elements per side from which a single-threaded torch prepares both sides in two threads."""
+
+
+def _both(fn: Callable[[Tensor], T], ta: Tensor, tb: Tensor | None) -> tuple[T, T | None]:
+    """``fn(ta), fn(tb)``; side by side in two threads where torch runs one CPU thread (as the
+    rsatoolbox drop-in does) and both sides are large: each side's sort is single-threaded work
+    and torch releases the GIL, so two cores sort at once."""
+    if tb is None:
+        return fn(ta), None
+    if (ta.device.type == "cpu" and torch.get_num_threads() == 1 and (os.cpu_count() or 1) > 1
+            and min(ta.numel(), tb.numel()) >= _SIDE_BY_SIDE_MIN):
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            other = pool.submit(fn, tb)
+            return fn(ta), other.result()
+    return fn(ta), fn(tb)
+
+
 def _ranks_of_both(ta: Tensor, tb: Tensor | None) -> tuple[Tensor, Tensor | None]:
     """Average ranks of both sides: one sort when their dtypes agree and they are small, one
-    per side when large (half the peak memory of the sort's work space)."""
-    if tb is None:
-        return average_ranks(ta), None
+    per side when large (half the peak memory of the sort's work space; two threads where
+    ``_both`` allows)."""
+    if tb is None or min(ta.numel(), tb.numel()) >= _SIDE_BY_SIDE_MIN:
+        return _both(average_ranks, ta, tb)
     if ta.dtype == tb.dtype and ta.numel() + tb.numel() <= _PAIR_CHUNK * 8:
         r = average_ranks(torch.cat([ta, tb]))
         return r[: ta.shape[0]], r[ta.shape[0] :]
@@ -294,7 +318,7 @@ KENDALL_METHODS = {"tau-a": "a", "tau-b": "b"}
 def prepare(method: str, ta: Tensor, tb: Tensor | None = None) -> tuple[Prepared, Prepared | None]:
     """Prepare rows ta (Ka, m) and tb (Kb, m) for ``method`` (ranks of both from one sort)."""
     if method in KENDALL_METHODS:
-        return _prepare_kendall(ta), None if tb is None else _prepare_kendall(tb)
+        return _both(_prepare_kendall, ta, tb)
     ra = rb = None
     if method in ("spearman", "rho-a"):
         ra, rb = _ranks_of_both(ta, tb)

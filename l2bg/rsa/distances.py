@@ -24,9 +24,11 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 
-import numpy as np
 import torch
 from torch import Tensor
+
+from l2bg.rsa.blas import matmul, syrk
+from l2bg.rsa.reference import pow2_exponent, scale_pow2
 
 __all__ = [
     "correlation",
@@ -34,7 +36,6 @@ __all__ = [
     "crossnobis_fold_pairs",
     "euclidean",
     "mahalanobis",
-    "matmul",
     "pack_blocks",
     "row_blocks",
     "symmetric_gram",
@@ -61,38 +62,10 @@ def upper_blocks(left: Tensor, right: Tensor) -> Iterator[tuple[int, int, Tensor
     triangle is all that is needed (left, right: (B, n, p))."""
     n = left.shape[1]
     for lo, hi in row_blocks(n):
-        yield lo, hi, torch.matmul(left[:, lo:hi], right[:, lo:].mT)
-
-
-_SYRK_MAX_N = 8192
-"""Up to this many rows, a CPU Gram is one symmetric rank-k update (half the work of a GEMM)."""
-
-
-def _numpy_blas(*ts: Tensor) -> bool:
-    """Whether CPU products of these tensors go to numpy's BLAS: float32/float64 CPU tensors
-    without autograd. torch's CPU BLAS has no syrk, and on AMD CPUs its MKL GEMMs trail the
-    OpenBLAS numpy ships; numpy reads the tensors through zero-copy views."""
-    return all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
-               and not t.requires_grad for t in ts) and len({t.dtype for t in ts}) == 1
-
-
-def matmul(a: Tensor, b: Tensor) -> Tensor:
-    """``a @ b`` (2-D, or a batch of one (1, n, k) times (k, p)): numpy's BLAS on the CPU
-    (``_numpy_blas``), torch elsewhere."""
-    if _numpy_blas(a, b) and b.ndim == 2 and (a.ndim == 2 or a.shape[0] == 1):
-        out = torch.from_numpy(np.matmul(a.reshape(-1, a.shape[-1]).numpy(), b.numpy()))
-        return out.view(*a.shape[:-1], b.shape[-1])
-    return torch.matmul(a, b)
-
-
-def _syrk(a: Tensor) -> Tensor | None:
-    """``a @ a^T`` of a CPU float matrix a (n, k) by BLAS syrk, or None where that does not
-    apply. torch has no syrk; numpy calls it for a product of an array with its own transpose
-    (zero-copy views of the tensor), and mirrors the triangle, so the result is symmetric."""
-    if not _numpy_blas(a) or a.ndim != 2 or a.shape[0] > _SYRK_MAX_N:
-        return None
-    x = a.numpy()
-    return torch.from_numpy(np.matmul(x, x.T))
+        if left.shape[0] == 1:  # numpy's BLAS on the CPU
+            yield lo, hi, matmul(left[:, lo:hi], right[0, lo:].T)
+        else:
+            yield lo, hi, torch.matmul(left[:, lo:hi], right[:, lo:].mT)
 
 
 def symmetric_gram(a: Tensor) -> Tensor:
@@ -100,7 +73,7 @@ def symmetric_gram(a: Tensor) -> Tensor:
     blocks mirrored; about half the GEMM work of the full product, and exactly symmetric."""
     batched = a.ndim == 3
     if not batched:
-        g = _syrk(a)
+        g = syrk(a)
         if g is not None:
             return g
     a = a if batched else a.unsqueeze(0)
@@ -117,7 +90,7 @@ def _self_blocks(x: Tensor) -> tuple[list | Iterator, Tensor | None]:
     squared when they come for free: one syrk block for a single CPU matrix (its diagonal),
     else the upper row blocks (and None)."""
     if x.shape[0] == 1:
-        g = _syrk(x[0])
+        g = syrk(x[0])
         if g is not None:
             return [(0, x.shape[1], g.unsqueeze(0))], g.diagonal().clone().unsqueeze(0)
     return upper_blocks(x, x), None
@@ -154,16 +127,26 @@ def euclidean(x: Tensor) -> Tensor:
 
 
 def correlation(x: Tensor) -> Tensor:
-    """Correlation distance ``1 - r`` between rows, packed (B, m); NaN for constant rows."""
+    """Correlation distance ``1 - r`` between rows, packed (B, m); NaN for constant rows.
+
+    The rows are centred once; the Gram of the centred rows gives the squared norms on its
+    diagonal, so each block is normalised as it is packed (no normalised copy of x). Rows
+    whose squares overflow or underflow are first rescaled by powers of two (exact)."""
     b, n, _ = x.shape
     u = x - x.mean(dim=-1, keepdim=True)
-    norm = torch.linalg.vector_norm(u, dim=-1, keepdim=True)
-    constant = x.amin(dim=-1, keepdim=True) == x.amax(dim=-1, keepdim=True)
-    u.div_(torch.where(constant, 1.0, norm)).masked_fill_(constant, torch.nan)
+    constant = x.amin(dim=-1) == x.amax(dim=-1)
+    grams, ss = _self_blocks(u)
+    ss = _rowdot(u, u) if ss is None else ss
+    tiny = torch.finfo(u.dtype).tiny * 2.0**24
+    if bool((~constant & ~((ss > tiny) & torch.isfinite(ss))).any()):
+        u = scale_pow2(u, pow2_exponent(u.abs().amax(dim=-1))).to(x.dtype)
+        grams, ss = _self_blocks(u)
+        ss = _rowdot(u, u) if ss is None else ss
+    inv = torch.where(constant, torch.nan, ss.rsqrt())
 
     def blocks():
-        for lo, hi, g in _self_blocks(u)[0]:
-            yield lo, hi, g.neg_().add_(1.0)
+        for lo, hi, g in grams:  # g is ours: the distances are made in place
+            yield lo, hi, g.mul_(inv[:, lo:hi, None]).mul_(inv[:, None, lo:]).neg_().add_(1.0)
 
     return pack_blocks(n, b, blocks(), x.dtype, x.device)
 

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from l2bg.errors import L2BGError
 from l2bg.rsa import methods
+from l2bg.rsa.blas import one_torch_thread
 from l2bg.rsa.ondisk import Source, open_source
 from l2bg.rsa.stream import stream_rdm
 
@@ -191,15 +192,16 @@ def layer_similarity(sources: Sequence[Activations], *,
         labels.append(got_names)
         rdms.append(got)
         ran |= r
-    if len(opened) == 2:
-        ta, tb = _stack(rdms[0]), _stack(rdms[1])
-        values, row_names, col_names = spec.all_pairs(ta, tb), labels[0], labels[1]
-    else:
-        tags = names or [f"net{k}" for k in range(len(opened))]
-        flat = [f"{tags[k]}:{x}" if len(opened) > 1 else x
-                for k, group in enumerate(labels) for x in group]
-        values = spec.all_pairs(_stack([t for group in rdms for t in group]))
-        row_names = col_names = flat
+    with one_torch_thread(device):  # both sides ranked side by side (comparisons._both)
+        if len(opened) == 2:
+            ta, tb = _stack(rdms[0]), _stack(rdms[1])
+            values, row_names, col_names = spec.all_pairs(ta, tb), labels[0], labels[1]
+        else:
+            tags = names or [f"net{k}" for k in range(len(opened))]
+            flat = [f"{tags[k]}:{x}" if len(opened) > 1 else x
+                    for k, group in enumerate(labels) for x in group]
+            values = spec.all_pairs(_stack([t for group in rdms for t in group]))
+            row_names = col_names = flat
     used = len(rows) if rows is not None else n
     info = {"sources": [p for p, _ in counts], "rdm": "correlation distance",
             "rdm_backend": "+".join(sorted(ran))}

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from l2bg.errors import L2BGError
+from l2bg.registry import Registry
 from l2bg.rsa import comparisons
 from l2bg.rsa.reference import compare_torch
 
-__all__ = ["CompareMethod", "get", "names", "register"]
+__all__ = ["METHODS", "CompareMethod", "get", "names", "register", "unregister"]
 
 
 @dataclass(frozen=True)
@@ -47,34 +47,27 @@ class CompareMethod:
         return self.torch(ta.unsqueeze(1), (ta if tb is None else tb).unsqueeze(0))
 
 
-_REGISTRY: dict[str, CompareMethod] = {}
-_ALIASES: dict[str, str] = {}
+METHODS: Registry[CompareMethod] = Registry("comparison method", "method")
 
 
 def register(method: CompareMethod, *, replace: bool = False) -> CompareMethod:
     """Add ``method`` (and its aliases) to the registry."""
-    for key in (method.name, *method.aliases):
-        owner = _ALIASES.get(key, key if key in _REGISTRY else None)
-        if owner is not None and owner != method.name and not replace:
-            raise L2BGError(f"a comparison method named {key!r} is already registered; pass "
-                            "replace=True or choose another name")
-    _REGISTRY[method.name] = method
-    for a in method.aliases:
-        _ALIASES[a] = method.name
-    return method
+    return METHODS.register(method, replace=replace)
 
 
 def get(name: str) -> CompareMethod:
     """The method registered as ``name`` (or an alias of it)."""
-    key = _ALIASES.get(name, name)
-    if key not in _REGISTRY:
-        raise L2BGError(f"unknown comparison method {name!r}; use one of {', '.join(names())}")
-    return _REGISTRY[key]
+    return METHODS.get(name)
 
 
 def names() -> list[str]:
     """Registered method names (aliases not repeated)."""
-    return list(_REGISTRY)
+    return METHODS.names()
+
+
+def unregister(name: str) -> CompareMethod:
+    """Remove and return the method registered as ``name`` (its aliases too)."""
+    return METHODS.unregister(name)
 
 
 def _matrix(kind: str) -> Callable[..., Tensor]:

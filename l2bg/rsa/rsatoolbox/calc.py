@@ -25,7 +25,7 @@ from torch import Tensor
 
 from l2bg.rsa import distances
 from l2bg.rsa import noise as noise_math
-from l2bg.rsa.rsatoolbox.options import original, require, resolve
+from l2bg.rsa.rsatoolbox.options import on_blas_threads, original, require, resolve
 
 __all__ = ["FAST_METHODS", "calc_rdm"]
 
@@ -34,6 +34,7 @@ _MEASURE = {"euclidean": "squared euclidean", "correlation": "correlation",
             "mahalanobis": "squared mahalanobis", "crossnobis": "crossnobis"}
 
 
+@on_blas_threads
 def calc_rdm(dataset: Any, method: str = "euclidean", descriptor: str | None = None,
              noise: Any = None, cv_descriptor: str | None = None, prior_lambda: float = 1.0,
              prior_weight: float = 0.1, remove_mean: bool = False, *, dtype: object = None,

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from l2bg.rsa import comparisons
-from l2bg.rsa.rsatoolbox.options import original, require, resolve
+from l2bg.rsa.rsatoolbox.options import on_blas_threads, original, require, resolve
 
 __all__ = ["FAST_METHODS", "compare"]
 
@@ -33,6 +33,7 @@ def _vectors(rdm: Any) -> np.ndarray:
     return rdm.reshape(1, -1) if rdm.ndim == 1 else rdm
 
 
+@on_blas_threads
 def compare(rdm1: Any, rdm2: Any, method: str = "cosine", sigma_k: Any = None, *,
             dtype: object = None, device: str | None = None) -> np.ndarray:
     """``rsatoolbox.rdm.compare`` on l2bg: same arguments, same (K1, K2) array (within 1e-6).

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from l2bg.rsa import noise as noise_math
-from l2bg.rsa.rsatoolbox.options import original, require, resolve
+from l2bg.rsa.rsatoolbox.options import on_blas_threads, original, require, resolve
 
 __all__ = ["prec_from_measurements", "prec_from_residuals"]
 
@@ -37,6 +37,7 @@ def _scalar_dof(dof: Any) -> bool:
                            and not isinstance(dof, bool))
 
 
+@on_blas_threads
 def prec_from_residuals(residuals: Any, dof: Any = None, method: str = "shrinkage_diag", *,
                         dtype: object = None, device: str | None = None) -> Any:
     """``rsatoolbox.data.prec_from_residuals`` on l2bg: the precision (p, p) of residuals
@@ -57,6 +58,7 @@ def prec_from_residuals(residuals: Any, dof: Any = None, method: str = "shrinkag
     return out[0] if single else out
 
 
+@on_blas_threads
 def prec_from_measurements(dataset: Any, obs_desc: str, dof: Any = None,
                            method: str = "shrinkage_diag", *, dtype: object = None,
                            device: str | None = None) -> Any:

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import Any
@@ -12,7 +14,16 @@ import torch
 
 from l2bg.errors import L2BGError
 
-__all__ = ["DEFINED_IN", "OPTIONS", "Options", "configure", "original", "require", "resolve"]
+__all__ = [
+    "DEFINED_IN",
+    "OPTIONS",
+    "Options",
+    "configure",
+    "on_blas_threads",
+    "original",
+    "require",
+    "resolve",
+]
 
 DEFINED_IN = {
     "calc_rdm": "rsatoolbox.rdm.calc",
@@ -94,3 +105,16 @@ def original(name: str) -> Any:
     """rsatoolbox's own ``name`` (never the drop-in, patched or not)."""
     require()
     return _ORIGINALS[name]
+
+
+def on_blas_threads(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a drop-in function that computes on the CPU with one torch thread, so that numpy's
+    BLAS has the cores (:func:`l2bg.rsa.blas.one_torch_thread`)."""
+    from l2bg.rsa.blas import one_torch_thread
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, device: str | None = None, **kwargs: Any) -> Any:
+        with one_torch_thread(resolve(None, device)[1]):
+            return fn(*args, device=device, **kwargs)
+
+    return wrapper

@@ -34,6 +34,7 @@ from typing import Any
 from l2bg.cache import IndependentCache
 from l2bg.fileio import atomic_write, write_json
 from l2bg.learner import GrowStep
+from l2bg.metrics import nondominated
 from l2bg.rules import DEFAULT_BIND_RULE
 from l2bg.search import MemoRunner
 from l2bg.settings import Settings, resolve_cache_dir
@@ -151,12 +152,9 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         table.append(out)
     for bench in dict.fromkeys(r["benchmark"] for r in table):
         group = [r for r in table if r["benchmark"] == bench]
-        for r in group:
-            r["front"] = not any(
-                o["val_acc_mean"] >= r["val_acc_mean"] and o["params_ratio_mean"]
-                <= r["params_ratio_mean"] and (o["val_acc_mean"] > r["val_acc_mean"]
-                                               or o["params_ratio_mean"]
-                                               < r["params_ratio_mean"]) for o in group)
+        on_front = nondominated([(r["val_acc_mean"], r["params_ratio_mean"]) for r in group])
+        for r, keep in zip(group, on_front, strict=True):
+            r["front"] = keep
         indep = next((r for r in group if r["run"] == "independent"), None)
         for r in group:
             r["val_gap_to_independent"] = (None if indep is None

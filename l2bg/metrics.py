@@ -91,3 +91,13 @@ def gain_raw(final_err: Sequence[float], independent_err: Sequence[float],
     baseline's error floored at 1/(2|V_t|) so that a perfect baseline does not divide by 0."""
     base = _floored_errors(independent_err, n_val)
     return sum((e - b) / b for e, b in zip(final_err, base, strict=True))
+
+
+def nondominated(points: Sequence[tuple[float, float]]) -> list[bool]:
+    """For (accuracy, size) points, whether each is on the Pareto front: no other point has
+    accuracy >= and size <= with one of them strict (accuracy maximised, size minimised). Equal
+    points are all on it; callers that group them (one network) pass one of each."""
+    return [
+        not any(a2 >= a and p2 <= p and (a2 > a or p2 < p) for a2, p2 in points)
+        for a, p in points
+    ]

@@ -57,3 +57,11 @@ def test_bad_matrices_are_rejected():
         metrics.bwt([[0.5, None], [None, 0.4]])
     with pytest.raises(L2BGError, match="independent"):
         metrics.fwt(R, [0.1])
+
+
+def test_nondominated_maximises_accuracy_and_minimises_size():
+    pts = [(0.90, 100), (0.95, 200), (0.85, 150), (0.95, 250), (0.80, 50), (0.90, 100)]
+    # (0.85, 150) is beaten by (0.90, 100); (0.95, 250) by (0.95, 200); equal points stay
+    assert metrics.nondominated(pts) == [True, True, False, False, True, True]
+    assert metrics.nondominated([]) == []
+    assert metrics.nondominated([(0.5, 1)]) == [True]

@@ -15,6 +15,7 @@ from typing import Any
 
 from l2bg.errors import L2BGError
 from l2bg.fileio import atomic_write, read_json, sweep_stale_temps, write_json
+from l2bg.metrics import nondominated
 from l2bg.search.notation import delta_label, format_sequence
 from l2bg.search.plots import plot_hypervolume, plot_pareto
 from l2bg.search.storage import open_storage, redact_url
@@ -84,12 +85,10 @@ def pareto_front(trials: Sequence[Any]) -> list[FrontPoint]:
     groups: dict[str, list[Any]] = {}
     for t in sorted(trials, key=lambda t: t.number):
         groups.setdefault(network_key(t), []).append(t)
-    reps = [(g[0], float(g[0].values[0]), float(g[0].values[1])) for g in groups.values()]
-    front = []
-    for t, a, p in reps:
-        dominated = any((a2 >= a and p2 <= p) and (a2 > a or p2 < p) for _, a2, p2 in reps)
-        if not dominated:
-            front.append(FrontPoint(t, [x.number for x in groups[network_key(t)]]))
+    reps = [g[0] for g in groups.values()]
+    on_front = nondominated([(float(t.values[0]), float(t.values[1])) for t in reps])
+    front = [FrontPoint(t, [x.number for x in groups[network_key(t)]])
+             for t, keep in zip(reps, on_front, strict=True) if keep]
     return sorted(front, key=lambda f: (f.trial.values[1], -f.trial.values[0], f.number))
 
 

@@ -27,6 +27,7 @@ import math
 import statistics
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -210,7 +211,16 @@ def plot(path: Path, table: list[dict[str, Any]]) -> None:
         ax = fig.add_subplot(1, len(benches), k + 1)
         group = [r for r in table if r["benchmark"] == bench]
         seen: set[str] = set()
+        # runs that land on one point (often the same network) are drawn as shrinking
+        # concentric markers with their δ labels stacked, so none hides another
+        spot = {id(r): (round(r["params_ratio_mean"], 3), round(r["test_acc_mean"], 2))
+                for r in group}
+        totals = Counter(spot.values())
+        drawn: Counter = Counter()
         for r in group:
+            nth = drawn[spot[id(r)]]
+            drawn[spot[id(r)]] += 1
+            size = 6 + 3 * (totals[spot[id(r)]] - 1 - nth)
             if r["strategy"] in marks:
                 m, c = marks[r["strategy"]]
                 label = r["strategy"]
@@ -222,12 +232,13 @@ def plot(path: Path, table: list[dict[str, Any]]) -> None:
                 if r["similarity"] != DEFAULT_SIMILARITY:
                     m, label = "v", f"{label}, {r['similarity']}"
             ax.errorbar(r["params_ratio_mean"], r["test_acc_mean"], xerr=r["params_ratio_sd"],
-                        yerr=r["test_acc_sd"], fmt=m, color=c, ms=6, capsize=2, lw=0.8,
-                        label=None if label in seen else label, zorder=3)
+                        yerr=r["test_acc_sd"], fmt=m, color=c, ms=size, capsize=2, lw=0.8,
+                        label=None if label in seen else label, zorder=3 + 0.01 * nth)
             seen.add(label)
             if r["delta"] is not None:
                 ax.annotate(f"{r['delta']:g}", (r["params_ratio_mean"], r["test_acc_mean"]),
-                            textcoords="offset points", xytext=(4, 3), fontsize=6, color=c)
+                            textcoords="offset points", xytext=(5, 3 + 7 * nth), fontsize=6,
+                            color=c)
         front = sorted((r for r in group if r["front"]), key=lambda r: r["params_ratio_mean"])
         if front:
             ax.step([r["params_ratio_mean"] for r in front], [r["test_acc_mean"] for r in front],

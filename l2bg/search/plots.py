@@ -74,11 +74,13 @@ def plot_pareto(path: Path, feasible: Sequence[Any], infeasible: Sequence[Any],
         ax.step(xs, ys, where="post", c="tab:red", lw=1, zorder=3)
         ax.scatter(xs, ys, s=30, c="tab:red", edgecolors="k", linewidths=0.5,
                    label=f"Pareto front ({len(front)})", zorder=4)
+        right = min(xs) + 0.8 * (max(xs) - min(xs))
         for t, x, y in zip(ordered, xs, ys, strict=True):
             d = delta_label(t.user_attrs.get("grow_sequence"))
             text = f"#{t.number}" + (f" δ={d}" if d else "")
-            ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=6,
-                        color="tab:red")
+            flip = len(xs) > 1 and x > right  # labels near the right edge read leftwards
+            ax.annotate(text, (x, y), textcoords="offset points", xytext=(-4 if flip else 4, 4),
+                        ha="right" if flip else "left", fontsize=6, color="tab:red")
             data["front"].append({"number": t.number, "params": x, "value": y, "label": text})
     marks = {"independent": ("D", "tab:blue"), "shared": ("s", "tab:green")}
     for name, (marker, color) in marks.items():

@@ -377,3 +377,21 @@ def test_comparison_methods_registry():
     methods.unregister("anti")
     with pytest.raises(L2BGError, match="unknown comparison method 'anti2'"):
         methods.get("anti2")
+
+
+def test_dissimilarity_reuses_one_workspace_without_mixing_layers_or_nets():
+    """Layers of equal and of different shapes, one and several other nets: each value equals
+    1 - compare(rdm(a_l), rdm(b_l)) computed call by call (the centred-rows workspace that
+    dissimilarities passes from net a to the others must not leak between them)."""
+    g = torch.Generator().manual_seed(11)
+    acts_a = [torch.randn(9, 6, generator=g), torch.randn(9, 6, generator=g) * 3 + 1,
+              torch.randn(9, 2, 5, generator=g)]
+    others = [[torch.randn(9, 6, generator=g), torch.randn(9, 6, generator=g),
+               torch.randn(9, 10, generator=g)] for _ in range(3)]
+    for nets in (others[:1], others):
+        got = rsa.dissimilarities(acts_a, nets, backend="torch")
+        for k, net in enumerate(nets):
+            for layer, (xa, xb) in enumerate(zip(acts_a, net, strict=True)):
+                want = 1 - rsa.compare(rsa.rdm_triu(xa.reshape(9, -1), backend="torch"),
+                                       rsa.rdm_triu(xb.reshape(9, -1), backend="torch"))
+                assert float(got[k, layer]) == pytest.approx(float(want), abs=1e-12)

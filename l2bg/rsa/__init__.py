@@ -170,8 +170,11 @@ def rdm_triu(x: Tensor, *, backend: Backend = "auto", return_backend: bool = Fal
     return _rdm_dispatch(x, backend, True, return_backend)
 
 
-def _rdm_dispatch(x: Tensor, backend: str, triu: bool, return_backend: bool):
-    """rdm / rdm_triu on the chosen backend, with the batch dim handled and errors named."""
+def _rdm_dispatch(x: Tensor, backend: str, triu: bool, return_backend: bool,
+                  scratch: dict | None = None):
+    """rdm / rdm_triu on the chosen backend, with the batch dim handled and errors named.
+    ``scratch``: a dict that keeps the torch backend's centred-rows workspace from one call to
+    the next of the same shape (a large fresh buffer costs its page faults every time)."""
     fn = "rdm_triu" if triu else "rdm"
     xb, batched = _as_batch(x, fn)
     ran = resolve_backend(backend, xb)
@@ -180,6 +183,13 @@ def _rdm_dispatch(x: Tensor, backend: str, triu: bool, return_backend: bool):
             from l2bg.kernels.rdm import rdm as rdm_triton
 
             out = rdm_triton(xb, triu=triu, precision=_cuda_precision(xb))
+        elif triu and scratch is not None:
+            dtype = torch.float64 if xb.dtype == torch.float64 else torch.float32
+            key = (tuple(xb.shape), xb.device, dtype)
+            if key not in scratch:
+                scratch.clear()  # one workspace at a time
+                scratch[key] = torch.empty(xb.shape, dtype=dtype, device=xb.device)
+            out = rdm_triu_torch(xb, workspace=scratch[key])
         else:
             out = (rdm_triu_torch if triu else rdm_torch)(xb)
     except NonFiniteError as exc:
@@ -356,6 +366,7 @@ def dissimilarities(
             )
     out = torch.empty(K, L, dtype=torch.float64)
     ran: set[str] = set()
+    scratch: dict = {}  # centred rows of net a's layer, reused for the other nets' of its shape
     for layer in range(L):
         xa, xs = acts_ref[layer], [o[layer] for o in others]
         _check_layer_inputs(layer, xa, names, xs)
@@ -363,7 +374,7 @@ def dissimilarities(
         if K == 0:
             continue
         try:
-            ta, r1 = rdm_triu(xa.reshape(n, -1), backend=backend, return_backend=True)
+            ta, r1 = _rdm_dispatch(xa.reshape(n, -1), backend, True, True, scratch)
         except NonFiniteError:
             raise L2BGError(
                 f"dissimilarity: layer {layer} of net a has NaN or inf activations; "
@@ -373,7 +384,7 @@ def dissimilarities(
         try:
             if len({f.shape[1] for f in flat}) == 1:  # one batched call for all K nets
                 batch = flat[0].unsqueeze(0) if K == 1 else torch.stack(flat)  # no copy of one
-                tb, r2 = rdm_triu(batch, backend=backend, return_backend=True)
+                tb, r2 = _rdm_dispatch(batch, backend, True, True, scratch)
             else:
                 parts = []
                 for k, f in enumerate(flat):

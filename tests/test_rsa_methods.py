@@ -170,12 +170,15 @@ def test_each_rdm_is_ranked_once(monkeypatch, method):
     assert sum(rows_sorted) == 9
 
 
-def test_sort_rows_orders_values_and_ties():
+@pytest.mark.parametrize("shape", [(70, 9), (3, 40), (1, 5)])  # many short rows; few rows
+def test_sort_rows_orders_values_and_ties(shape):
     gen = torch.Generator().manual_seed(3)
-    for dtype in (torch.float64, torch.float32, torch.bfloat16):
-        v = torch.randint(-3, 4, (70, 9), generator=gen).to(dtype) / 2
+    for dtype in (torch.float64, torch.float32, torch.bfloat16, torch.float16):
+        v = torch.randint(-3, 4, shape, generator=gen).to(dtype) / 2
         v[0, :2] = torch.tensor([-0.0, 0.0], dtype=dtype)
+        v[-1, -1] = torch.finfo(dtype).max if dtype != torch.float64 else 1e300
         s, order = reference.sort_rows(v)
+        assert order.dtype == torch.int64
         assert torch.equal(v.gather(1, order), v.sort(dim=1).values)
         assert torch.equal(s[:, 1:] == s[:, :-1], v.sort(dim=1).values.diff(dim=1) == 0)
 

@@ -211,4 +211,6 @@ def layer_similarity(sources: Sequence[Activations], *,
 
 def _stack(rdms: list[Tensor]) -> Tensor:
     dtype = torch.float64 if any(t.dtype == torch.float64 for t in rdms) else torch.float32
+    if len(rdms) == 1:  # no copy of a lone (possibly n = 10,000: 200 MB) triangle
+        return rdms[0].to(dtype).unsqueeze(0)
     return torch.stack([t.to(dtype) for t in rdms])

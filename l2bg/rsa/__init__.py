@@ -35,6 +35,7 @@ from l2bg.rsa import methods
 from l2bg.rsa.reference import (
     CONSTANT_REL_TOL,
     NonFiniteError,
+    acc_dtype,
     average_ranks,
     check_finite,
     rdm_torch,
@@ -184,7 +185,7 @@ def _rdm_dispatch(x: Tensor, backend: str, triu: bool, return_backend: bool,
 
             out = rdm_triton(xb, triu=triu, precision=_cuda_precision(xb))
         elif triu and scratch is not None:
-            dtype = torch.float64 if xb.dtype == torch.float64 else torch.float32
+            dtype = acc_dtype(xb.dtype)
             key = (tuple(xb.shape), xb.device, dtype)
             if key not in scratch:
                 scratch.clear()  # one workspace at a time

@@ -34,8 +34,7 @@ from torch import Tensor
 from l2bg.rsa.reference import (
     average_ranks,
     is_constant,
-    pow2_exponent,
-    scale_pow2,
+    scale_rows_pow2,
     sort_rows,
 )
 
@@ -98,10 +97,10 @@ def _unit_rows(t: Tensor, dead: Tensor, centre: float | None | bool, *,
     norm = torch.linalg.vector_norm(v, dim=-1, keepdim=True)
     risky = (~torch.isfinite(norm) | (norm < 2.0**-500)).squeeze(-1)
     if bool(risky.any()):
-        rows = _pow2_scaled(v[risky] if owned else t[risky].to(torch.float64))
+        rows = scale_rows_pow2(v[risky] if owned else t[risky].to(torch.float64))
         if not owned:
             _centre_(rows, centre)
-            rows = _pow2_scaled(rows)
+            rows = scale_rows_pow2(rows)
         v[risky] = rows
         norm[risky] = torch.linalg.vector_norm(rows, dim=-1, keepdim=True)
     zero = dead.unsqueeze(-1) | (norm == 0)
@@ -114,11 +113,6 @@ def _centre_(v: Tensor, centre: float | None | bool) -> None:
         v.sub_(v.mean(dim=-1, keepdim=True))
     elif centre is not None:
         v.sub_(centre)
-
-
-def _pow2_scaled(v: Tensor) -> Tensor:
-    """float64 rows rescaled by powers of two (exact) so their largest |entry| is in [0.5, 1)."""
-    return scale_pow2(v, pow2_exponent(v.abs().amax(dim=-1)))
 
 
 _SIDE_BY_SIDE_MIN = 1 << 16

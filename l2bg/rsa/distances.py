@@ -21,14 +21,13 @@ upper row blocks of the Gram (about (nb + 1) / (2 nb) of the full GEMM), as maha
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator
 
 import torch
 from torch import Tensor
 
 from l2bg.rsa.blas import matmul, syrk
-from l2bg.rsa.reference import pow2_exponent, scale_pow2
+from l2bg.rsa.reference import is_constant, pack_block, scale_rows_pow2
 
 __all__ = [
     "correlation",
@@ -48,13 +47,6 @@ def row_blocks(n: int) -> list[tuple[int, int]]:
     nb = max(1, min(16, n // 128))
     edges = [round(i * n / nb) for i in range(nb + 1)]
     return [(lo, hi) for lo, hi in zip(edges[:-1], edges[1:], strict=True) if hi > lo]
-
-
-@functools.lru_cache(maxsize=64)
-def _block_index(h: int, w: int, device: torch.device) -> Tensor:
-    """Flat indices of the entries c > r of an h x w block, row-major."""
-    iu = torch.triu_indices(h, w, 1, device=device)
-    return iu[0] * w + iu[1]
 
 
 def upper_blocks(left: Tensor, right: Tensor) -> Iterator[tuple[int, int, Tensor]]:
@@ -101,10 +93,7 @@ def pack_blocks(n: int, batch: int, blocks: Iterator[tuple[int, int, Tensor]],
     """Packed strict upper triangles (B, m) from row blocks of finished dissimilarities."""
     out = torch.empty((batch, n * (n - 1) // 2), dtype=dtype, device=device)
     for lo, hi, block in blocks:
-        first = lo * n - lo * (lo + 1) // 2
-        last = hi * n - hi * (hi + 1) // 2
-        idx = _block_index(hi - lo, n - lo, block.device)
-        torch.index_select(block.flatten(1), 1, idx, out=out[:, first:last])
+        pack_block(out, lo, hi, block)
     return out
 
 
@@ -134,12 +123,12 @@ def correlation(x: Tensor) -> Tensor:
     whose squares overflow or underflow are first rescaled by powers of two (exact)."""
     b, n, _ = x.shape
     u = x - x.mean(dim=-1, keepdim=True)
-    constant = x.amin(dim=-1) == x.amax(dim=-1)
+    constant = is_constant(x)
     grams, ss = _self_blocks(u)
     ss = _rowdot(u, u) if ss is None else ss
     tiny = torch.finfo(u.dtype).tiny * 2.0**24
     if bool((~constant & ~((ss > tiny) & torch.isfinite(ss))).any()):
-        u = scale_pow2(u, pow2_exponent(u.abs().amax(dim=-1))).to(x.dtype)
+        u = scale_rows_pow2(u).to(x.dtype)
         grams, ss = _self_blocks(u)
         ss = _rowdot(u, u) if ss is None else ss
     inv = torch.where(constant, torch.nan, ss.rsqrt())

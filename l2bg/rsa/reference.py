@@ -16,6 +16,7 @@ from torch import Tensor
 from l2bg.errors import L2BGError
 
 __all__ = [
+    "acc_dtype",
     "CONSTANT_REL_TOL",
     "NonFiniteError",
     "average_ranks",
@@ -24,11 +25,13 @@ __all__ = [
     "check_slice",
     "compare_torch",
     "is_constant",
+    "pack_block",
     "pearson",
     "pow2_exponent",
     "rdm_torch",
     "rdm_triu_torch",
     "scale_pow2",
+    "scale_rows_pow2",
     "sort_rows",
     "triangle",
     "triu_index",
@@ -51,7 +54,8 @@ class NonFiniteError(L2BGError):
 
 # ----------------------------------------------------------------------------- RDM
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype RDMs accumulate in: float64 for float64 input, else float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -73,7 +77,7 @@ def centre(x: Tensor, out: Tensor | None = None) -> tuple[Tensor, Tensor, bool]:
     Means and subtraction run in the accumulation dtype. Non-finite means come from NaN/inf
     input (an error) or from a sum that overflows (then ``centre_scaled``).
     """
-    acc = _acc_dtype(x.dtype)
+    acc = acc_dtype(x.dtype)
     mean = x.mean(dim=-1, keepdim=True, dtype=acc)
     if bool(torch.isfinite(mean).all()):
         return torch.sub(x, mean, out=out), mean.squeeze(-1).double(), False
@@ -97,14 +101,19 @@ def scale_pow2(x: Tensor, k: Tensor) -> Tensor:
     return x * torch.exp2(-half) * torch.exp2(half - k)
 
 
+def scale_rows_pow2(v: Tensor) -> Tensor:
+    """v with each row rescaled by a power of two (exact) so its largest |entry| lies in
+    [0.5, 1) (zero rows unchanged): afterwards no square, sum or mean overflows or underflows."""
+    return scale_pow2(v, pow2_exponent(v.abs().amax(dim=-1)))
+
+
 def centre_scaled(x: Tensor) -> tuple[Tensor, Tensor, bool]:
     """Centre rows in float64 and rescale each by powers of two (exact) so that no square
     overflows or underflows, whatever the magnitude: first by max |x| (so the mean cannot
     overflow), then by max |x - mean|, into [0.5, 1). The means are returned in the same units
     as the rows, so the constant test compares like with like. Returns (rows, means, True)."""
-    acc = _acc_dtype(x.dtype)
-    x64 = x.double()
-    x64 = scale_pow2(x64, pow2_exponent(x64.abs().amax(dim=-1)))
+    acc = acc_dtype(x.dtype)
+    x64 = scale_rows_pow2(x.double())
     mean = x64.mean(dim=-1, keepdim=True)
     xc = x64 - mean
     k = pow2_exponent(xc.abs().amax(dim=-1))
@@ -116,6 +125,17 @@ def _block_triu_index(h: int, w: int, device: torch.device) -> Tensor:
     """Flat indices of the entries c > r of an h x w block, row-major."""
     iu = torch.triu_indices(h, w, 1, device=device)
     return iu[0] * w + iu[1]
+
+
+def pack_block(out: Tensor, lo: int, hi: int, block: Tensor) -> None:
+    """Write the strict-upper-triangle entries of rows [lo, hi) of (B, n, n) matrices, given as
+    their row block (B, hi - lo, n - lo) (columns lo and up), into packed triangles out (B, m),
+    row-major."""
+    n = lo + block.shape[-1]
+    first = lo * n - lo * (lo + 1) // 2
+    last = hi * n - hi * (hi + 1) // 2
+    idx = _block_triu_index(hi - lo, n - lo, block.device)
+    torch.index_select(block.flatten(1), 1, idx, out=out[:, first:last])
 
 
 def _rdm_core(x: Tensor, triu: bool, workspace: Tensor | None = None) -> Tensor:
@@ -162,10 +182,7 @@ def _rdm_from_centred(xc: Tensor, mean: Tensor, scaled: bool, triu: bool) -> Ten
         inv[:, lo:hi] = torch.where(constant, 0.0, ss.clamp_min(1e-300).rsqrt())
         p.mul_(inv[:, lo:hi, None]).mul_(inv[:, None, lo:]).neg_().add_(1.0).clamp_(0.0, 2.0)
         if triu:
-            first = lo * n - lo * (lo + 1) // 2
-            last = hi * n - hi * (hi + 1) // 2
-            idx = _block_triu_index(h, n - lo, xc.device)
-            torch.index_select(p.flatten(1), 1, idx, out=out[:, first:last])
+            pack_block(out, lo, hi, p)
         else:
             out[:, lo:hi, lo:] = p
     if triu:
@@ -309,9 +326,8 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
 def _centre_pow2(v: Tensor) -> Tensor:
     """v centred along the last dim and rescaled by powers of two so its largest entry lies in
     [0.5, 1): r is scale-free, and no square, sum or mean can then overflow or underflow."""
-    v = scale_pow2(v, pow2_exponent(v.abs().amax(dim=-1)))
-    v = v - v.mean(dim=-1, keepdim=True)
-    return scale_pow2(v, pow2_exponent(v.abs().amax(dim=-1)))
+    v = scale_rows_pow2(v)
+    return scale_rows_pow2(v - v.mean(dim=-1, keepdim=True))
 
 
 def pearson(a: Tensor, b: Tensor, dead: Tensor, mean: float | None = None) -> Tensor:

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from l2bg.errors import L2BGError
 from l2bg.rsa.distances import pack_blocks, row_blocks
-from l2bg.rsa.reference import CONSTANT_REL_TOL, check_slice
+from l2bg.rsa.reference import CONSTANT_REL_TOL, acc_dtype, check_slice
 
 __all__ = ["TorchRDMStream", "progress_bar", "stream_rdm"]
 
@@ -136,7 +136,7 @@ def stream_rdm(read: Callable[[int, int], Tensor], n: int, d: int, *, slice_widt
         raise L2BGError(f"slice width must be >= 1, got {slice_width}")
     device = torch.device(device)
     first = read(0, min(d, slice_width)) if d else torch.zeros((n, 0))
-    dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
+    dtype = acc_dtype(first.dtype)
     ran = resolve_backend(backend, first.to(device) if device.type == "cuda" else first)
     if dtype == torch.float64:
         ran = "torch"

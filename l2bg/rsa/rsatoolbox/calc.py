@@ -25,6 +25,7 @@ from torch import Tensor
 
 from l2bg.rsa import distances
 from l2bg.rsa import noise as noise_math
+from l2bg.rsa.reference import is_constant
 from l2bg.rsa.rsatoolbox.options import on_blas_threads, original, require, resolve
 
 __all__ = ["FAST_METHODS", "calc_rdm"]
@@ -237,7 +238,7 @@ def _correlation(x: Tensor) -> Tensor:
         from l2bg import rsa as front
 
         out = front.rdm_triu(x, backend="auto")
-        constant = x.amax(dim=-1) == x.amin(dim=-1)
+        constant = is_constant(x)
         if bool(constant.any()):
             n = x.shape[1]
             iu = torch.triu_indices(n, n, 1, device=x.device)

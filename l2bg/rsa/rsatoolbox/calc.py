@@ -112,8 +112,9 @@ def _finite(a: np.ndarray) -> bool:
         return bool(np.isfinite(a.sum())) or bool(np.isfinite(a).all())
 
 
-def _group_means(x: Tensor, index: np.ndarray | None, n: int) -> Tensor:
-    """Mean pattern of each condition: x (B, n_obs, p) -> (B, n, p)."""
+def group_means(x: Tensor, index: np.ndarray | None, n: int) -> Tensor:
+    """Mean pattern of each condition: x (B, n_obs, p) -> (B, n, p); ``index`` gives each
+    observation's condition (None: the observations are the conditions)."""
     if index is None:
         return x
     idx = torch.from_numpy(index).to(x.device)
@@ -159,7 +160,8 @@ def _numpy(t: Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.float64).numpy()
 
 
-def _tensor(a: np.ndarray, dtype: torch.dtype, device: torch.device) -> Tensor:
+def as_tensor(a: np.ndarray, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A numpy array on the drop-in's device and dtype (no copy when it already is)."""
     return torch.as_tensor(np.asarray(a)).to(device=device, dtype=dtype)
 
 
@@ -188,9 +190,9 @@ def _calc_many(datasets: list, noises: list, method: str, descriptor: str | None
     remove_mean = rest[3]
     for members in batches.values():
         cond = conds[members[0]]
-        parts = [_tensor(datasets[i].measurements, dtype, device) for i in members]
+        parts = [as_tensor(datasets[i].measurements, dtype, device) for i in members]
         x = parts[0].unsqueeze(0) if len(parts) == 1 else torch.stack(parts)
-        x = _group_means(x, cond.index, cond.n)
+        x = group_means(x, cond.index, cond.n)
         nz = noises[members[0]]
         vectors, measure, extra = _single_trial(method, x, nz, remove_mean, dtype, device)
         for row, i in enumerate(members):
@@ -228,7 +230,8 @@ def _single_trial(method: str, x: Tensor, nz: Any, remove_mean: bool, dtype: tor
         x = x - x.mean(dim=-1, keepdim=True)
     if method == "euclidean" or nz is None:  # rsatoolbox: mahalanobis without noise
         return distances.euclidean(x), _MEASURE["euclidean"], {}
-    return distances.mahalanobis(x, _tensor(nz, dtype, device)), _MEASURE[method], {"noise": nz}
+    prec = as_tensor(nz, dtype, device)
+    return distances.mahalanobis(x, prec), _MEASURE[method], {"noise": nz}
 
 
 def _correlation(x: Tensor) -> Tensor:
@@ -276,7 +279,7 @@ def _crossnobis(rsa: Any, ds: Any, descriptor: str, nz: Any, cv_descriptor: str 
     counts = np.bincount(cell, minlength=n * k).reshape(n, k)
     if (counts == 0).any():  # a condition missing from a fold: rsatoolbox's own business
         return None
-    x = _tensor(ds.measurements[order], dtype, device)
+    x = as_tensor(ds.measurements[order], dtype, device)
     sums = x.new_zeros((n * k, p)).index_add_(0, torch.from_numpy(cell).to(device), x)
     sums = sums.view(n, k, p)
     cnt = torch.from_numpy(counts).to(device=device, dtype=dtype).unsqueeze(-1)
@@ -287,14 +290,14 @@ def _crossnobis(rsa: Any, ds: Any, descriptor: str, nz: Any, cv_descriptor: str 
         if remove_mean:
             test = test - test.mean(dim=-1, keepdim=True)
             train = train - train.mean(dim=-1, keepdim=True)
-        prec = None if nz is None else _tensor(nz, dtype, device)
+        prec = None if nz is None else as_tensor(nz, dtype, device)
         vector = distances.crossnobis(train, test, prec)
         recorded = np.eye(p) if nz is None else nz
     else:
         means = (sums / cnt).permute(1, 0, 2)
         if remove_mean:
             means = means - means.mean(dim=-1, keepdim=True)
-        variances = [noise_math.precision(_tensor(nz[i], dtype, device)) for i in range(k)]
+        variances = [noise_math.precision(as_tensor(nz[i], dtype, device)) for i in range(k)]
         iu = torch.triu_indices(k, k, 1)
         pairs = torch.stack([noise_math.precision((variances[i] + variances[j]) / 2)
                              for i, j in iu.T.tolist()])

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from l2bg.rsa import noise as noise_math
+from l2bg.rsa.rsatoolbox.calc import as_tensor, group_means
 from l2bg.rsa.rsatoolbox.options import on_blas_threads, original, require, resolve
 
 __all__ = ["prec_from_measurements", "prec_from_residuals"]
@@ -53,7 +54,7 @@ def prec_from_residuals(residuals: Any, dof: Any = None, method: str = "shrinkag
     dt, dev = resolve(dtype, device)
     out = []
     for r in parts:
-        rows, natural = noise_math.demean(torch.as_tensor(r).to(device=dev, dtype=dt))
+        rows, natural = noise_math.demean(as_tensor(r, dt, dev))
         out.append(_precision(rows, dof, natural, method))
     return out[0] if single else out
 
@@ -79,17 +80,15 @@ def prec_from_measurements(dataset: Any, obs_desc: str, dof: Any = None,
             tensor, _ = dataset.get_measurements_tensor(obs_desc)
         except ValueError:  # unequal repetitions: rsatoolbox's own error
             return original("prec_from_measurements")(dataset, obs_desc, dof, method)
-        rows, natural = noise_math.demean(torch.as_tensor(tensor).to(device=dev, dtype=dt))
+        rows, natural = noise_math.demean(as_tensor(tensor, dt, dev))
         return _precision(rows, dof, natural, method)
     from rsatoolbox.util.data_utils import get_unique_inverse
 
     out = []
     for d in parts:
         values, inverse = get_unique_inverse(d.obs_descriptors[obs_desc])
-        x = torch.as_tensor(d.measurements).to(device=dev, dtype=dt)
-        idx = torch.from_numpy(inverse).to(dev)
-        sums = x.new_zeros((len(values), x.shape[1])).index_add_(0, idx, x)
-        means = sums / torch.bincount(idx, minlength=len(values)).to(dt)[:, None]
-        rows, _ = noise_math.demean(x - means[idx])
+        x = as_tensor(d.measurements, dt, dev)
+        means = group_means(x.unsqueeze(0), inverse, len(values))[0]
+        rows, _ = noise_math.demean(x - means[torch.from_numpy(inverse).to(dev)])
         out.append(_precision(rows, dof, x.shape[0] - len(values), method))
     return out

@@ -95,9 +95,13 @@ class FileLocks:
         """Hold the lock at ``path`` for the block: wait while a live worker holds it, or
         (``wait=False``) raise :class:`LockHeld` at once. A stale lock is broken."""
         waited = False
+        fix = "make its directory writable or point l2bg at one you can write (--cache-dir, --out)"
+        try:  # once: a parent that is a file must not read as a held lock below
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise refused(exc, path, fix) from exc
         while True:
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
             except FileExistsError:
                 if self.stale(path):
@@ -109,8 +113,7 @@ class FileLocks:
                 time.sleep(self.poll_s)
                 continue
             except OSError as exc:
-                raise refused(exc, path, "make its directory writable or point l2bg at one "
-                                         "you can write (--cache-dir, --out)") from exc
+                raise refused(exc, path, fix) from exc
             with os.fdopen(fd, "w") as f:
                 f.write(json.dumps({"worker": worker_id(), "time": time.time()}))
             break

@@ -13,7 +13,7 @@ from forking import forked
 
 from l2bg import faults
 from l2bg.cache import IndependentCache
-from l2bg.errors import L2BGWarning
+from l2bg.errors import L2BGError, L2BGWarning
 from l2bg.learner import GrowStep
 from l2bg.locks import FileLocks
 from l2bg.search.memo import MemoRunner
@@ -181,3 +181,17 @@ def test_an_invalid_lock_never_hangs(tmp_path):
     start = time.monotonic()
     with locks.hold(lock):  # already older than the lease: broken at once
         assert time.monotonic() - start < 0.3
+
+
+@pytest.mark.parametrize("wait", [True, False])
+def test_a_lock_under_a_file_is_a_one_line_error_not_a_hang(tmp_path, wait):
+    """A lock whose parent path is a file cannot be created: that is refused at once (not
+    read as a lock someone holds, which waited for ever or raised LockHeld)."""
+    (tmp_path / "afile").write_text("the user's file")
+    locks = FileLocks(lease_s=0.6, poll_s=0.05)
+    start = time.monotonic()
+    with pytest.raises(L2BGError, match="cannot write .*afile"), locks.hold(
+            tmp_path / "afile" / "x.lock", wait=wait):
+        pass
+    assert time.monotonic() - start < 2
+    assert (tmp_path / "afile").read_text() == "the user's file"

@@ -21,7 +21,14 @@ import os
 
 import pytest
 import torch
-from harness import calibrate_gemm, measure, peak_extra_memory, peak_flops, record
+from harness import (
+    calibrate_gemm,
+    measure,
+    peak_extra_memory,
+    peak_flops,
+    precision_kind,
+    record,
+)
 from l2bg.kernels.aot import RDM_BENCH_GRID, RDM_BENCH_MODES, mode_dtype
 
 from l2bg import rsa
@@ -123,7 +130,7 @@ def test_cuda_triton_rdm(benchmark, n, d, mode):
         ref = measure(lambda: reference.rdm_triu_torch(x[None]), rounds=3, device="cuda")
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before
-    kind = "bf16" if mode == "bf16" else precision
+    kind = precision_kind(x.dtype, precision == "tf32")
     limits = launch.device_limits(x.device)
     cfg = launch.gram_config(n, d, 1, x.dtype, limits)
     waves = launch.gram_waves(n, d, 1, cfg, x.dtype, limits)
@@ -172,7 +179,7 @@ def test_cuda_triton_dissimilarity(benchmark, d, mode):
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before
     goal = {"goal_ms": 5, "ratio_to_goal": round(t.median / 5e-3, 2)} if d == 524288 else {}
-    kind = "bf16" if mode == "bf16" else precision
+    kind = precision_kind(xa.dtype, precision == "tf32")
     record(suite=SUITE, op="rdm2+spearman", backend="triton", device="cuda",
            shape=f"n={n} d={d}", dtype=mode, timing=t, flops=_flops(n, d, 2),
            peak=peak_flops(kind, "cuda"), peak_extra_bytes=mem,

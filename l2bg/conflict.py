@@ -23,9 +23,9 @@ def layer_conflicts(acts_t: Sequence[Tensor], acts_by_candidate: Mapping[str, Se
     the same geometry. t's part is computed once per slot and all candidates of a slot in one
     batch. Returns the scores and the backend that computed them."""
     names = list(acts_by_candidate)
-    sim, ran = MEASURES.get(similarity).similarities(
+    conflict, ran = MEASURES.get(similarity).conflicts(
         acts_t, [acts_by_candidate[b] for b in names], backend=backend)
-    return {b: [float(1.0 - s) for s in sim[k].tolist()] for k, b in enumerate(names)}, ran
+    return {b: conflict[k].tolist() for k, b in enumerate(names)}, ran
 
 
 def task_score(conflicts: Sequence[float]) -> float:

@@ -39,19 +39,34 @@ Compute = Callable[[list[Tensor], list[list[Tensor]], str], "tuple[Tensor, str |
 class SimilarityMeasure:
     """``compute(acts_ref, acts_others, backend)`` returns the similarities (K, L) float64 of the
     reference net's slot activations ``acts_ref[l]`` (n, ...) against each other net's, and the
-    backend that ran (or None). ``low``/``high`` bound the similarity."""
+    backend that ran (or None). ``conflict_compute``, where given, returns the conflicts
+    1 − s directly, for measures computed as a dissimilarity (RSA): 1 − (1 − d) is not d in
+    float64."""
 
     name: str
     help: str
     compute: Compute
     low: float = -1.0
     high: float = 1.0
+    conflict_compute: Compute | None = None
 
     def similarities(self, acts_ref: Sequence[Tensor], acts_others: Sequence[Sequence[Tensor]],
                      *, backend: str = "auto") -> tuple[Tensor, str | None]:
+        return self._run(self.compute, acts_ref, acts_others, backend)
+
+    def conflicts(self, acts_ref: Sequence[Tensor], acts_others: Sequence[Sequence[Tensor]],
+                  *, backend: str = "auto") -> tuple[Tensor, str | None]:
+        """1 − similarity (K, L) float64, and the backend that ran."""
+        if self.conflict_compute is not None:
+            return self._run(self.conflict_compute, acts_ref, acts_others, backend)
+        sim, ran = self.similarities(acts_ref, acts_others, backend=backend)
+        return 1.0 - sim, ran
+
+    def _run(self, fn: Compute, acts_ref: Sequence[Tensor],
+             acts_others: Sequence[Sequence[Tensor]], backend: str) -> tuple[Tensor, str | None]:
         ref, others = _check(self.name, acts_ref, acts_others)
-        sim, ran = self.compute(ref, others, backend)
-        return sim.to(torch.float64).cpu().reshape(len(others), len(ref)), ran
+        out, ran = fn(ref, others, backend)
+        return out.to(torch.float64).cpu().reshape(len(others), len(ref)), ran
 
 
 def _check(name: str, acts_ref: Sequence[Tensor], acts_others: Sequence[Sequence[Tensor]]
@@ -79,16 +94,20 @@ def rsa_measure(method: str) -> SimilarityMeasure:
 
     spec = methods.get(method)
 
-    def compute(ref: list[Tensor], others: list[list[Tensor]], backend: str
-                ) -> tuple[Tensor, str | None]:
+    def dissimilar(ref: list[Tensor], others: list[list[Tensor]], backend: str
+                   ) -> tuple[Tensor, str | None]:
         from l2bg import rsa
 
-        d, ran = rsa.dissimilarities(ref, others, method=spec.name, backend=backend,
-                                     return_backend=True)
+        return rsa.dissimilarities(ref, others, method=spec.name, backend=backend,
+                                   return_backend=True)
+
+    def compute(ref: list[Tensor], others: list[list[Tensor]], backend: str
+                ) -> tuple[Tensor, str | None]:
+        d, ran = dissimilar(ref, others, backend)
         return 1.0 - d, ran
 
     return SimilarityMeasure(f"rsa-{spec.name}", f"RSA, {spec.name} correlation of the RDMs "
-                             "(conflict in [0, 2])", compute)
+                             "(conflict in [0, 2])", compute, conflict_compute=dissimilar)
 
 
 def _cka(ref: list[Tensor], others: list[list[Tensor]], backend: str

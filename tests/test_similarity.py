@@ -144,3 +144,17 @@ def test_a_registered_measure_is_used_by_the_conflict_model():
         assert layers["b"][0] == pytest.approx(0) and layers["c"][0] == pytest.approx(2)
     finally:
         MEASURES._items.pop("test-first-feature")
+
+
+def test_rsa_conflicts_are_the_dissimilarities_exactly():
+    """C = 1 − s computed as an RSA dissimilarity is that dissimilarity to the last bit (not
+    1 − (1 − d), which differs in float64 for most d < 0.5); CKA still goes through 1 − s."""
+
+    g = torch.Generator().manual_seed(0)
+    a = [torch.randn(40, 8, generator=g) for _ in range(3)]
+    b = [x + 0.3 * torch.randn(40, 8, generator=g) for x in a]
+    got, _ = conflict.layer_conflicts(a, {"b": b})
+    assert got["b"] == rsa.dissimilarity(a, b).tolist()
+    cka, _ = conflict.layer_conflicts(a, {"b": b}, similarity="linear-cka")
+    sim, _ = MEASURES.get("linear-cka").similarities(a, [b])
+    assert cka["b"] == (1.0 - sim[0]).tolist()

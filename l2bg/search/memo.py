@@ -39,7 +39,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["MEMO_FORMAT", "MemoRunner", "MemoStore", "Outcome", "sha"]
 
-MEMO_FORMAT = 4  # 3: sealed nodes and scores (checksums); 4: scores keyed by similarity measure
+MEMO_FORMAT = 5  # 3: sealed nodes and scores (checksums); 4: scores keyed by similarity measure;
+# 5: RSA conflicts stored as the dissimilarities themselves (not 1 - (1 - d))
 
 
 def sha(obj: Any, n: int = 20) -> str:

@@ -46,8 +46,6 @@ class SimilarityMeasure:
     name: str
     help: str
     compute: Compute
-    low: float = -1.0
-    high: float = 1.0
     conflict_compute: Compute | None = None
 
     def similarities(self, acts_ref: Sequence[Tensor], acts_others: Sequence[Sequence[Tensor]],
@@ -128,4 +126,4 @@ MEASURES: Registry[SimilarityMeasure] = Registry("similarity measure", "--simila
 MEASURES.register(rsa_measure("spearman"))
 MEASURES.register(rsa_measure("pearson"))
 MEASURES.register(SimilarityMeasure(
-    "linear-cka", "linear CKA of centred features (conflict in [0, 1])", _cka, 0.0, 1.0))
+    "linear-cka", "linear CKA of centred features (conflict in [0, 1])", _cka))

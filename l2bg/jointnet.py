@@ -154,11 +154,14 @@ class JointNet(nn.Module):
             self.heads[task] = self.template.build_head(int(num_classes))
         self._num_classes[task] = None if num_classes is None else int(num_classes)
 
-    def _new_node(self, slot: int, owner: str, source: nn.Module | None = None) -> str:
-        # the id is derived from the nodes present (one past the highest index at this slot),
-        # with the counter only as a lower bound: an id in use is never handed out again
+    def _first_free(self, slot: int, floor: int) -> int:
+        """The next node index at ``slot``: one past the highest index present, with ``floor``
+        (a counter) only as a lower bound, so an id in use is never handed out again."""
         present = [_node_index(n) for n in self.nodes if self._node_slot[n] == slot]
-        k = max(self._next_node[slot], 1 + max(present, default=-1))
+        return max(floor, 1 + max(present, default=-1))
+
+    def _new_node(self, slot: int, owner: str, source: nn.Module | None = None) -> str:
+        k = self._first_free(slot, self._next_node[slot])
         node_id = f"{self.template.slots[slot].name}_{k}"
         self._next_node[slot] = k + 1
         module = copy.deepcopy(source) if source is not None else self.template.slots[slot].build()
@@ -303,8 +306,7 @@ class JointNet(nn.Module):
         nslots = len(net.template.slots)
         stored = spec.get("next_node") or [0] * nslots
         for s in range(nslots):  # the stored counter is a lower bound; ids in use come first
-            present = [_node_index(n) for n in net.nodes if net._node_slot[n] == s]
-            net._next_node[s] = max(stored[s], 1 + max(present, default=-1))
+            net._next_node[s] = net._first_free(s, stored[s])
         net.version = 1
         return net
 

@@ -290,15 +290,13 @@ def forward_all(
                 logits[t] = net(xt, t)
         return (logits, acts) if return_activations is not False else logits
 
+    runner = run_native if backend == "native" else run_reference
     if cuda_graph:
         from l2bg import cuda_graph as graphs
 
-        runner = run_native if backend == "native" else run_reference
         outs = graphs.replay(net, plan, backend, lambda xs: runner(plan, xs), inputs)
-    elif backend == "native":
-        outs = run_native(plan, inputs)
     else:
-        outs = run_reference(plan, inputs)
+        outs = runner(plan, inputs)
     n, s = len(names), plan.num_slots
     logits = dict(zip(names, outs[:n], strict=True))
     if return_activations is False:

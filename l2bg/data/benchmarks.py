@@ -196,7 +196,7 @@ def rotate(x: Tensor, angle: float, *, chunk: int = 8192) -> Tensor:
     quarter = float(angle) / 90.0
     if quarter == round(quarter):
         img = torch.rot90(x.reshape(-1, side, side), int(round(quarter)) % 4, dims=(-2, -1))
-        return img.reshape(x.shape).clone()
+        return img.reshape(x.shape)  # rot90 always returns a new tensor, never a view of x
     return _bilinear_rotation(x, math.radians(angle), side, chunk)
 
 

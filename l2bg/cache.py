@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from l2bg import __version__
-from l2bg.errors import L2BGError
+from l2bg.errors import L2BGError, one_line
 from l2bg.fileio import atomic_dir, read_sealed, seal, set_aside, sweep_stale_temps, write_json
 from l2bg.jointnet import TOPOLOGY_FILE, WEIGHTS_FILE, JointNet
 from l2bg.locks import FileLocks
@@ -139,7 +139,7 @@ class IndependentCache:
                 if net.tasks != [task] or meta.get("task") != task:
                     problem = f"it holds task {meta.get('task')!r}, not {task!r}"
             except (L2BGError, KeyError, TypeError, ValueError) as exc:
-                problem = " ".join(str(exc).split())[:120]
+                problem = one_line(exc, 120)
         if problem is None:
             return found
         if repair:

@@ -14,6 +14,12 @@ class L2BGWarning(UserWarning):
     where the damaged copy now lies."""
 
 
+def one_line(exc: BaseException, limit: int | None = 240) -> str:
+    """An exception's message on one line (white space folded), at most ``limit`` characters;
+    its type name when the message is empty."""
+    return " ".join(str(exc).split())[:limit] or type(exc).__name__
+
+
 def warn(message: str) -> None:
     """Emit one :class:`L2BGWarning` (one line)."""
     warnings.warn(" ".join(message.split()), L2BGWarning, stacklevel=2)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from l2bg import faults
-from l2bg.errors import L2BGError, warn
+from l2bg.errors import L2BGError, one_line, warn
 
 __all__ = ["SEAL", "atomic_dir", "atomic_write", "file_mode", "link_new", "read_json", "refused",
            "read_sealed", "seal", "seal_problem", "set_aside", "sha256_file",
@@ -113,6 +113,18 @@ def write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> 
 def read_json(path: str | os.PathLike) -> Any:
     """Parse a JSON file (the caller turns errors into its own one-line message)."""
     return json.loads(Path(path).read_text())
+
+
+def read_json_or_fail(path: str | os.PathLike, fix: str = "") -> Any:
+    """:func:`read_json`, with the one-line :class:`L2BGError` for a file that cannot be read or
+    is not JSON (not UTF-8, nested too deep); ``fix`` is appended to the latter."""
+    try:
+        return read_json(path)
+    except (ValueError, RecursionError) as exc:
+        raise L2BGError(f"{path} is not valid JSON ({one_line(exc, 80)})"
+                        f"{'; ' + fix if fix else ''}") from exc
+    except OSError as exc:
+        raise L2BGError(f"cannot read {path} ({exc.strerror or exc})") from exc
 
 
 @contextmanager
@@ -245,7 +257,7 @@ def read_sealed(directory: str | os.PathLike, name: str) -> tuple[Any, str | Non
     try:
         meta = read_json(Path(directory) / name)
     except (OSError, ValueError, RecursionError) as exc:  # missing, not JSON, nested too deep
-        return None, f"{name} cannot be read ({' '.join(str(exc).split())[:80]})"
+        return None, f"{name} cannot be read ({one_line(exc, 80)})"
     return meta, seal_problem(meta, directory)
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from l2bg.errors import L2BGError
+from l2bg.errors import L2BGError, one_line
 from l2bg.fileio import atomic_write, write_json
 from l2bg.templates import Template, make_template
 
@@ -326,7 +326,7 @@ class JointNet(nn.Module):
         try:
             topo = json.loads(files[0].read_bytes())
         except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, deep nesting
-            raise L2BGError(f"{files[0]} is not valid JSON ({_short(exc)}); re-save the "
+            raise L2BGError(f"{files[0]} is not valid JSON ({one_line(exc, 160)}); re-save the "
                             "JointNet") from exc
         except OSError as exc:
             raise L2BGError(f"cannot read {files[0]} ({exc.strerror or exc})") from exc
@@ -335,8 +335,8 @@ class JointNet(nn.Module):
         try:
             state = load_file(str(files[1]), device=str(map_location))
         except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as exc:
-            raise L2BGError(f"{files[1]} is not a readable safetensors file ({_short(exc)}); "
-                            "re-save the JointNet") from exc
+            raise L2BGError(f"{files[1]} is not a readable safetensors file "
+                            f"({one_line(exc, 160)}); re-save the JointNet") from exc
         missing_k = sorted(set(expected) - set(state))
         extra_k = sorted(set(state) - set(expected))
         bad = [k for k in expected if k in state and (state[k].shape != expected[k].shape
@@ -365,10 +365,6 @@ def _canon(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True)
 
 
-def _short(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:160] or type(exc).__name__
-
-
 def _build_template(topo: Any, where: str) -> Template:
     fix = "re-save the JointNet with JointNet.save"
     if not isinstance(topo, dict):
@@ -394,7 +390,7 @@ def _build_template(topo: Any, where: str) -> Template:
         raise L2BGError(f"{where}: {exc}") from exc
     except (TypeError, ValueError, OverflowError) as exc:
         raise L2BGError(f"{where}: template {tpl['name']!r} does not take these kwargs "
-                        f"({_short(exc)}); {fix}") from exc
+                        f"({one_line(exc, 160)}); {fix}") from exc
     if _canon(template.to_dict()) != _canon(tpl):  # 784.5 read as 784: say what it builds
         raise L2BGError(f"{where}: template kwargs {tpl['kwargs']} are not in the form "
                         f"{tpl['name']!r} writes them ({template.kwargs}); {fix}")

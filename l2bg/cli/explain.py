@@ -102,17 +102,12 @@ def explain(r: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from l2bg.fileio import read_json
+    from l2bg.fileio import read_json_or_fail
 
     path = args.dir / "results.json"
     if not path.is_file():
         raise L2BGError(f"{path} not found; point explain at the --out directory of `l2bg run`")
-    try:
-        r = read_json(path)
-    except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, nested too deep
-        raise L2BGError(f"{path} is not valid JSON ({' '.join(str(exc).split())[:80]})") from exc
-    except OSError as exc:
-        raise L2BGError(f"cannot read {path} ({exc.strerror or exc})") from exc
+    r = read_json_or_fail(path)
     check_record(r, str(path))
     expl = explain(r)
     if args.json:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from l2bg.errors import L2BGError
-from l2bg.fileio import atomic_write, read_json, sweep_stale_temps, write_json
+from l2bg.fileio import atomic_write, read_json_or_fail, sweep_stale_temps, write_json
 from l2bg.metrics import nondominated
 from l2bg.search.notation import delta_label, format_sequence
 from l2bg.search.plots import plot_hypervolume, plot_pareto
@@ -228,13 +228,7 @@ def report_dir(directory: str | os.PathLike, storage: str | None = None,
     if not meta_file.is_file():
         raise L2BGError(f"{meta_file} not found; point --report at the --out directory of a "
                         "search")
-    try:
-        meta = read_json(meta_file)
-    except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, nested too deep
-        raise L2BGError(f"{meta_file} is not valid JSON ({' '.join(str(exc).split())[:80]}); "
-                        "rerun the search") from exc
-    except OSError as exc:
-        raise L2BGError(f"cannot read {meta_file} ({exc.strerror or exc})") from exc
+    meta = read_json_or_fail(meta_file, "rerun the search")
     fields = {"storage": storage, "study_name": study_name}
     for key in fields:
         if fields[key] is None:

@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from l2bg import errors
 from l2bg.errors import L2BGError
 from l2bg.search.liveness import retry_callback
 
@@ -26,9 +27,8 @@ def redact_url(url: str) -> str:
 
 def one_line(exc: BaseException) -> str:
     """An exception's message on one line, without SQLAlchemy's background link."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    text = re.sub(r"\(Background on this error at: [^)]*\)", "", text).strip()
-    return text[:240]
+    text = re.sub(r"\(Background on this error at: [^)]*\)", "", errors.one_line(exc, None))
+    return text.strip()[:240]
 
 
 def open_storage(url: str, *, lease_s: float = 60.0, max_retry: int = 3) -> Any:

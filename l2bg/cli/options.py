@@ -80,17 +80,18 @@ def add_experiment_options(p: argparse.ArgumentParser, *, benchmark_required: bo
     t.add_argument("--device", default="auto",
                    help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N "
                         "(default auto)")
-    from l2bg.rules import BIND_RULES, GROW_RULES
-    from l2bg.similarity import MEASURES
+    from l2bg.rules import BIND_RULES, DEFAULT_BIND_RULE, DEFAULT_GROW_RULE, GROW_RULES
+    from l2bg.similarity import DEFAULT_SIMILARITY, MEASURES
 
     c = p.add_argument_group("conflict model (strategy l2bg)")
     c.add_argument("--grow-rule", default=None, metavar="RULE",
-                   help=f"which slots grow for δ: {GROW_RULES.help()} (default conflict)")
+                   help=f"which slots grow for δ: {GROW_RULES.help()} "
+                        f"(default {DEFAULT_GROW_RULE})")
     c.add_argument("--bind-rule", default=None, metavar="RULE",
-                   help=f"where a task binds: {BIND_RULES.help()} (default least-conflict)")
+                   help=f"where a task binds: {BIND_RULES.help()} (default {DEFAULT_BIND_RULE})")
     c.add_argument("--similarity", default=None, metavar="MEASURE",
                    help=f"similarity of two nets' slots, conflict C = 1 − similarity: "
-                        f"{MEASURES.help()} (default rsa-spearman)")
+                        f"{MEASURES.help()} (default {DEFAULT_SIMILARITY})")
     t.add_argument("--cache-dir", type=Path, default=None,
                    help="cache of independent nets (and the search's memo), shared by every "
                         "run and search (default $L2BG_CACHE_DIR, else ~/.cache/l2bg)")

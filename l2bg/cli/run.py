@@ -23,6 +23,7 @@ from typing import Any
 
 from l2bg.cli.options import HelpFormatter, add_experiment_options, add_strategy_option, floats
 from l2bg.errors import L2BGError
+from l2bg.search.notation import format_options
 
 __all__ = ["OUTPUTS", "OutDir", "add_run_parser", "cmd_run"]
 
@@ -230,8 +231,7 @@ def _pct(x: float | None) -> str:
 
 
 def _summary(r: dict[str, Any], out: Path) -> str:
-    opts = " ".join(f"{k}={v}" for k, v in (r.get("strategy_options") or {}).items()
-                    if v is not None)
+    opts = format_options(r.get("strategy_options"))
     lines = [f"{r['benchmark']} · {r['strategy']}{f' ({opts})' if opts else ''} · "
              f"{len(r['tasks'])} tasks · seed {r['seed']}",
              f"{'task':<18}{'bind_to':<18}{'grown':<22}{'val':>9}{'test':>9}{'indep test':>12}"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["delta_label", "format_sequence"]
+__all__ = ["delta_label", "format_options", "format_sequence"]
 
 
 def delta_label(seq: Sequence[Mapping[str, Any]] | None) -> str:
@@ -34,3 +34,9 @@ def format_sequence(seq: Sequence[Mapping[str, Any]] | None) -> str:
             delta = "" if g.get("delta") is None else f"@{round(float(g['delta']), 4):g}"
             parts.append(f"{g['task']}<{g['bind_to']}[{slots}]{delta}")
     return " ".join(parts)
+
+
+def format_options(options: Mapping[str, Any] | None) -> str:
+    """A strategy's recorded options on one line, ``grow_rule=conflict bind_rule=…`` (unset ones
+    left out)."""
+    return " ".join(f"{k}={v}" for k, v in (options or {}).items() if v is not None)

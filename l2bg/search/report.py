@@ -16,7 +16,7 @@ from typing import Any
 from l2bg.errors import L2BGError
 from l2bg.fileio import atomic_write, read_json_or_fail, sweep_stale_temps, write_json
 from l2bg.metrics import nondominated
-from l2bg.search.notation import delta_label, format_sequence
+from l2bg.search.notation import delta_label, format_options, format_sequence
 from l2bg.search.plots import plot_hypervolume, plot_pareto
 from l2bg.search.storage import open_storage, redact_url
 
@@ -157,10 +157,6 @@ def _rounded(params: Mapping[str, Any]) -> dict[str, Any]:
     return {k: round(v, 10) if isinstance(v, float) else v for k, v in params.items()}
 
 
-def _fmt_options(options: Mapping[str, Any] | None) -> str:
-    return " ".join(f"{k}={v}" for k, v in (options or {}).items() if v is not None)
-
-
 def _write_trials_csv(path: Path, trials: Sequence[Any], front: set[int], objective: str) -> None:
     cols = ["number", "state", f"value_{objective}", "value_params", "gain", "avg_val_acc",
             "avg_test_acc", "params_ratio", "feasible", "pareto", "same_network_as", "baseline",
@@ -182,8 +178,8 @@ def _write_trials_csv(path: Path, trials: Sequence[Any], front: set[int], object
         w.writerow([t.number, t.state.name, vals[0], vals[1], u.get("gain"),
                     u.get("avg_val_acc"), u.get("avg_test_acc"), u.get("params_ratio"),
                     _feasible(t) if t.values else None, t.number in front,
-                    _same_as(t, first), u.get("baseline"), _fmt_options(u.get("strategy_options")),
-                    delta_label(u.get("grow_sequence")),
+                    _same_as(t, first), u.get("baseline"),
+                    format_options(u.get("strategy_options")), delta_label(u.get("grow_sequence")),
                     format_sequence(u.get("grow_sequence")),
                     json.dumps(_rounded(t.params), sort_keys=True), dur, u.get("worker"),
                     u.get("memo_hits"), u.get("memo_misses"), u.get("memo_prefix_len"),
@@ -212,8 +208,8 @@ def summary_text(s: Mapping[str, Any], out: Path) -> str:
         lines.append(f"  trial {p['number']:>4}{dup}  gain {p['gain']:+7.2f}%  params "
                      f"{p['params']:>10,} ({p['params_ratio']:.2f}x)  "
                      f"{format_sequence(p['grow_sequence'])}"
-                     + (f"  [{_fmt_options(p.get('strategy_options'))}]"
-                        if _fmt_options(p.get("strategy_options")) else ""))
+                     + (f"  [{opts}]" if (opts := format_options(p.get("strategy_options")))
+                        else ""))
     lines.append(f"outputs: {out / 'pareto.json'}, trials.csv, pareto.png, hypervolume.png")
     return "\n".join(lines)
 

@@ -261,12 +261,18 @@ def read_sealed(directory: str | os.PathLike, name: str) -> tuple[Any, str | Non
     return meta, seal_problem(meta, directory)
 
 
+def damaged_name(path: Path) -> Path:
+    """A fresh ``<name>.damaged-<stamp>-<random>`` beside ``path``: where a damaged file (or a
+    copy of it) is kept."""
+    return path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}-"
+                          f"{os.urandom(3).hex()}")
+
+
 def set_aside(path: str | os.PathLike, why: str, what: str = "entry") -> Path | None:
     """Rename a damaged file or directory to ``<name>.damaged-<stamp>`` beside it (kept, never
     deleted) and warn once; returns the new path (None if another worker moved it first)."""
     path = Path(path)
-    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}-"
-                           f"{os.urandom(3).hex()}")
+    aside = damaged_name(path)
     try:
         os.rename(path, aside)
     except FileNotFoundError:

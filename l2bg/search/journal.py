@@ -23,13 +23,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 from l2bg import faults
 from l2bg.errors import L2BGError, warn
+from l2bg.fileio import damaged_name
 
 __all__ = ["damaged_line", "open_journal", "repair_tail"]
 
@@ -109,8 +108,7 @@ def _cut_tail(path: Path) -> Path | None:
             if b"\n" in f.read(_CHUNK):
                 raise L2BGError(f"{path} holds no journal record; it is not an Optuna journal "
                                 "file: point journal: at another file")
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        backup = path.with_name(f"{path.name}.damaged-{stamp}-{uuid.uuid4().hex[:6]}")
+        backup = damaged_name(path)
         with open(backup, "wb") as b:
             f.seek(0)
             shutil.copyfileobj(f, b)

@@ -41,6 +41,7 @@ from l2bg.kernels.launch import (
     H100,
     gram_config,
     gram_shared_bytes,
+    k_split,
     moments_config,
     strip,
 )
@@ -151,7 +152,6 @@ class Ptr:
 
 _TRITON_DTYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64",
                  "int32": "i32"}  # fmt: skip
-_ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 
 
 @dataclass(frozen=True)
@@ -195,10 +195,6 @@ def _contiguous_strides(shape: Sequence[int]) -> list[int]:
     return strides[::-1]
 
 
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 def _next_pow2(v: int) -> int:
     return 1 << max(0, (int(v) - 1).bit_length())
 
@@ -232,8 +228,7 @@ def _rdm_specs(launch: Launch, limits) -> list[KernelSpec]:
     specs = [_stats_spec(x, n, d, xs)]
     m = n * (n - 1) // 2
     so = [m, 0, 1] if launch.triu else _contiguous_strides((b, n, n))
-    k_per_split = _cdiv(_cdiv(d, split_k), block_k) * block_k
-    split_k = _cdiv(d, k_per_split)
+    k_per_split, split_k = k_split(d, split_k, block_k)
     common = dict(BLOCK=block, BLOCK_K=block_k, PRECISION=launch.precision,
                   LOW=launch.dtype != "float32")  # fmt: skip
     tiles = Ptr("int32")
@@ -286,14 +281,12 @@ def _compare_specs(launch: Launch, limits) -> list[KernelSpec]:
         names = ("A", "B", "SHIFT_A", "SHIFT_B", "OUT", "n", "stride_ab", "stride_ar",
                  "stride_ac", "stride_bb", "stride_br", "stride_bc")  # fmt: skip
         return [_spec("compare", "_moments_full_kernel", names, [t, t, f64, f64, f64, n, *s, *s],
-                      dict(BLOCK_R=cfg["block_r"], BLOCK_C=cfg["block_c"]),
-                      **cfg.get("full_options", {}))]  # fmt: skip
+                      dict(BLOCK_R=cfg["block_r"], BLOCK_C=cfg["block_c"]))]
     s = [m, 1]
     names = ("A", "B", "SHIFT_A", "SHIFT_B", "OUT", "m", "chunk", "stride_ab", "stride_am",
              "stride_bb", "stride_bm")  # fmt: skip
     return [_spec("compare", "_moments_flat_kernel", names,
-                  [t, t, f64, f64, f64, m, cfg["chunk"], *s, *s], dict(BLOCK=cfg["block"]),
-                  **cfg.get("flat_options", {}))]  # fmt: skip
+                  [t, t, f64, f64, f64, m, cfg["chunk"], *s, *s], dict(BLOCK=cfg["block"]))]
 
 
 def kernel_specs(launch: Launch, limits) -> list[KernelSpec]:

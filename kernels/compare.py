@@ -25,8 +25,8 @@ from torch import Tensor
 from l2bg.errors import L2BGError
 from l2bg.rsa.reference import average_ranks, check_finite, compare_torch, triangle
 
-from .launch import device_limits, host_flags, launch_guard, moments_config
-from .rdm import INTERPRETED, check_device
+from .launch import host_flags, launch_guard, moments_config
+from .rdm import check_device, compiled_limits
 
 _NSTAT = 9
 
@@ -225,8 +225,7 @@ def _finish(part: Tensor, m: int) -> Tensor:
 
 def _config(device: torch.device, blocks: dict[str, int]) -> dict[str, int]:
     """Launch parameters: defaults per device, overridden by ``blocks`` (powers of two)."""
-    cuda = device.type == "cuda" and not INTERPRETED
-    cfg = moments_config(device_limits(device) if cuda else None)
+    cfg = moments_config(compiled_limits(device))
     for name, v in blocks.items():
         if name not in cfg or v < 1 or (name != "chunk" and v & (v - 1)):
             raise L2BGError(

@@ -67,7 +67,7 @@ def gram_shared_bytes(block: int, block_k: int, dtype: torch.dtype, num_stages: 
     against the compiler for every configuration by tests/test_gpu_compile.py): the
     ``num_stages`` pipelined operand tiles (2 x block x block_k elements each), or the
     block x block fp32 accumulator when the epilogue converts its layout, whichever is larger."""
-    item = torch.empty((), dtype=dtype).element_size()
+    item = dtype.itemsize
     return max(max(num_stages, 1) * 2 * block * block_k * item, block * block * 4)
 
 
@@ -113,6 +113,13 @@ def blocks_per_sm(num_warps: int, shared: int, limits: DeviceLimits, registers: 
 
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def k_split(d: int, split_k: int, block_k: int) -> tuple[int, int]:
+    """(features per split, number of splits) of a Gram launch asking for ``split_k`` splits
+    of d: each split a whole number of block_k steps, empty splits dropped."""
+    k_per_split = cdiv(cdiv(d, split_k), block_k) * block_k
+    return k_per_split, cdiv(d, k_per_split)
 
 
 @dataclass(frozen=True)

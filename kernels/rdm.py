@@ -38,6 +38,7 @@ from .launch import (
     device_limits,
     gram_config,
     host_flags,
+    k_split,
     launch_guard,
     strip,
 )
@@ -287,9 +288,13 @@ def check_blocks(x: Tensor, **blocks: int) -> None:
             raise L2BGError(f"rdm kernel: {name}={v} must be a power of two >= {least}")
 
 
+def compiled_limits(device: torch.device) -> DeviceLimits | None:
+    """The limits of ``device`` when the kernels are compiled for it (None: interpreter)."""
+    return device_limits(device) if device.type == "cuda" and not INTERPRETED else None
+
+
 def _limits(x: Tensor) -> DeviceLimits | None:
-    """The limits of x's device when the kernels are compiled for it (None: interpreter)."""
-    return device_limits(x.device) if x.is_cuda and not INTERPRETED else None
+    return compiled_limits(x.device)
 
 
 def row_stats(x: Tensor, *, block_d: int = 1024) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -387,8 +392,7 @@ def rdm(
     if triu and m == 0:
         return out if batched else out.squeeze(0)
     tiles = upper_tiles(triton.cdiv(n, block), xb.device)
-    k_per_split = triton.cdiv(triton.cdiv(d, split_k), block_k) * block_k
-    split_k = triton.cdiv(d, k_per_split)
+    k_per_split, split_k = k_split(d, split_k, block_k)
     so = (out.stride(0), 0, out.stride(1)) if triu else out.stride()
     common = dict(BLOCK=block, BLOCK_K=block_k, PRECISION=precision, LOW=xb.dtype != torch.float32)
     with launch_guard(xb):

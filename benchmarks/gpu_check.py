@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import datetime
 import importlib.metadata
 import importlib.util
@@ -296,13 +295,8 @@ def write_report(run: Run, info: dict, install: str, tests: dict, test_files: li
               "```", ""]  # fmt: skip
     md = run.out / "report.md"
     md.write_text("\n".join(lines))
-    with (run.out / "report.csv").open("w", newline="") as f:
-        f.write(f"# l2bg gpu-check on {dev}; torch {info['torch']}; triton "
-                f"{info.get('triton')}; {info['date']}\n")  # fmt: skip
-        writer = csv.writer(f)
-        writer.writerow(harness.COLUMNS)
-        for r in rows:
-            writer.writerow([harness._cell(r.get(c)) for c in harness.COLUMNS])
+    harness.write_csv(run.out / "report.csv", f"l2bg gpu-check on {dev}; torch {info['torch']}; "
+                      f"triton {info.get('triton')}; {info['date']}", rows)
     return md
 
 

@@ -225,21 +225,33 @@ class Session:
         self.csv_path = self.out / "bench.csv"
         self.json_path = self.out / "bench.json"
         line = "; ".join(f"{k}={v}" for k, v in self.meta.items())
-        with self.csv_path.open("w", newline="") as f:
-            f.write(f"# l2bg benchmarks: {line}\n")
-            csv.writer(f).writerow(COLUMNS)
+        write_csv(self.csv_path, f"l2bg benchmarks: {line}", [])
         self._dump_json()
 
     def add(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
         with self.csv_path.open("a", newline="") as f:
-            csv.writer(f).writerow([_cell(row.get(c)) for c in COLUMNS])
+            csv.writer(f).writerow(csv_row(row))
         self._dump_json()
 
     def _dump_json(self) -> None:
         tmp = self.json_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps({"header": self.meta, "rows": self.rows}, indent=1))
         tmp.replace(self.json_path)
+
+
+def write_csv(path: Path, comment: str, rows: list[dict[str, Any]]) -> None:
+    """A results CSV: the ``# comment`` line, the header (``COLUMNS``) and ``rows``."""
+    with path.open("w", newline="") as f:
+        f.write(f"# {comment}\n")
+        writer = csv.writer(f)
+        writer.writerow(COLUMNS)
+        writer.writerows(csv_row(r) for r in rows)
+
+
+def csv_row(row: dict[str, Any]) -> list[Any]:
+    """One row's cells in ``COLUMNS`` order, as the CSV writes them."""
+    return [_cell(row.get(c)) for c in COLUMNS]
 
 
 def _cell(v: Any) -> Any:

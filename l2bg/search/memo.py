@@ -6,7 +6,8 @@ stored under a key that hashes the context (data, template, training recipe, see
 and the decisions. :class:`MemoRunner` runs the same :class:`l2bg.step.BindGrowStep` as
 :meth:`l2bg.learner.Learner.run`, deciding every task in order (so seeded draws replay exactly),
 and wraps it with the memo and nothing else: before ``apply`` it looks the child node up (a hit
-costs a JSON read), after it saves the node; the parent's JointNet is loaded only when a task must
+costs a JSON read and, the first time in a process, hashing the node's files to check its seal),
+after it saves the node; the parent's JointNet is loaded only when a task must
 be scored or trained. Conflict scores are kept per node, task and candidate set. Nodes and scores
 live on disk (shared by trials, workers and machines, under file locks) or in memory. On disk they
 are sealed (:func:`l2bg.fileio.seal`: ``node.json`` holds the sha256 of itself, with the outcomes,

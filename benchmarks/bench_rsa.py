@@ -119,7 +119,7 @@ def test_cuda_triton_rdm(benchmark, n, d, mode):
     from l2bg.kernels import launch
     from l2bg.kernels.rdm import rdm as rdm_triton
 
-    dtype_name, precision = mode_dtype(mode)
+    _, precision = mode_dtype(mode)
     x = _input(n, d, mode)
     fn = lambda: rdm_triton(x, triu=True, precision=precision)
     mem = peak_extra_memory(fn, "cuda")
@@ -166,7 +166,7 @@ def test_cuda_triton_dissimilarity(benchmark, d, mode):
     """Two RDMs plus Spearman, the conflict score of one layer pair (goal: <= 5 ms at
     n=1000, d=524288)."""
     n = N_CPU
-    dtype_name, precision = mode_dtype(mode)
+    _, precision = mode_dtype(mode)
     xa, xb = _input(n, d, mode, 0), _input(n, d, mode, 1)
     before = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"

@@ -1,5 +1,5 @@
-"""Searches that share an --out, and workers that die (issue 14, item 6); one-line errors of the
-search command (item 9)."""
+"""Searches that share an --out, and workers that die (issue 14, item 6; issue 22, items 6 and 7,
+killed and stopped workers); one-line errors of the search command (item 9)."""
 
 import csv
 import json
@@ -88,43 +88,66 @@ def _children(pid):
     return kids
 
 
-def _running(out):
+def _study_at(url):
     import optuna
 
+    if url.startswith("journal:"):
+        url = optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(url[len("journal:"):]))
+    return optuna.load_study(study_name="s", storage=url)
+
+
+def _running(url):
+    """The RUNNING trials that hold all their parameters and name their worker."""
+    if not Path(url.removeprefix("journal:").removeprefix("sqlite:///")).exists():
+        return []  # not created yet (and not to be created here)
     try:
-        storage = optuna.storages.JournalStorage(
-            optuna.storages.journal.JournalFileBackend(str(out / "study.journal")))
-        study = optuna.load_study(study_name="s", storage=storage)
+        trials = _study_at(url).trials
     except Exception:  # noqa: BLE001 - not created yet
         return []
-    return [t for t in study.trials if t.state.name == "RUNNING" and len(t.params) == 2]
+    return [t for t in trials if t.state.name == "RUNNING" and len(t.params) == 2
+            and "worker" in t.user_attrs]
+
+
+def _search(tmp_path, tiny_mnist, url, *extra):
+    """A 2-worker search of the smallest kind on storage ``url``, each trial held for 1.5 s
+    (while alive)."""
+    args = [sys.executable, "-m", "l2bg.search", "--benchmark", "pmnist", "--data-root",
+            str(tiny_mnist), "--tasks", "3", "--epochs", "1", "--rsa-samples", "10",
+            "--threads", "1", "--quiet", "--no-baselines", "--sampler", "random", "--space",
+            "per-task-delta", "--study-name", "s", "--cache-dir", str(tmp_path / "c"),
+            "--out", str(tmp_path / "o"), "--workers", "2", *extra]
+    if not url.startswith("journal:"):  # else the default, journal:OUT/study.journal
+        args += ["--storage", url]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT),
+               L2BG_SEARCH_TRIAL_DELAY="1.5")
+    return subprocess.Popen(args, env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+
+
+def _signal_workers(proc, url, how_many, sig):
+    """Send ``sig`` to the last ``how_many`` workers once both run a trial; their pids."""
+    _wait_for(lambda: len(_running(url)) == 2, 120, "both workers running a trial")
+    kids = [w for w in sorted(_children(proc.pid))
+            if b"spawn_main" in Path(f"/proc/{w}/cmdline").read_bytes()]  # not the tracker
+    assert len(kids) == 2, kids
+    for w in kids[-how_many:]:
+        os.kill(w, sig)
+    return kids[-how_many:]
+
+
+def _trial_of(url, pid):
+    [t] = [t for t in _running(url) if t.user_attrs["worker"].split(":")[-2] == str(pid)]
+    return t.number
 
 
 @pytest.mark.slow
 def test_a_killed_worker_still_gets_its_report(tmp_path, tiny_mnist):
     out = tmp_path / "o"
-    args = [sys.executable, "-m", "l2bg.search", "--benchmark", "pmnist", "--data-root",
-            str(tiny_mnist), "--tasks", "3", "--epochs", "1", "--rsa-samples", "10",
-            "--threads", "1", "--quiet", "--no-baselines", "--sampler", "random", "--space",
-            "per-task-delta", "--study-name", "s", "--cache-dir", str(tmp_path / "c"),
-            "--out", str(out), "--workers", "2"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT),
-               L2BG_SEARCH_TRIAL_DELAY="1.5")
-
-    def kill_workers_mid_trial(proc, how_many):
-        _wait_for(lambda: len(_running(out)) == 2, 120, "both workers running a trial")
-        kids = [w for w in sorted(_children(proc.pid))
-                if b"spawn_main" in Path(f"/proc/{w}/cmdline").read_bytes()]  # not the tracker
-        assert len(kids) == 2, kids
-        for w in kids[-how_many:]:
-            os.kill(w, signal.SIGKILL)
-        return kids[-how_many:]
-
+    url = f"journal:{out / 'study.journal'}"
     # one worker killed: the other completes every trial; the parent writes the report and
     # names the dead worker in one warning line
-    proc = subprocess.Popen([*args, "--trials", "4"], env=env, cwd=ROOT, stderr=subprocess.PIPE,
-                            text=True)
-    killed = kill_workers_mid_trial(proc, 1)
+    proc = _search(tmp_path, tiny_mnist, url, "--trials", "4")
+    killed = _signal_workers(proc, url, 1, signal.SIGKILL)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     [line] = [x for x in err.splitlines() if x.startswith("l2bg:")]
@@ -135,14 +158,66 @@ def test_a_killed_worker_still_gets_its_report(tmp_path, tiny_mnist):
     assert [r["state"] for r in rows].count("FAIL") == 1
     # every worker killed: fewer trials than asked; still a report, and one error line
     (out / "pareto.json").unlink()
-    proc = subprocess.Popen([*args, "--trials", "8"], env=env, cwd=ROOT, stderr=subprocess.PIPE,
-                            text=True)
-    kill_workers_mid_trial(proc, 2)
+    proc = _search(tmp_path, tiny_mnist, url, "--trials", "8")
+    _signal_workers(proc, url, 2, signal.SIGKILL)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 2
     [line] = [x for x in err.splitlines() if x.startswith("l2bg:")]
     assert line.startswith("l2bg: error: search worker") and "rerun the same command" in line
     assert json.loads((out / "pareto.json").read_text())["trials"]["complete"] >= 4
+
+
+@pytest.mark.slow
+def test_a_killed_worker_on_sqlite_is_retried_and_every_trial_completes(tmp_path, tiny_mnist):
+    """Issue 22 item 6: on a heartbeat storage the survivor does not stop at 3 of 4 trials; it
+    fails the dead worker's trial at once (its process on this host is gone), retries it and
+    completes all 4."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    proc = _search(tmp_path, tiny_mnist, url, "--trials", "4")
+    [pid] = _signal_workers(proc, url, 1, signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    [line] = [x for x in err.splitlines() if x.startswith("l2bg:")]
+    assert line.startswith("l2bg: warning: search worker") and f"pid {pid}" in line
+    trials = _study_at(url).trials
+    states = [t.state.name for t in trials]
+    assert states.count("COMPLETE") == 4 and states.count("FAIL") == 1, states
+    [failed] = [t for t in trials if t.state.name == "FAIL"]
+    assert failed.user_attrs["worker"].split(":")[-2] == str(pid)
+    [retry] = [t for t in trials if t.user_attrs.get("retry_of") == failed.number]
+    assert retry.state.name == "COMPLETE" and retry.params == failed.params
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("storage", ["journal", "sqlite"])
+def test_a_worker_stopped_past_its_lease_drops_its_trial_in_one_line(tmp_path, tiny_mnist,
+                                                                      storage):
+    """Issue 22 item 7: a worker paused (SIGSTOP) past its lease has its trial failed and
+    retried by the other; resumed, it finds the trial taken over, drops its result with one
+    warning line (no traceback) and the search completes every trial with exit 0."""
+    url = (f"journal:{tmp_path / 'o' / 'study.journal'}" if storage == "journal"
+           else f"sqlite:///{tmp_path / 'study.db'}")
+    proc = _search(tmp_path, tiny_mnist, url, "--trials", "4", "--lease-seconds", "3")
+    [pid] = _signal_workers(proc, url, 1, signal.SIGSTOP)
+    try:
+        number = _trial_of(url, pid)
+        _wait_for(lambda: _study_at(url).trials[number].state.name == "FAIL", 120,
+                  "the stopped worker's trial failed by the other")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"l2bg: warning: [worker 1] trial {number} was failed and "
+                               "retried by another worker") and "dropped" in lines[0]
+    trials = _study_at(url).trials
+    states = [t.state.name for t in trials]
+    assert states.count("COMPLETE") == 4 and states.count("FAIL") == 1, states
+    assert trials[number].state.name == "FAIL"
+    [retry] = [t for t in trials if t.user_attrs.get("retry_of") == number]
+    assert retry.state.name == "COMPLETE" and retry.params == trials[number].params
 
 
 @pytest.mark.parametrize("extra, match", [

@@ -8,8 +8,12 @@ One mechanism per storage kind:
   their parameters;
 * storages without (the journal file) use our lease: the trial's user attributes ``worker``
   (``host:pid:start``) and ``lease_until``, refreshed every lease/4 seconds; a RUNNING trial whose
-  worker on this host is gone, or whose lease expired, is failed and re-enqueued by
-  :func:`reap_stale_trials`.
+  lease expired is failed and re-enqueued by :func:`reap_stale_trials`.
+
+Either way :func:`reap_stale_trials` also fails at once a RUNNING trial whose ``worker`` on this
+host is gone, and, after the lease, one that never recorded a worker (killed right after
+``ask``). A worker whose own trial was failed that way while it was paused past its lease finds
+it :func:`taken_over` when it resumes and drops its result: the retry stands in for it.
 
 Every trial records its ``worker`` either way (shown in trials.csv).
 """
@@ -24,7 +28,8 @@ from typing import Any
 
 from l2bg.locks import worker_dead, worker_id
 
-__all__ = ["Liveness", "has_heartbeat", "reap_stale_trials", "retry_callback"]
+__all__ = ["Liveness", "give_back", "has_heartbeat", "reap_stale_trials", "register_worker",
+           "retry_callback", "taken_over"]
 
 
 def has_heartbeat(storage: Any) -> bool:
@@ -74,10 +79,13 @@ class Liveness:
             self.trial.set_user_attr("lease_until", time.time() + self.lease_s)
 
     def start(self) -> Liveness:
-        self.trial.set_user_attr("worker", worker_id())
-        if not self.heartbeat:
+        if self.heartbeat:  # a heartbeat first: a trial killed before it is reaped by its age
+            self._beat()
+            self.trial.set_user_attr("worker", worker_id())
+        else:
+            self.trial.set_user_attr("worker", worker_id())
             self.trial.set_user_attr("lease_trial", self.trial.number)
-        self._beat()
+            self._beat()
         self._thread.start()
         return self
 
@@ -97,34 +105,69 @@ class Liveness:
 def reap_stale_trials(study: Any, storage: Any, lease_s: float, max_retry: int = 3
                       ) -> list[int]:
     """Fail every RUNNING trial that is no longer alive and re-enqueue its parameters; returns
-    the numbers of the trials failed here by the lease (heartbeat storages report through their
-    callback). Safe to run from many workers: only the one whose FAIL lands re-enqueues."""
+    the numbers of the trials failed here (heartbeat storages also fail stale heartbeats, and
+    report those through their callback). Safe to run from many workers: only the one whose
+    FAIL lands re-enqueues."""
     import optuna
     from optuna.trial import TrialState
 
-    if has_heartbeat(storage):
+    heartbeat = has_heartbeat(storage)
+    if heartbeat:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             optuna.storages.fail_stale_trials(study)
-        return []
     now = time.time()
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        own = t.user_attrs.get("lease_trial") == t.number
-        until = t.user_attrs.get("lease_until") if own else None
-        worker = t.user_attrs.get("worker") if own else None
         started = t.datetime_start.timestamp() if t.datetime_start else now
-        stale = (worker_dead(worker) or (until is not None and until < now)
-                 or (until is None and now - started > lease_s))
-        if not stale:
-            continue
-        try:
-            study.tell(t.number, state=TrialState.FAIL)
-        except Exception:  # noqa: BLE001 - finished meanwhile, or failed by another worker
-            continue
-        failed.append(t.number)
-        retry_callback(max_retry)(study, trial_by_number(study, t.number))
+        if heartbeat:  # a live one beats (Optuna judged the beats above) and names its worker
+            worker = t.user_attrs.get("worker")
+            stale = worker_dead(worker) or (worker is None and now - started > lease_s)
+        else:
+            own = t.user_attrs.get("lease_trial") == t.number
+            until = t.user_attrs.get("lease_until") if own else None
+            stale = (worker_dead(t.user_attrs.get("worker") if own else None)
+                     or (until is not None and until < now)
+                     or (until is None and now - started > lease_s))
+        if stale and give_back(study, t.number, max_retry):
+            failed.append(t.number)
     return failed
+
+
+def give_back(study: Any, number: int, max_retry: int) -> bool:
+    """Fail RUNNING trial ``number`` and re-enqueue its parameters; False (nothing done) when
+    it finished meanwhile or another worker failed it first."""
+    from optuna.trial import TrialState
+
+    try:
+        study.tell(number, state=TrialState.FAIL)
+    except Exception:  # noqa: BLE001 - finished meanwhile, or failed by another worker
+        return False
+    retry_callback(max_retry)(study, trial_by_number(study, number))
+    return True
+
+
+def register_worker(study: Any) -> int:
+    """Record this worker in the study (user attribute ``worker:<host:pid:start>``) and return
+    its rank by registration time: the sampler of rank k is seeded with seed + 1000·k, so the
+    first worker of a fresh study reproduces a single-process run and later workers (other
+    processes, machines or a resumed run) do not repeat its random start-up points."""
+    me = f"worker:{worker_id()}"
+    study.set_user_attr(me, time.time())
+    regs = sorted((v, k) for k, v in study.user_attrs.items() if k.startswith("worker:"))
+    return [k for _, k in regs].index(me)
+
+
+def taken_over(study: Any, trial: Any) -> bool:
+    """Whether this worker's ``trial`` was finished by another worker (failed as stale while
+    this one was paused past its lease, then retried)."""
+    from optuna.trial import TrialState
+
+    try:
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    except Exception:  # noqa: BLE001 - the storage failed: the caller's error says more
+        return False
+    return all(t.number != trial.number for t in running)
 
 
 def trial_by_number(study: Any, number: int) -> Any:

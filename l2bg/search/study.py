@@ -20,10 +20,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from l2bg.errors import L2BGError
+from l2bg.errors import L2BGError, warn
 from l2bg.fileio import refused, writable_dir, write_json
 from l2bg.locks import FileLocks
-from l2bg.search.liveness import Liveness, reap_stale_trials, retry_callback, trial_by_number
+from l2bg.search.liveness import (
+    Liveness,
+    give_back,
+    reap_stale_trials,
+    register_worker,
+    taken_over,
+    trial_by_number,
+)
 from l2bg.search.memo import MemoRunner, Outcome
 from l2bg.search.notation import format_sequence
 from l2bg.search.report import OBJECTIVES, SIGNATURE_ATTR, summary_text, write_report
@@ -300,19 +307,6 @@ def _objective_values(cfg: SearchConfig, record: dict[str, Any]) -> list[float]:
     return [float(first), float(record["params"])]
 
 
-def _register_worker(study: Any) -> int:
-    """Record this worker in the study (user attribute ``worker:<host:pid:start>``) and return
-    its rank by registration time: the sampler of rank k is seeded with seed + 1000·k, so the
-    first worker of a fresh study reproduces a single-process run and later workers (other
-    processes, machines or a resumed run) do not repeat its random start-up points."""
-    from l2bg.locks import worker_id
-
-    me = f"worker:{worker_id()}"
-    study.set_user_attr(me, time.time())
-    regs = sorted((v, k) for k, v in study.user_attrs.items() if k.startswith("worker:"))
-    return [k for _, k in regs].index(me)
-
-
 def _counts(study: Any) -> dict[str, int]:
     out: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
@@ -333,7 +327,7 @@ def _work(setup: _Setup, index: int) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(setup.storage_url, lease_s=cfg.lease_s, max_retry=cfg.max_retry)
     seed = cfg.settings.seed if cfg.sampler_seed is None else cfg.sampler_seed
-    rank = _register_worker(optuna.load_study(study_name=setup.study_name, storage=storage))
+    rank = register_worker(optuna.load_study(study_name=setup.study_name, storage=storage))
     sampler = make_sampler(cfg.sampler, seed + 1000 * rank, cfg.trials, cfg.startup_trials)
     study = optuna.load_study(study_name=setup.study_name, storage=storage, sampler=sampler)
     runner = setup.make_runner()
@@ -343,8 +337,11 @@ def _work(setup: _Setup, index: int) -> int:
     while True:
         reap_stale_trials(study, storage, cfg.lease_s, cfg.max_retry)
         counts = _counts(study)
-        if counts.get("COMPLETE", 0) + counts.get("RUNNING", 0) >= cfg.trials:
+        if counts.get("COMPLETE", 0) >= cfg.trials:
             break
+        if counts.get("COMPLETE", 0) + counts.get("RUNNING", 0) >= cfg.trials:
+            time.sleep(min(1.0, cfg.lease_s / 4))  # the running ones finish, or die: retry them
+            continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             trial = study.ask()
@@ -369,19 +366,22 @@ def _work(setup: _Setup, index: int) -> int:
             if cfg.max_params is not None:
                 trial.set_constraint("max_params",
                                      float(outcome.record["params"] - cfg.max_params))
-            values = _objective_values(cfg, outcome.record)
+            alive.stop()
+            study.tell(trial, _objective_values(cfg, outcome.record))
         except KeyboardInterrupt:
             alive.stop()
             with suppress(Exception):  # give the trial back: fail it and re-enqueue its params
-                study.tell(trial, state=TrialState.FAIL)
-                retry_callback(cfg.max_retry)(study, trial_by_number(study, trial.number))
+                give_back(study, trial.number, cfg.max_retry)
             raise
         except BaseException:
             alive.stop()
+            if taken_over(study, trial):  # paused past its lease: another worker retried it
+                warn(f"[worker {index}] trial {trial.number} was failed and retried by another "
+                     f"worker while this one was stopped for longer than --lease-seconds "
+                     f"{cfg.lease_s:g}; its result is dropped")
+                continue
             study.tell(trial, state=TrialState.FAIL)
             raise
-        alive.stop()
-        study.tell(trial, values)
         done_here += 1
         if not cfg.quiet:
             _print_trial(index, trial.number, outcome, setup, time.perf_counter() - start)
@@ -544,8 +544,6 @@ def run_search(cfg: SearchConfig) -> dict[str, Any]:
             raise L2BGError(f"search {what}; the report in {setup.out} covers the {done} "
                             f"trials completed of {cfg.trials}: rerun the same command to "
                             "resume")
-        from l2bg.errors import warn
-
         warn(f"search {what}; the other workers completed all {cfg.trials} trials (its "
              "running trial was retried) and the report was written")
     if not cfg.quiet:

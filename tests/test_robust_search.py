@@ -250,3 +250,50 @@ def test_report_of_a_hand_edited_search_json_is_one_line(tmp_path, capsys):
     with pytest.raises(L2BGError):
         from l2bg.search.report import report_dir
         report_dir(out)
+
+
+@pytest.mark.parametrize("url, installed, want", [
+    ("postgresql+psycopg2://u:pw@h/db", {"psycopg"},
+     ["driver psycopg2 is not installed", "pip install psycopg2-binary",
+      "or use postgresql+psycopg://"]),
+    ("postgresql+psycopg://u:pw@h/db", {"psycopg2", "pg8000"},
+     ["driver psycopg is not installed", "pip install 'psycopg[binary]'",
+      "or use postgresql+psycopg2://"]),
+    ("postgresql+pg8000://u:pw@h/db", set(), ["driver pg8000 is not installed",
+                                              "pip install pg8000"]),
+    ("mysql://u:pw@h/db", {"pymysql"}, ["driver MySQLdb is not installed",
+                                        "pip install mysqlclient", "or use mysql+pymysql://"]),
+])
+def test_a_missing_database_driver_names_its_package_and_a_url_that_works(
+        monkeypatch, url, installed, want):
+    """Issue 22: the hint names the missing driver's package and suggests a URL form whose
+    driver is installed, never the URL's own form."""
+    optuna = pytest.importorskip("optuna")
+    from l2bg.search import storage
+
+    def no_driver(*args, **kwargs):
+        raise ImportError("Failed to import DB access module for the specified storage URL.")
+    monkeypatch.setattr(optuna.storages, "RDBStorage", no_driver)
+    monkeypatch.setattr(storage, "_importable", lambda module: module in installed)
+    with pytest.raises(L2BGError) as exc:
+        storage.open_storage(url)
+    msg = str(exc.value)
+    assert "\n" not in msg and ":pw@" not in msg
+    assert all(w in msg for w in want), msg
+    assert ("or use" in msg) == bool(installed)
+    assert f"use {url.split('://')[0]}://" not in msg
+
+
+def test_a_psycopg2_url_without_psycopg2_is_one_line_naming_it():
+    """The same, unmocked, with the drivers this environment has."""
+    pytest.importorskip("optuna")
+    from l2bg.search import storage
+
+    if storage._importable("psycopg2"):
+        pytest.skip("psycopg2 is installed here")
+    with pytest.raises(L2BGError) as exc:
+        storage.open_storage("postgresql+psycopg2://u:pw@127.0.0.1:1/db")
+    msg = str(exc.value)
+    assert "driver psycopg2 is not installed; pip install psycopg2-binary" in msg
+    assert "use postgresql+psycopg2://" not in msg
+    assert ("or use postgresql+psycopg://" in msg) == storage._importable("psycopg")

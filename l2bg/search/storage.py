@@ -19,6 +19,15 @@ __all__ = ["one_line", "open_storage", "redact_url"]
 
 _RDB = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql")
 
+#: Per database, SQLAlchemy's driver name -> (the module it imports, the package that has it).
+_DRIVERS = {
+    "postgresql": {"psycopg": ("psycopg", "'psycopg[binary]'"),
+                   "psycopg2": ("psycopg2", "psycopg2-binary"), "pg8000": ("pg8000", "pg8000")},
+    "mysql": {"mysqldb": ("MySQLdb", "mysqlclient"), "pymysql": ("pymysql", "PyMySQL"),
+              "mysqlconnector": ("mysql.connector", "mysql-connector-python")},
+}
+_DRIVERS["mariadb"] = _DRIVERS["mysql"]
+
 
 def redact_url(url: str) -> str:
     """The URL with its password replaced by ``***``."""
@@ -61,6 +70,35 @@ def _open_journal(url: str, lease_s: float) -> Any:
         raise L2BGError(f"cannot open journal storage {shown}: {one_line(exc)}") from exc
 
 
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # its parent package is missing
+        return False
+
+
+def _driver_hint(url: str, base: str) -> str:
+    """What to do about the missing driver of ``url``: the package to install, and a URL form
+    whose driver is installed, if one is."""
+    from sqlalchemy.engine import make_url
+
+    try:  # the driver SQLAlchemy picks for the URL (its default one for a bare scheme)
+        driver = make_url(url).get_dialect().driver
+    except Exception:  # noqa: BLE001 - an unknown driver: named as written
+        driver = url.split("://", 1)[0].partition("+")[2] or None
+    known = _DRIVERS.get(base, {})
+    module, package = known.get(driver or "", (driver, None))
+    hint = f"its database driver{f' {module}' if module else ''} is not installed; "
+    hint += (f"pip install {package}" if package
+             else "install the database driver SQLAlchemy needs for it")
+    other = [d for d, (m, _) in known.items() if d != driver and _importable(m)]
+    if other:
+        hint += f", or use {base}+{other[0]}://… ({known[other[0]][0]} is installed)"
+    return hint
+
+
 def _open_rdb(url: str, lease_s: float, max_retry: int) -> Any:
     import optuna
 
@@ -99,11 +137,7 @@ def _open_rdb(url: str, lease_s: float, max_retry: int) -> Any:
                 time.sleep(0.3 * (attempt + 1) + 0.2 * (os.getpid() % 5))
         raise AssertionError("unreachable")
     except ImportError as exc:
-        hint = {"postgresql": "pip install 'psycopg[binary]' (or use postgresql+psycopg2://)",
-                "mysql": "pip install mysqlclient (or use mysql+pymysql:// with PyMySQL)"}.get(
-                    base, "install the database driver SQLAlchemy needs for it")
-        raise L2BGError(f"cannot open storage {shown}: its database driver is not installed; "
-                        f"{hint}") from exc
+        raise L2BGError(f"cannot open storage {shown}: {_driver_hint(url, base)}") from exc
     except Exception as exc:  # noqa: BLE001 - any driver/connection error, one line
         raise L2BGError(f"cannot open storage {shown}: {one_line(exc)}; check the URL and that "
                         "the database server is up") from exc

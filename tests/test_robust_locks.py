@@ -4,8 +4,11 @@ past its lease) never removes the new holder's lock."""
 
 import json
 import os
+import shutil
 import socket
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -105,4 +108,40 @@ def test_a_holder_that_lost_its_lock_leaves_the_new_holders_lock(tmp_path):
         assert lock.exists() and lock.read_text() == taken
         with pytest.raises(LockHeld), FileLocks(lease_s=60).hold(lock, wait=False):
             pass
+    assert not lock.exists()
+
+
+def test_a_holder_refreshes_only_its_own_lock_file(tmp_path):
+    """The refresh thread touches the file it created, not whatever the path names now (a
+    lock that replaced its own after a takeover keeps its age)."""
+    lock = tmp_path / ".k.lock"
+    with FileLocks(lease_s=1).hold(lock):  # refreshed every 0.5 s
+        lock.unlink()
+        lock.write_text(json.dumps({"worker": "elsewhere:1:1", "time": 0}))
+        old = time.time() - 100
+        os.utime(lock, (old, old))
+        time.sleep(1.2)
+        assert lock.stat().st_mtime == old
+    assert lock.exists()  # not ours: left in place
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
+def test_a_stale_lock_this_user_cannot_read_is_taken_over_by_its_age(request):
+    """A lock another user left unreadable (no flock possible) is judged by its age alone."""
+    from forking import NOBODY, forked
+
+    public = Path(tempfile.mkdtemp(prefix="l2bg-locks-"))  # not under pytest's private tmp
+    request.addfinalizer(lambda: shutil.rmtree(public, ignore_errors=True))
+    public.chmod(0o777)
+    lock = public / ".k.lock"
+    lock.write_text("{}")
+    lock.chmod(0)
+    old = time.time() - 10 * LEASE
+    os.utime(lock, (old, old))
+
+    def take() -> int:
+        with FileLocks(lease_s=LEASE).hold(lock, wait=False):
+            return 0 if lock.stat().st_uid == NOBODY else 1
+    child = forked(take, uid=NOBODY)
+    assert child.code == 0, child.output
     assert not lock.exists()

@@ -14,7 +14,9 @@ the flock of a file another breaker removed finds the path naming another file (
 leaves it. A holder releases the same way: it unlinks the path only while the path still names
 its own (open) file, so a holder that lost its lock (paused past its lease) never removes the
 new holder's. Where ``flock`` is missing, the identity check alone is kept (a narrow race).
-Across machines (a shared file system) the lease still decides.
+Across machines (a shared file system) the lease still decides. A holder paused past its lease
+works on without the lock: every result behind a lock is written atomically and is the same
+either way, so that only duplicates work.
 """
 
 from __future__ import annotations

@@ -75,10 +75,10 @@ def _is_file(path: Path) -> bool:
                         "of the data root") from exc
 
 
-def _read_bytes(path: Path, limit: int = MAX_DATA_FILE_BYTES) -> bytes:
-    """The file's bytes; its size is checked against ``limit`` before anything is read."""
+def _read_bytes(path: Path) -> bytes:
+    """The file's bytes; its size is checked against the limit before anything is read."""
     try:
-        check_size(f"{path}: the file", path.stat().st_size, limit, unit="bytes",
+        check_size(f"{path}: the file", path.stat().st_size, MAX_DATA_FILE_BYTES, unit="bytes",
                    fix="not a data file l2bg reads (l2bg.bounds.MAX_DATA_FILE_BYTES)")
         return path.read_bytes()
     except OSError as exc:

@@ -238,3 +238,20 @@ def test_cli_rsa_table_of_short_layer_names(tmp_path, capsys):
     assert main(["rsa", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
     rows = capsys.readouterr().out.splitlines()[2:4]
     assert [len(r.split()) for r in rows] == [3, 3]
+
+
+@pytest.mark.parametrize("method", ["pearson", "cosine", "spearman"])
+def test_cli_rsa_at_extreme_scale_writes_finite_json(tmp_path, capsys, method):
+    """Item 17: NaN reached write_json (a traceback) with --method pearson or cosine."""
+    import json
+
+    from l2bg.cli import main
+
+    x = np.random.default_rng(6).standard_normal((10, 12)).astype(np.float32)
+    np.save(tmp_path / "a.npy", x)
+    np.save(tmp_path / "b.npy", x * np.float32(1e20))
+    out = tmp_path / "out"
+    assert main(["rsa", str(tmp_path), "--method", method, "--slice-width", "5", "--out",
+                 str(out), "--quiet"]) == 0
+    values = np.array(json.loads((out / "similarity.json").read_text())["values"])
+    assert np.isfinite(values).all() and abs(values[0, 1] - 1) < 1e-6

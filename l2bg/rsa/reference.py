@@ -132,29 +132,40 @@ _UNSEEN = -(2**12)
 
 
 class RowScale:
-    """The per-row power-of-two scale of a streamed RDM (B rows of n samples): every slice is
-    divided, exactly, by 2^k per row, k the exponent of the largest |value| the row has had so
-    far, so that no square, sum or mean of the accumulated co-moments overflows or underflows,
-    whatever the magnitude (the stream's form of ``centre_scaled``). When a slice raises a row's
-    k, what the stream accumulated is rescaled by the factors ``scale`` returns. Powers of two
-    are exact, so at ordinary magnitudes the RDM is bit for bit the unscaled one."""
+    """The per-row power-of-two scale of a streamed RDM (B rows of n samples): a row whose
+    largest |value| so far has its exponent e outside [-SAFE, SAFE] is divided, exactly, by 2^e
+    (k = e), so that no square, sum or mean of the accumulated co-moments overflows or
+    underflows, whatever the magnitude (the stream's form of ``centre_scaled``); rows inside
+    keep k = 0 (no work: 2^±32 squared and summed over any d stays far inside float32). When a
+    slice raises a row's k, what the stream accumulated is rescaled by the factors ``scale``
+    returns. Powers of two are exact, so the RDM is bit for bit the unscaled one wherever that
+    one neither overflows nor underflows."""
+
+    SAFE = 32
 
     def __init__(self, batch: int, n: int, device: torch.device) -> None:
         self.k = torch.full((batch, n), _UNSEEN, dtype=torch.int64, device=device)
 
     def scale(self, xb: Tensor) -> tuple[Tensor, Tensor | None]:
         """(slice (B, n, d_c) divided by 2^k per row; per-row factors 2^(k_old - k_new) <= 1 for
-        the accumulated state, None when no k changed). NaN/inf in the slice: L2BGError."""
+        the accumulated state, None when no k of a row seen before changed). NaN/inf in the
+        slice: L2BGError."""
         amax = xb.abs().amax(dim=-1)
         if not bool(torch.isfinite(amax).all()):
             raise L2BGError("the slice has NaN/inf activations; fix or drop them")
-        k = torch.maximum(self.k, torch.where(amax > 0, pow2_exponent(amax), _UNSEEN))
-        shift = (self.k - k).clamp_min(2 * _UNSEEN)
-        changed = bool((shift != 0).any())
+        e = torch.where(amax > 0, pow2_exponent(amax), _UNSEEN)
+        k = torch.maximum(self.k, torch.where(e.abs() <= self.SAFE, 0, e))
+        seen = self.k != _UNSEEN  # a row that was all zeros accumulated nothing to rescale
+        shift = torch.where(seen, self.k - k, 0)
+        factors = None
+        if bool((shift != 0).any()):
+            ones = torch.ones((*amax.shape, 1), dtype=xb.dtype, device=xb.device)
+            factors = scale_pow2(ones, -shift.clamp_min(2 * _UNSEEN)).squeeze(-1)
         self.k = k
-        ones = torch.ones((*amax.shape, 1), dtype=xb.dtype, device=xb.device)
-        factors = scale_pow2(ones, -shift).squeeze(-1) if changed else None
-        return scale_pow2(xb, torch.where(k == _UNSEEN, 0, k)).to(xb.dtype), factors
+        k = torch.where(k == _UNSEEN, 0, k)
+        if bool((k != 0).any()):
+            xb = scale_pow2(xb, k).to(xb.dtype)
+        return xb, factors
 
 
 def inverse_norms(ss: Tensor, mean: Tensor, d: int) -> Tensor:

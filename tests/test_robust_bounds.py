@@ -377,3 +377,19 @@ def test_explain_of_conflict_scores_outside_0_2_is_one_line(tmp_path, capsys, va
     (tmp_path / "results.json").write_text(json.dumps(record))
     assert main(["explain", str(tmp_path)]) == 0
 
+
+
+def test_an_rdm_accumulator_beyond_memory_is_one_line(tmp_path, capsys, monkeypatch):
+    """n is read from the activation files: its n x n accumulator is bounded by the memory
+    (here a machine of 1 MB) before it is allocated."""
+    from l2bg.bounds import memory_bytes
+
+    np.save(tmp_path / "a.npy", np.zeros((1000, 2), np.float32))
+    monkeypatch.setattr("l2bg.bounds.memory_bytes", lambda: 10**6)
+    assert main(["rsa", str(tmp_path), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    err = _one_line(capsys)
+    assert "accumulator of 1,000 samples" in err and "--samples" in err
+    assert main(["rsa", str(tmp_path), "--samples", "400", "--out", str(tmp_path / "o"),
+                 "--quiet"]) == 0
+    monkeypatch.undo()
+    assert memory_bytes() is None or memory_bytes() > 10**8

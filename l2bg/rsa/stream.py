@@ -112,6 +112,18 @@ class TorchRDMStream:
         return out if self.batched else out.squeeze(0)
 
 
+def check_accumulator(n: int, dtype: torch.dtype) -> None:
+    """The n x n accumulator of a streamed RDM must fit in this machine's memory: n is read
+    from a file, so it is bounded before anything is allocated (one line naming the fix)."""
+    from l2bg.bounds import check_size, memory_bytes
+
+    total = memory_bytes()
+    if total is not None:
+        check_size(f"the RDM accumulator of {n:,} samples (n x n {dtype})",
+                   n * n * dtype.itemsize, total, unit="bytes",
+                   fix="the limit is this machine's memory; use fewer samples (--samples)")
+
+
 def progress_bar(total: int | None, desc: str, enabled: bool | None = None, *,
                  unit: str = "feat"):
     """A tqdm bar on stderr; ``enabled=None`` shows it only when stderr is a terminal."""
@@ -137,6 +149,7 @@ def stream_rdm(read: Callable[[int, int], Tensor], n: int, d: int, *, slice_widt
     device = torch.device(device)
     first = read(0, min(d, slice_width)) if d else torch.zeros((n, 0))
     dtype = acc_dtype(first.dtype)
+    check_accumulator(n, dtype)
     ran = resolve_backend(backend, first.to(device) if device.type == "cuda" else first)
     if dtype == torch.float64:
         ran = "torch"

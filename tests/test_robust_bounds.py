@@ -393,3 +393,26 @@ def test_an_rdm_accumulator_beyond_memory_is_one_line(tmp_path, capsys, monkeypa
                  "--quiet"]) == 0
     monkeypatch.undo()
     assert memory_bytes() is None or memory_bytes() > 10**8
+
+
+class _Shape:
+    """Pickles as numpy's ``_reconstruct(ndarray, shape, 'B')`` without the bytes: an array of
+    any size, uninitialised (never backed by the file)."""
+
+    def __init__(self, shape):
+        self.shape = shape
+
+    def __reduce__(self):
+        from numpy._core.multiarray import _reconstruct
+
+        return _reconstruct, (np.ndarray, self.shape, b"B")
+
+
+@pytest.mark.parametrize("rows", [4, 2**20])
+def test_a_cifar_array_the_file_does_not_hold_is_refused(tmp_path, rows):
+    from l2bg.data.sources import _load_cifar_pickle
+
+    raw = pickle.dumps({b"data": _Shape((rows, 3072)), b"fine_labels": [0] * rows}, protocol=2)
+    (tmp_path / "train").write_bytes(raw)
+    with pytest.raises(L2BGError, match=r"b'data' declares [\d,]+ bytes but the file holds"):
+        _load_cifar_pickle(tmp_path / "train")

@@ -373,6 +373,9 @@ def _load_cifar_pickle(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, An
                         f"(N, 3072); {fix}")
     if len(data) == 0:
         raise L2BGError(f"{path}: holds 0 samples; {fix}")
+    if data.nbytes > len(raw):  # built from a shape alone: memory the file never held
+        raise L2BGError(f"{path}: b'data' declares {data.nbytes:,} bytes but the file holds "
+                        f"{len(raw):,}; {fix}")
     return data, _fine_labels(labels, len(data), path, fix), _file_record(path, raw)
 
 

@@ -9,7 +9,8 @@ the C++ executor can run the same chain.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import numbers
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -131,16 +132,16 @@ def _linear_slot(name: str, n_in: int, n_out: int, relu: bool = True, dropout: f
 def _size(template: str, name: str, value: Any) -> int:
     """A topology parameter that counts something (units, channels, classes, a kernel's side):
     an integer >= 1, else one line naming the parameter."""
-    if (isinstance(value, bool) or not isinstance(value, int | float)
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
             or not math.isfinite(value) or value != int(value) or value < 1):
         raise L2BGError(f"{template}: {name} must be an integer >= 1, got {value!r}")
     return int(value)
 
 
 def _sizes(template: str, name: str, values: Any) -> list[int]:
-    if isinstance(values, str | bytes) or not isinstance(values, Sequence):
+    if isinstance(values, str | bytes) or not isinstance(values, Sequence | Iterable):
         raise L2BGError(f"{template}: {name} must be a list of integers >= 1, got {values!r}")
-    return [_size(template, f"{name}[{i}]", v) for i, v in enumerate(values)]
+    return [_size(template, f"{name}[{i}]", v) for i, v in enumerate(list(values))]
 
 
 def _check_parameters(template: Template) -> Template:
@@ -191,7 +192,7 @@ def convnet(in_channels: int = 3, image_size: int = 32, channels: Sequence[int] 
     fc = _sizes("convnet", "fc", fc)
     in_channels = _size("convnet", "in_channels", in_channels)
     image_size = _size("convnet", "image_size", image_size)
-    if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
+    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
         raise L2BGError(f"convnet: dropout must be a probability in [0, 1), got {dropout!r}")
     if len(channels) != len(kernels):
         raise L2BGError(f"convnet needs one kernel size per conv layer, got {channels}, {kernels}")

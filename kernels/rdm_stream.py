@@ -78,7 +78,9 @@ class RDMStream:
         if d_c == 0:
             return self
         b, n = self.batch, self.n
-        try:  # rows divided by powers of two (exact): no fp32 square overflows or underflows
+        # 16-bit slices are upcast (exact) and rows divided by powers of two (exact): no fp32
+        # square overflows or underflows, and every slice takes the fp32 path (bf16 1e30 too)
+        try:
             xb, factors = self._scale.scale(xb.float())
         except L2BGError as exc:
             raise L2BGError(f"RDMStream.update: {exc}") from None

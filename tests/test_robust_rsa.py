@@ -255,3 +255,22 @@ def test_cli_rsa_at_extreme_scale_writes_finite_json(tmp_path, capsys, method):
                  str(out), "--quiet"]) == 0
     values = np.array(json.loads((out / "similarity.json").read_text())["values"])
     assert np.isfinite(values).all() and abs(values[0, 1] - 1) < 1e-6
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_triton_stream_of_16_bit_slices_at_extreme_scale(dtype):
+    """bfloat16 reaches 1e30 (rescaled in its own dtype, exactly); float16 never leaves the
+    safe range. Both give the reference RDM of the same values."""
+    if "triton" not in rsa.available_backends():
+        pytest.skip("no Triton backend (no CUDA and no interpreter)")
+    from l2bg.kernels.rdm_stream import RDMStream
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    scale = 1e30 if dtype == torch.bfloat16 else 100.0
+    x = (torch.randn(6, 16, generator=torch.Generator().manual_seed(7)) * scale).to(dtype)
+    want = rdm_triu_torch(x.double().unsqueeze(0))[0]
+    stream = RDMStream(6, device=dev, block=8, block_k=8)
+    for lo in range(0, 16, 8):
+        stream.update(x[:, lo:lo + 8].to(dev))
+    got = stream.result(triu=True).double().cpu()
+    assert torch.allclose(got, want, rtol=0, atol=1e-4)

@@ -159,7 +159,8 @@ class RowScale:
         shift = torch.where(seen, self.k - k, 0)
         factors = None
         if bool((shift != 0).any()):
-            ones = torch.ones((*amax.shape, 1), dtype=xb.dtype, device=xb.device)
+            wide = torch.promote_types(xb.dtype, torch.float32)  # the accumulator's dtype
+            ones = torch.ones((*amax.shape, 1), dtype=wide, device=xb.device)
             factors = scale_pow2(ones, -shift.clamp_min(2 * _UNSEEN)).squeeze(-1)
         self.k = k
         k = torch.where(k == _UNSEEN, 0, k)

@@ -21,11 +21,10 @@ import triton
 from torch import Tensor
 
 from l2bg.errors import L2BGError
-from l2bg.rsa.reference import check_slice
+from l2bg.rsa.reference import RowScale, check_slice, inverse_norms
 
 from .launch import check_shared_memory, host_flags, launch_guard, strip
 from .rdm import (
-    CONSTANT_REL_TOL2,
     _dist_tile_kernel,
     _gram_tile_kernel,
     _limits,
@@ -65,6 +64,7 @@ class RDMStream:
         self.d_seen = 0
         self.gram = torch.zeros((self.batch, n, n), device=self.device, dtype=torch.float32)
         self.mean = torch.zeros((self.batch, n), device=self.device, dtype=torch.float32)
+        self._scale = RowScale(self.batch, n, self.device)
 
     def update(self, x: Tensor) -> RDMStream:
         """Add a slice of features: (n, d_c), or (B, n, d_c) for a batched stream."""
@@ -78,6 +78,15 @@ class RDMStream:
         if d_c == 0:
             return self
         b, n = self.batch, self.n
+        # 16-bit slices are upcast (exact) and rows divided by powers of two (exact): no fp32
+        # square overflows or underflows, and every slice takes the fp32 path (bf16 1e30 too)
+        try:
+            xb, factors = self._scale.scale(xb.float())
+        except L2BGError as exc:
+            raise L2BGError(f"RDMStream.update: {exc}") from None
+        if factors is not None:
+            self.mean.mul_(factors)
+            self.gram.mul_(factors[:, :, None]).mul_(factors[:, None, :])
         limits = _limits(xb)
         cfg = gram_config(n, self.d_seen + d_c, b, xb.dtype, limits)
         block = self._cfg["block"] or cfg["block"]
@@ -110,10 +119,8 @@ class RDMStream:
     def result(self, *, triu: bool = False) -> Tensor:
         """RDMs of all features seen so far: (B,) n x n, or packed strict upper triangles."""
         b, n = self.batch, self.n
-        ss = self.gram.diagonal(dim1=-2, dim2=-1).double()
-        mean = self.mean.double()
-        constant = ss <= CONSTANT_REL_TOL2 * (ss + max(self.d_seen, 1) * mean.square())
-        inv = torch.where(constant, 0.0, ss.clamp_min(1e-300).rsqrt()).float().contiguous()
+        ss = self.gram.diagonal(dim1=-2, dim2=-1)
+        inv = inverse_norms(ss, self.mean, self.d_seen).float().contiguous()
         shape = (b, n * (n - 1) // 2) if triu else (b, n, n)
         out = torch.empty(shape, device=self.device, dtype=torch.float32)
         if out.numel():

@@ -106,8 +106,15 @@ def atomic_write(path: str | os.PathLike, content: bytes | str | Callable[[Path]
 
 
 def write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> Path:
-    """``obj`` as strict JSON (NaN and inf refused), written atomically."""
-    return atomic_write(path, json.dumps(obj, indent=indent, allow_nan=False) + "\n")
+    """``obj`` as strict JSON, written atomically. NaN and inf are refused with one
+    :class:`L2BGError` before anything is written: l2bg's results are finite by definition,
+    so a non-finite number is a fault to report, never a ``null`` to hide."""
+    try:
+        text = json.dumps(obj, indent=indent, allow_nan=False)
+    except ValueError as exc:
+        raise L2BGError(f"cannot write {path}: it would hold NaN or infinity ({one_line(exc)}); "
+                        "l2bg writes strict JSON: check the input that produced it") from None
+    return atomic_write(path, text + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -299,7 +299,10 @@ class JointNet(nn.Module):
             net._node_owner[nid] = node["owner"]
         for t in spec["tasks"]:
             name = t["name"]
-            net._new_task(name, t["num_classes"])
+            try:
+                net._new_task(name, t["num_classes"])
+            except L2BGError as exc:  # a head beyond the bounds (l2bg.bounds)
+                raise L2BGError(f"{where}: task {name!r}: {exc}") from None
             net._routes[name] = list(t["route"])
             net._bound_to[name] = t["bound_to"]
             net._grown[name] = list(t["grown_slots"])

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from l2bg.bounds import MAX_TASKS
 from l2bg.errors import L2BGError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -99,7 +100,7 @@ class Settings:
                             f"{', '.join(BENCHMARKS)}")
         _int("--seed", self.seed, 0, MAX_SEED - 1)
         _int("--class-order-seed", self.class_order_seed, 0, MAX_SEED - 1)
-        _int("--tasks", self.tasks, 1, None)
+        _int("--tasks", self.tasks, 1, MAX_TASKS)
         _int("--epochs", self.epochs, 1, None)
         _int("--batch-size", self.batch_size, 1, None)
         _int("--rsa-samples", self.rsa_samples, 3, None)

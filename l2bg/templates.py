@@ -8,7 +8,9 @@ the C++ executor can run the same chain.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import numbers
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,6 +107,11 @@ class Template:
     def build_head(self, num_classes: int) -> nn.Linear:
         if not self.per_task_heads:
             raise L2BGError(f"template {self.name} has a shared head slot, not per-task heads")
+        from l2bg.bounds import MAX_PARAMETERS, check_size
+
+        num_classes = _size(self.name, "num_classes", num_classes)
+        check_size(f"{self.name}: a head of {num_classes} classes has parameters, which",
+                   (self.head_in + 1) * num_classes, MAX_PARAMETERS, fix="use fewer classes")
         return nn.Linear(self.head_in, num_classes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -122,21 +129,57 @@ def _linear_slot(name: str, n_in: int, n_out: int, relu: bool = True, dropout: f
     return SlotSpec(name, tuple(layers))
 
 
+def _size(template: str, name: str, value: Any) -> int:
+    """A topology parameter that counts something (units, channels, classes, a kernel's side):
+    an integer >= 1, else one line naming the parameter."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not math.isfinite(value) or value != int(value) or value < 1):
+        raise L2BGError(f"{template}: {name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def _sizes(template: str, name: str, values: Any) -> list[int]:
+    if isinstance(values, str | bytes) or not isinstance(values, Sequence | Iterable):
+        raise L2BGError(f"{template}: {name} must be a list of integers >= 1, got {values!r}")
+    return [_size(template, f"{name}[{i}]", v) for i, v in enumerate(list(values))]
+
+
+def _check_parameters(template: Template) -> Template:
+    """The template's parameter count (its slots; heads: ``build_head``), bounded before any
+    layer is allocated: ``l2bg.bounds.MAX_PARAMETERS``."""
+    from l2bg.bounds import MAX_PARAMETERS, check_size
+
+    count = 0
+    for slot in template.slots:
+        for layer in slot.layers:
+            a = layer.args
+            if layer.kind == "linear":
+                count += (a["in_features"] + 1) * a["out_features"]
+            elif layer.kind == "conv2d":
+                count += (a["in_channels"] * a["kernel_size"] ** 2 + 1) * a["out_channels"]
+    check_size(f"{template.name}: the slots of {template.kwargs} have parameters, which",
+               count, MAX_PARAMETERS, fix="choose smaller sizes")
+    return template
+
+
 def mlp(input_dim: int = 784, hidden: Sequence[int] = (300, 300, 300), num_classes: int = 10,
         shared_head: bool = True) -> Template:
     """The paper's permuted-MNIST net: fully connected ReLU layers, then either one shared softmax
     layer that is itself an expandable slot (``shared_head``) or per-task heads."""
-    hidden = [int(h) for h in hidden]
-    if input_dim < 1 or not hidden or min(hidden) < 1:
-        raise L2BGError(f"mlp needs input_dim and hidden sizes >= 1, got {input_dim}, {hidden}")
+    hidden = _sizes("mlp", "hidden", hidden)
+    input_dim, num_classes = _size("mlp", "input_dim", input_dim), _size("mlp", "num_classes",
+                                                                         num_classes)
+    if not hidden:
+        raise L2BGError("mlp: hidden must name at least one layer size, got []")
     dims = [int(input_dim), *hidden]
     slots = [_linear_slot(f"fc{i + 1}", dims[i], dims[i + 1]) for i in range(len(hidden))]
     if shared_head:
         slots.append(_linear_slot("head", dims[-1], int(num_classes), relu=False))
     kwargs = {"input_dim": int(input_dim), "hidden": hidden, "num_classes": int(num_classes),
               "shared_head": bool(shared_head)}
-    return Template("mlp", kwargs, tuple(slots), per_task_heads=not shared_head,
-                    head_in=None if shared_head else dims[-1], input_shape=(int(input_dim),))
+    return _check_parameters(Template("mlp", kwargs, tuple(slots), per_task_heads=not shared_head,
+                                      head_in=None if shared_head else dims[-1],
+                                      input_shape=(int(input_dim),)))
 
 
 def convnet(in_channels: int = 3, image_size: int = 32, channels: Sequence[int] = (64, 128, 256),
@@ -144,8 +187,13 @@ def convnet(in_channels: int = 3, image_size: int = 32, channels: Sequence[int] 
             dropout: float = 0.0) -> Template:
     """The Learn-to-Grow / HAT AlexNet-like net for split CIFAR-100: three conv+ReLU+maxpool(2)
     slots, two FC+ReLU slots, per-task heads."""
-    channels, kernels = [int(c) for c in channels], [int(k) for k in kernels]
-    fc = [int(f) for f in fc]
+    channels, kernels = _sizes("convnet", "channels", channels), _sizes("convnet", "kernels",
+                                                                        kernels)
+    fc = _sizes("convnet", "fc", fc)
+    in_channels = _size("convnet", "in_channels", in_channels)
+    image_size = _size("convnet", "image_size", image_size)
+    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
+        raise L2BGError(f"convnet: dropout must be a probability in [0, 1), got {dropout!r}")
     if len(channels) != len(kernels):
         raise L2BGError(f"convnet needs one kernel size per conv layer, got {channels}, {kernels}")
     slots, size, c_in = [], int(image_size), int(in_channels)
@@ -163,8 +211,10 @@ def convnet(in_channels: int = 3, image_size: int = 32, channels: Sequence[int] 
         n_in = n_out
     kwargs = {"in_channels": int(in_channels), "image_size": int(image_size), "channels": channels,
               "kernels": kernels, "fc": fc, "dropout": float(dropout)}
-    return Template("convnet", kwargs, tuple(slots), per_task_heads=True, head_in=n_in,
-                    input_shape=(int(in_channels), int(image_size), int(image_size)))
+    return _check_parameters(Template("convnet", kwargs, tuple(slots), per_task_heads=True,
+                                      head_in=n_in, input_shape=(int(in_channels),
+                                                                 int(image_size),
+                                                                 int(image_size))))
 
 
 TEMPLATES = {"mlp": mlp, "convnet": convnet}

@@ -116,7 +116,8 @@ def _mutations():
         ("template name", lambda t: t["template"].update(name="nope"), "unknown template"),
         ("template kwarg", lambda t: t["template"]["kwargs"].update(bogus=1), "kwargs"),
         ("template float", lambda t: t["template"]["kwargs"].update(input_dim=6.0), "form"),
-        ("template type", lambda t: t["template"]["kwargs"].update(hidden="ab"), "kwargs"),
+        ("template type", lambda t: t["template"]["kwargs"].update(hidden="ab"),
+         "mlp: hidden must be a list of integers"),
         ("not an object", lambda t: t.clear() or t.update(format="l2bg.jointnet",
                                                              format_version=1), "template"),
     ]
@@ -148,7 +149,8 @@ def test_a_huge_hand_edited_size_allocates_nothing(tmp_path):
     topo = saved(tmp_path, small_net(per_task_heads=True))
     topo["tasks"][0]["num_classes"] = 10**12  # a 4-TB head if it were built
     write(tmp_path, topo)
-    with pytest.raises(L2BGError, match="shape or dtype mismatch"):
+    with pytest.raises(L2BGError, match=r"jointnet\.json: task '\w+': .*a head of "
+                                        r"1000000000000 classes .*above the limit"):
         JointNet.load(tmp_path)
 
 

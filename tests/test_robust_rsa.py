@@ -107,3 +107,170 @@ def test_bare_tensors_for_lists_of_layers_are_one_line():
         rsa.dissimilarity(x, x)
     with pytest.raises(L2BGError, match="list"):
         rsa.dissimilarities([x], x)
+
+
+# ------------------------------------------------------------------ issue 22, items 16 and 17
+# On-disk (streamed) RSA at the edge of the float range: the stream divides every row by a
+# power of two (RowScale, shared with the in-memory path's pow2 scaling and its Gram-diagonal
+# normalisation), so a layer against itself rescaled is 1.0 on disk as in memory.
+
+_EXTREMES = [(np.float32, 1e20), (np.float32, 1e-30), (np.float64, 1e200),
+             (np.float64, 1e-200)]
+
+
+@pytest.mark.parametrize("dtype, scale", _EXTREMES)
+def test_on_disk_rsa_of_a_layer_against_itself_rescaled_is_one(tmp_path, dtype, scale):
+    from l2bg.rsa import methods
+    from l2bg.rsa.layers import layer_similarity
+
+    x = np.random.default_rng(0).standard_normal((16, 40)).astype(dtype)
+    big = (x.astype(np.float64) * scale).astype(dtype)
+    assert np.isfinite(big).all() and (big != 0).all()
+    np.save(tmp_path / "a.npy", x)
+    np.save(tmp_path / "b.npy", big)
+    for method in methods.names():
+        disk = layer_similarity([tmp_path], method=method, slice_width=7).values
+        memory = layer_similarity([{"a": torch.from_numpy(x), "b": torch.from_numpy(big)}],
+                                  method=method).values
+        assert np.isfinite(disk).all(), method
+        assert abs(disk[0, 1] - 1.0) < 1e-6, (method, disk)
+        np.testing.assert_allclose(disk, memory, rtol=0, atol=1e-6, err_msg=method)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(3, 9), st.lists(st.integers(-1000, 1000), min_size=1, max_size=5),
+       st.integers(0, 2**31 - 1), st.booleans())
+def test_stream_with_slices_of_any_magnitude_matches_the_in_memory_rdm(n, ks, seed, const):
+    """Every slice of features at its own power-of-two magnitude (each row's scale grows
+    mid-stream): the streamed RDM is the in-memory one of the concatenated features."""
+    from l2bg.rsa.stream import TorchRDMStream
+
+    g = torch.Generator().manual_seed(seed)
+    slices = [torch.randn(n, 3, generator=g, dtype=torch.float64) * 2.0**(k // 2)
+              * 2.0**(k - k // 2) for k in ks]
+    if const:  # a constant sample stays constant at every scale
+        for s in slices:
+            s[0] = s[0, 0] if s is slices[0] else slices[0][0, 0]
+    stream = TorchRDMStream(n, dtype=torch.float64)
+    for s in slices:
+        stream.update(s)
+    want = rdm_triu_torch(torch.cat(slices, dim=1).unsqueeze(0))[0]
+    got = stream.result(triu=True)
+    assert torch.isfinite(got).all()
+    assert torch.allclose(got, want, rtol=0, atol=1e-9), (ks, (got - want).abs().max())
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e-30, 2.0**120, 2.0**-100])
+def test_float32_stream_at_extreme_scale_equals_the_unscaled_stream(scale):
+    from l2bg.rsa.stream import TorchRDMStream
+
+    x = torch.randn(12, 30, generator=torch.Generator().manual_seed(3))
+    x[4] = 2.5  # constant sample: distance 1 to every other
+    runs = []
+    for s in (1.0, scale):
+        stream = TorchRDMStream(12)
+        for lo in range(0, 30, 8):
+            stream.update((x[:, lo:lo + 8].double() * s).float())
+        runs.append(stream.result())
+    assert torch.allclose(runs[1], runs[0], rtol=0, atol=1e-5)
+    assert torch.equal(runs[1][4, [0, 1, 2, 3, 5]], torch.ones(5))
+
+
+def test_triton_stream_at_extreme_scale_matches_the_reference():
+    if "triton" not in rsa.available_backends():
+        pytest.skip("no Triton backend (no CUDA and no interpreter)")
+    from l2bg.kernels.rdm_stream import RDMStream
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    x = torch.randn(6, 20, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    want = rdm_triu_torch(x.unsqueeze(0))[0]
+    for scale in (1e20, 1e-30):
+        stream = RDMStream(6, device=dev, block=8, block_k=8)
+        for lo in range(0, 20, 8):
+            stream.update((x[:, lo:lo + 8] * scale).float().to(dev))
+        got = stream.result(triu=True).double().cpu()
+        assert torch.allclose(got, want, rtol=0, atol=1e-5), scale
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_stream_refuses_non_finite_activations_in_one_line(bad):
+    from l2bg.rsa.stream import TorchRDMStream
+
+    x = torch.randn(5, 4)
+    x[2, 1] = bad
+    with pytest.raises(L2BGError, match="NaN/inf"):
+        TorchRDMStream(5).update(x)
+
+
+def test_write_json_refuses_nan_in_one_line(tmp_path):
+    """Item 17's second half: l2bg writes strict JSON; NaN is one L2BGError naming the file,
+    and no file (nor temporary) is left."""
+    from l2bg.fileio import write_json
+
+    with pytest.raises(L2BGError, match=r"similarity\.json.*NaN"):
+        write_json(tmp_path / "similarity.json", {"values": [[1.0, float("nan")]]})
+    assert list(tmp_path.iterdir()) == []
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.text("ab", min_size=1, max_size=3), min_size=1, max_size=4, unique=True),
+       st.data())
+def test_the_rsa_table_never_glues_numbers(names, data):
+    """Item 27: short layer names made ``1.0000-0.1553``; every cell is now its own token."""
+    from l2bg.cli.rsa import table
+
+    k = len(names)
+    values = data.draw(hnp.arrays(np.float64, (k, k), elements=st.floats(-1, 1)))
+    lines = table(names, names, values).splitlines()
+    assert lines[0].split() == names
+    for name, line, row in zip(names, lines[1:], values, strict=True):
+        tokens = line.split()
+        assert tokens[0] == name and len(tokens) == k + 1
+        assert [float(t) for t in tokens[1:]] == [float(f"{v:.4f}") for v in row]
+
+
+def test_cli_rsa_table_of_short_layer_names(tmp_path, capsys):
+    from l2bg.cli import main
+
+    x = np.random.default_rng(5).standard_normal((10, 6)).astype(np.float32)
+    np.save(tmp_path / "a.npy", x)
+    np.save(tmp_path / "b.npy", -x[::-1].copy())
+    assert main(["rsa", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    rows = capsys.readouterr().out.splitlines()[2:4]
+    assert [len(r.split()) for r in rows] == [3, 3]
+
+
+@pytest.mark.parametrize("method", ["pearson", "cosine", "spearman"])
+def test_cli_rsa_at_extreme_scale_writes_finite_json(tmp_path, capsys, method):
+    """Item 17: NaN reached write_json (a traceback) with --method pearson or cosine."""
+    import json
+
+    from l2bg.cli import main
+
+    x = np.random.default_rng(6).standard_normal((10, 12)).astype(np.float32)
+    np.save(tmp_path / "a.npy", x)
+    np.save(tmp_path / "b.npy", x * np.float32(1e20))
+    out = tmp_path / "out"
+    assert main(["rsa", str(tmp_path), "--method", method, "--slice-width", "5", "--out",
+                 str(out), "--quiet"]) == 0
+    values = np.array(json.loads((out / "similarity.json").read_text())["values"])
+    assert np.isfinite(values).all() and abs(values[0, 1] - 1) < 1e-6
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_triton_stream_of_16_bit_slices_at_extreme_scale(dtype):
+    """bfloat16 reaches 1e30 (rescaled in its own dtype, exactly); float16 never leaves the
+    safe range. Both give the reference RDM of the same values."""
+    if "triton" not in rsa.available_backends():
+        pytest.skip("no Triton backend (no CUDA and no interpreter)")
+    from l2bg.kernels.rdm_stream import RDMStream
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    scale = 1e30 if dtype == torch.bfloat16 else 100.0
+    x = (torch.randn(6, 16, generator=torch.Generator().manual_seed(7)) * scale).to(dtype)
+    want = rdm_triu_torch(x.double().unsqueeze(0))[0]
+    stream = RDMStream(6, device=dev, block=8, block_k=8)
+    for lo in range(0, 16, 8):
+        stream.update(x[:, lo:lo + 8].to(dev))
+    got = stream.result(triu=True).double().cpu()
+    assert torch.allclose(got, want, rtol=0, atol=1e-4)

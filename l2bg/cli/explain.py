@@ -222,7 +222,7 @@ def check_record(r: Any, where: str = "results.json") -> None:
                 raise bad(key, "{\"layers\": [...], \"score\": number}")
             layers = sc.get("layers")
             if not isinstance(layers, list) or not layers or not all(
-                    _number(c) and c >= 0 for c in layers):
-                raise bad(f"{key}.layers", "a list of conflict scores >= 0, one per slot")
+                    _number(c) and 0 <= c <= 2 for c in layers):  # C = 1 - similarity
+                raise bad(f"{key}.layers", "a list of conflict scores in [0, 2], one per slot")
         if conflict and t["bind_to"] not in conflict:
             raise bad(f"{at}.bind_to", "one of the candidates it was scored against")

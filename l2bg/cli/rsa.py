@@ -76,12 +76,19 @@ def cmd_rsa(args: argparse.Namespace) -> int:
                              "slice_width": args.slice_width}
     paths = result.save(args.out)
     if not args.quiet:
-        width = max(len(c) for c in result.cols + ["rows"])
         print(f"{result.method} similarity of correlation-distance RDMs over {result.n} samples")
-        print(" " * (max(len(r) for r in result.rows) + 2)
-              + "".join(f"{c:>{width + 2}}" for c in result.cols))
-        for name, row in zip(result.rows, result.values, strict=True):
-            print(f"{name:<{max(len(r) for r in result.rows) + 2}}"
-                  + "".join(f"{v:>{width + 2}.4f}" for v in row))
+        print(table(result.rows, result.cols, result.values))
         print(json.dumps({k: str(v) for k, v in paths.items()}))
     return 0
+
+
+def table(rows: list[str], cols: list[str], values: Any) -> str:
+    """The matrix as aligned text: every column as wide as its widest label or number, and
+    two spaces between columns, so neighbouring numbers never touch."""
+    cells = [[f"{v:.4f}" for v in row] for row in values]
+    width = max([len(c) for c in cols] + [len(x) for row in cells for x in row])
+    first = max(len(r) for r in rows)
+    lines = [" " * first + "".join(f"  {c:>{width}}" for c in cols)]
+    lines += [f"{name:<{first}}" + "".join(f"  {x:>{width}}" for x in row)
+              for name, row in zip(rows, cells, strict=True)]
+    return "\n".join(lines)

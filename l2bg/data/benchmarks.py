@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from l2bg.bounds import MAX_TASKS, check_size, memory_bytes
 from l2bg.data.sources import CIFAR_URL, load_cifar100, load_mnist
 from l2bg.data.splits import derive_seed, seeded_generator
 from l2bg.data.tasks import Benchmark, DataSplits, Task
@@ -75,7 +76,8 @@ def _check_num_tasks(name: str, num_tasks: Any, limit: int | None) -> int:
     num_tasks = int(num_tasks)
     if num_tasks < 1:
         raise L2BGError(f"num_tasks must be >= 1 for {name}, got {num_tasks}")
-    if limit is not None and num_tasks > limit:
+    limit = MAX_TASKS if limit is None else min(limit, MAX_TASKS)
+    if num_tasks > limit:
         raise L2BGError(f"{name} allows at most {limit} tasks, got num_tasks={num_tasks}; "
                         f"pass num_tasks <= {limit}")
     return num_tasks
@@ -117,6 +119,7 @@ def _split_tasks(
 
 def _pmnist_tasks(data: DataSplits, num_tasks: int, seed: int) -> tuple[list[Task], dict]:
     """Every task (task 0 too) permutes the pixels of the same images with its own permutation."""
+    check_task_memory("pmnist", data, num_tasks)
     gen = seeded_generator(seed, "pmnist-permutations")
     dim = data.train[0].shape[1]
     xs = [np.ascontiguousarray(x.numpy()) for x, _ in (data.train, data.val, data.test)]
@@ -141,6 +144,20 @@ def _pmnist_tasks(data: DataSplits, num_tasks: int, seed: int) -> tuple[list[Tas
     return tasks, info
 
 
+
+
+def check_task_memory(name: str, data: DataSplits, num_tasks: int) -> None:
+    """Before a benchmark that gives every task its own copy of the inputs builds them: the
+    copies must fit in this machine's memory (one line naming --tasks otherwise)."""
+    total = memory_bytes()
+    if total is None:
+        return
+    per_task = sum(x.element_size() * x.nelement() for x, _ in (data.train, data.val,
+                                                                  data.test))
+    check_size(f"--tasks {num_tasks} of {name} copies the {per_task:,}-byte inputs per task: "
+               "the copies", num_tasks * per_task, total, unit="bytes",
+               fix=f"the limit is this machine's memory; pass --tasks <= "
+                   f"{max(1, total // (2 * max(per_task, 1)))} (half of it)")
 
 
 def _build_split_cifar100(num_tasks: int, seed: int, data_root: str | Path | None,
@@ -235,6 +252,7 @@ def _build_rotated_mnist(num_tasks: int, seed: int, data_root: str | Path | None
                          ) -> tuple[list[Task], dict[str, Any]]:
     angles = check_angles(angles, num_tasks)
     data = load_mnist(data_root, seed=seed)
+    check_task_memory("rotated-mnist", data, num_tasks)
     tasks = []
     for t, angle in enumerate(angles):
         splits = [(rotate(x, angle), y.clone()) for x, y in (data.train, data.val, data.test)]

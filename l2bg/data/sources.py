@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from l2bg.bounds import MAX_DATA_FILE_BYTES, check_size
 from l2bg.data.splits import seeded_generator, stratified_split
 from l2bg.data.tasks import DataSplits
 from l2bg.errors import L2BGError
@@ -75,7 +76,10 @@ def _is_file(path: Path) -> bool:
 
 
 def _read_bytes(path: Path) -> bytes:
+    """The file's bytes; its size is checked against the limit before anything is read."""
     try:
+        check_size(f"{path}: the file", path.stat().st_size, MAX_DATA_FILE_BYTES, unit="bytes",
+                   fix="not a data file l2bg reads (l2bg.bounds.MAX_DATA_FILE_BYTES)")
         return path.read_bytes()
     except OSError as exc:
         raise L2BGError(f"cannot read {path}: {exc.strerror or exc}; check the path and "
@@ -83,35 +87,50 @@ def _read_bytes(path: Path) -> bytes:
 
 
 def _decode_idx(raw: bytes, path: Path) -> np.ndarray:
-    """Parse IDX bytes (gz or raw); validate magic, type, dims and length."""
+    """Parse IDX bytes (gz or raw); validate magic, type, dims and length.
+
+    gzip data is inflated as a stream and never beyond what the header declares (plus one byte
+    to see that nothing follows), and the header's size is bounded first
+    (``MAX_DATA_FILE_BYTES``): a decompression bomb ends in one line, not in memory."""
     fix = "the file is corrupt or truncated: replace it with a fresh copy"
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise L2BGError(f"{path}: cannot decompress gzip data ({exc}); {fix}") from exc
-    if len(raw) < 4:
-        raise L2BGError(f"{path}: only {len(raw)} bytes, too short for an IDX header; {fix}")
-    if raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+    packed = raw[:2] == b"\x1f\x8b"
+    stream = gzip.GzipFile(fileobj=io.BytesIO(raw), mode="rb") if packed else io.BytesIO(raw)
+    try:
+        return _parse_idx(stream, path, fix)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise L2BGError(f"{path}: cannot decompress gzip data ({exc}); {fix}") from exc
+
+
+def _parse_idx(stream: io.BufferedIOBase, path: Path, fix: str) -> np.ndarray:
+    head = stream.read(4)
+    if len(head) < 4:
+        raise L2BGError(f"{path}: only {len(head)} bytes, too short for an IDX header; {fix}")
+    if head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES:
         raise L2BGError(
-            f"{path}: bad IDX magic number 0x{raw[:4].hex()} (expected 0x0000TTDD with type TT in "
+            f"{path}: bad IDX magic number 0x{head.hex()} (expected 0x0000TTDD with type TT in "
             f"08,09,0B,0C,0D,0E); not an IDX file or {fix}"
         )
-    dtype = _IDX_DTYPES[raw[2]]
-    ndim = raw[3]
+    dtype = _IDX_DTYPES[head[2]]
+    ndim = head[3]
     header = 4 + 4 * ndim
-    if ndim == 0 or len(raw) < header:
+    dim_bytes = stream.read(4 * ndim)
+    if ndim == 0 or len(dim_bytes) < 4 * ndim:
         raise L2BGError(f"{path}: IDX header declares {ndim} dimensions but the file has only "
-                        f"{len(raw)} bytes; {fix}")
-    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    expected = header + math.prod(dims) * dtype.itemsize
-    if len(raw) != expected:
+                        f"{4 + len(dim_bytes)} bytes; {fix}")
+    dims = tuple(int(d) for d in np.frombuffer(dim_bytes, dtype=">u4"))
+    size = math.prod(dims) * dtype.itemsize
+    check_size(f"{path}: the IDX header declares dims {dims} of {dtype.name}, which",
+               header + size, MAX_DATA_FILE_BYTES, unit="bytes",
+               fix=f"not an MNIST file or {fix}")
+    body = stream.read(size + 1)  # one byte more: data after the declared end is refused too
+    if len(body) != size:
+        held = f"{header + len(body)} bytes" if len(body) < size else "more"
         raise L2BGError(
-            f"{path}: IDX header declares dims {dims} of {dtype.name} ({expected} bytes in all) "
-            f"but the file holds {len(raw)} bytes; {fix}"
+            f"{path}: IDX header declares dims {dims} of {dtype.name} ({header + size} bytes in "
+            f"all) but the file holds {held}; {fix}"
         )
-    arr = np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
-    return arr.astype(dtype.newbyteorder("="), copy=True)
+    return np.frombuffer(body, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="),
+                                                                  copy=True)
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -343,21 +362,41 @@ def _load_cifar_pickle(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, An
     if missing:
         raise L2BGError(f"{path}: CIFAR-100 pickle lacks key(s) {missing} (has "
                         f"{sorted(str(k) for k in obj)[:6]}); {fix}")
-    data = np.asarray(obj[b"data"])
-    labels = np.asarray(obj[b"fine_labels"])
+    # Shapes and types are checked before any conversion: a few KB of shared references to
+    # nested lists would otherwise expand to gigabytes in np.asarray.
+    data, labels = obj[b"data"], obj[b"fine_labels"]
+    if not isinstance(data, np.ndarray):
+        raise L2BGError(f"{path}: b'data' is a {type(data).__name__}, expected a uint8 numpy "
+                        f"array (N, 3072); {fix}")
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise L2BGError(f"{path}: b'data' is {data.dtype} {data.shape}, expected uint8 "
                         f"(N, 3072); {fix}")
     if len(data) == 0:
         raise L2BGError(f"{path}: holds 0 samples; {fix}")
-    if labels.ndim != 1 or len(labels) != len(data) or not np.issubdtype(labels.dtype,
-                                                                           np.integer):
-        raise L2BGError(f"{path}: b'fine_labels' must be {len(data)} integers, got "
-                        f"{labels.dtype} {labels.shape}; {fix}")
-    if labels.size and (labels.min() < 0 or labels.max() > 99):
-        raise L2BGError(f"{path}: fine labels span {labels.min()}..{labels.max()}, "
-                        f"expected 0..99; {fix}")
-    return data, labels.astype(np.int64), _file_record(path, raw)
+    if data.nbytes > len(raw):  # built from a shape alone: memory the file never held
+        raise L2BGError(f"{path}: b'data' declares {data.nbytes:,} bytes but the file holds "
+                        f"{len(raw):,}; {fix}")
+    return data, _fine_labels(labels, len(data), path, fix), _file_record(path, raw)
+
+
+def _fine_labels(labels: Any, n: int, path: Path, fix: str) -> np.ndarray:
+    """CIFAR's fine labels (a list of n ints, or a 1-D integer array) as int64 in 0..99,
+    checked element by element before any array is made of them."""
+    if isinstance(labels, np.ndarray):
+        ok = labels.ndim == 1 and np.issubdtype(labels.dtype, np.integer)
+    elif isinstance(labels, list | tuple):
+        ok = all(type(v) is int or isinstance(v, np.integer) for v in labels)
+    else:
+        ok = False
+    if not ok or len(labels) != n:
+        got = (f"{labels.dtype} {labels.shape}" if isinstance(labels, np.ndarray) else
+               f"a {type(labels).__name__}" + (f" of {len(labels)}" if hasattr(labels, "__len__")
+                                               else ""))
+        raise L2BGError(f"{path}: b'fine_labels' must be {n} integers, got {got}; {fix}")
+    lo, hi = int(min(labels)), int(max(labels))
+    if lo < 0 or hi > 99:
+        raise L2BGError(f"{path}: fine labels span {lo}..{hi}, expected 0..99; {fix}")
+    return np.asarray(labels, dtype=np.int64)
 
 
 def load_cifar100(data_root: str | Path, *, seed: int = 0) -> DataSplits:

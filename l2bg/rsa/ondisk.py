@@ -181,9 +181,24 @@ def _file_layers(path: Path) -> dict[str, Layer]:
                     "or a directory of them")
 
 
+def _inside(root: Path, rel: str, manifest: Path) -> Path:
+    """The file a manifest names, which must lie inside the manifest's directory once every
+    symlink is resolved: a manifest never reads ``../``, absolute paths or links leading out."""
+    file = root / rel
+    try:
+        inside = file.resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise L2BGError(f"{manifest} names {rel!r}, which cannot be resolved ({exc})") from None
+    if not inside:
+        raise L2BGError(f"{manifest} names {rel!r}, which lies outside {root}; a manifest may "
+                        "only name files inside its own directory: copy the file in, or pass "
+                        "it as a source of its own")
+    return file
+
+
 def open_source(path: str | Path) -> Source:
     """The layers of a directory or file of activations (see the module docstring)."""
-    from l2bg.fileio import read_json
+    from l2bg.fileio import read_json_or_fail
 
     path = Path(path)
     if not path.exists():
@@ -193,15 +208,21 @@ def open_source(path: str | Path) -> Source:
     manifest = path / MANIFEST
     layers: dict[str, Layer] = {}
     if manifest.is_file():
+        entries = read_json_or_fail(manifest, "check or remove it")
         try:
-            entries = read_json(manifest)["layers"]
-            files = [(e["name"], path / e["file"]) for e in entries]
-        except (ValueError, KeyError, TypeError) as exc:
+            files = [(e["name"], e["file"]) for e in entries["layers"]]
+            if not all(isinstance(v, str) for entry in files for v in entry):
+                raise TypeError("layer names and files must be strings")
+        except (KeyError, TypeError) as exc:
             raise L2BGError(f"cannot read {manifest} ({exc}); check or remove it") from None
-        for name, file in files:
+        for name, rel in files:
+            file = _inside(path, rel, manifest)
             if not file.is_file():
-                raise L2BGError(f"{manifest} names {file.name}, which is missing; re-capture")
+                raise L2BGError(f"{manifest} names {rel}, which is missing; re-capture")
             found = _file_layers(file)
+            if not found:
+                raise L2BGError(f"{manifest} names {rel} for layer {name!r}, but it holds no "
+                                "numeric array of shape (n, features...); check the file")
             layers[name] = next(iter(found.values()))
             layers[name].name = name
         return Source(path, layers)

@@ -24,7 +24,10 @@ __all__ = [
     "check_finite",
     "check_slice",
     "compare_torch",
+    "distances_",
+    "inverse_norms",
     "is_constant",
+    "RowScale",
     "pack_block",
     "pearson",
     "pow2_exponent",
@@ -95,10 +98,14 @@ def pow2_exponent(amax: Tensor) -> Tensor:
 
 def scale_pow2(x: Tensor, k: Tensor) -> Tensor:
     """``x · 2^-k`` (k broadcast over the last dim), exact: in two halves, so that neither factor
-    overflows even for subnormal or near-maximal x."""
+    overflows even for subnormal or near-maximal x. A float32 x stays float32 (every factor
+    2^-k/2 of a float32's exponent range is a float32); anything else is computed in float64."""
     k = k.unsqueeze(-1).double()
     half = torch.div(k, 2, rounding_mode="floor")
-    return x * torch.exp2(-half) * torch.exp2(half - k)
+    lo, hi = torch.exp2(-half), torch.exp2(half - k)
+    if x.dtype == torch.float32:
+        lo, hi = lo.float(), hi.float()
+    return x * lo * hi
 
 
 def scale_rows_pow2(v: Tensor) -> Tensor:
@@ -118,6 +125,64 @@ def centre_scaled(x: Tensor) -> tuple[Tensor, Tensor, bool]:
     xc = x64 - mean
     k = pow2_exponent(xc.abs().amax(dim=-1))
     return scale_pow2(xc, k).to(acc), scale_pow2(mean, k).squeeze(-1), True
+
+
+_UNSEEN = -(2**12)
+"""The exponent of a streamed row with no nonzero value yet: below every float's exponent."""
+
+
+class RowScale:
+    """The per-row power-of-two scale of a streamed RDM (B rows of n samples): a row whose
+    largest |value| so far has its exponent e outside [-SAFE, SAFE] is divided, exactly, by 2^e
+    (k = e), so that no square, sum or mean of the accumulated co-moments overflows or
+    underflows, whatever the magnitude (the stream's form of ``centre_scaled``); rows inside
+    keep k = 0 (no work: 2^±32 squared and summed over any d stays far inside float32). When a
+    slice raises a row's k, what the stream accumulated is rescaled by the factors ``scale``
+    returns. Powers of two are exact, so the RDM is bit for bit the unscaled one wherever that
+    one neither overflows nor underflows."""
+
+    SAFE = 32
+
+    def __init__(self, batch: int, n: int, device: torch.device) -> None:
+        self.k = torch.full((batch, n), _UNSEEN, dtype=torch.int64, device=device)
+
+    def scale(self, xb: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(slice (B, n, d_c) divided by 2^k per row; per-row factors 2^(k_old - k_new) <= 1 for
+        the accumulated state, None when no k of a row seen before changed). NaN/inf in the
+        slice: L2BGError."""
+        amax = xb.abs().amax(dim=-1)
+        if not bool(torch.isfinite(amax).all()):
+            raise L2BGError("the slice has NaN/inf activations; fix or drop them")
+        e = torch.where(amax > 0, pow2_exponent(amax), _UNSEEN)
+        k = torch.maximum(self.k, torch.where(e.abs() <= self.SAFE, 0, e))
+        seen = self.k != _UNSEEN  # a row that was all zeros accumulated nothing to rescale
+        shift = torch.where(seen, self.k - k, 0)
+        factors = None
+        if bool((shift != 0).any()):
+            wide = torch.promote_types(xb.dtype, torch.float32)  # the accumulator's dtype
+            ones = torch.ones((*amax.shape, 1), dtype=wide, device=xb.device)
+            factors = scale_pow2(ones, -shift.clamp_min(2 * _UNSEEN)).squeeze(-1)
+        self.k = k
+        k = torch.where(k == _UNSEEN, 0, k)
+        if bool((k != 0).any()):
+            xb = scale_pow2(xb, k).to(xb.dtype)
+        return xb, factors
+
+
+def inverse_norms(ss: Tensor, mean: Tensor, d: int) -> Tensor:
+    """Per sample, 1 / ||x_i - mu_i|| in float64, or 0 for a constant sample (the RDM's rule,
+    docs/design.md "RDM"), from the Gram diagonal ``ss`` and the row means ``mean`` in the same
+    (possibly power-of-two rescaled) units; d is the number of features."""
+    ss, mean = ss.double(), mean.double()
+    constant = ss <= (CONSTANT_REL_TOL**2) * (ss + max(d, 1) * mean.square())
+    return torch.where(constant, 0.0, ss.clamp_min(1e-300).rsqrt())
+
+
+def distances_(p: Tensor, inv_rows: Tensor, inv_cols: Tensor) -> Tensor:
+    """A row block of centred co-moments (B, h, w) turned into correlation distances in place:
+    ``clamp(1 - p_ij inv_i inv_j, 0, 2)`` with :func:`inverse_norms` of its rows and columns."""
+    return p.mul_(inv_rows[..., None]).mul_(inv_cols[..., None, :]).neg_().add_(1.0).clamp_(0.0,
+                                                                                           2.0)
 
 
 @functools.lru_cache(maxsize=64)
@@ -177,10 +242,8 @@ def _rdm_from_centred(xc: Tensor, mean: Tensor, scaled: bool, triu: bool) -> Ten
                     raise _Rescale
         # rows and means are in the same units (rescaled together when ``scaled``); a mean so
         # large that its square overflows makes the row constant, as it is relative to it
-        m_blk = mean[:, lo:hi]
-        constant = ss <= (CONSTANT_REL_TOL**2) * (ss + d * m_blk.square())
-        inv[:, lo:hi] = torch.where(constant, 0.0, ss.clamp_min(1e-300).rsqrt())
-        p.mul_(inv[:, lo:hi, None]).mul_(inv[:, None, lo:]).neg_().add_(1.0).clamp_(0.0, 2.0)
+        inv[:, lo:hi] = inverse_norms(ss, mean[:, lo:hi], d)
+        distances_(p, inv[:, lo:hi], inv[:, lo:])
         if triu:
             pack_block(out, lo, hi, p)
         else:

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from l2bg.errors import L2BGError
 from l2bg.rsa.distances import pack_blocks, row_blocks
-from l2bg.rsa.reference import CONSTANT_REL_TOL, acc_dtype, check_slice
+from l2bg.rsa.reference import RowScale, acc_dtype, check_slice, distances_, inverse_norms
 
 __all__ = ["TorchRDMStream", "progress_bar", "stream_rdm"]
 
@@ -55,6 +55,7 @@ class TorchRDMStream:
         self.gram = [torch.zeros((self.batch, hi - lo, n - lo), device=self.device, dtype=dtype)
                      for lo, hi in self._blocks]
         self._work: Tensor | None = None  # the slice, centred, plus the merge column
+        self._scale = RowScale(self.batch, n, self.device)
 
     def update(self, x: Tensor) -> TorchRDMStream:
         """Add a slice of features: (n, d_c), or (B, n, d_c) for a batched stream."""
@@ -67,12 +68,15 @@ class TorchRDMStream:
         if d_c == 0:
             return self
         xb = xb.to(device=self.device, dtype=self.dtype)
+        try:
+            xb, factors = self._scale.scale(xb)
+        except L2BGError as exc:
+            raise L2BGError(f"TorchRDMStream.update: {exc}") from None
+        if factors is not None:  # a row's scale grew: what it accumulated, in the new units
+            self.mean.mul_(factors)
+            for (lo, hi), acc in zip(self._blocks, self.gram, strict=True):
+                acc.mul_(factors[:, lo:hi, None]).mul_(factors[:, None, lo:])
         nu = xb.mean(dim=-1)
-        if not bool(torch.isfinite(nu).all()):  # NaN or inf anywhere in a row: so is its mean
-            raise L2BGError(
-                "TorchRDMStream.update: the slice has NaN/inf (or overflowing) activations; "
-                "fix or rescale them"
-            )
         total = self.d_seen + d_c
         weight = math.sqrt(self.d_seen * d_c / total)
         if self._work is None or self._work.shape[-1] < d_c + 1:  # reused from slice to slice
@@ -92,15 +96,11 @@ class TorchRDMStream:
         b, n = self.batch, self.n
         ss = torch.cat([g[:, :, : hi - lo].diagonal(dim1=-2, dim2=-1)
                         for (lo, hi), g in zip(self._blocks, self.gram, strict=True)], -1)
-        ss = ss.double()
-        mean = self.mean.double()
-        constant = ss <= CONSTANT_REL_TOL**2 * (ss + max(self.d_seen, 1) * mean.square())
-        inv = torch.where(constant, 0.0, ss.clamp_min(1e-300).rsqrt()).to(self.dtype)
+        inv = inverse_norms(ss, self.mean, self.d_seen).to(self.dtype)
 
         def blocks():
             for (lo, hi), g in zip(self._blocks, self.gram, strict=True):
-                d = torch.mul(g, inv[:, lo:hi, None]).mul_(inv[:, None, lo:])
-                yield lo, hi, d.neg_().add_(1.0).clamp_(0.0, 2.0)
+                yield lo, hi, distances_(g.clone(), inv[:, lo:hi], inv[:, lo:])
 
         if triu:
             out = pack_blocks(n, b, blocks(), self.dtype, self.device)
@@ -110,6 +110,18 @@ class TorchRDMStream:
                 out[:, lo:hi, lo:] = torch.triu(d, diagonal=1)
             out = out + out.mT
         return out if self.batched else out.squeeze(0)
+
+
+def check_accumulator(n: int, dtype: torch.dtype) -> None:
+    """The n x n accumulator of a streamed RDM must fit in this machine's memory: n is read
+    from a file, so it is bounded before anything is allocated (one line naming the fix)."""
+    from l2bg.bounds import check_size, memory_bytes
+
+    total = memory_bytes()
+    if total is not None:
+        check_size(f"the RDM accumulator of {n:,} samples (n x n {dtype})",
+                   n * n * dtype.itemsize, total, unit="bytes",
+                   fix="the limit is this machine's memory; use fewer samples (--samples)")
 
 
 def progress_bar(total: int | None, desc: str, enabled: bool | None = None, *,
@@ -137,6 +149,7 @@ def stream_rdm(read: Callable[[int, int], Tensor], n: int, d: int, *, slice_widt
     device = torch.device(device)
     first = read(0, min(d, slice_width)) if d else torch.zeros((n, 0))
     dtype = acc_dtype(first.dtype)
+    check_accumulator(n, dtype)
     ran = resolve_backend(backend, first.to(device) if device.type == "cuda" else first)
     if dtype == torch.float64:
         ran = "torch"

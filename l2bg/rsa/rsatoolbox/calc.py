@@ -26,7 +26,7 @@ from torch import Tensor
 from l2bg.rsa import distances
 from l2bg.rsa import noise as noise_math
 from l2bg.rsa.reference import is_constant
-from l2bg.rsa.rsatoolbox.options import on_blas_threads, original, require, resolve
+from l2bg.rsa.rsatoolbox.options import fast_input, on_blas_threads, original, require, resolve
 
 __all__ = ["FAST_METHODS", "calc_rdm"]
 
@@ -98,18 +98,9 @@ def _usable(ds: Any, descriptor: str | None) -> bool:
     if type(ds) is not Dataset:
         return False
     x = ds.measurements
-    if not isinstance(x, np.ndarray) or x.ndim != 2 or x.dtype.kind not in "fiub":
+    if not fast_input(x) or x.ndim != 2:  # 0 channels, bool, integers, float16: rsatoolbox's
         return False
-    if descriptor is not None and descriptor not in ds.obs_descriptors:
-        return False
-    return x.dtype.kind != "f" or _finite(x)
-
-
-def _finite(a: np.ndarray) -> bool:
-    """No NaN or inf in a: a sum is finite then (one pass, no temporary); only a sum that
-    overflows needs the elementwise test."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        return bool(np.isfinite(a.sum())) or bool(np.isfinite(a).all())
+    return descriptor is None or descriptor in ds.obs_descriptors
 
 
 def group_means(x: Tensor, index: np.ndarray | None, n: int) -> Tensor:

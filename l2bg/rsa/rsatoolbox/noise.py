@@ -17,20 +17,30 @@ import torch
 
 from l2bg.rsa import noise as noise_math
 from l2bg.rsa.rsatoolbox.calc import as_tensor, group_means
-from l2bg.rsa.rsatoolbox.options import on_blas_threads, original, require, resolve
+from l2bg.rsa.rsatoolbox.options import fast_input, on_blas_threads, original, require, resolve
 
 __all__ = ["prec_from_measurements", "prec_from_residuals"]
 
 
+class _Degenerate(Exception):
+    """The estimate divides by zero (all-zero data, one channel, one observation per
+    condition, no degrees of freedom): rsatoolbox answers such input (NaN matrices, or its own
+    error), so it computes it."""
+
+
 def _precision(rows: torch.Tensor, dof: Any, natural: int, method: str) -> np.ndarray:
-    cov = noise_math.covariance(rows, natural if dof is None else dof, method)
+    try:
+        cov = noise_math.covariance(rows, natural if dof is None else dof, method)
+    except ZeroDivisionError:
+        raise _Degenerate from None
+    if not bool(torch.isfinite(cov).all()):
+        raise _Degenerate
     prec = noise_math.precision(cov, diagonal=method == "diag")
     return prec.to("cpu", torch.float64).numpy()
 
 
 def _finite(a: Any, ndim: tuple[int, ...]) -> bool:
-    return (isinstance(a, np.ndarray) and a.ndim in ndim and a.dtype.kind in "fiu"
-            and bool(np.isfinite(a).all()))
+    return fast_input(a) and a.ndim in ndim
 
 
 def _scalar_dof(dof: Any) -> bool:
@@ -53,9 +63,12 @@ def prec_from_residuals(residuals: Any, dof: Any = None, method: str = "shrinkag
         return original("prec_from_residuals")(residuals, dof, method)
     dt, dev = resolve(dtype, device)
     out = []
-    for r in parts:
-        rows, natural = noise_math.demean(as_tensor(r, dt, dev))
-        out.append(_precision(rows, dof, natural, method))
+    try:
+        for r in parts:
+            rows, natural = noise_math.demean(as_tensor(r, dt, dev))
+            out.append(_precision(rows, dof, natural, method))
+    except _Degenerate:
+        return original("prec_from_residuals")(residuals, dof, method)
     return out[0] if single else out
 
 
@@ -74,7 +87,15 @@ def prec_from_measurements(dataset: Any, obs_desc: str, dof: Any = None,
     if not parts or not all(type(d) is rsa.data.Dataset and obs_desc in d.obs_descriptors
                             and _finite(d.measurements, (2,)) for d in parts):
         return original("prec_from_measurements")(dataset, obs_desc, dof, method)
-    dt, dev = resolve(dtype, device)
+    try:
+        return _measurements(rsa, dataset, parts, single, obs_desc, dof, method,
+                             *resolve(dtype, device))
+    except _Degenerate:
+        return original("prec_from_measurements")(dataset, obs_desc, dof, method)
+
+
+def _measurements(rsa: Any, dataset: Any, parts: list, single: bool, obs_desc: str, dof: Any,
+                  method: str, dt: torch.dtype, dev: torch.device) -> Any:
     if single:
         try:
             tensor, _ = dataset.get_measurements_tensor(obs_desc)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import torch
 
 from l2bg.errors import L2BGError
@@ -34,6 +35,25 @@ DEFINED_IN = {
 """The module that defines each function the drop-in replaces (rsatoolbox 0.3.2)."""
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+FAST_INPUT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+"""The measurement dtypes the fast paths take. rsatoolbox computes in the input's own dtype
+where l2bg computes in float: a bool matmul, integers that wrap around, float16 that overflows.
+A drop-in never changes a number silently, so every other dtype goes to rsatoolbox."""
+
+
+def fast_input(a: Any) -> bool:
+    """Whether ``a`` is a finite float32/float64 numpy array of at least one channel (2-D
+    (N, p) or more, p >= 1): what the fast paths take; anything else goes to rsatoolbox."""
+    return (isinstance(a, np.ndarray) and a.ndim >= 2 and a.shape[1] > 0
+            and a.dtype in FAST_INPUT_DTYPES and _finite(a))
+
+
+def _finite(a: np.ndarray) -> bool:
+    """No NaN or inf in a: a sum is finite then (one pass, no temporary); only a sum that
+    overflows needs the elementwise test."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(a.sum())) or bool(np.isfinite(a).all())
 
 
 @dataclass(frozen=True)

@@ -245,12 +245,13 @@ class NewDir:
 
 def claim_shared(path: str | os.PathLike, owner: str, meta: Mapping[str, Any],
                  keys: tuple[str, ...], outputs: tuple[str, ...], what: str = "--out",
-                 job: str = "search") -> tuple[int, int] | None:
+                 job: str = "search") -> tuple[int, int, bool] | None:
     """Claim ``path`` for a job whose outputs every process of the job rewrites (see the module
     docstring): the owner file ``owner`` names the job by ``meta[k]`` for ``k`` in ``keys``.
     Creates the owner file (holding ``meta``) when there is none, never replacing one that
-    appears meanwhile; returns its (device, inode) when this call created it, for
-    :func:`release_shared`, else None."""
+    appears meanwhile; returns (device, inode, whether the directory was created too) when this
+    call created it, for :func:`release_shared`, else None."""
+    fresh = not os.path.lexists(path)
     path = writable_dir(path, what)
     target = path / owner
     while True:
@@ -279,18 +280,22 @@ def claim_shared(path: str | os.PathLike, owner: str, meta: Mapping[str, Any],
         finally:
             tmp.unlink(missing_ok=True)
         st = target.stat()
-        return st.st_dev, st.st_ino
+        return st.st_dev, st.st_ino, fresh
 
 
-def release_shared(path: str | os.PathLike, owner: str, created: tuple[int, int] | None) -> None:
+def release_shared(path: str | os.PathLike, owner: str,
+                   created: tuple[int, int, bool] | None) -> None:
     """Undo :func:`claim_shared` after the job failed before any work: remove the owner file
-    if this call created it and it is still that file."""
+    if this call created it and it is still that file, and the directory if the claim created
+    it and nothing else is in it."""
     if created is None:
         return
     target = Path(path) / owner
     try:
         st = target.stat()
-        if (st.st_dev, st.st_ino) == created:
+        if (st.st_dev, st.st_ino) == created[:2]:
             target.unlink()
+        if created[2]:
+            Path(path).rmdir()
     except OSError:
         pass

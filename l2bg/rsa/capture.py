@@ -70,10 +70,10 @@ def capture(model: nn.Module, loader: Iterable, layers: Sequence[str], out: str 
     from l2bg.fileio import atomic_dir, write_json
     from l2bg.outdir import NewDir
 
-    out = Path(out)
     claim = NewDir(out, "capture destination", "capture into a new directory (nothing is "
                    "overwritten)")
     claim.check()  # before the model is looked at
+    out = Path(out)
     if isinstance(layers, str) or not layers:
         raise L2BGError("capture: layers must be a non-empty list of module names")
     modules = dict(model.named_modules())

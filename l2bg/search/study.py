@@ -510,20 +510,17 @@ def run_search(cfg: SearchConfig) -> dict[str, Any]:
 
     setup = _setup(cfg)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if cfg.storage is not None:  # a bad URL fails before anything is created
-        storage = open_storage(setup.storage_url, lease_s=cfg.lease_s, max_retry=cfg.max_retry)
     meta = search_meta(asdict(cfg), setup.study_name, setup.storage_url, setup.out,
                        setup.cache_dir)
-    # before any work: --out is this search's (l2bg.outdir's claim rule), the cache writable
+    # before any work: --out is this search's (l2bg.outdir's claim rule), the storage opens,
+    # the cache is writable; a failure takes the claim back
     created = claim_shared(setup.out, "search.json", meta, IDENTITY, OUTPUTS)
     try:
+        storage = open_storage(setup.storage_url, lease_s=cfg.lease_s, max_retry=cfg.max_retry)
         try:
             setup.cache_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise refused(exc, setup.cache_dir, "choose another --cache-dir") from exc
-        if cfg.storage is None:
-            storage = open_storage(setup.storage_url, lease_s=cfg.lease_s,
-                                   max_retry=cfg.max_retry)
         study = _open_study(setup, storage, create=True)
     except BaseException:
         release_shared(setup.out, "search.json", created)

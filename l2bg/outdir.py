@@ -66,6 +66,24 @@ def _same(a: Path, b: Path) -> bool:
         return False
 
 
+def _hold(lock: Path, busy: str) -> Any:
+    """The entered exclusive, leased lock at ``lock`` (:mod:`l2bg.locks`), or one line: ``busy``
+    (``{owner}`` filled in) when a live process holds it; the refused write when the lock's
+    content cannot be written (a full disk), removing the empty lock file that left behind (it
+    was created exclusively, so it is this process's)."""
+    from l2bg.locks import FileLocks, LockHeld
+
+    claim = FileLocks().hold(lock, wait=False)
+    try:
+        claim.__enter__()
+    except LockHeld as exc:
+        raise L2BGError(busy.replace("{owner}", str(exc.owner))) from None
+    except OSError as exc:
+        lock.unlink(missing_ok=True)
+        raise refused(exc, lock) from exc
+    return claim
+
+
 def _plain_dir(path: Path, owner: Path) -> bool:
     """Whether ``path`` exists as a real directory (False: absent); one line when something
     else (a symbolic link, a file) has the name l2bg keeps for its own directory."""
@@ -94,25 +112,16 @@ class OutDir:
         self.staging = self.path / f".l2bg-{command}.staging"
         self.done = self.path / f".l2bg-{command}.done"
         self._claim: Any = None
-        self._created = False
+        self._created = self._staged = False
         self._published: list[Path] = []
 
     def __enter__(self) -> OutDir:
-        from l2bg.locks import FileLocks, LockHeld
-
         self._created = not os.path.lexists(self.path)
         writable_dir(self.path, self.what)
-        claim = FileLocks().hold(self.lock, wait=False)
         try:
-            claim.__enter__()
-        except LockHeld as exc:
-            raise L2BGError(f"{self.what} {self.path} is in use by another l2bg {self.command} "
-                            f"({exc.owner}); wait for it to finish or choose another "
-                            f"{self.what}") from None
-        except OSError as exc:  # a full disk while writing the lock
-            raise refused(exc, self.lock) from exc
-        self._claim = claim
-        try:
+            self._claim = _hold(self.lock, f"{self.what} {self.path} is in use by another "
+                                f"l2bg {self.command} ({{owner}}); wait for it to finish or "
+                                f"choose another {self.what}")
             self._recover()
             held = [n for n in self.outputs if os.path.lexists(self.path / n)]
             if held:
@@ -122,6 +131,7 @@ class OutDir:
                 self.staging.mkdir()
             except OSError as exc:
                 raise refused(exc, self.staging) from exc
+            self._staged = True
         except BaseException as exc:
             self.__exit__(type(exc), exc, None)
             raise
@@ -173,7 +183,7 @@ class OutDir:
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         try:
-            if self.staging.is_dir() and not self.staging.is_symlink():
+            if self._staged and self.staging.is_dir() and not self.staging.is_symlink():
                 if exc_type is not None and not self.finished():
                     for out in self._published:  # interrupted: take back only what it wrote
                         if _same(self.staging / out.name, out):
@@ -217,18 +227,9 @@ class NewDir:
         writable_dir(p.parent, f"{self.what} {p}: its parent")
 
     def __enter__(self) -> NewDir:
-        from l2bg.locks import FileLocks, LockHeld
-
         self.check()
-        claim = FileLocks().hold(self.lock, wait=False)
-        try:
-            claim.__enter__()
-        except LockHeld as exc:
-            raise L2BGError(f"{self.what} {self.path} is being written by another process "
-                            f"({exc.owner}); wait for it or choose another directory") from None
-        except OSError as exc:
-            raise refused(exc, self.lock) from exc
-        self._claim = claim
+        self._claim = _hold(self.lock, f"{self.what} {self.path} is being written by another "
+                            "process ({owner}); wait for it or choose another directory")
         try:
             self.check()  # it may have appeared while we took the lock
         except BaseException:

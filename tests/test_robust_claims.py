@@ -201,15 +201,16 @@ def run_argv(tiny_mnist):
     return make
 
 
-@pytest.mark.parametrize("where", ["out", "cache"])
-def test_a_run_on_a_full_disk_is_one_line_and_resumes(disk, where, run_argv, tmp_path, capsys,
-                                                      monkeypatch):
-    """Item 10: --out or the cache on a full disk: one line, nothing half-written left, and the
-    same command succeeds once there is room."""
+@pytest.mark.parametrize("where, leave", [("out", 16384), ("out", 0), ("cache", 16384)])
+def test_a_run_on_a_full_disk_is_one_line_and_resumes(disk, where, leave, run_argv, tmp_path,
+                                                      capsys, monkeypatch):
+    """Item 10: --out or the cache on a full disk (with room for the claim's lock, or none):
+    one line, nothing half-written left, and the same command succeeds at once when there is
+    room."""
     out = disk.root / "out" if where == "out" else tmp_path / "out"
     cache = disk.root / "cache" if where == "cache" else tmp_path / "cache"
     argv = run_argv(out, "--cache-dir", str(cache))
-    disk.fill(leave=16384)
+    disk.fill(leave=leave)
     with monkeypatch.context() as m:
         disk.inject(m)
         assert main(argv) == 2

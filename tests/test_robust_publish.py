@@ -256,3 +256,18 @@ def test_recovery_keeps_every_file_it_did_not_write(tmp_path_factory, state):
     assert refused == bool(kept)
     assert not os.path.lexists(staging) and not os.path.lexists(out / ".l2bg-t.done")
     assert not os.path.lexists(out / ".l2bg-t.lock")
+
+
+def test_a_live_commands_staging_is_never_touched(tmp_path, run_argv, capsys):
+    """A second run refused by the claim leaves the first one's staging and outputs alone."""
+    from l2bg.locks import FileLocks
+
+    out = tmp_path / "out"
+    (out / STAGING).mkdir(parents=True)
+    (out / STAGING / "results.json").write_text("being written")
+    os.link(out / STAGING / "results.json", out / "results.json")
+    with FileLocks().hold(out / CLAIM):
+        assert main(run_argv(out)) == 2
+    assert "in use by another l2bg run" in capsys.readouterr().err
+    assert (out / STAGING / "results.json").read_text() == "being written"
+    assert (out / "results.json").read_text() == "being written"

@@ -9,6 +9,8 @@ Every place where a crash could leave something half done calls :func:`point` wi
   after its files are written and before it is renamed into place;
 * ``journal``: an append to a search's journal file; the fault writes half of the record first
   (a torn write, as a crash or a full disk leaves it);
+* ``publish``: a step of the publish protocol of :mod:`l2bg.outdir` (an output given its name
+  in ``--out``; the staging directory retired after the completion marker);
 * ``train``: one optimizer step.
 
 ``L2BG_FAULT="KIND:K"`` (or ``any:K``, counting every kind) kills the process at the K-th point of
@@ -26,7 +28,7 @@ from collections.abc import Callable
 __all__ = ["ENV", "KINDS", "arm", "counts", "point"]
 
 ENV = "L2BG_FAULT"
-KINDS = ("write", "dir", "journal", "train")
+KINDS = ("write", "dir", "journal", "publish", "train")
 
 _counts: dict[str, int] = {}
 _armed: tuple[str, int] | None = None

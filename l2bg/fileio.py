@@ -18,24 +18,28 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 from l2bg import faults
 from l2bg.errors import L2BGError, one_line, warn
 
-__all__ = ["SEAL", "atomic_dir", "atomic_write", "file_mode", "link_new", "read_json", "refused",
+__all__ = ["SEAL", "atomic_dir", "atomic_write", "file_mode", "link_new", "os_error", "read_json",
+           "refused",
            "read_sealed", "seal", "seal_problem", "set_aside", "sha256_file",
            "sweep_stale_temps", "writable_dir", "write_json"]
 
 #: errno values that mean "the file system will not take this write": reported as L2BGError.
 _REFUSED = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
-            errno.EISDIR}
+            errno.EISDIR, errno.EFBIG}
+#: errno values that mean "no space left": the fix is to free some.
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 def _read_umask() -> int:
@@ -58,32 +62,60 @@ def file_mode(directory: bool = False) -> int:
 
 def refused(exc: OSError, path: str | os.PathLike, fix: str = "") -> L2BGError:
     """The one-line error for a write the file system refused."""
-    why = exc.strerror or type(exc).__name__
-    return L2BGError(f"cannot write {path}: {why}"
-                     f"{'; ' + fix if fix else '; check its permissions and free space'}")
+    why = exc.strerror or one_line(exc, 120)
+    if not fix:
+        fix = ("free some space on its file system (or choose another directory) and run again"
+               if exc.errno in _FULL else "check its permissions and free space")
+    return L2BGError(f"cannot write {path}: {why}; {fix}")
+
+
+def os_error(exc: BaseException) -> OSError | None:
+    """The OSError behind ``exc``: itself, one it was raised from, or one that a writer outside
+    Python reported in its message (Rust's ``... (os error 28)``: safetensors); else None."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError):
+            return e
+        m = re.search(r"\(os error (\d+)\)", str(e))
+        if m:
+            code = int(m.group(1))
+            return OSError(code, os.strerror(code))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 @contextmanager
-def _writing(path: Path) -> Iterator[None]:
+def _writing(path: Path, every: bool = False) -> Iterator[None]:
+    """Turn a refused write (``every``: any OSError) into the one-line error naming ``path``."""
     try:
         yield
-    except OSError as exc:
-        if exc.errno in _REFUSED:
-            raise refused(exc, path) from exc
+    except L2BGError:
+        raise
+    except Exception as exc:
+        err = os_error(exc)
+        if err is not None and (every or err.errno in _REFUSED):
+            raise refused(err, path) from exc
         raise
 
 
 def atomic_write(path: str | os.PathLike, content: bytes | str | Callable[[Path], None]) -> Path:
     """Write ``content`` (bytes, text, or a function that writes the file at the path it gets)
-    to ``path`` atomically; returns the path. The parent directory must exist or is created."""
+    to ``path`` atomically; returns the path. The parent directory must exist or is created.
+    Any OSError (a full disk, a writer function's own report of one) is one
+    :class:`~l2bg.errors.L2BGError` naming ``path``, and the temporary file is removed."""
     path = Path(path)
-    with _writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        tmp = Path(name)
-        try:
+    tmp: Path | None = None
+    fd = -1
+    try:
+        with _writing(path, every=True):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            tmp = Path(name)
             if callable(content):
                 os.close(fd)
+                fd = -1  # closed once: the writer opens the file itself
                 content(tmp)
                 fd = os.open(tmp, os.O_RDONLY)
             else:
@@ -97,11 +129,14 @@ def atomic_write(path: str | os.PathLike, content: bytes | str | Callable[[Path]
             os.chmod(tmp, file_mode())
             faults.point("write")
             os.replace(tmp, path)
-        except BaseException:
-            if fd >= 0:
+    except BaseException:
+        if fd >= 0:
+            with suppress(OSError):
                 os.close(fd)
-            tmp.unlink(missing_ok=True)
-            raise
+        if tmp is not None:
+            with suppress(OSError):
+                tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -138,21 +173,24 @@ def read_json_or_fail(path: str | os.PathLike, fix: str = "") -> Any:
 def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     """Build a directory under a temporary name beside ``final`` and rename it into place when
     the block ends without error. If ``final`` appeared meanwhile (another worker wrote the same
-    entry), the new copy is discarded: entries are content-addressed, so both are the same."""
+    entry), the new copy is discarded: entries are content-addressed, so both are the same.
+    A write the file system refuses inside the block (a full disk) is one L2BGError naming
+    ``final``, and the temporary directory is removed."""
     final = Path(final)
-    with _writing(final):
+    with _writing(final, every=True):
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
     try:
         with _writing(final):
             os.chmod(tmp, file_mode(directory=True))
-        yield tmp
+            yield tmp
         faults.point("dir")
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not final.is_dir():
-                raise
+        with _writing(final, every=True):
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                if not final.is_dir() or final.is_symlink():
+                    raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -174,13 +212,19 @@ def link_new(src: str | os.PathLike, dst: str | os.PathLike) -> None:
         os.rename(src, dst)
 
 
+def _temp_name(name: str, target: str) -> bool:
+    """Whether ``name`` is a temporary of ``target`` as :func:`atomic_write` and
+    :func:`atomic_dir` make them: ``.<target>.<8 random characters>.tmp``."""
+    return re.fullmatch(rf"\.{re.escape(target)}\.[a-z0-9_]{{8}}\.tmp", name) is not None
+
+
 def sweep_stale_temps(directory: str | os.PathLike, older_than_s: float,
                       names: tuple[str, ...] | None = None) -> list[Path]:
     """Remove the temporary files and directories (``.*.tmp``; with ``names``, only those of
     these target names) in ``directory`` last modified more than ``older_than_s`` ago: what
     killed writers left. A write in progress is never that old (it renames its temporary
-    within the lease of the lock it holds)."""
-    prefixes = None if names is None else tuple(f".{n}." for n in names)
+    within the lease of the lock it holds); under a claim that excludes every other writer of
+    ``names``, ``older_than_s=0`` sweeps all of theirs."""
     removed: list[Path] = []
     now = time.time()
     try:
@@ -188,10 +232,13 @@ def sweep_stale_temps(directory: str | os.PathLike, older_than_s: float,
     except OSError:
         return removed
     for e in entries:
-        if not (e.name.startswith(prefixes or ".") and e.name.endswith(".tmp")):
+        if names is None:
+            if not (e.name.startswith(".") and e.name.endswith(".tmp")):
+                continue
+        elif not any(_temp_name(e.name, n) for n in names):
             continue
         try:
-            if now - e.stat(follow_symlinks=False).st_mtime <= older_than_s:
+            if now - e.stat(follow_symlinks=False).st_mtime < older_than_s:
                 continue
             if e.is_dir(follow_symlinks=False):
                 shutil.rmtree(e.path)
@@ -293,10 +340,23 @@ def set_aside(path: str | os.PathLike, why: str, what: str = "entry") -> Path | 
 
 def writable_dir(path: str | os.PathLike, what: str) -> Path:
     """Create ``path`` (and its parents) if missing and check that this process can create files
-    in it; an L2BGError naming ``what`` (e.g. "--out") otherwise. Returns the path."""
+    in it; one L2BGError naming ``what`` (e.g. "--out") otherwise: an empty path, a file, a
+    symbolic link that points nowhere, a parent that is a file, no permission. Returns the
+    path."""
+    if not os.fspath(path).strip():
+        raise L2BGError(f"{what} is empty; give a directory")
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise L2BGError(f"{what} {path} is a symbolic link to {os.readlink(path)}, which does "
+                        "not exist; create its target or choose another directory")
     if path.exists() and not path.is_dir():
         raise L2BGError(f"{what} {path} is a file, not a directory; choose a directory")
+    for parent in path.absolute().parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise L2BGError(f"{what} {path} cannot be created: {parent} is not a "
+                                "directory; choose another directory")
+            break
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=path, prefix=".l2bg-probe.", suffix=".tmp")

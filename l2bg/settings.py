@@ -42,8 +42,14 @@ def default_cache_dir() -> Path:
 
 
 def resolve_cache_dir(cache_dir: str | os.PathLike | None) -> Path:
-    """The one rule of both commands: ``--cache-dir``, else :func:`default_cache_dir`."""
-    return Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    """The one rule of both commands: ``--cache-dir``, else :func:`default_cache_dir`; an empty
+    ``--cache-dir`` is refused (it would put the cache in the working directory)."""
+    if cache_dir is None:
+        return default_cache_dir()
+    if not os.fspath(cache_dir).strip():
+        raise L2BGError("--cache-dir is empty; give a directory, or leave --cache-dir out for "
+                        "the default ($L2BG_CACHE_DIR, else ~/.cache/l2bg)")
+    return Path(cache_dir)
 
 
 @dataclass
@@ -98,6 +104,7 @@ class Settings:
         if self.benchmark not in BENCHMARKS:
             raise L2BGError(f"unknown benchmark {self.benchmark!r}; use one of "
                             f"{', '.join(BENCHMARKS)}")
+        resolve_cache_dir(self.cache_dir)  # an empty --cache-dir, before any work
         _int("--seed", self.seed, 0, MAX_SEED - 1)
         _int("--class-order-seed", self.class_order_seed, 0, MAX_SEED - 1)
         _int("--tasks", self.tasks, 1, MAX_TASKS)

@@ -480,7 +480,9 @@ def test_journal_lines(data, journal):
                        for t in study.trials]
             except L2BGError as exc:
                 assert "\n" not in str(exc)
-                assert inside or (last_good < 0 and b"\n" in raw), str(exc)
+                start = b'{"op_code":'  # a file that never began as a journal is kept
+                never = not (raw.startswith(start) or start.startswith(raw))
+                assert inside or (last_good < 0 and (b"\n" in raw or never)), str(exc)
                 OUTCOME["journal refused"] += 1
                 return
             except KeyError:  # no study "s" left: the cut removed its creation
@@ -510,3 +512,29 @@ def test_search_json_in_report(data):
             assert "\n" not in str(exc)
         else:
             raise AssertionError("no journal here: a report cannot succeed")
+
+
+@fuzz(150)
+@given(st.data())
+def test_search_json_as_the_claim_of_an_out(data):
+    """A mutated search.json in --out: the search's claim accepts it only when it names the
+    same study and storage, else one line; the file is never replaced either way."""
+    from l2bg.outdir import claim_shared
+    from l2bg.search.report import IDENTITY, OUTPUTS
+
+    meta = {"format": "l2bg.search", "version": 2, "study_name": "s",
+            "storage": "journal:study.journal", "config": {}, "cache_dir": "/nowhere"}
+    mutated = data.draw(json_mutations(meta))
+    raw = json.dumps(mutated)
+    FUZZED["search.json (claim of --out)"] += 1
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "search.json").write_text(raw)
+        ours = isinstance(mutated, dict) and all(mutated.get(k) == meta[k] for k in IDENTITY)
+        try:
+            assert claim_shared(d, "search.json", meta, IDENTITY, OUTPUTS) is None
+            assert ours
+            OUTCOME["search.json claim accepted"] += 1
+        except L2BGError as exc:
+            assert "\n" not in str(exc) and not ours
+            OUTCOME["search.json claim refused"] += 1
+        assert (Path(d) / "search.json").read_text() == raw

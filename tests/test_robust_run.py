@@ -78,7 +78,7 @@ def test_an_out_holding_an_output_is_refused_before_any_work(tmp_path, argv, cap
 @pytest.mark.parametrize("stage", ["training", "publishing"])
 def test_an_interrupted_run_removes_only_what_it_wrote(tmp_path, argv, capsys, monkeypatch,
                                                        stage):
-    import l2bg.fileio
+    import l2bg.outdir
 
     out = tmp_path / "out"
     user = _user_files(out)
@@ -96,13 +96,13 @@ def test_an_interrupted_run_removes_only_what_it_wrote(tmp_path, argv, capsys, m
         for where in ("l2bg.training", "l2bg.cache", "l2bg.step"):
             monkeypatch.setattr(f"{where}.fit", fit, raising=False)
     else:  # after jointnet.* are published, before results.json
-        real_link = l2bg.fileio.link_new
+        real_link = l2bg.outdir.link_new
 
         def link(src, dst):
             if os.path.basename(dst) == "results.json":
                 raise KeyboardInterrupt
             real_link(src, dst)
-        monkeypatch.setattr(l2bg.fileio, "link_new", link)
+        monkeypatch.setattr(l2bg.outdir, "link_new", link)
     assert main(argv(out)) == 130
     assert all(p.read_bytes() == b for p, b in user.items())
     assert _left(out, user) == [] and not (out / STAGING).exists()

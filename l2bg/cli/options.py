@@ -92,7 +92,7 @@ def add_experiment_options(p: argparse.ArgumentParser, *, benchmark_required: bo
     c.add_argument("--similarity", default=None, metavar="MEASURE",
                    help=f"similarity of two nets' slots, conflict C = 1 − similarity: "
                         f"{MEASURES.help()} (default {DEFAULT_SIMILARITY})")
-    t.add_argument("--cache-dir", type=Path, default=None,
+    t.add_argument("--cache-dir", default=None,
                    help="cache of independent nets (and the search's memo), shared by every "
                         "run and search (default $L2BG_CACHE_DIR, else ~/.cache/l2bg)")
 

@@ -45,18 +45,18 @@ def add_rsa_parser(sub: Any) -> argparse.ArgumentParser:
                    help="RDM backend (auto: Triton on CUDA, torch otherwise)")
     r.add_argument("--slice-width", type=int, default=4096,
                    help="features read and accumulated at a time")
-    r.add_argument("--out", type=Path, required=True, help="output directory")
+    r.add_argument("--out", required=True,
+                   help="output directory (may hold other files; none is replaced)")
     r.add_argument("--quiet", action="store_true", help="no progress bar and no table")
     r.set_defaults(func=cmd_rsa)
     return r
 
 
 def cmd_rsa(args: argparse.Namespace) -> int:
-    from l2bg.rsa.layers import layer_similarity
+    from l2bg.outdir import OutDir
+    from l2bg.rsa.layers import OUTPUTS, layer_similarity
     from l2bg.training import resolve_device
 
-    if (args.out / "similarity.json").exists():
-        raise L2BGError(f"{args.out} already holds similarity.json; choose a new --out")
     if args.layers_b is not None and len(args.sources) < 2:
         raise L2BGError("--layers-b names the second source's layers; give two sources")
     try:
@@ -66,15 +66,18 @@ def cmd_rsa(args: argparse.Namespace) -> int:
     layers = [args.layers] * len(args.sources)
     if args.layers_b is not None:
         layers[1] = args.layers_b
-    result = layer_similarity(args.sources, layers=layers, method=args.method,
-                              samples=args.samples, seed=args.seed, device=device,
-                              backend=args.backend, slice_width=args.slice_width,
-                              progress=False if args.quiet else None)
-    result.info["config"] = {"sources": [str(s) for s in args.sources], "layers": layers,
-                             "method": args.method, "samples": args.samples, "seed": args.seed,
-                             "device": str(device), "backend": args.backend,
-                             "slice_width": args.slice_width}
-    paths = result.save(args.out)
+    with OutDir(args.out, OUTPUTS, "rsa") as target:  # claimed and checked before the work
+        result = layer_similarity(args.sources, layers=layers, method=args.method,
+                                  samples=args.samples, seed=args.seed, device=device,
+                                  backend=args.backend, slice_width=args.slice_width,
+                                  progress=False if args.quiet else None)
+        result.info["config"] = {"sources": [str(s) for s in args.sources], "layers": layers,
+                                 "method": args.method, "samples": args.samples,
+                                 "seed": args.seed, "device": str(device),
+                                 "backend": args.backend, "slice_width": args.slice_width}
+        staged = result.save(target.staging)
+        target.publish()
+    paths = {k: target.path / p.name for k, p in staged.items()}
     if not args.quiet:
         print(f"{result.method} similarity of correlation-distance RDMs over {result.n} samples")
         print(table(result.rows, result.cols, result.values))

@@ -2,20 +2,16 @@
 JointNet.
 
 ``--out`` may be an existing directory with other files in it: a run never deletes or replaces a
-file it did not write. It claims the directory with a lock file (``.l2bg-run.lock``, created
-exclusively: of two runs on one ``--out`` one proceeds and the other stops with one line), refuses
-up front a directory that already holds one of its outputs, writes its outputs into a staging
-directory of its own (``.l2bg-run.staging``) and publishes them by hard links that never replace
-an existing file, results.json last. Interrupted, it removes only what it wrote; killed, the next
-run on that ``--out`` finds the dead run's claim and removes what that run had published (the
-files that are still the same files as in its staging directory).
+file it did not write. It claims the directory and publishes its outputs (results.json last, the
+completion marker) by the one claim rule and publish protocol of :mod:`l2bg.outdir`: of two runs
+on one ``--out`` one proceeds and the other stops with one line; a directory that already holds
+one of its outputs is refused up front; a killed run's partial outputs are removed by the next
+run, a finished run's outputs are kept.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -25,100 +21,13 @@ from l2bg.cli.options import HelpFormatter, add_experiment_options, add_strategy
 from l2bg.errors import L2BGError
 from l2bg.search.notation import format_options
 
-__all__ = ["OUTPUTS", "OutDir", "add_run_parser", "cmd_run"]
+__all__ = ["CLAIM", "OUTPUTS", "STAGING", "add_run_parser", "cmd_run"]
 
-#: What a run writes to --out, in the order it publishes them (results.json last).
+#: What a run writes to --out, in the order it publishes them (results.json last: the
+#: completion marker).
 OUTPUTS = ("jointnet.safetensors", "jointnet.json", "results.json")
 CLAIM = ".l2bg-run.lock"
 STAGING = ".l2bg-run.staging"
-
-
-class OutDir:
-    """The --out directory of one run: claimed on enter, released on exit; see the module
-    docstring. ``staging`` is where the run writes; :meth:`publish` links the outputs into
-    place."""
-
-    def __init__(self, path: Path) -> None:
-        from l2bg.locks import FileLocks
-
-        self.path = path
-        self.staging = path / STAGING
-        self._locks = FileLocks()
-        self._claim: Any = None
-        self._created = False
-        self._published: list[Path] = []
-
-    def __enter__(self) -> OutDir:
-        from l2bg.fileio import writable_dir
-        from l2bg.locks import LockHeld
-
-        self._created = not self.path.exists()
-        writable_dir(self.path, "--out")
-        claim = self._locks.hold(self.path / CLAIM, wait=False)
-        try:
-            claim.__enter__()
-        except LockHeld as exc:
-            raise L2BGError(f"--out {self.path} is in use by another l2bg run ({exc.owner}); "
-                            "wait for it to finish or choose another --out") from None
-        self._claim = claim
-        try:
-            self._remove_dead_run()
-            held = [n for n in OUTPUTS if os.path.lexists(self.path / n)]
-            if held:
-                raise L2BGError(f"--out {self.path} already holds {', '.join(held)}; choose "
-                                "another --out or move those files away")
-            self.staging.mkdir()
-        except BaseException as exc:
-            self.__exit__(type(exc), exc, None)
-            raise
-        return self
-
-    def _remove_dead_run(self) -> None:
-        """What a killed run on this directory left: its staging directory and the outputs it
-        had published (same files as in its staging)."""
-        if not self.staging.is_dir():
-            return
-        for name in OUTPUTS:
-            mine, out = self.staging / name, self.path / name
-            try:
-                if mine.exists() and out.exists() and os.path.samefile(mine, out):
-                    out.unlink()
-            except OSError:
-                pass
-        shutil.rmtree(self.staging, ignore_errors=True)
-
-    def publish(self) -> None:
-        """Give every output its name in --out, never replacing a file that appeared there."""
-        from l2bg.fileio import link_new
-
-        for name in OUTPUTS:
-            try:
-                link_new(self.staging / name, self.path / name)
-            except FileExistsError:
-                raise L2BGError(f"{self.path / name} appeared while the run was working; it "
-                                "was left as it is: choose another --out") from None
-            self._published.append(self.path / name)
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is not None:  # interrupted or failed: take back only what this run wrote
-            for out in self._published:
-                try:
-                    if os.path.samefile(self.staging / out.name, out):
-                        out.unlink()
-                except OSError:
-                    pass
-        shutil.rmtree(self.staging, ignore_errors=True)
-        self._release()
-        if self._created and exc_type is not None:
-            try:
-                self.path.rmdir()  # only if nothing else is in it
-            except OSError:
-                pass
-
-    def _release(self) -> None:
-        if self._claim is not None:
-            self._claim.__exit__(None, None, None)
-            self._claim = None
 
 
 def add_run_parser(sub: Any) -> argparse.ArgumentParser:
@@ -141,7 +50,7 @@ def add_run_parser(sub: Any) -> argparse.ArgumentParser:
     o = r.add_argument_group("output")
     o.add_argument("--no-cache", action="store_true", help="train independent nets afresh, "
                    "without reading or writing the cache")
-    o.add_argument("--out", type=Path, default=None,
+    o.add_argument("--out", default=None,
                    help="output directory (default: a fresh directory under runs/)")
     o.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     r.set_defaults(func=cmd_run)
@@ -163,6 +72,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from l2bg.cache import IndependentCache
     from l2bg.fileio import write_json
     from l2bg.learner import GrowStep, LogLines
+    from l2bg.outdir import OutDir
     from l2bg.settings import Settings, resolve_cache_dir
 
     settings = Settings.from_args(args)
@@ -190,8 +100,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     learner = settings.learner(built, cache, quiet=args.quiet, hooks=hooks)
     learner.prepare(strategy, steps)  # every check before --out is touched
 
-    out = args.out or _fresh_out(bench.name, strategy.name)
-    with OutDir(out) as target:  # claimed and checked writable before any training
+    with OutDir(_fresh_out(bench.name, strategy.name) if args.out is None else args.out,
+                OUTPUTS, "run") as target:  # claimed and checked writable before any training
         result = learner.run(strategy, sequence=steps)
         record = result.record
         record["config"] = {
@@ -210,7 +120,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         write_json(target.staging / "results.json", record)
         target.publish()
     if not args.quiet:
-        print(_summary(record, out))
+        print(_summary(record, target.path))
     return 0
 
 

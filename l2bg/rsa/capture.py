@@ -5,12 +5,17 @@ each named module, runs the model on every batch of the loader (no gradients, th
 train/eval mode), and appends each module's output to ``acts/<module>.npy``; ``manifest.json``
 records the layer order, names, files and per-sample shapes. The directory is built under a
 temporary name and renamed into place when every batch is done (:func:`l2bg.fileio.atomic_dir`),
-so a reader never sees half a capture; an existing directory is never overwritten. The result
-is the on-disk source that :mod:`l2bg.rsa.ondisk`, layer x layer RSA and ``l2bg rsa`` read.
+so a reader never sees half a capture. The destination is claimed first
+(:class:`l2bg.outdir.NewDir`): it must not exist (a file, a directory or a dangling symbolic
+link there is one line before any batch runs) and its parent must be writable; under the claim,
+the temporaries that a killed capture of the same destination left (``.NAME.*.tmp``) are swept.
+The result is the on-disk source that :mod:`l2bg.rsa.ondisk`, layer x layer RSA and ``l2bg rsa``
+read.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,15 +53,27 @@ def _output_tensor(name: str, out: Any) -> Tensor:
                     "module whose output is a tensor")
 
 
+def _close(writer: NpyWriter) -> OSError | None:
+    """Close one writer (every writer is closed, whatever the others did)."""
+    try:
+        writer.close()
+    except OSError as exc:
+        return exc
+    return None
+
+
 def capture(model: nn.Module, loader: Iterable, layers: Sequence[str], out: str | Path, *,
             inputs: Callable[[Any], Any] = default_inputs, device: str | torch.device | None = None,
             dtype: np.dtype | str = np.float32, progress: bool | None = None) -> Source:
     """Write the outputs of ``layers`` (names from ``model.named_modules()``) for every batch
     of ``loader`` to the new directory ``out``; returns it opened as a source."""
+    from l2bg.fileio import atomic_dir, write_json
+    from l2bg.outdir import NewDir
+
+    claim = NewDir(out, "capture destination", "capture into a new directory (nothing is "
+                   "overwritten)")
+    claim.check()  # before the model is looked at
     out = Path(out)
-    if out.exists():
-        raise L2BGError(f"{out} already exists; capture into a new directory (nothing is "
-                        "overwritten)")
     if isinstance(layers, str) or not layers:
         raise L2BGError("capture: layers must be a non-empty list of module names")
     modules = dict(model.named_modules())
@@ -81,13 +98,11 @@ def capture(model: nn.Module, loader: Iterable, layers: Sequence[str], out: str 
             seen[name] = _output_tensor(name, output).detach()
         return fn
 
-    from l2bg.fileio import atomic_dir, write_json
-
     handles = [modules[name].register_forward_hook(hook(name)) for name in layers]
     total = len(loader) if hasattr(loader, "__len__") else None
     rows = 0
     try:
-        with atomic_dir(out) as tmp, torch.no_grad(), progress_bar(
+        with claim, atomic_dir(out) as tmp, torch.no_grad(), progress_bar(
                 total, "capture", progress, unit="batch") as bar:
             try:
                 for batch in loader:
@@ -107,8 +122,9 @@ def capture(model: nn.Module, loader: Iterable, layers: Sequence[str], out: str 
                     rows += len(seen[layers[0]])
                     bar.update(1)
             finally:
-                for w in writers.values():
-                    w.close()
+                failed = [e for e in map(_close, writers.values()) if e is not None]
+                if failed and sys.exc_info()[0] is None:
+                    raise failed[0]
             if rows == 0:
                 raise L2BGError("capture: the loader yielded no batches")
             write_json(tmp / MANIFEST, {

@@ -30,7 +30,11 @@ from l2bg.rsa.blas import one_torch_thread
 from l2bg.rsa.ondisk import Source, open_source
 from l2bg.rsa.stream import stream_rdm
 
-__all__ = ["LayerMatrix", "layer_similarity", "sample_rows"]
+__all__ = ["OUTPUTS", "LayerMatrix", "layer_similarity", "sample_rows"]
+
+#: What :meth:`LayerMatrix.save` writes, in the order ``l2bg rsa`` publishes them
+#: (similarity.json last: the completion marker, :mod:`l2bg.outdir`).
+OUTPUTS = ("similarity.csv", "similarity.png", "similarity.json")
 
 Activations = Source | str | Path | Mapping[str, Tensor]
 
@@ -90,9 +94,10 @@ class LayerMatrix:
         from l2bg.fileio import atomic_write, write_json
 
         out = Path(out)
-        return {"json": write_json(out / "similarity.json", self.to_dict()),
-                "csv": atomic_write(out / "similarity.csv", self.to_csv()),
-                "png": self.heatmap(out / "similarity.png")}
+        csv_name, png_name, json_name = OUTPUTS
+        return {"json": write_json(out / json_name, self.to_dict()),
+                "csv": atomic_write(out / csv_name, self.to_csv()),
+                "png": self.heatmap(out / png_name)}
 
 
 def sample_rows(n: int, samples: int | Sequence[int] | None, seed: int = 0) -> np.ndarray | None:

@@ -266,6 +266,8 @@ class NpyWriter:
         self.rows += block.shape[0]
 
     def close(self) -> None:
-        self.file.seek(0)
-        self.file.write(self._header(self.rows))
-        self.file.close()
+        try:
+            self.file.seek(0)
+            self.file.write(self._header(self.rows))
+        finally:
+            self.file.close()

@@ -87,7 +87,7 @@ def add_search_parser(sub: Any) -> argparse.ArgumentParser:
     s.add_argument("--lease-seconds", type=float, default=60.0,
                    help="a RUNNING trial whose worker has not refreshed it for this long is "
                         "failed and retried (default 60)")
-    s.add_argument("--out", type=Path, default=None,
+    s.add_argument("--out", default=None,
                    help="output directory (default runs/search-<study name>)")
     s.add_argument("--report", type=Path, default=None, metavar="DIR",
                    help="only rewrite the outputs of the search in DIR from its storage (default: "
@@ -121,7 +121,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         enqueue_baselines=args.enqueue_baselines, initial=args.initial,
         baselines=not args.no_baselines, storage=args.storage, study_name=args.study_name,
         workers=args.workers, threads=args.threads,
-        out=None if args.out is None else str(args.out), lease_s=args.lease_seconds,
+        out=args.out, lease_s=args.lease_seconds,
         quiet=args.quiet, search_rules=args.search_rules,
         search_similarity=args.search_similarity)
     run_search(cfg)

@@ -15,7 +15,13 @@ looked):
   cannot make a live worker's record unreadable.
 
 A damaged line *inside* the journal (not at its end) cannot be set aside without changing what
-the records after it mean; opening such a journal is a one-line error naming the line.
+the records after it mean; opening such a journal is a one-line error naming the line. A file that
+holds no record and does not begin as one (every record begins ``{"op_code":``) is not a journal
+at all (a user's file given as ``journal:FILE``): one line, the file untouched.
+
+An append the file system refuses (a full disk) is cut back to where it began, so the journal
+keeps only whole records, and is one :class:`~l2bg.errors.L2BGError`; the same command resumes
+once there is space.
 """
 
 from __future__ import annotations
@@ -28,11 +34,13 @@ from typing import Any
 
 from l2bg import faults
 from l2bg.errors import L2BGError, warn
-from l2bg.fileio import damaged_name
+from l2bg.fileio import damaged_name, refused
 
 __all__ = ["damaged_line", "open_journal", "repair_tail"]
 
 _CHUNK = 1 << 16
+#: How every record Optuna writes begins: a torn first record is a prefix of it, or begins so.
+_RECORD_START = b'{"op_code":'
 
 
 def _is_record(line: bytes) -> bool:
@@ -105,9 +113,11 @@ def _cut_tail(path: Path) -> Path | None:
             return None  # a writer was mid-append when we first looked; it finished
         if end == 0:
             f.seek(0)
-            if b"\n" in f.read(_CHUNK):
+            head = f.read(_CHUNK)
+            if b"\n" in head or not (head.startswith(_RECORD_START)
+                                     or _RECORD_START.startswith(head)):
                 raise L2BGError(f"{path} holds no journal record; it is not an Optuna journal "
-                                "file: point journal: at another file")
+                                "file (it was left as it is): point journal: at another file")
         backup = damaged_name(path)
         with open(backup, "wb") as b:
             f.seek(0)
@@ -151,16 +161,33 @@ def open_journal(path: str | os.PathLike, lease_s: float = 60.0) -> Any:
         def append_logs(self, logs: list[dict[str, Any]]) -> None:
             data = ("\n".join(json.dumps(log, separators=(",", ":")) for log in logs)
                     + "\n").encode("utf-8")
-            self._l2bg_lock.acquire()
+            path = self._l2bg_path
+            fix = "free some space on its file system and rerun the same command to resume"
             try:
-                if _tail_damaged(self._l2bg_path):
-                    _cut_tail(self._l2bg_path)
-                with open(self._l2bg_path, "ab") as f:
-                    faults.point("journal", torn=lambda: (f.write(data[:max(1, len(data) // 2)]),
-                                                          f.flush()))
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
+                self._l2bg_lock.acquire()
+            except OSError as exc:
+                raise refused(exc, path, fix) from exc
+            try:
+                if _tail_damaged(path):
+                    _cut_tail(path)
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+                try:
+                    start = os.fstat(fd).st_size
+                    faults.point("journal", torn=lambda: os.write(fd, data[:max(1, len(data)
+                                                                             // 2)]))
+                    try:
+                        view = memoryview(data)
+                        while view:
+                            view = view[os.write(fd, view):]
+                        os.fsync(fd)
+                    except OSError as exc:  # only whole records stay: cut back, one line
+                        try:
+                            os.ftruncate(fd, start)
+                        except OSError:
+                            pass  # the next open or append sets the torn tail aside
+                        raise refused(exc, path, fix) from exc
+                finally:
+                    os.close(fd)
             finally:
                 self._l2bg_lock.release()
 

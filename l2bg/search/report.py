@@ -8,6 +8,7 @@ import io
 import json
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +21,9 @@ from l2bg.search.notation import delta_label, format_options, format_sequence
 from l2bg.search.plots import plot_hypervolume, plot_pareto
 from l2bg.search.storage import open_storage, redact_url
 
-__all__ = ["OBJECTIVES", "OUTPUTS", "REFERENCE_POINT", "SIGNATURE_ATTR", "FrontPoint",
-           "hypervolume_2d", "pareto_front", "report_dir", "summary_text", "write_report"]
+__all__ = ["IDENTITY", "OBJECTIVES", "OUTPUTS", "REFERENCE_POINT", "SIGNATURE_ATTR", "FrontPoint",
+           "hypervolume_2d", "pareto_front", "report_dir", "search_meta", "summary_text",
+           "write_report"]
 
 #: The files a report writes (any of them left half-written by a killed writer is swept).
 OUTPUTS = ("pareto.json", "trials.csv", "pareto.png", "hypervolume.png")
@@ -29,6 +31,8 @@ OUTPUTS = ("pareto.json", "trials.csv", "pareto.png", "hypervolume.png")
 REFERENCE_POINT = (100.0, 1.1)
 #: The first objective of a search (maximised; the second is the parameter count, minimised).
 OBJECTIVES = ("gain", "acc")
+#: What names a search in its search.json: two searches with one --out must agree on it.
+IDENTITY = ("study_name", "storage")
 #: Study user attribute holding what the study was created for (benchmark, space, objective…).
 SIGNATURE_ATTR = "l2bg_search"
 
@@ -212,6 +216,26 @@ def summary_text(s: Mapping[str, Any], out: Path) -> str:
                         else ""))
     lines.append(f"outputs: {out / 'pareto.json'}, trials.csv, pareto.png, hypervolume.png")
     return "\n".join(lines)
+
+
+def search_meta(config: dict[str, Any], study_name: str, storage_url: str, out: Path,
+                cache_dir: Path) -> dict[str, Any]:
+    """The content of a search's search.json: what :func:`report_dir` reads, and whose
+    IDENTITY claims --out for that search (:func:`l2bg.outdir.claim_shared`)."""
+    storage = storage_url
+    m = re.match(r"^(sqlite(?:\+\w+)?:///)(.+)$", storage)
+    if m and not m.group(2).startswith("/") and m.group(2) != ":memory:":
+        storage = f"{m.group(1)}{Path(m.group(2)).resolve()}"  # --report from any directory
+    if storage.startswith("journal:"):
+        p = Path(storage[len("journal:"):]).resolve()
+        try:
+            storage = f"journal:{p.relative_to(out.resolve())}"
+        except ValueError:
+            storage = f"journal:{p}"
+    config = {**config, "storage": None if config.get("storage") is None
+              else redact_url(config["storage"])}
+    return {"format": "l2bg.search", "version": 2, "study_name": study_name,
+            "storage": redact_url(storage), "config": config, "cache_dir": str(cache_dir)}
 
 
 def report_dir(directory: str | os.PathLike, storage: str | None = None,

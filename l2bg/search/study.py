@@ -11,7 +11,6 @@ values, until ``trials`` trials have completed in total. Trials that die are ret
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
 import warnings
@@ -21,8 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from l2bg.errors import L2BGError, warn
-from l2bg.fileio import refused, writable_dir, write_json
+from l2bg.fileio import refused, write_json
 from l2bg.locks import FileLocks
+from l2bg.outdir import claim_shared, release_shared
 from l2bg.search.liveness import (
     Liveness,
     give_back,
@@ -33,7 +33,15 @@ from l2bg.search.liveness import (
 )
 from l2bg.search.memo import MemoRunner, Outcome
 from l2bg.search.notation import format_sequence
-from l2bg.search.report import OBJECTIVES, SIGNATURE_ATTR, summary_text, write_report
+from l2bg.search.report import (
+    IDENTITY,
+    OBJECTIVES,
+    OUTPUTS,
+    SIGNATURE_ATTR,
+    search_meta,
+    summary_text,
+    write_report,
+)
 from l2bg.search.samplers import SAMPLERS, initial_design, make_sampler
 from l2bg.search.space import SPACES, SearchSpace
 from l2bg.search.storage import open_storage, redact_url
@@ -123,6 +131,13 @@ class SearchConfig:
             raise L2BGError(f"--initial {self.initial!r} is not one of random, diagonal")
         if self.study_name is not None and not self.study_name.strip():
             raise L2BGError("--study-name must not be empty")
+        if self.storage is not None and not self.storage.strip():
+            raise L2BGError("--storage is empty; give postgresql://…, mysql://…, "
+                            "sqlite:///FILE or journal:FILE, or leave --storage out for "
+                            "journal:OUT/study.journal")
+        if self.out is not None and not self.out.strip():
+            raise L2BGError("--out is empty; give a directory, or leave --out out for "
+                            "runs/search-<study name>")
 
 
 @dataclass
@@ -208,8 +223,8 @@ def _setup(cfg: SearchConfig) -> _Setup:
     tag = "".join(f"-{t}" for t in tags)
     study_name = cfg.study_name or (f"l2bg-{bench.name}-{T}t-{strategy}{cfg.space}{tag}-"
                                     f"{cfg.objective}-{cfg.sampler}-s{cfg.settings.seed}")
-    out = Path(cfg.out) if cfg.out else Path("runs") / f"search-{study_name}"
-    storage_url = cfg.storage or f"journal:{out / 'study.journal'}"
+    out = Path(cfg.out) if cfg.out is not None else Path("runs") / f"search-{study_name}"
+    storage_url = cfg.storage if cfg.storage is not None else f"journal:{out / 'study.journal'}"
     return _Setup(cfg=cfg, built=built, space=space,
                   cache_dir=resolve_cache_dir(cfg.settings.cache_dir), out=out,
                   storage_url=storage_url, study_name=study_name)
@@ -486,25 +501,6 @@ def _baselines(setup: _Setup, study: Any) -> None:
         "params_independent": r["params_independent"]})
 
 
-def _write_search_json(setup: _Setup) -> None:
-    storage = setup.storage_url
-    m = re.match(r"^(sqlite(?:\+\w+)?:///)(.+)$", storage)
-    if m and not m.group(2).startswith("/") and m.group(2) != ":memory:":
-        storage = f"{m.group(1)}{Path(m.group(2)).resolve()}"  # --report from any directory
-    if storage.startswith("journal:"):
-        p = Path(storage[len("journal:"):]).resolve()
-        try:
-            storage = f"journal:{p.relative_to(setup.out.resolve())}"
-        except ValueError:
-            storage = f"journal:{p}"
-    config = asdict(setup.cfg)
-    config["storage"] = None if setup.cfg.storage is None else redact_url(setup.cfg.storage)
-    meta = {"format": "l2bg.search", "version": 2, "study_name": setup.study_name,
-            "storage": redact_url(storage), "config": config,
-            "cache_dir": str(setup.cache_dir)}
-    write_json(setup.out / "search.json", meta)
-
-
 def run_search(cfg: SearchConfig) -> dict[str, Any]:
     """Run (or resume) a search until ``cfg.trials`` trials have completed; write the outputs
     and return the report summary (see :func:`l2bg.search.report.write_report`). Workers
@@ -514,17 +510,22 @@ def run_search(cfg: SearchConfig) -> dict[str, Any]:
 
     setup = _setup(cfg)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if cfg.storage is not None:  # a bad URL fails before anything is created
-        storage = open_storage(setup.storage_url, lease_s=cfg.lease_s, max_retry=cfg.max_retry)
-    writable_dir(setup.out, "--out")  # before any work
+    meta = search_meta(asdict(cfg), setup.study_name, setup.storage_url, setup.out,
+                       setup.cache_dir)
+    # before any work: --out is this search's (l2bg.outdir's claim rule), the storage opens,
+    # the cache is writable; a failure takes the claim back
+    created = claim_shared(setup.out, "search.json", meta, IDENTITY, OUTPUTS)
     try:
-        setup.cache_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise refused(exc, setup.cache_dir, "choose another --cache-dir") from exc
-    if cfg.storage is None:
         storage = open_storage(setup.storage_url, lease_s=cfg.lease_s, max_retry=cfg.max_retry)
-    study = _open_study(setup, storage, create=True)
-    _write_search_json(setup)
+        try:
+            setup.cache_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise refused(exc, setup.cache_dir, "choose another --cache-dir") from exc
+        study = _open_study(setup, storage, create=True)
+    except BaseException:
+        release_shared(setup.out, "search.json", created)
+        raise
+    write_json(setup.out / "search.json", meta)  # ours: this run's config
     problems: list[str] = []
     if cfg.workers == 1:
         _work(setup, 0)

@@ -80,13 +80,9 @@ class RDMStream:
         b, n = self.batch, self.n
         # 16-bit slices are upcast (exact) and rows divided by powers of two (exact): no fp32
         # square overflows or underflows, and every slice takes the fp32 path (bf16 1e30 too)
-        try:
-            xb, factors = self._scale.scale(xb.float())
-        except L2BGError as exc:
-            raise L2BGError(f"RDMStream.update: {exc}") from None
-        if factors is not None:
-            self.mean.mul_(factors)
-            self.gram.mul_(factors[:, :, None]).mul_(factors[:, None, :])
+        xb = xb.float()
+        k, shift, finite = self._scale.plan(xb)
+        xb, factors = RowScale.rescaled(k, xb, shift)
         limits = _limits(xb)
         cfg = gram_config(n, self.d_seen + d_c, b, xb.dtype, limits)
         block = self._cfg["block"] or cfg["block"]
@@ -95,11 +91,14 @@ class RDMStream:
         check_blocks(xb, block=block, block_k=block_k)
         check_shared_memory(block, block_k, xb.dtype, num_stages, limits and limits.smem_per_block)
         nu, _, ss, _ = row_stats(xb)
-        if any(host_flags(~torch.isfinite(nu).all(), ~torch.isfinite(ss).all())):
+        if any(host_flags(~finite, ~torch.isfinite(nu).all(), ~torch.isfinite(ss).all())):
             raise L2BGError(
                 "RDMStream.update: the slice has NaN/inf (or fp32-overflowing) activations; "
                 "fix or rescale them"
             )
+        self._scale.k = k  # the stream's state changes only once the slice is accepted
+        self.mean.mul_(factors)
+        self.gram.mul_(factors[:, :, None]).mul_(factors[:, None, :])
         total = self.d_seen + d_c
         delta = (self.mean - nu).contiguous()
         weight = self.d_seen * d_c / total

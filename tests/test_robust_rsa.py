@@ -274,3 +274,24 @@ def test_triton_stream_of_16_bit_slices_at_extreme_scale(dtype):
         stream.update(x[:, lo:lo + 8].to(dev))
     got = stream.result(triu=True).double().cpu()
     assert torch.allclose(got, want, rtol=0, atol=1e-4)
+
+
+def test_triton_stream_refuses_a_non_finite_slice_and_keeps_its_state():
+    """The refusal comes from the stream's one host read, before any state changes: the
+    slices accepted before and after it give the RDM of the accepted slices alone."""
+    if "triton" not in rsa.available_backends():
+        pytest.skip("no Triton backend (no CUDA and no interpreter)")
+    from l2bg.kernels.rdm_stream import RDMStream
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    x = torch.randn(6, 16, generator=torch.Generator().manual_seed(8)) * 1e20
+    bad = x[:, :8].clone() * 1e15  # would raise every row's k, and one NaN
+    bad[3, 2] = float("nan")
+    stream = RDMStream(6, device=dev, block=8, block_k=8)
+    stream.update(x[:, :8].to(dev))
+    with pytest.raises(L2BGError, match="NaN/inf"):
+        stream.update(bad.to(dev))
+    stream.update(x[:, 8:].to(dev))
+    want = rdm_triu_torch(x.double().unsqueeze(0))[0]
+    got = stream.result(triu=True).double().cpu()
+    assert torch.allclose(got, want, rtol=0, atol=1e-5)

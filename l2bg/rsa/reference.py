@@ -146,27 +146,47 @@ class RowScale:
     def __init__(self, batch: int, n: int, device: torch.device) -> None:
         self.k = torch.full((batch, n), _UNSEEN, dtype=torch.int64, device=device)
 
-    def scale(self, xb: Tensor) -> tuple[Tensor, Tensor | None]:
-        """(slice (B, n, d_c) divided by 2^k per row; per-row factors 2^(k_old - k_new) <= 1 for
-        the accumulated state, None when no k of a row seen before changed). NaN/inf in the
-        slice: L2BGError."""
+    def plan(self, xb: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Without a host read: (the rows' new k, the shift k_old - k_new of rows seen before,
+        a 0-d flag that the slice is finite). Nothing changes until the caller sets ``k``."""
         amax = xb.abs().amax(dim=-1)
-        if not bool(torch.isfinite(amax).all()):
-            raise L2BGError("the slice has NaN/inf activations; fix or drop them")
         e = torch.where(amax > 0, pow2_exponent(amax), _UNSEEN)
         k = torch.maximum(self.k, torch.where(e.abs() <= self.SAFE, 0, e))
         seen = self.k != _UNSEEN  # a row that was all zeros accumulated nothing to rescale
-        shift = torch.where(seen, self.k - k, 0)
-        factors = None
-        if bool((shift != 0).any()):
-            wide = torch.promote_types(xb.dtype, torch.float32)  # the accumulator's dtype
-            ones = torch.ones((*amax.shape, 1), dtype=wide, device=xb.device)
-            factors = scale_pow2(ones, -shift.clamp_min(2 * _UNSEEN)).squeeze(-1)
+        return k, torch.where(seen, self.k - k, 0), torch.isfinite(amax).all()
+
+    @staticmethod
+    def rescaled(k: Tensor, xb: Tensor, shift: Tensor) -> tuple[Tensor, Tensor]:
+        """For ``k`` and ``shift`` from :meth:`plan`: (the slice divided by 2^k per row, the
+        per-row factors 2^shift <= 1 for the accumulated state), for every row and with no host
+        read (a scale of 2^0 is an exact multiply by 1). The caller then sets ``self.k = k``."""
+        return _scale_rows(xb, k), _factors(shift, xb)
+
+    def scale(self, xb: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(slice (B, n, d_c) divided by 2^k per row; per-row factors 2^(k_old - k_new) <= 1 for
+        the accumulated state, None when no k of a row seen before changed). NaN/inf in the
+        slice: L2BGError. Reads the host to skip the work of rows that need none (the CPU
+        stream); the GPU stream uses :meth:`plan` and :meth:`rescaled` inside its one host read."""
+        k, shift, finite = self.plan(xb)
+        if not bool(finite):
+            raise L2BGError("the slice has NaN/inf activations; fix or drop them")
+        factors = _factors(shift, xb) if bool((shift != 0).any()) else None
         self.k = k
-        k = torch.where(k == _UNSEEN, 0, k)
-        if bool((k != 0).any()):
-            xb = scale_pow2(xb, k).to(xb.dtype)
+        if bool(((k != 0) & (k != _UNSEEN)).any()):
+            xb = _scale_rows(xb, k)
         return xb, factors
+
+
+def _factors(shift: Tensor, xb: Tensor) -> Tensor:
+    """2^shift per row, in the stream accumulator's dtype."""
+    wide = torch.promote_types(xb.dtype, torch.float32)
+    ones = torch.ones((*shift.shape, 1), dtype=wide, device=xb.device)
+    return scale_pow2(ones, -shift.clamp_min(2 * _UNSEEN)).squeeze(-1)
+
+
+def _scale_rows(xb: Tensor, k: Tensor) -> Tensor:
+    """The slice divided by 2^k per row (rows not seen yet: k = 0)."""
+    return scale_pow2(xb, torch.where(k == _UNSEEN, 0, k)).to(xb.dtype)
 
 
 def inverse_norms(ss: Tensor, mean: Tensor, d: int) -> Tensor:

@@ -24,6 +24,13 @@ without it every function raises a one-line ``L2BGError`` naming ``pip install r
 
 from l2bg.rsa.rsatoolbox.calc import calc_rdm
 from l2bg.rsa.rsatoolbox.compare import compare
+from l2bg.rsa.rsatoolbox.inference import (
+    boot_noise_ceiling,
+    eval_bootstrap,
+    eval_bootstrap_pattern,
+    eval_bootstrap_rdm,
+    eval_fixed,
+)
 from l2bg.rsa.rsatoolbox.noise import prec_from_measurements, prec_from_residuals
 from l2bg.rsa.rsatoolbox.options import Options, configure
 from l2bg.rsa.rsatoolbox.patch import BINDINGS, is_patched, patch, unpatch
@@ -31,9 +38,14 @@ from l2bg.rsa.rsatoolbox.patch import BINDINGS, is_patched, patch, unpatch
 __all__ = [
     "BINDINGS",
     "Options",
+    "boot_noise_ceiling",
     "calc_rdm",
     "compare",
     "configure",
+    "eval_bootstrap",
+    "eval_bootstrap_pattern",
+    "eval_bootstrap_rdm",
+    "eval_fixed",
     "is_patched",
     "patch",
     "prec_from_measurements",

@@ -17,6 +17,13 @@ from typing import Any
 
 from l2bg.rsa.rsatoolbox.calc import calc_rdm
 from l2bg.rsa.rsatoolbox.compare import compare
+from l2bg.rsa.rsatoolbox.inference import (
+    boot_noise_ceiling,
+    eval_bootstrap,
+    eval_bootstrap_pattern,
+    eval_bootstrap_rdm,
+    eval_fixed,
+)
 from l2bg.rsa.rsatoolbox.noise import prec_from_measurements, prec_from_residuals
 from l2bg.rsa.rsatoolbox.options import configure, original, require
 
@@ -27,6 +34,11 @@ DROP_INS = {
     "compare": compare,
     "prec_from_measurements": prec_from_measurements,
     "prec_from_residuals": prec_from_residuals,
+    "eval_fixed": eval_fixed,
+    "eval_bootstrap": eval_bootstrap,
+    "eval_bootstrap_pattern": eval_bootstrap_pattern,
+    "eval_bootstrap_rdm": eval_bootstrap_rdm,
+    "boot_noise_ceiling": boot_noise_ceiling,
 }
 
 BINDINGS = (
@@ -42,8 +54,13 @@ BINDINGS = (
     ("rsatoolbox.inference.noise_ceiling", "compare"),
     ("rsatoolbox.model.fitter", "compare"),
     ("rsatoolbox.util.searchlight", "calc_rdm"),
+    *(("rsatoolbox.inference", name) for name in ("eval_fixed", "eval_bootstrap",
+      "eval_bootstrap_pattern", "eval_bootstrap_rdm", "boot_noise_ceiling")),
+    *(("rsatoolbox.inference.evaluate", name) for name in ("eval_fixed", "eval_bootstrap",
+      "eval_bootstrap_pattern", "eval_bootstrap_rdm", "boot_noise_ceiling")),
+    ("rsatoolbox.inference.noise_ceiling", "boot_noise_ceiling"),
 )
-"""(module, name) of every binding of the four functions in rsatoolbox 0.3.2."""
+"""(module, name) of every binding of the drop-in's functions in rsatoolbox 0.3.2."""
 
 _SAVED: list[tuple[Any, str, Any]] = []  # (module, attribute, the object it held)
 _STATE = {"options": None}

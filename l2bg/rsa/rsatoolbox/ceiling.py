@@ -20,9 +20,12 @@ from torch import Tensor
 from l2bg.rsa import comparisons
 from l2bg.rsa.reference import average_ranks
 
-__all__ = ["Sample", "prepare_rows", "sample_scores"]
+__all__ = ["Sample", "is_dead", "prepare_rows", "sample_scores"]
 
 RANK_KINDS = ("spearman", "rho-a", "tau-a", "tau-b")
+ILL_CONDITIONED = 1e-4
+"""A pool of c unit rows whose norm is below this times c is left to rsatoolbox (cancellation:
+its direction would be rounding noise, which only rsatoolbox's own operations reproduce)."""
 
 
 @dataclass
@@ -47,10 +50,16 @@ def prepare_rows(kind: str, t: Tensor) -> Sample:
     else:
         prep = comparisons.prepare(kind, t)[0]
         pooled = prep.unit
+    return Sample(pooled, prep, is_dead(kind, prep))
+
+
+def is_dead(kind: str, prep: comparisons.Prepared) -> bool:
+    """Whether a row is degenerate (constant, zero norm): rsatoolbox's own arithmetic decides
+    those samples (its ``_cosine`` places the scores of the other rows by ``np.putmask``)."""
     dead = bool(prep.dead.any())
     if prep.unit is not None and kind != "rho-a":
         dead = dead or bool((prep.unit.abs().sum(dim=1) == 0).any())
-    return Sample(pooled, prep, dead)
+    return dead
 
 
 def _group_matrix(rows: np.ndarray, groups: np.ndarray, k: int) -> np.ndarray:
@@ -61,15 +70,24 @@ def _group_matrix(rows: np.ndarray, groups: np.ndarray, k: int) -> np.ndarray:
     return h
 
 
+def _cancels(kind: str, left: Tensor, n_left: Tensor) -> bool:
+    """Whether a leave-one-out pool of unit rows (nearly) cancels: its value is then rounding
+    noise, which only rsatoolbox's own order of operations reproduces."""
+    centred = left - left.mean(dim=1, keepdim=True) if kind == "pearson" else left
+    return bool((centred.norm(dim=1) <= 1e-8 * n_left.clamp(min=1)).any())
+
+
 def sample_scores(kind: str, data: Sample, models: comparisons.Prepared | None,
                   model_rows: list[int], rows: np.ndarray, groups: np.ndarray,
-                  ceiling: bool = True) -> tuple[np.ndarray, tuple[float, float] | None]:
+                  ceiling: bool = True) -> tuple[np.ndarray | None, tuple[float, float] | None]:
     """Mean score of each model over the sample's rows, and (lower, upper) noise ceiling.
 
     ``rows`` (n,) index the distinct prepared RDMs (repeats for resampled RDMs), ``groups`` (n,)
     their rdm_descriptor values; ``model_rows`` the number of predicted RDMs of each model, in
-    order, prepared in ``models``. None for the ceiling where a row is degenerate (the caller asks
+    order, prepared in ``models``. None for both where a row is degenerate (the caller asks
     rsatoolbox)."""
+    if data.dead or (models is not None and is_dead(kind, models)):
+        return None, None
     k = data.pooled.shape[0]
     dev = data.pooled.device
     w = np.bincount(rows, minlength=k).astype(np.float64)
@@ -84,14 +102,23 @@ def sample_scores(kind: str, data: Sample, models: comparisons.Prepared | None,
             lo += n
     if not ceiling:
         return evals, None
-    if data.dead:
-        return evals, None
     h = torch.as_tensor(_group_matrix(rows, groups, k), device=dev)
     total = (wt @ data.pooled).unsqueeze(0)
     left = total if h.shape[0] == 1 else total - h @ data.pooled
-    pooled = comparisons.prepare(kind, torch.cat([total, left]))[0]
-    s = comparisons.cross(kind, pooled, data.prep, degenerate=float("nan"))
     count = h.sum(dim=1)
+    n_left = wt.sum().reshape(1) if h.shape[0] == 1 else wt.sum() - h.sum(dim=1)
+    if kind not in RANK_KINDS and _cancels(kind, left, n_left):
+        return evals, None
+    both = torch.cat([total, left])
+    if kind in ("cosine", "pearson"):  # sums of unit rows that (nearly) cancel: the pooled
+        # direction is rounding noise, reproducible only by rsatoolbox's own arithmetic
+        centred = both - both.mean(dim=1, keepdim=True) if kind == "pearson" else both
+        size = torch.cat([count.new_full((1,), float(len(rows))), len(rows) - count]) \
+            if h.shape[0] > 1 else count.new_full((2,), float(len(rows)))
+        if bool((torch.linalg.vector_norm(centred, dim=1) < ILL_CONDITIONED * size).any()):
+            return evals, None
+    pooled = comparisons.prepare(kind, both)[0]
+    s = comparisons.cross(kind, pooled, data.prep, degenerate=float("nan"))
     upper = (h * s[:1]).sum(dim=1) / count
     lower = (h * s[1:]).sum(dim=1) / count
     return evals, (float(lower.mean()), float(upper.mean()))

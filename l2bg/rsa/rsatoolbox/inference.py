@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from l2bg.rsa import comparisons
-from l2bg.rsa.rsatoolbox.ceiling import Sample, prepare_rows, sample_scores
+from l2bg.rsa.rsatoolbox.ceiling import Sample, is_dead, prepare_rows, sample_scores
 from l2bg.rsa.rsatoolbox.compare import FAST_METHODS
 from l2bg.rsa.rsatoolbox.options import original, require, resolve
 
@@ -69,7 +69,7 @@ def _fixed_predictions(models: Any, data: Any, pattern_descriptor: str | None) -
             if mine is None or theirs is None or not np.array_equal(np.asarray(mine),
                                                                      np.asarray(theirs)):
                 return None
-        preds.append(pv)
+        preds.append(pred)
     return preds
 
 
@@ -100,8 +100,10 @@ class _Batch:
     def __init__(self, kind: str, data: Any, preds: list) -> None:
         self.kind = kind
         self.data = _tensor(data.get_vectors())
-        self.models = _tensor(np.concatenate(preds)) if preds else None
-        self.model_rows = [p.shape[0] for p in preds]
+        vecs = [p.get_vectors() for p in preds]
+        self.rdm_objs = preds
+        self.models = _tensor(np.concatenate(vecs)) if preds else None
+        self.model_rows = [v.shape[0] for v in vecs]
         self.n_cond = data.n_cond
         self._full: tuple[Sample, Any] | None = None
 
@@ -132,14 +134,24 @@ def _sample_object(data: Any, rdm_descriptor: str, rdm_idx: np.ndarray | None,
     return data
 
 
-def _ceiling_or_rsatoolbox(batch: _Batch, sample: Sample, models: Any, rows: np.ndarray,
-                           groups: np.ndarray, make_sample: Any, method: str,
-                           rdm_descriptor: str, ceiling: bool = True) -> tuple:
+def _scores(batch: _Batch, sample: Sample, models: Any, preds: list, rows: np.ndarray,
+            groups: np.ndarray, make_sample: Any, method: str, rdm_descriptor: str,
+            pattern_descriptor: str | None, pattern_idx: np.ndarray | None,
+            ceiling: bool = True) -> tuple:
+    """Model scores and ceiling of one sample, in batch; a sample with a degenerate RDM is
+    scored by rsatoolbox's own compare and boot_noise_ceiling on rsatoolbox's sample object."""
     evals, nc = sample_scores(batch.kind, sample, models, batch.model_rows, rows, groups,
                               ceiling)
-    if ceiling and nc is None:  # a degenerate RDM: rsatoolbox's own pooling decides
-        nc = original("boot_noise_ceiling")(make_sample(), method=method,
-                                            rdm_descriptor=rdm_descriptor)
+    if evals is None or (ceiling and nc is None):
+        obj = make_sample()
+    if evals is None:
+        evals = np.zeros(len(preds))
+        for j, pred in enumerate(preds):
+            if pattern_idx is not None:
+                pred = pred.subsample_pattern(pattern_descriptor, pattern_idx)
+            evals[j] = np.mean(original("compare")(pred, obj, method))
+    if ceiling and nc is None:
+        nc = original("boot_noise_ceiling")(obj, method=method, rdm_descriptor=rdm_descriptor)
     return evals, nc
 
 
@@ -187,9 +199,9 @@ def _bootstrap(models: Any, data: Any, theta: Any, method: str, N: int,
         make_sample = functools.partial(_sample_object, data, rdm_descriptor, rdm_idx,
                                         pattern_descriptor, pattern_idx)
         sample, prep_models = batch.prepared(cols)
-        evals, nc = _ceiling_or_rsatoolbox(batch, sample, prep_models, rows, rdm_desc[rows],
-                                           make_sample, method, rdm_descriptor,
-                                           boot_noise_ceil)
+        evals, nc = _scores(batch, sample, prep_models, batch.rdm_objs, rows, rdm_desc[rows],
+                            make_sample, method, rdm_descriptor, pattern_descriptor,
+                            pattern_idx, boot_noise_ceil)
         evaluations[i, :] = evals
         if boot_noise_ceil:
             noise_min.append(nc[0])
@@ -260,7 +272,10 @@ def eval_fixed(models: Any, data: Any, theta: Any = None, method: str = "cosine"
         models, theta, None, 1)
     batch = _Batch(kind, data, preds)
     sample, prep = batch.prepared(None)
-    s = comparisons.cross(kind, prep, sample.prep, degenerate=float("nan")).cpu().numpy()
+    if sample.dead or is_dead(kind, prep):  # rsatoolbox's own arithmetic (see is_dead)
+        s = np.concatenate([original("compare")(p, data, method) for p in preds])
+    else:
+        s = comparisons.cross(kind, prep, sample.prep, degenerate=float("nan")).cpu().numpy()
     evaluations = np.repeat(np.expand_dims(evaluations, -1), data.n_rdm, -1)
     lo = 0
     for k, n in enumerate(batch.model_rows):  # rsatoolbox assigns (n, K) into a (K,) row

@@ -168,6 +168,47 @@ def test_searchlight_patched(benchmark):
           rounds=3, benchmark=benchmark, backend="l2bg patched")
 
 
+# ----------------------------------------------------------------------------- inference
+
+INFERENCE = [  # (function, method, conditions, data RDMs, models, N light, N full, goal)
+    ("eval_bootstrap_pattern", "spearman", 60, 20, 5, 10, 100, 20.0),
+    ("eval_bootstrap_rdm", "corr", 200, 20, 5, 5, 50, 20.0),
+]
+
+
+def _inference_data(n_cond: int, n_rdm: int, n_models: int):
+    import rsatoolbox
+
+    rng = np.random.default_rng(5)
+    m = n_cond * (n_cond - 1) // 2
+    data = rsatoolbox.rdm.RDMs(rng.random((n_rdm, m)))
+    models = [rsatoolbox.model.ModelFixed(f"m{i}", rng.random(m)) for i in range(n_models)]
+    return data, models
+
+
+@pytest.mark.parametrize("row", INFERENCE, ids=[f"{r[0]}-{r[1]}" for r in INFERENCE])
+def test_inference_bootstraps(benchmark, row):
+    """rsatoolbox's bootstrap evaluation of fixed models against the drop-in, same seed: the
+    results are checked identical (1e-10) before timing; N is the issue's with
+    ``L2BG_BENCH_FULL=1``, fewer by default (the ratio is per sample either way)."""
+    pytest.importorskip("rsatoolbox")
+    name, method, n_cond, n_rdm, n_models, n_light, n_full, goal = row
+    n = n_full if FULL else n_light
+    data, models = _inference_data(n_cond, n_rdm, n_models)
+
+    def run(fn):
+        np.random.seed(0)
+        return fn(models, data, method=method, N=n)
+
+    want, got = run(original(name)), run(getattr(fast, name))
+    for field in ("evaluations", "noise_ceiling", "variances"):
+        np.testing.assert_allclose(getattr(got, field), getattr(want, field), rtol=0,
+                                   atol=1e-10, equal_nan=True)
+    _pair(name, f"{n_cond} cond x {n_rdm} RDMs x {n_models} models, N={n}, {method}",
+          "float64", lambda: run(original(name)), lambda: run(getattr(fast, name)),
+          own_rounds=1, rounds=3, benchmark=benchmark, goal=f">= {goal:g}x")
+
+
 # ----------------------------------------------------------------------------- CUDA
 
 

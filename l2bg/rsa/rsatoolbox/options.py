@@ -36,6 +36,8 @@ DEFINED_IN = {
     "eval_bootstrap_pattern": "rsatoolbox.inference.evaluate",
     "eval_bootstrap_rdm": "rsatoolbox.inference.evaluate",
     "boot_noise_ceiling": "rsatoolbox.inference.noise_ceiling",
+    "bootstrap_crossval": "rsatoolbox.inference.evaluate",
+    "cv_noise_ceiling": "rsatoolbox.inference.noise_ceiling",
 }
 """The module that defines each function the drop-in replaces (rsatoolbox 0.3.2)."""
 

@@ -174,3 +174,20 @@ def test_property_same_numbers(n_cond, n_rdm, ties, seed, method, name):
     got, after_got = seeded(getattr(fast, name), seed, models, data, method=method, N=4)
     assert_same_result(got, want)
     assert after_got == after_want
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, 4), m=st.integers(1, 25), levels=st.integers(1, 6),
+       n_cols=st.integers(1, 40), seed=st.integers(0, 2**16))
+def test_column_ranks_equal_average_ranks(rows, m, levels, n_cols, seed):
+    """The counting ranks over a column selection with repeats (ties, constant rows) are
+    exactly the sorted average ranks of the selected columns (their reference)."""
+    import torch
+
+    from l2bg.rsa.reference import average_ranks
+    from l2bg.rsa.rsatoolbox.ceiling import ColumnRanks
+
+    rng = np.random.default_rng(seed)
+    t = torch.as_tensor(rng.integers(0, levels, size=(rows, m)).astype(float))
+    cols = torch.as_tensor(rng.integers(0, m, size=n_cols))
+    assert torch.equal(ColumnRanks(t).ranks(cols), average_ranks(t[:, cols]))

@@ -24,6 +24,7 @@ without it every function raises a one-line ``L2BGError`` naming ``pip install r
 
 from l2bg.rsa.rsatoolbox.calc import calc_rdm
 from l2bg.rsa.rsatoolbox.compare import compare
+from l2bg.rsa.rsatoolbox.crossval import bootstrap_crossval, cv_noise_ceiling
 from l2bg.rsa.rsatoolbox.inference import (
     boot_noise_ceiling,
     eval_bootstrap,
@@ -39,9 +40,11 @@ __all__ = [
     "BINDINGS",
     "Options",
     "boot_noise_ceiling",
+    "bootstrap_crossval",
     "calc_rdm",
     "compare",
     "configure",
+    "cv_noise_ceiling",
     "eval_bootstrap",
     "eval_bootstrap_pattern",
     "eval_bootstrap_rdm",

@@ -20,7 +20,7 @@ from torch import Tensor
 from l2bg.rsa import comparisons
 from l2bg.rsa.reference import average_ranks
 
-__all__ = ["Sample", "is_dead", "prepare_rows", "sample_scores"]
+__all__ = ["ColumnRanks", "Sample", "is_dead", "prepare_rows", "sample_scores"]
 
 RANK_KINDS = ("spearman", "rho-a", "tau-a", "tau-b")
 ILL_CONDITIONED = 1e-4
@@ -38,10 +38,11 @@ class Sample:
     dead: bool
 
 
-def prepare_rows(kind: str, t: Tensor) -> Sample:
-    """Transform rows t (K, m) once, for both the comparisons and the pooled ceilings."""
+def prepare_rows(kind: str, t: Tensor, ranks: Tensor | None = None) -> Sample:
+    """Transform rows t (K, m) once, for both the comparisons and the pooled ceilings
+    (``ranks``: their average ranks where the caller has them)."""
     if kind in RANK_KINDS:
-        ranks = average_ranks(t)
+        ranks = average_ranks(t) if ranks is None else ranks
         if kind in comparisons.KENDALL_METHODS:
             prep = comparisons.prepare(kind, t)[0]
         else:
@@ -60,6 +61,36 @@ def is_dead(kind: str, prep: comparisons.Prepared) -> bool:
     if prep.unit is not None and kind != "rho-a":
         dead = dead or bool((prep.unit.abs().sum(dim=1) == 0).any())
     return dead
+
+
+class ColumnRanks:
+    """Average ranks of rows t (R, m) over any selection of their columns (with repeats),
+    without sorting again: each row is sorted once; a selection weights every column by its
+    count, and a tie group of weight g above weight B ranks B + (g + 1) / 2 (integer sums, exact).
+    Equals ``average_ranks(t[:, cols])``."""
+
+    def __init__(self, t: Tensor) -> None:
+        self.m = t.shape[1]
+        s, self.order = torch.sort(t, dim=1, stable=True)
+        new = torch.ones_like(s, dtype=torch.bool)
+        new[:, 1:] = s[:, 1:] != s[:, :-1]
+        pos = torch.arange(self.m, device=t.device).expand_as(s)
+        # first and last sorted position of each position's tie group
+        self.first = torch.cummax(torch.where(new, pos, 0), dim=1).values
+        last_new = torch.ones_like(new)
+        last_new[:, :-1] = new[:, 1:]
+        rev = torch.where(last_new, pos, self.m).flip(1)
+        self.last = torch.cummin(rev, dim=1).values.flip(1)
+
+    def ranks(self, cols: Tensor) -> Tensor:
+        """(R, len(cols)) float64 average ranks over the columns ``cols``."""
+        mult = torch.bincount(cols, minlength=self.m).to(torch.float64)
+        cum = torch.cumsum(mult[self.order], dim=1)
+        end = cum.gather(1, self.last)
+        start = torch.where(self.first > 0, cum.gather(1, (self.first - 1).clamp_(min=0)), 0.0)
+        sorted_ranks = end - (end - start - 1.0) * 0.5
+        ranks = torch.empty_like(sorted_ranks).scatter_(1, self.order, sorted_ranks)
+        return ranks[:, cols]
 
 
 def _group_matrix(rows: np.ndarray, groups: np.ndarray, k: int) -> np.ndarray:

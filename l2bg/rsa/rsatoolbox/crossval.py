@@ -32,7 +32,7 @@ from l2bg.rsa.rsatoolbox.inference import (
 )
 from l2bg.rsa.rsatoolbox.options import original
 
-__all__ = ["bootstrap_crossval"]
+__all__ = ["bootstrap_crossval", "cv_noise_ceiling"]
 
 
 def _folds(n: int, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -259,3 +259,25 @@ def _result(rsa: Any, models: list, evaluations: np.ndarray, noise_ceil: np.ndar
     return rsa.inference.result.Result(
         models, evaluations, method=method, cv_method=cv_method, noise_ceiling=noise_ceil,
         variances=variances, dof=dof, n_rdm=n_rdm, n_pattern=n_cond)
+
+
+def cv_noise_ceiling(rdms: Any, ceil_set: list, test_set: list, method: str = "cosine",
+                     pattern_descriptor: str = "index") -> tuple[float, float]:
+    """``rsatoolbox.inference.cv_noise_ceiling`` on l2bg: the whole set is pooled once (not
+    once per fold, as in rsatoolbox: the same numbers) and the comparisons are the drop-in's."""
+    if FAST_METHODS.get(method) is None:
+        return original("cv_noise_ceiling")(rdms, ceil_set, test_set, method=method,
+                                            pattern_descriptor=pattern_descriptor)
+    from l2bg.rsa.rsatoolbox.compare import compare
+
+    assert len(ceil_set) == len(test_set), "train_set and test_set must have the same length"
+    pool_rdm = _rsa().util.pooling.pool_rdm
+    whole = pool_rdm(rdms, method=method)
+    lower, upper = [], []
+    for (train, _), (test, values) in zip(ceil_set, test_set, strict=True):
+        pred_train = pool_rdm(train, method=method).subsample_pattern(
+            by=pattern_descriptor, value=values)
+        pred_test = whole.subsample_pattern(by=pattern_descriptor, value=values)
+        lower.append(np.mean(compare(pred_train, test, method)))
+        upper.append(np.mean(compare(pred_test, test, method)))
+    return np.mean(np.array(lower)), np.mean(np.array(upper))

@@ -25,7 +25,13 @@ import numpy as np
 import torch
 
 from l2bg.rsa import comparisons
-from l2bg.rsa.rsatoolbox.ceiling import Sample, is_dead, prepare_rows, sample_scores
+from l2bg.rsa.rsatoolbox.ceiling import (
+    ColumnRanks,
+    Sample,
+    is_dead,
+    prepare_rows,
+    sample_scores,
+)
 from l2bg.rsa.rsatoolbox.compare import FAST_METHODS
 from l2bg.rsa.rsatoolbox.options import original, require, resolve
 
@@ -106,19 +112,29 @@ class _Batch:
         self.model_rows = [v.shape[0] for v in vecs]
         self.n_cond = data.n_cond
         self._full: tuple[Sample, Any] | None = None
+        self.ranks = None  # rank methods: every row sorted once, samples rank by counting
+        if kind in ("spearman", "rho-a"):
+            both = self.data if self.models is None else torch.cat([self.data, self.models])
+            self.ranks = ColumnRanks(both)
 
     def prepared(self, cols: np.ndarray | None) -> tuple[Sample, Any]:
         """Data and models prepared on the columns ``cols`` (None: all, cached)."""
         if cols is None and self._full is not None:
             return self._full
-        d = self.data if cols is None else self.data[:, torch.as_tensor(cols,
-                                                                         device=self.data.device)]
-        m = None
-        if self.models is not None:
-            m = self.models if cols is None else self.models[:, torch.as_tensor(
-                cols, device=self.data.device)]
-            m = comparisons.prepare(self.kind, m)[0]
-        out = (prepare_rows(self.kind, d), m)
+        dev = self.data.device
+        idx = torch.arange(self.data.shape[1], device=dev) if cols is None else \
+            torch.as_tensor(cols, device=dev)
+        d = self.data if cols is None else self.data[:, idx]
+        m = None if self.models is None else (self.models if cols is None else
+                                              self.models[:, idx])
+        k = d.shape[0]
+        if self.ranks is not None:
+            r = self.ranks.ranks(idx)
+            out = (prepare_rows(self.kind, d, r[:k]),
+                   None if m is None else comparisons._prepare_gemm(self.kind, m, r[k:]))
+        else:
+            out = (prepare_rows(self.kind, d),
+                   None if m is None else comparisons.prepare(self.kind, m)[0])
         if cols is None:
             self._full = out
         return out

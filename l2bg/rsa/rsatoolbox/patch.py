@@ -17,6 +17,7 @@ from typing import Any
 
 from l2bg.rsa.rsatoolbox.calc import calc_rdm
 from l2bg.rsa.rsatoolbox.compare import compare
+from l2bg.rsa.rsatoolbox.crossval import bootstrap_crossval, cv_noise_ceiling
 from l2bg.rsa.rsatoolbox.inference import (
     boot_noise_ceiling,
     eval_bootstrap,
@@ -39,6 +40,8 @@ DROP_INS = {
     "eval_bootstrap_pattern": eval_bootstrap_pattern,
     "eval_bootstrap_rdm": eval_bootstrap_rdm,
     "boot_noise_ceiling": boot_noise_ceiling,
+    "bootstrap_crossval": bootstrap_crossval,
+    "cv_noise_ceiling": cv_noise_ceiling,
 }
 
 BINDINGS = (
@@ -59,6 +62,9 @@ BINDINGS = (
     *(("rsatoolbox.inference.evaluate", name) for name in ("eval_fixed", "eval_bootstrap",
       "eval_bootstrap_pattern", "eval_bootstrap_rdm", "boot_noise_ceiling")),
     ("rsatoolbox.inference.noise_ceiling", "boot_noise_ceiling"),
+    *((module, name) for module in ("rsatoolbox.inference", "rsatoolbox.inference.evaluate")
+      for name in ("bootstrap_crossval", "cv_noise_ceiling")),
+    ("rsatoolbox.inference.noise_ceiling", "cv_noise_ceiling"),
 )
 """(module, name) of every binding of the drop-in's functions in rsatoolbox 0.3.2."""
 

@@ -101,13 +101,6 @@ def _group_matrix(rows: np.ndarray, groups: np.ndarray, k: int) -> np.ndarray:
     return h
 
 
-def _cancels(kind: str, left: Tensor, n_left: Tensor) -> bool:
-    """Whether a leave-one-out pool of unit rows (nearly) cancels: its value is then rounding
-    noise, which only rsatoolbox's own order of operations reproduces."""
-    centred = left - left.mean(dim=1, keepdim=True) if kind == "pearson" else left
-    return bool((centred.norm(dim=1) <= 1e-8 * n_left.clamp(min=1)).any())
-
-
 def sample_scores(kind: str, data: Sample, models: comparisons.Prepared | None,
                   model_rows: list[int], rows: np.ndarray, groups: np.ndarray,
                   ceiling: bool = True) -> tuple[np.ndarray | None, tuple[float, float] | None]:
@@ -137,9 +130,6 @@ def sample_scores(kind: str, data: Sample, models: comparisons.Prepared | None,
     total = (wt @ data.pooled).unsqueeze(0)
     left = total if h.shape[0] == 1 else total - h @ data.pooled
     count = h.sum(dim=1)
-    n_left = wt.sum().reshape(1) if h.shape[0] == 1 else wt.sum() - h.sum(dim=1)
-    if kind not in RANK_KINDS and _cancels(kind, left, n_left):
-        return evals, None
     both = torch.cat([total, left])
     if kind in ("cosine", "pearson"):  # sums of unit rows that (nearly) cancel: the pooled
         # direction is rounding noise, reproducible only by rsatoolbox's own arithmetic

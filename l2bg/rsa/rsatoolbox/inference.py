@@ -39,6 +39,21 @@ __all__ = ["boot_noise_ceiling", "eval_bootstrap", "eval_bootstrap_pattern",
            "eval_bootstrap_rdm", "eval_fixed"]
 
 
+def _one_thread(fn: Any) -> Any:
+    """Run the batched path with one torch CPU thread (:func:`l2bg.rsa.blas.one_torch_thread`):
+    its many small products and sorts per sample lose most to OpenMP workers spinning on a
+    shared machine (10-20x slower at load 4 on 2 cores with two threads)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from l2bg.rsa.blas import one_torch_thread
+
+        with one_torch_thread(resolve(None, None)[1]):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 def _rsa() -> Any:
     require()
     return sys.modules["rsatoolbox"]
@@ -171,6 +186,7 @@ def _scores(batch: _Batch, sample: Sample, models: Any, preds: list, rows: np.nd
     return evals, nc
 
 
+@_one_thread
 def _bootstrap(models: Any, data: Any, theta: Any, method: str, N: int,
                pattern_descriptor: str | None, rdm_descriptor: str | None,
                boot_noise_ceil: bool, name: str) -> Any:
@@ -277,6 +293,7 @@ def eval_bootstrap_rdm(models: Any, data: Any, theta: Any = None, method: str = 
                       "eval_bootstrap_rdm")
 
 
+@_one_thread
 def eval_fixed(models: Any, data: Any, theta: Any = None, method: str = "cosine") -> Any:
     """``rsatoolbox.inference.eval_fixed`` on l2bg: every model against every data RDM."""
     kind = FAST_METHODS.get(method)
@@ -310,6 +327,7 @@ def eval_fixed(models: Any, data: Any, theta: Any = None, method: str = "cosine"
     return result
 
 
+@_one_thread
 def boot_noise_ceiling(rdms: Any, method: str = "cosine",
                        rdm_descriptor: str = "index") -> tuple[float, float]:
     """``rsatoolbox.inference.boot_noise_ceiling`` on l2bg: (lower, upper) noise ceiling from

@@ -173,6 +173,7 @@ def test_searchlight_patched(benchmark):
 INFERENCE = [  # (function, method, conditions, data RDMs, models, N light, N full, goal)
     ("eval_bootstrap_pattern", "spearman", 60, 20, 5, 10, 100, 20.0),
     ("eval_bootstrap_rdm", "corr", 200, 20, 5, 5, 50, 20.0),
+    ("bootstrap_crossval", "cosine", 200, 20, 5, 3, 20, 20.0),
 ]
 
 

@@ -26,6 +26,7 @@ from l2bg.rsa.rsatoolbox.compare import FAST_METHODS
 from l2bg.rsa.rsatoolbox.inference import (
     _fixed_predictions,
     _kept_columns,
+    _one_thread,
     _rsa,
     _selection,
     _tensor,
@@ -179,6 +180,7 @@ def _draw(boot_type: str, rdm_desc: np.ndarray, pat_desc: np.ndarray) -> tuple:
     return rdm_idx, pattern_idx
 
 
+@_one_thread
 def bootstrap_crossval(models: Any, data: Any, method: str = "cosine", fitter: Any = None,
                        k_pattern: int | None = None, k_rdm: int | None = None, N: int = 1000,
                        n_cv: int = 2, pattern_descriptor: str = "index",

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from l2bg.rsa import comparisons
-from l2bg.rsa.rsatoolbox.ceiling import ILL_CONDITIONED, RANK_KINDS, is_dead, prepare_rows
+from l2bg.rsa.rsatoolbox.ceiling import ILL_CONDITIONED, RANK_KINDS, prepare_rows
 from l2bg.rsa.rsatoolbox.compare import FAST_METHODS
 from l2bg.rsa.rsatoolbox.inference import (
     _fixed_predictions,
@@ -81,91 +81,67 @@ class _Rep:
                               np.isin(self.rdm_desc, rdm_select[train]),
                               [(pats[t], pats[r]) for t, r in _folds(len(pats), k_pattern)]))
         sel = _selection(self.pat_desc, pattern_idx)
+        i, j = np.triu_indices(len(sel), 1)
+        keep = sel[i] != sel[j]
+        a, b = i[keep], j[keep]  # the sample's kept pairs, in rsatoolbox's column order
         dev = self.data.device
-        full = prepare_rows(self.kind, self.data[:, torch.as_tensor(
-            _kept_columns(self.n_cond, sel), device=dev)])
+        cols = torch.as_tensor(_kept_columns(self.n_cond, sel), device=dev)
+        y, x = self.data[:, cols], self.models[:, cols]
+        full = prepare_rows(self.kind, y)
         if full.dead:
             return None
         wt = torch.as_tensor(weight, device=dev)
         total = wt @ full.pooled
-        index = _pair_index(sel)
-        evals, lower, upper = [], [], []
-        cache: dict[bytes, Any] = {}
+        pats = self.pat_desc[sel]
+        evals, ceil, flags = [], [], []
         for test_rows, train_rows, pattern_folds in rdm_folds:
-            w_test = torch.as_tensor(weight * test_rows, device=dev)
+            w_test = torch.as_tensor(weight * test_rows / (weight * test_rows).sum(), device=dev)
             w_train = torch.as_tensor(weight * train_rows, device=dev)
             for test_pats, train_pats in pattern_folds:
-                key = np.sort(test_pats).tobytes()
-                if key not in cache:
-                    cache[key] = self._fold(sel, test_pats, train_pats, index, total)
-                fold = cache[key]
-                if fold is None:
+                in_test = np.isin(pats, test_pats)
+                n_test, n_train = int(in_test.sum()), int(np.isin(pats, train_pats).sum())
+                mask = torch.as_tensor((in_test[a] & in_test[b]).nonzero()[0], device=dev)
+                if mask.numel() < 3:
                     return None
-                prep, models_s, n_train, n_test, part_total = fold
+                fold = prepare_rows(self.kind, y[:, mask])
+                mprep = comparisons.prepare(self.kind, x[:, mask])[0]
+                flags.append(self._dead(fold.prep))
+                flags.append(self._dead(mprep))
+                scores = comparisons.cross(self.kind, mprep, fold.prep, degenerate=float("nan"))
                 if n_train <= 2 or n_test <= 2:
-                    evals.append(np.full(len(self.model_rows), np.nan))
-                else:
-                    per_row = (models_s @ w_test).cpu().numpy() / float(w_test.sum())
-                    evals.append(_per_model(per_row, self.model_rows))
-                pools = torch.stack([w_train @ prep.pooled, part_total])
-                if self._cancels(pools, float(w_train.sum()), float(wt.sum())):
-                    return None
+                    scores = torch.full_like(scores, float("nan"))
+                pools = torch.stack([w_train @ fold.pooled, total[mask]])
+                if self.kind not in RANK_KINDS:
+                    flags.append(self._cancels(pools, float(w_train.sum()), float(wt.sum()),
+                                               mask.numel() / max(len(a), 1)))
                 s = comparisons.cross(self.kind, comparisons.prepare(self.kind, pools)[0],
-                                      prep.prep, degenerate=float("nan"))
-                lo, up = (s @ w_test / w_test.sum()).cpu().numpy()
-                lower.append(lo)
-                upper.append(up)
-        return np.stack(evals, axis=1), (float(np.mean(lower)), float(np.mean(upper)))
-
-    def _fold(self, sel: np.ndarray, test_pats: np.ndarray, train_pats: np.ndarray,
-              index: np.ndarray, total: torch.Tensor) -> tuple | None:
-        """The pattern fold's prepared data, model scores, sizes and the whole sample's pool
-        on its columns (None where a row is degenerate)."""
-        in_test = np.isin(self.pat_desc[sel], test_pats)
-        n_test, n_train = int(in_test.sum()), int(np.isin(self.pat_desc[sel], train_pats).sum())
-        sub = sel[in_test]
-        dev = self.data.device
-        cols = torch.as_tensor(_kept_columns(self.n_cond, sub), device=dev)
-        if cols.numel() < 3:
+                                      fold.prep, degenerate=float("nan"))
+                evals.append(scores @ w_test)
+                ceil.append(s @ w_test)
+        if bool(torch.stack(flags).any()):
             return None
-        prep = prepare_rows(self.kind, self.data[:, cols])
-        mprep = comparisons.prepare(self.kind, self.models[:, cols])[0]
-        if prep.dead or is_dead(self.kind, mprep):
-            return None
-        models_s = comparisons.cross(self.kind, mprep, prep.prep, degenerate=float("nan"))
-        pos = in_test.nonzero()[0]
-        i, j = np.triu_indices(len(pos), 1)
-        a, b = pos[i], pos[j]
-        keep = sel[a] != sel[b]
-        part = total[torch.as_tensor(index[a[keep], b[keep]], device=dev)]
-        return prep, models_s, n_train, n_test, part
+        per_row = torch.stack(evals, dim=1).cpu().numpy()  # (model rows, folds)
+        lower, upper = torch.stack(ceil, dim=1).cpu().numpy()
+        out = np.stack([per_row[lo:lo + n].mean(axis=0) for lo, n in
+                        zip(np.cumsum([0, *self.model_rows[:-1]]), self.model_rows,
+                            strict=True)])
+        return out, (float(np.mean(lower)), float(np.mean(upper)))
 
-    def _cancels(self, pools: torch.Tensor, n_train: float, n_all: float) -> bool:
-        """Whether a pool of unit rows nearly cancels (its direction is rounding noise)."""
-        if self.kind in RANK_KINDS:
-            return False
+    def _dead(self, prep: comparisons.Prepared) -> torch.Tensor:
+        """A degenerate row (constant, zero norm), as :func:`ceiling.is_dead`, without a sync."""
+        dead = prep.dead.any()
+        if prep.unit is not None and self.kind != "rho-a":
+            dead = dead | (prep.unit.abs().sum(dim=1) == 0).any()
+        return dead
+
+    def _cancels(self, pools: torch.Tensor, n_train: float, n_all: float,
+                 frac: float) -> torch.Tensor:
+        """Whether a pool of unit rows nearly cancels (its direction is rounding noise); the
+        whole sample's pool is judged on the fold's share ``frac`` of its columns."""
         c = pools - pools.mean(dim=1, keepdim=True) if self.kind == "pearson" else pools
         norm = torch.linalg.vector_norm(c, dim=1)
-        return bool(norm[0] < ILL_CONDITIONED * n_train or norm[1] < ILL_CONDITIONED * n_all
-                    * (pools.shape[1] / max(self.data.shape[1], 1)) ** 0.5)
-
-
-def _pair_index(sel: np.ndarray) -> np.ndarray:
-    """(n, n) position of the pair (i < j) of the sample's patterns among its kept columns."""
-    n = len(sel)
-    i, j = np.triu_indices(n, 1)
-    keep = sel[i] != sel[j]
-    index = np.full((n, n), -1, dtype=np.int64)
-    index[i[keep], j[keep]] = np.arange(int(keep.sum()))
-    return index
-
-
-def _per_model(per_row: np.ndarray, model_rows: list) -> np.ndarray:
-    out, lo = np.zeros(len(model_rows)), 0
-    for j, n in enumerate(model_rows):
-        out[j] = per_row[lo:lo + n].mean()
-        lo += n
-    return out
+        return (norm[0] < ILL_CONDITIONED * n_train) | (norm[1] < ILL_CONDITIONED * n_all
+                                                         * frac ** 0.5)
 
 
 def _draw(boot_type: str, rdm_desc: np.ndarray, pat_desc: np.ndarray) -> tuple:

@@ -35,6 +35,7 @@ from l2bg.rsa.rsatoolbox.inference import (
 from l2bg.rsa.rsatoolbox.noise import prec_from_measurements, prec_from_residuals
 from l2bg.rsa.rsatoolbox.options import Options, configure
 from l2bg.rsa.rsatoolbox.patch import BINDINGS, is_patched, patch, unpatch
+from l2bg.rsa.rsatoolbox.searchlight import evaluate_models_searchlight
 
 __all__ = [
     "BINDINGS",
@@ -49,6 +50,7 @@ __all__ = [
     "eval_bootstrap_pattern",
     "eval_bootstrap_rdm",
     "eval_fixed",
+    "evaluate_models_searchlight",
     "is_patched",
     "patch",
     "prec_from_measurements",

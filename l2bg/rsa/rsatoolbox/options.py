@@ -38,6 +38,7 @@ DEFINED_IN = {
     "boot_noise_ceiling": "rsatoolbox.inference.noise_ceiling",
     "bootstrap_crossval": "rsatoolbox.inference.evaluate",
     "cv_noise_ceiling": "rsatoolbox.inference.noise_ceiling",
+    "evaluate_models_searchlight": "rsatoolbox.util.searchlight",
 }
 """The module that defines each function the drop-in replaces (rsatoolbox 0.3.2)."""
 

@@ -27,6 +27,7 @@ from l2bg.rsa.rsatoolbox.inference import (
 )
 from l2bg.rsa.rsatoolbox.noise import prec_from_measurements, prec_from_residuals
 from l2bg.rsa.rsatoolbox.options import configure, original, require
+from l2bg.rsa.rsatoolbox.searchlight import evaluate_models_searchlight
 
 __all__ = ["BINDINGS", "is_patched", "patch", "unpatch"]
 
@@ -42,6 +43,7 @@ DROP_INS = {
     "boot_noise_ceiling": boot_noise_ceiling,
     "bootstrap_crossval": bootstrap_crossval,
     "cv_noise_ceiling": cv_noise_ceiling,
+    "evaluate_models_searchlight": evaluate_models_searchlight,
 }
 
 BINDINGS = (
@@ -65,6 +67,7 @@ BINDINGS = (
     *((module, name) for module in ("rsatoolbox.inference", "rsatoolbox.inference.evaluate")
       for name in ("bootstrap_crossval", "cv_noise_ceiling")),
     ("rsatoolbox.inference.noise_ceiling", "cv_noise_ceiling"),
+    ("rsatoolbox.util.searchlight", "evaluate_models_searchlight"),
 )
 """(module, name) of every binding of the drop-in's functions in rsatoolbox 0.3.2."""
 

@@ -191,3 +191,36 @@ def test_column_ranks_equal_average_ranks(rows, m, levels, n_cols, seed):
     t = torch.as_tensor(rng.integers(0, levels, size=(rows, m)).astype(float))
     cols = torch.as_tensor(rng.integers(0, m, size=n_cols))
     assert torch.equal(ColumnRanks(t).ranks(cols), average_ranks(t[:, cols]))
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("groups", [False, True])
+def test_eval_dual_bootstrap_equal_rsatoolbox(method, groups):
+    """One fold (k = 1): the sample, its RDM part and its pattern part, rsatoolbox's shuffles
+    replayed (the generator ends in the same state), NaN for samples of < 3 patterns."""
+    data, models = rdms_and_models(12, n_cond=5, n_rdm=6, groups=groups)
+    kw = {"method": method, "N": 10, "rdm_descriptor": "subj" if groups else "index"}
+    try:
+        want, after_want = seeded(original("eval_dual_bootstrap"), 4, models, data, **kw)
+    except ValueError:  # corr: rsatoolbox's pool of a constant RDM has other NaN positions
+        with pytest.raises(ValueError):
+            seeded(fast.eval_dual_bootstrap, 4, models, data, **kw)
+        return
+    got, after_got = seeded(fast.eval_dual_bootstrap, 4, models, data, **kw)
+    assert_same_result(got, want)
+    assert after_got == after_want
+
+
+def test_eval_dual_bootstrap_falls_through_with_folds_and_patched():
+    """Another method is rsatoolbox's; patched, rsatoolbox's own name runs the drop-in."""
+    data, models = rdms_and_models(13, n_cond=8, n_rdm=4)
+    kw = {"method": "corr_cov", "N": 3}
+    got, _ = seeded(fast.eval_dual_bootstrap, 1, models, data, **kw)
+    want, _ = seeded(original("eval_dual_bootstrap"), 1, models, data, **kw)
+    assert_same_result(got, want)
+    want, _ = seeded(original("eval_dual_bootstrap"), 1, models, data, method="spearman", N=4)
+    with fast.patch():
+        assert rsatoolbox.inference.eval_dual_bootstrap is fast.eval_dual_bootstrap
+        got, _ = seeded(rsatoolbox.inference.eval_dual_bootstrap, 1, models, data,
+                        method="spearman", N=4)
+    assert_same_result(got, want)

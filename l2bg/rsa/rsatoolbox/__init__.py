@@ -25,6 +25,7 @@ without it every function raises a one-line ``L2BGError`` naming ``pip install r
 from l2bg.rsa.rsatoolbox.calc import calc_rdm
 from l2bg.rsa.rsatoolbox.compare import compare
 from l2bg.rsa.rsatoolbox.crossval import bootstrap_crossval, cv_noise_ceiling
+from l2bg.rsa.rsatoolbox.dual import eval_dual_bootstrap
 from l2bg.rsa.rsatoolbox.inference import (
     boot_noise_ceiling,
     eval_bootstrap,
@@ -49,6 +50,7 @@ __all__ = [
     "eval_bootstrap",
     "eval_bootstrap_pattern",
     "eval_bootstrap_rdm",
+    "eval_dual_bootstrap",
     "eval_fixed",
     "evaluate_models_searchlight",
     "is_patched",

@@ -168,9 +168,11 @@ def _sample_object(data: Any, rdm_descriptor: str, rdm_idx: np.ndarray | None,
 def _scores(batch: _Batch, sample: Sample, models: Any, preds: list, rows: np.ndarray,
             groups: np.ndarray, make_sample: Any, method: str, rdm_descriptor: str,
             pattern_descriptor: str | None, pattern_idx: np.ndarray | None,
-            ceiling: bool = True) -> tuple:
+            ceiling: bool = True, make_test: Any = None) -> tuple:
     """Model scores and ceiling of one sample, in batch; a sample with a degenerate RDM is
-    scored by rsatoolbox's own compare and boot_noise_ceiling on rsatoolbox's sample object."""
+    scored by rsatoolbox's own compare and boot_noise_ceiling on rsatoolbox's sample object
+    (``make_test``: the object the models are compared with where rsatoolbox reorders its RDMs:
+    with a degenerate RDM its scores depend on the order)."""
     evals, nc = sample_scores(batch.kind, sample, models, batch.model_rows, rows, groups,
                               ceiling)
     if evals is None or (ceiling and nc is None):
@@ -180,7 +182,8 @@ def _scores(batch: _Batch, sample: Sample, models: Any, preds: list, rows: np.nd
         for j, pred in enumerate(preds):
             if pattern_idx is not None:
                 pred = pred.subsample_pattern(pattern_descriptor, pattern_idx)
-            evals[j] = np.mean(original("compare")(pred, obj, method))
+            test = obj if make_test is None else make_test()
+            evals[j] = np.mean(original("compare")(pred, test, method))
     if ceiling and nc is None:
         nc = original("boot_noise_ceiling")(obj, method=method, rdm_descriptor=rdm_descriptor)
     return evals, nc

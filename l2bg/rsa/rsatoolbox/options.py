@@ -36,6 +36,7 @@ DEFINED_IN = {
     "eval_bootstrap_pattern": "rsatoolbox.inference.evaluate",
     "eval_bootstrap_rdm": "rsatoolbox.inference.evaluate",
     "boot_noise_ceiling": "rsatoolbox.inference.noise_ceiling",
+    "eval_dual_bootstrap": "rsatoolbox.inference.evaluate",
     "bootstrap_crossval": "rsatoolbox.inference.evaluate",
     "cv_noise_ceiling": "rsatoolbox.inference.noise_ceiling",
     "evaluate_models_searchlight": "rsatoolbox.util.searchlight",

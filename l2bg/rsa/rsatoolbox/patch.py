@@ -18,6 +18,7 @@ from typing import Any
 from l2bg.rsa.rsatoolbox.calc import calc_rdm
 from l2bg.rsa.rsatoolbox.compare import compare
 from l2bg.rsa.rsatoolbox.crossval import bootstrap_crossval, cv_noise_ceiling
+from l2bg.rsa.rsatoolbox.dual import eval_dual_bootstrap
 from l2bg.rsa.rsatoolbox.inference import (
     boot_noise_ceiling,
     eval_bootstrap,
@@ -41,6 +42,7 @@ DROP_INS = {
     "eval_bootstrap_pattern": eval_bootstrap_pattern,
     "eval_bootstrap_rdm": eval_bootstrap_rdm,
     "boot_noise_ceiling": boot_noise_ceiling,
+    "eval_dual_bootstrap": eval_dual_bootstrap,
     "bootstrap_crossval": bootstrap_crossval,
     "cv_noise_ceiling": cv_noise_ceiling,
     "evaluate_models_searchlight": evaluate_models_searchlight,
@@ -64,6 +66,8 @@ BINDINGS = (
     *(("rsatoolbox.inference.evaluate", name) for name in ("eval_fixed", "eval_bootstrap",
       "eval_bootstrap_pattern", "eval_bootstrap_rdm", "boot_noise_ceiling")),
     ("rsatoolbox.inference.noise_ceiling", "boot_noise_ceiling"),
+    ("rsatoolbox.inference", "eval_dual_bootstrap"),
+    ("rsatoolbox.inference.evaluate", "eval_dual_bootstrap"),
     *((module, name) for module in ("rsatoolbox.inference", "rsatoolbox.inference.evaluate")
       for name in ("bootstrap_crossval", "cv_noise_ceiling")),
     ("rsatoolbox.inference.noise_ceiling", "cv_noise_ceiling"),

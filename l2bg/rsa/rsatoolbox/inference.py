@@ -210,11 +210,7 @@ def _bootstrap(models: Any, data: Any, theta: Any, method: str, N: int,
     for i in range(N):
         rows = np.arange(data.n_rdm)
         rdm_idx = pattern_idx = None
-        if name == "eval_bootstrap":
-            rdm_select = np.unique(rdm_desc)
-            rdm_idx = rdm_select[np.random.randint(0, len(rdm_select), size=len(rdm_select))]
-            rows = _rows(rdm_desc, rdm_idx)
-        elif name == "eval_bootstrap_rdm":
+        if name != "eval_bootstrap_pattern":  # RDM groups first (bootstrap_sample's order)
             rdm_select = np.unique(rdm_desc)
             rdm_idx = rdm_select[np.random.randint(0, len(rdm_select), size=len(rdm_select))]
             rows = _rows(rdm_desc, rdm_idx)

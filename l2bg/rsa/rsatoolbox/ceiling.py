@@ -11,7 +11,7 @@ of halves, exact in float64, so the ties of rsatoolbox's averaged ranks are kept
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ __all__ = ["ColumnRanks", "Sample", "is_dead", "prepare_rows", "sample_scores"]
 
 RANK_KINDS = ("spearman", "rho-a", "tau-a", "tau-b")
 ILL_CONDITIONED = 1e-4
+GRAM_SAFE = 1e-3
+"""Pools of norm at least this times their row count are scored from the unit rows' Gram
+matrix (rounding error below 1e-12); smaller ones from their explicit sums."""
 """A pool of c unit rows whose norm is below this times c is left to rsatoolbox (cancellation:
 its direction would be rounding noise, which only rsatoolbox's own operations reproduce)."""
 
@@ -36,6 +39,17 @@ class Sample:
     pooled: Tensor
     prep: comparisons.Prepared
     dead: bool
+    gram: Tensor | None = None  # cosine/corr: unit rows' products, for pools in Gram space
+    scores: dict = field(default_factory=dict)  # models' scores against these rows, by id
+
+    def model_scores(self, kind: str, models: comparisons.Prepared) -> Tensor:
+        """(models, RDMs) scores, computed once per prepared models (a sample of RDMs only
+        reuses them)."""
+        key = id(models)
+        if key not in self.scores:
+            self.scores = {key: (models, comparisons.cross(kind, models, self.prep,
+                                                           degenerate=float("nan")))}
+        return self.scores[key][1]
 
 
 def prepare_rows(kind: str, t: Tensor, ranks: Tensor | None = None) -> Sample:
@@ -118,7 +132,7 @@ def sample_scores(kind: str, data: Sample, models: comparisons.Prepared | None,
     wt = torch.as_tensor(w, device=dev)
     evals = np.zeros(len(model_rows))
     if models is not None and model_rows:
-        s = comparisons.cross(kind, models, data.prep, degenerate=float("nan"))
+        s = data.model_scores(kind, models)
         per_row = (s @ wt).cpu().numpy() / len(rows)
         lo = 0
         for j, n in enumerate(model_rows):
@@ -127,9 +141,13 @@ def sample_scores(kind: str, data: Sample, models: comparisons.Prepared | None,
     if not ceiling:
         return evals, None
     h = torch.as_tensor(_group_matrix(rows, groups, k), device=dev)
+    count = h.sum(dim=1)
+    if kind in ("cosine", "pearson"):
+        nc = _gram_ceiling(data, wt, h, count, len(rows))
+        if nc is not None:
+            return evals, nc
     total = (wt @ data.pooled).unsqueeze(0)
     left = total if h.shape[0] == 1 else total - h @ data.pooled
-    count = h.sum(dim=1)
     both = torch.cat([total, left])
     if kind in ("cosine", "pearson"):  # sums of unit rows that (nearly) cancel: the pooled
         # direction is rounding noise, reproducible only by rsatoolbox's own arithmetic
@@ -143,3 +161,24 @@ def sample_scores(kind: str, data: Sample, models: comparisons.Prepared | None,
     upper = (h * s[:1]).sum(dim=1) / count
     lower = (h * s[1:]).sum(dim=1) / count
     return evals, (float(lower.mean()), float(upper.mean()))
+
+
+def _gram_ceiling(data: Sample, wt: Tensor, h: Tensor, count: Tensor,
+                  n: int) -> tuple[float, float] | None:
+    """Cosine/corr ceilings in Gram space: a pool is c @ A of unit rows A (centred for corr, so
+    its sums are centred too), its product with row r is (c @ G)[r] and its norm sqrt(c G c^T):
+    O(groups x RDMs^2) per sample. None where a pool is too small for this to be exact to
+    1e-12 (the explicit sums decide)."""
+    if data.gram is None:
+        data.gram = data.pooled @ data.pooled.T
+    coef = wt.unsqueeze(0) if h.shape[0] == 1 else torch.cat([wt.unsqueeze(0), wt - h])
+    cg = coef @ data.gram
+    norm = (cg * coef).sum(dim=1).clamp_(min=0.0).sqrt_()
+    size = torch.cat([count.new_full((1,), float(n)), n - count]) if h.shape[0] > 1 \
+        else count.new_full((1,), float(n))
+    if bool((norm < GRAM_SAFE * size).any()):
+        return None
+    s = (cg / norm.unsqueeze(1)).clamp_(-1.0, 1.0)
+    upper = (h * s[:1]).sum(dim=1) / count
+    lower = upper if h.shape[0] == 1 else (h * s[1:]).sum(dim=1) / count
+    return float(lower.mean()), float(upper.mean())

@@ -224,3 +224,17 @@ def test_eval_dual_bootstrap_falls_through_with_folds_and_patched():
         got, _ = seeded(rsatoolbox.inference.eval_dual_bootstrap, 1, models, data,
                         method="spearman", N=4)
     assert_same_result(got, want)
+
+
+@pytest.mark.parametrize("gram_safe", [0.0, float("inf")])
+@pytest.mark.parametrize("method", ["cosine", "corr"])
+def test_ceiling_in_gram_space_and_from_sums_agree(monkeypatch, method, gram_safe):
+    """Both ways to score the pools (Gram space, explicit sums) give rsatoolbox's numbers."""
+    from l2bg.rsa.rsatoolbox import ceiling
+
+    monkeypatch.setattr(ceiling, "GRAM_SAFE", gram_safe)
+    data, models = rdms_and_models(14, n_cond=7, n_rdm=6, ties=False)
+    for name in ("eval_bootstrap", "eval_bootstrap_rdm"):
+        got, _ = seeded(getattr(fast, name), 3, models, data, method=method, N=6)
+        want, _ = seeded(original(name), 3, models, data, method=method, N=6)
+        assert_same_result(got, want)

@@ -210,6 +210,31 @@ def test_inference_bootstraps(benchmark, row):
           own_rounds=1, rounds=3, benchmark=benchmark, goal=f">= {goal:g}x")
 
 
+def test_inference_searchlight(benchmark):
+    """rsatoolbox's evaluate_models_searchlight with eval_fixed (one call per centre) against
+    the drop-in's batched one: 2,000 centres of 16 conditions with ``L2BG_BENCH_FULL=1``
+    (400 by default), 3 fixed models, corr; the results are checked identical (1e-10)."""
+    pytest.importorskip("rsatoolbox")
+    import rsatoolbox
+
+    n = 2000 if FULL else 400
+    sl, models = _inference_data(16, n, 3)
+    fixed = original("eval_fixed")
+
+    def run(fn):
+        return fn(sl, models, fixed, method="corr")
+
+    want, got = run(original("evaluate_models_searchlight")), run(fast.evaluate_models_searchlight)
+    for a, b in zip(got, want, strict=True):
+        assert isinstance(a, rsatoolbox.inference.Result)
+        np.testing.assert_allclose(a.evaluations, b.evaluations, rtol=0, atol=1e-10)
+        np.testing.assert_allclose(a.noise_ceiling, b.noise_ceiling, rtol=0, atol=1e-10)
+    _pair("evaluate_models_searchlight", f"{n} centres x 16 cond x 3 models, corr", "float64",
+          lambda: run(original("evaluate_models_searchlight")),
+          lambda: run(fast.evaluate_models_searchlight), own_rounds=1, rounds=3,
+          benchmark=benchmark, goal=">= 10x")
+
+
 # ----------------------------------------------------------------------------- CUDA
 
 

@@ -344,3 +344,46 @@ def test_two_networks_from_disk(tmp_path_factory):
     record(suite=SUITE, op="2 nets from disk + spearman", backend="l2bg layer_similarity",
            shape=f"n={n} d={d}", dtype="float32", timing=Timing([r["seconds"] for r in runs]),
            goal="<=40s, <=8GiB", best_s=f"{best:.1f}", peak_rss=f"{peak:.2f}GiB")
+
+
+CUDA_INFERENCE = [  # (function, method, conditions, data RDMs, models, N)
+    ("eval_bootstrap_pattern", "spearman", 60, 20, 5, 20),
+    ("eval_bootstrap_rdm", "corr", 200, 20, 5, 10),
+    ("bootstrap_crossval", "cosine", 200, 20, 5, 5),
+]
+
+
+def _inference_on(device: str, row: tuple):
+    """(rsatoolbox's own call, the patched call with the drop-in on ``device``), same seed."""
+    import rsatoolbox
+
+    name, method, n_cond, n_rdm, n_models, n = row
+    data, models = _inference_data(n_cond, n_rdm, n_models)
+
+    def own():
+        np.random.seed(0)
+        return original(name)(models, data, method=method, N=n)
+
+    def patched():
+        with fast.patch(device=device):
+            np.random.seed(0)
+            return getattr(rsatoolbox.inference, name)(models, data, method=method, N=n)
+
+    return own, patched
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("row", CUDA_INFERENCE, ids=[r[0] for r in CUDA_INFERENCE])
+def test_cuda_inference_bootstraps(benchmark, row):
+    """The batched bootstraps with CUDA tensors (patched, float64), against rsatoolbox's own call
+    on the CPU: the results are checked identical (1e-10) before timing."""
+    pytest.importorskip("rsatoolbox")
+    own, patched = _inference_on("cuda", row)
+    want, got = own(), patched()
+    for field in ("evaluations", "noise_ceiling", "variances"):
+        np.testing.assert_allclose(getattr(got, field), getattr(want, field), rtol=0,
+                                   atol=1e-10, equal_nan=True)
+    _pair(row[0], f"{row[2]} cond x {row[3]} RDMs x {row[4]} models, N={row[5]}, {row[1]}",
+          "float64", own, patched, own_rounds=1, rounds=3, benchmark=benchmark,
+          backend="l2bg cuda", goal=">= 20x")

@@ -17,12 +17,14 @@ pytestmark = [pytest.mark.filterwarnings("ignore::RuntimeWarning"),
 METHODS = ("cosine", "corr", "spearman", "rho-a", "tau-a", "kendall")
 
 
-def rdms_and_models(seed: int, n_cond: int = 9, n_rdm: int = 6, groups: bool = False):
-    """Tied random data RDMs with a constant block, and three fixed models (one tied)."""
+def rdms_and_models(seed: int, n_cond: int = 9, n_rdm: int = 6, groups: bool = False,
+                    constant: bool = True):
+    """Tied random data RDMs (with a constant block), and three fixed models (one tied)."""
     rng = np.random.default_rng(seed)
     m = n_cond * (n_cond - 1) // 2
     v = np.round(rng.random((n_rdm, m)) * 4) / 4 + 0.25
-    v[0, : m // 3] = 1.0
+    if constant:
+        v[0, : m // 3] = 1.0
     desc = {"subj": np.arange(n_rdm) // 2} if groups else None
     data = rsatoolbox.rdm.RDMs(v, rdm_descriptors=desc)
     models = [rsatoolbox.model.ModelFixed(f"m{k}", rng.random(m) + 0.05) for k in range(2)]
@@ -65,6 +67,18 @@ def test_bootstrap_crossval_equals_rsatoolbox(method, boot_type, kw):
     kw = {"method": method, "N": 5, "boot_type": boot_type, **kw}
     assert_same(run(fast.bootstrap_crossval, 5, *args, **kw),
                 run(original("bootstrap_crossval"), 5, *args, **kw))
+
+
+@pytest.mark.parametrize("method", ["cosine", "corr"])
+@pytest.mark.parametrize("k", [(2, 2), (3, 1), (1, 3)])
+def test_bootstrap_crossval_without_degenerate_rdms(method, k):
+    """Untied data: every repetition takes the batched (Gram) path for cosine and corr."""
+    _, models = rdms_and_models(9, n_cond=10, constant=False)
+    data = rsatoolbox.rdm.RDMs(np.random.default_rng(9).random((6, 45)) + 0.1)
+    kw = {"method": method, "N": 4, "k_pattern": k[0], "k_rdm": k[1]}
+    got = run(fast.bootstrap_crossval, 4, models, data, **kw)
+    assert not isinstance(got[0], str)
+    assert_same(got, run(original("bootstrap_crossval"), 4, models, data, **kw))
 
 
 @pytest.mark.parametrize("method", ["cosine", "spearman", "tau-b"])

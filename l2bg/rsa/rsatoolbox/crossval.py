@@ -103,19 +103,17 @@ class _Rep:
                 mask = torch.as_tensor((in_test[a] & in_test[b]).nonzero()[0], device=dev)
                 if mask.numel() < 3:
                     return None
-                fold = prepare_rows(self.kind, y[:, mask])
-                mprep = comparisons.prepare(self.kind, x[:, mask])[0]
-                flags.append(self._dead(fold.prep))
-                flags.append(self._dead(mprep))
-                scores = comparisons.cross(self.kind, mprep, fold.prep, degenerate=float("nan"))
+                if self.kind in ("cosine", "pearson"):
+                    scores, s, flag = self._gram_fold(y[:, mask], x[:, mask], w_train,
+                                                      total[mask], float(wt.sum()),
+                                                      mask.numel() / max(len(a), 1))
+                    flags.append(flag)
+                else:
+                    scores, s = self._fold(y[:, mask], x[:, mask], w_train, total[mask],
+                                           float(wt.sum()), mask.numel() / max(len(a), 1),
+                                           flags)
                 if n_train <= 2 or n_test <= 2:
                     scores = torch.full_like(scores, float("nan"))
-                pools = torch.stack([w_train @ fold.pooled, total[mask]])
-                if self.kind not in RANK_KINDS:
-                    flags.append(self._cancels(pools, float(w_train.sum()), float(wt.sum()),
-                                               mask.numel() / max(len(a), 1)))
-                s = comparisons.cross(self.kind, comparisons.prepare(self.kind, pools)[0],
-                                      fold.prep, degenerate=float("nan"))
                 evals.append(scores @ w_test)
                 ceil.append(s @ w_test)
         if bool(torch.stack(flags).any()):
@@ -126,6 +124,45 @@ class _Rep:
                         zip(np.cumsum([0, *self.model_rows[:-1]]), self.model_rows,
                             strict=True)])
         return out, (float(np.mean(lower)), float(np.mean(upper)))
+
+    def _fold(self, yf: torch.Tensor, xf: torch.Tensor, w_train: torch.Tensor,
+              up: torch.Tensor, n_all: float, frac: float, flags: list) -> tuple:
+        """Models' scores and the (lower, upper) pools' scores of one fold: each side prepared
+        by :mod:`l2bg.rsa.comparisons` (the rank methods)."""
+        fold = prepare_rows(self.kind, yf)
+        mprep = comparisons.prepare(self.kind, xf)[0]
+        flags.append(self._dead(fold.prep))
+        flags.append(self._dead(mprep))
+        scores = comparisons.cross(self.kind, mprep, fold.prep, degenerate=float("nan"))
+        pools = torch.stack([w_train @ fold.pooled, up])
+        if self.kind not in RANK_KINDS:
+            flags.append(self._cancels(pools, float(w_train.sum()), n_all, frac))
+        s = comparisons.cross(self.kind, comparisons.prepare(self.kind, pools)[0], fold.prep,
+                              degenerate=float("nan"))
+        return scores, s
+
+    def _gram_fold(self, yf: torch.Tensor, xf: torch.Tensor, w_train: torch.Tensor,
+                   up: torch.Tensor, n_all: float, frac: float) -> tuple:
+        """:meth:`_fold` for cosine and corr from the fold's Gram matrix: the lower pool is
+        ``c @ Y`` with ``c = w / norms``, so its products with the data rows are ``c @ G`` and
+        its norm ``sqrt(c G c)``; a flag where a row is degenerate or a pool cancels."""
+        flag = torch.zeros((), dtype=torch.bool, device=yf.device)
+        if self.kind == "pearson":
+            flag = (yf.amax(1) == yf.amin(1)).any() | (xf.amax(1) == xf.amin(1)).any()
+            yf = yf - yf.mean(dim=1, keepdim=True)
+            xf = xf - xf.mean(dim=1, keepdim=True)
+            up = up - up.mean()
+        ny, nx = torch.linalg.vector_norm(yf, dim=1), torch.linalg.vector_norm(xf, dim=1)
+        for n in (ny, nx):  # zero, or beyond float64's squares: comparisons' rescaling path
+            flag = flag | ~torch.isfinite(n).all() | (n < 2.0**-500).any()
+        scores = ((xf @ yf.T) / (nx[:, None] * ny[None, :])).clamp_(-1.0, 1.0)
+        c = w_train / ny
+        cg = c @ (yf @ yf.T)
+        n_lo, n_up = (cg @ c).clamp(min=0).sqrt(), torch.linalg.vector_norm(up)
+        flag = flag | (n_lo < ILL_CONDITIONED * w_train.sum()) | (
+            n_up < ILL_CONDITIONED * n_all * frac ** 0.5)
+        s = torch.stack([cg / (ny * n_lo), (yf @ up) / (ny * n_up)]).clamp_(-1.0, 1.0)
+        return scores, s, flag
 
     def _dead(self, prep: comparisons.Prepared) -> torch.Tensor:
         """A degenerate row (constant, zero norm), as :func:`ceiling.is_dead`, without a sync."""

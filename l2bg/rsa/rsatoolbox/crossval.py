@@ -87,11 +87,19 @@ class _Rep:
         dev = self.data.device
         cols = torch.as_tensor(_kept_columns(self.n_cond, sel), device=dev)
         y, x = self.data[:, cols], self.models[:, cols]
-        full = prepare_rows(self.kind, y)
-        if full.dead:
-            return None
         wt = torch.as_tensor(weight, device=dev)
-        total = wt @ full.pooled
+        if self.kind in ("cosine", "pearson"):  # the whole sample's pool: sum of w / norm rows
+            yc = y - y.mean(dim=1, keepdim=True) if self.kind == "pearson" else y
+            norms = torch.linalg.vector_norm(yc, dim=1)
+            if not bool(torch.isfinite(norms).all() and (norms >= 2.0**-500).all()) or (
+                    self.kind == "pearson" and bool((y.amax(1) == y.amin(1)).any())):
+                return None
+            total = (wt / norms) @ yc
+        else:
+            full = prepare_rows(self.kind, y)
+            if full.dead:
+                return None
+            total = wt @ full.pooled
         pats = self.pat_desc[sel]
         evals, ceil, flags = [], [], []
         for test_rows, train_rows, pattern_folds in rdm_folds:

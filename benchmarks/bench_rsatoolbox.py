@@ -168,6 +168,73 @@ def test_searchlight_patched(benchmark):
           rounds=3, benchmark=benchmark, backend="l2bg patched")
 
 
+# ----------------------------------------------------------------------------- inference
+
+INFERENCE = [  # (function, method, conditions, data RDMs, models, N light, N full, goal)
+    ("eval_bootstrap_pattern", "spearman", 60, 20, 5, 10, 100, 20.0),
+    ("eval_bootstrap_rdm", "corr", 200, 20, 5, 5, 50, 20.0),
+    ("bootstrap_crossval", "cosine", 200, 20, 5, 3, 20, 20.0),
+]
+
+
+def _inference_data(n_cond: int, n_rdm: int, n_models: int):
+    import rsatoolbox
+
+    rng = np.random.default_rng(5)
+    m = n_cond * (n_cond - 1) // 2
+    data = rsatoolbox.rdm.RDMs(rng.random((n_rdm, m)))
+    models = [rsatoolbox.model.ModelFixed(f"m{i}", rng.random(m)) for i in range(n_models)]
+    return data, models
+
+
+@pytest.mark.parametrize("row", INFERENCE, ids=[f"{r[0]}-{r[1]}" for r in INFERENCE])
+def test_inference_bootstraps(benchmark, row):
+    """rsatoolbox's bootstrap evaluation of fixed models against the drop-in, same seed: the
+    results are checked identical (1e-10) before timing; N is the issue's with
+    ``L2BG_BENCH_FULL=1``, fewer by default (the ratio is per sample either way)."""
+    pytest.importorskip("rsatoolbox")
+    name, method, n_cond, n_rdm, n_models, n_light, n_full, goal = row
+    n = n_full if FULL else n_light
+    data, models = _inference_data(n_cond, n_rdm, n_models)
+
+    def run(fn):
+        np.random.seed(0)
+        return fn(models, data, method=method, N=n)
+
+    want, got = run(original(name)), run(getattr(fast, name))
+    for field in ("evaluations", "noise_ceiling", "variances"):
+        np.testing.assert_allclose(getattr(got, field), getattr(want, field), rtol=0,
+                                   atol=1e-10, equal_nan=True)
+    _pair(name, f"{n_cond} cond x {n_rdm} RDMs x {n_models} models, N={n}, {method}",
+          "float64", lambda: run(original(name)), lambda: run(getattr(fast, name)),
+          own_rounds=1, rounds=3, benchmark=benchmark, goal=f">= {goal:g}x")
+
+
+def test_inference_searchlight(benchmark):
+    """rsatoolbox's evaluate_models_searchlight with eval_fixed (one call per centre) against
+    the drop-in's batched one: 2,000 centres of 16 conditions with ``L2BG_BENCH_FULL=1``
+    (400 by default), 3 fixed models, corr; the results are checked identical (1e-10)."""
+    pytest.importorskip("rsatoolbox")
+    import rsatoolbox
+
+    n = 2000 if FULL else 400
+    sl, models = _inference_data(16, n, 3)
+    fixed = original("eval_fixed")
+
+    def run(fn):
+        return fn(sl, models, fixed, method="corr")
+
+    want, got = run(original("evaluate_models_searchlight")), run(fast.evaluate_models_searchlight)
+    for a, b in zip(got, want, strict=True):
+        assert isinstance(a, rsatoolbox.inference.Result)
+        np.testing.assert_allclose(a.evaluations, b.evaluations, rtol=0, atol=1e-10)
+        np.testing.assert_allclose(a.noise_ceiling, b.noise_ceiling, rtol=0, atol=1e-10)
+    _pair("evaluate_models_searchlight", f"{n} centres x 16 cond x 3 models, corr", "float64",
+          lambda: run(original("evaluate_models_searchlight")),
+          lambda: run(fast.evaluate_models_searchlight), own_rounds=1, rounds=3,
+          benchmark=benchmark, goal=">= 10x")
+
+
 # ----------------------------------------------------------------------------- CUDA
 
 
@@ -277,3 +344,46 @@ def test_two_networks_from_disk(tmp_path_factory):
     record(suite=SUITE, op="2 nets from disk + spearman", backend="l2bg layer_similarity",
            shape=f"n={n} d={d}", dtype="float32", timing=Timing([r["seconds"] for r in runs]),
            goal="<=40s, <=8GiB", best_s=f"{best:.1f}", peak_rss=f"{peak:.2f}GiB")
+
+
+CUDA_INFERENCE = [  # (function, method, conditions, data RDMs, models, N)
+    ("eval_bootstrap_pattern", "spearman", 60, 20, 5, 20),
+    ("eval_bootstrap_rdm", "corr", 200, 20, 5, 10),
+    ("bootstrap_crossval", "cosine", 200, 20, 5, 5),
+]
+
+
+def _inference_on(device: str, row: tuple):
+    """(rsatoolbox's own call, the patched call with the drop-in on ``device``), same seed."""
+    import rsatoolbox
+
+    name, method, n_cond, n_rdm, n_models, n = row
+    data, models = _inference_data(n_cond, n_rdm, n_models)
+
+    def own():
+        np.random.seed(0)
+        return original(name)(models, data, method=method, N=n)
+
+    def patched():
+        with fast.patch(device=device):
+            np.random.seed(0)
+            return getattr(rsatoolbox.inference, name)(models, data, method=method, N=n)
+
+    return own, patched
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("row", CUDA_INFERENCE, ids=[r[0] for r in CUDA_INFERENCE])
+def test_cuda_inference_bootstraps(benchmark, row):
+    """The batched bootstraps with CUDA tensors (patched, float64), against rsatoolbox's own call
+    on the CPU: the results are checked identical (1e-10) before timing."""
+    pytest.importorskip("rsatoolbox")
+    own, patched = _inference_on("cuda", row)
+    want, got = own(), patched()
+    for field in ("evaluations", "noise_ceiling", "variances"):
+        np.testing.assert_allclose(getattr(got, field), getattr(want, field), rtol=0,
+                                   atol=1e-10, equal_nan=True)
+    _pair(row[0], f"{row[2]} cond x {row[3]} RDMs x {row[4]} models, N={row[5]}, {row[1]}",
+          "float64", own, patched, own_rounds=1, rounds=3, benchmark=benchmark,
+          backend="l2bg cuda", goal=">= 20x")

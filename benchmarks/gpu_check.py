@@ -47,9 +47,11 @@ OPTIONAL = ("optuna", "mlxtend", "rsatoolbox", "scipy")
 NEEDED = ("torch", "triton", "numpy", "tqdm", "safetensors", "pytest", "pytest_benchmark",
           "hypothesis")  # fmt: skip
 # (name, module, seconds at most): the RSA kernels first (this goals), then the whole
-# trial (split-CIFAR-100 before pmnist), then forward_all; later steps get what is left.
+# trial (split-CIFAR-100 before pmnist), then forward_all, then the rsatoolbox drop-in's CUDA
+# rows (its bootstraps included); later steps get what is left.
 BENCH_STAGES = (("rsa", "bench_rsa.py", 100), ("trial", "bench_trial.py", 150),
-                ("executor", "bench_executor.py", 60))  # fmt: skip
+                ("executor", "bench_executor.py", 60),
+                ("rsatoolbox", "bench_rsatoolbox.py", 90))  # fmt: skip
 TEST_CAP_S = 160
 RESERVE_S = 15  # kept back for the report
 

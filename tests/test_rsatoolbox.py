@@ -328,11 +328,12 @@ def test_patch_rebinds_every_binding_and_unpatch_restores_them():
 
 def test_bindings_list_is_every_binding_in_rsatoolbox():
     """BINDINGS (and the docs) name every attribute of rsatoolbox's modules holding one of the
-    four functions."""
+    functions the drop-in replaces."""
+    from l2bg.rsa.rsatoolbox.patch import DROP_INS
+
     for module, _ in fast.BINDINGS:
         importlib.import_module(module)
-    targets = {id(original(n)): n for n in ("calc_rdm", "compare", "prec_from_measurements",
-                                            "prec_from_residuals")}
+    targets = {id(original(n)): n for n in DROP_INS}
     found = {(name, attr) for name, mod in list(sys.modules.items())
              if name.startswith("rsatoolbox") and mod is not None
              for attr, value in vars(mod).items() if id(value) in targets}

@@ -24,16 +24,35 @@ without it every function raises a one-line ``L2BGError`` naming ``pip install r
 
 from l2bg.rsa.rsatoolbox.calc import calc_rdm
 from l2bg.rsa.rsatoolbox.compare import compare
+from l2bg.rsa.rsatoolbox.crossval import bootstrap_crossval, cv_noise_ceiling
+from l2bg.rsa.rsatoolbox.dual import eval_dual_bootstrap
+from l2bg.rsa.rsatoolbox.inference import (
+    boot_noise_ceiling,
+    eval_bootstrap,
+    eval_bootstrap_pattern,
+    eval_bootstrap_rdm,
+    eval_fixed,
+)
 from l2bg.rsa.rsatoolbox.noise import prec_from_measurements, prec_from_residuals
 from l2bg.rsa.rsatoolbox.options import Options, configure
 from l2bg.rsa.rsatoolbox.patch import BINDINGS, is_patched, patch, unpatch
+from l2bg.rsa.rsatoolbox.searchlight import evaluate_models_searchlight
 
 __all__ = [
     "BINDINGS",
     "Options",
+    "boot_noise_ceiling",
+    "bootstrap_crossval",
     "calc_rdm",
     "compare",
     "configure",
+    "cv_noise_ceiling",
+    "eval_bootstrap",
+    "eval_bootstrap_pattern",
+    "eval_bootstrap_rdm",
+    "eval_dual_bootstrap",
+    "eval_fixed",
+    "evaluate_models_searchlight",
     "is_patched",
     "patch",
     "prec_from_measurements",

@@ -31,6 +31,15 @@ DEFINED_IN = {
     "compare": "rsatoolbox.rdm.compare",
     "prec_from_measurements": "rsatoolbox.data.noise",
     "prec_from_residuals": "rsatoolbox.data.noise",
+    "eval_fixed": "rsatoolbox.inference.evaluate",
+    "eval_bootstrap": "rsatoolbox.inference.evaluate",
+    "eval_bootstrap_pattern": "rsatoolbox.inference.evaluate",
+    "eval_bootstrap_rdm": "rsatoolbox.inference.evaluate",
+    "boot_noise_ceiling": "rsatoolbox.inference.noise_ceiling",
+    "eval_dual_bootstrap": "rsatoolbox.inference.evaluate",
+    "bootstrap_crossval": "rsatoolbox.inference.evaluate",
+    "cv_noise_ceiling": "rsatoolbox.inference.noise_ceiling",
+    "evaluate_models_searchlight": "rsatoolbox.util.searchlight",
 }
 """The module that defines each function the drop-in replaces (rsatoolbox 0.3.2)."""
 

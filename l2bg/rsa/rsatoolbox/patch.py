@@ -17,8 +17,18 @@ from typing import Any
 
 from l2bg.rsa.rsatoolbox.calc import calc_rdm
 from l2bg.rsa.rsatoolbox.compare import compare
+from l2bg.rsa.rsatoolbox.crossval import bootstrap_crossval, cv_noise_ceiling
+from l2bg.rsa.rsatoolbox.dual import eval_dual_bootstrap
+from l2bg.rsa.rsatoolbox.inference import (
+    boot_noise_ceiling,
+    eval_bootstrap,
+    eval_bootstrap_pattern,
+    eval_bootstrap_rdm,
+    eval_fixed,
+)
 from l2bg.rsa.rsatoolbox.noise import prec_from_measurements, prec_from_residuals
 from l2bg.rsa.rsatoolbox.options import configure, original, require
+from l2bg.rsa.rsatoolbox.searchlight import evaluate_models_searchlight
 
 __all__ = ["BINDINGS", "is_patched", "patch", "unpatch"]
 
@@ -27,6 +37,15 @@ DROP_INS = {
     "compare": compare,
     "prec_from_measurements": prec_from_measurements,
     "prec_from_residuals": prec_from_residuals,
+    "eval_fixed": eval_fixed,
+    "eval_bootstrap": eval_bootstrap,
+    "eval_bootstrap_pattern": eval_bootstrap_pattern,
+    "eval_bootstrap_rdm": eval_bootstrap_rdm,
+    "boot_noise_ceiling": boot_noise_ceiling,
+    "eval_dual_bootstrap": eval_dual_bootstrap,
+    "bootstrap_crossval": bootstrap_crossval,
+    "cv_noise_ceiling": cv_noise_ceiling,
+    "evaluate_models_searchlight": evaluate_models_searchlight,
 }
 
 BINDINGS = (
@@ -42,8 +61,19 @@ BINDINGS = (
     ("rsatoolbox.inference.noise_ceiling", "compare"),
     ("rsatoolbox.model.fitter", "compare"),
     ("rsatoolbox.util.searchlight", "calc_rdm"),
+    *(("rsatoolbox.inference", name) for name in ("eval_fixed", "eval_bootstrap",
+      "eval_bootstrap_pattern", "eval_bootstrap_rdm", "boot_noise_ceiling")),
+    *(("rsatoolbox.inference.evaluate", name) for name in ("eval_fixed", "eval_bootstrap",
+      "eval_bootstrap_pattern", "eval_bootstrap_rdm", "boot_noise_ceiling")),
+    ("rsatoolbox.inference.noise_ceiling", "boot_noise_ceiling"),
+    ("rsatoolbox.inference", "eval_dual_bootstrap"),
+    ("rsatoolbox.inference.evaluate", "eval_dual_bootstrap"),
+    *((module, name) for module in ("rsatoolbox.inference", "rsatoolbox.inference.evaluate")
+      for name in ("bootstrap_crossval", "cv_noise_ceiling")),
+    ("rsatoolbox.inference.noise_ceiling", "cv_noise_ceiling"),
+    ("rsatoolbox.util.searchlight", "evaluate_models_searchlight"),
 )
-"""(module, name) of every binding of the four functions in rsatoolbox 0.3.2."""
+"""(module, name) of every binding of the drop-in's functions in rsatoolbox 0.3.2."""
 
 _SAVED: list[tuple[Any, str, Any]] = []  # (module, attribute, the object it held)
 _STATE = {"options": None}

@@ -32,9 +32,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from l2bg import faults
-from l2bg.errors import L2BGError, warn
-from l2bg.fileio import damaged_name, refused
+from l2bg.base import crashpoints as faults
+from l2bg.base.errors import L2BGError, warn
+from l2bg.base.fileio import damaged_name, refused
 
 __all__ = ["damaged_line", "open_journal", "repair_tail"]
 

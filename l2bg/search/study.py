@@ -19,11 +19,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from l2bg.errors import L2BGError, warn
-from l2bg.fileio import refused, write_json
-from l2bg.locks import FileLocks
-from l2bg.outdir import claim_shared, release_shared
-from l2bg.search.liveness import (
+from l2bg.base.errors import L2BGError, warn
+from l2bg.base.fileio import refused, write_json
+from l2bg.base.locks import FileLocks
+from l2bg.base.outdir import claim_shared, release_shared
+from l2bg.learn.settings import Built, Settings, resolve_cache_dir
+from l2bg.search.format import format_sequence
+from l2bg.search.heartbeat import (
     Liveness,
     give_back,
     reap_stale_trials,
@@ -32,7 +34,6 @@ from l2bg.search.liveness import (
     trial_by_number,
 )
 from l2bg.search.memo import MemoRunner, Outcome
-from l2bg.search.notation import format_sequence
 from l2bg.search.report import (
     IDENTITY,
     OBJECTIVES,
@@ -45,10 +46,9 @@ from l2bg.search.report import (
 from l2bg.search.samplers import SAMPLERS, initial_design, make_sampler
 from l2bg.search.space import SPACES, SearchSpace
 from l2bg.search.storage import open_storage, redact_url
-from l2bg.settings import Built, Settings, resolve_cache_dir
 
 if TYPE_CHECKING:  # pragma: no cover
-    from l2bg.learner import Learner
+    from l2bg.learn.learner import Learner
 
 __all__ = ["SearchConfig", "run_search"]
 
@@ -155,7 +155,7 @@ class _Setup:
     locks: FileLocks = field(default_factory=FileLocks)
 
     def make_runner(self) -> MemoRunner:
-        from l2bg.cache import IndependentCache
+        from l2bg.learn.independent import IndependentCache
 
         if self.runner is None:
             self.locks = FileLocks(self.cfg.lease_s)
@@ -192,9 +192,9 @@ def _resolve_task_names(names: list[str], tasks: tuple[str, ...], what: str) -> 
 
 
 def _setup(cfg: SearchConfig) -> _Setup:
-    from l2bg import strategies
-    from l2bg.rules import BIND_RULES, GROW_RULES
-    from l2bg.similarity import MEASURES
+    from l2bg.conflict.rules import BIND_RULES, GROW_RULES
+    from l2bg.conflict.similarity import MEASURES
+    from l2bg.learn import strategies
 
     cfg.check()
     built = cfg.settings.build()
@@ -435,7 +435,7 @@ def _print_trial(index: int, number: int, outcome: Outcome, setup: _Setup,
 
 def _worker_entry(cfg_dict: dict[str, Any], index: int) -> None:
     """Entry of a ``--workers`` process (spawned)."""
-    from l2bg.errors import one_line_warnings
+    from l2bg.base.errors import one_line_warnings
 
     one_line_warnings()
     try:
@@ -483,7 +483,7 @@ def _baselines(setup: _Setup, study: Any) -> None:
     """Store the independent and shared baselines (gain, params, accuracies) as study user
     attributes, for the plot; shared is evaluated through the memo (bind to the previous task,
     grow nothing), so it costs T − 1 trainings once per cache directory."""
-    from l2bg import strategies
+    from l2bg.learn import strategies
 
     if "baseline_shared" in study.user_attrs:
         return

@@ -22,7 +22,7 @@ from l2bg.base.errors import L2BGError
 from l2bg.base.native import load_extension
 
 if TYPE_CHECKING:
-    from l2bg.net.jointnet import GraphView
+    from l2bg.net.graph import GraphView
 
 __all__ = ["EVAL", "H_BUFFERS", "RELEASE", "Plan", "build_plan", "compile_plan_reference",
            "decode_steps"]

@@ -8,6 +8,7 @@ One concept per module:
 * :mod:`~l2bg.search.storage`: journal file or RDB storages;
 * :mod:`~l2bg.search.journal`: the journal file backend that sets a torn tail aside;
 * :mod:`~l2bg.search.heartbeat`: heartbeats or leases, retry of dead workers' trials;
+* :mod:`~l2bg.search.config`: the search's configuration (:class:`SearchConfig`);
 * :mod:`~l2bg.search.study`: the study and its workers (:func:`run_search`);
 * :mod:`~l2bg.search.report`: pareto.json, trials.csv and the plots;
 * :mod:`~l2bg.search.format`: how values are written in reports and on the console.
@@ -28,7 +29,7 @@ _EXPORTS = {
     "SAMPLERS": "samplers", "make_sampler": "samplers", "initial_design": "samplers",
     "nsga2_population": "samplers",
     "open_storage": "storage", "redact_url": "storage",
-    "OBJECTIVES": "report", "SearchConfig": "study", "run_search": "study",
+    "OBJECTIVES": "report", "SearchConfig": "config", "run_search": "study",
     "REFERENCE_POINT": "report", "hypervolume_2d": "report", "pareto_front": "report",
     "report_dir": "report", "write_report": "report",
     # deprecated (0.2): the command moved to l2bg.cli.search; importing l2bg.search.cli warns

@@ -53,7 +53,7 @@ RDM_BENCH_GRID = [(n, d) for n in (500, 1000, 2000) for d in (16384, 131072, 524
 RDM_BENCH_MODES = ("fp32-ieee", "fp32-tf32", "bf16")
 """Precision modes of the CUDA RDM benchmark rows: (dtype, precision) by ``mode_dtype``."""
 CUDA_TEST_BLOCKS = (16, 32, 64)
-"""Output tiles the CUDA property tests draw (tests/test_kernels_rsa.py)."""
+"""Output tiles the CUDA property tests draw (tests/kernels/test_kernels_rsa.py)."""
 CUDA_TEST_BLOCKS_K = (16, 32, 64)
 """d-blocks the CUDA property tests draw."""
 
@@ -128,7 +128,7 @@ def _test_launches() -> list[Launch]:
         for triangles in (False, True):
             for n in (258, 400):  # rows and triangles unaligned / 16-aligned
                 out.append(Launch(op, n, batch=2, triangles=triangles, source="test"))
-    # transposed views (tests/test_kernels_launch.py): strided loads, no unit-stride constant
+    # transposed views (tests/kernels/test_kernels_launch.py): strided loads, no unit-stride const.
     out.append(Launch("rdm", 300, 700, batch=2, transposed=True, source="test"))
     out.append(Launch("rdm", 300, 700, batch=2, transposed=True, split_k=3, source="test"))
     out.append(Launch("pearson", 400, batch=2, transposed=True, source="test"))

@@ -64,7 +64,7 @@ def device_limits(device: torch.device) -> DeviceLimits:
 
 def gram_shared_bytes(block: int, block_k: int, dtype: torch.dtype, num_stages: int) -> int:
     """Shared memory the Gram kernel asks for (an upper bound of what Triton allocates, checked
-    against the compiler for every configuration by tests/test_gpu_compile.py): the
+    against the compiler for every configuration by tests/kernels/test_gpu_compile.py): the
     ``num_stages`` pipelined operand tiles (2 x block x block_k elements each), or the
     block x block fp32 accumulator when the epilogue converts its layout, whichever is larger."""
     item = dtype.itemsize

@@ -2,14 +2,14 @@
 
 Every place where a crash could leave something half done calls :func:`point` with its kind:
 
-* ``write``: a file written by :func:`l2bg.fileio.atomic_write`, after its content is on disk
+* ``write``: a file written by :func:`l2bg.base.fileio.atomic_write`, after its content is on disk
   and before it is renamed into place (what a crash mid-write leaves: a temporary file), and
-  an output published by :func:`l2bg.fileio.link_new`;
-* ``dir``: a directory built by :func:`l2bg.fileio.atomic_dir` (cache entries, memo nodes),
+  an output published by :func:`l2bg.base.fileio.link_new`;
+* ``dir``: a directory built by :func:`l2bg.base.fileio.atomic_dir` (cache entries, memo nodes),
   after its files are written and before it is renamed into place;
 * ``journal``: an append to a search's journal file; the fault writes half of the record first
   (a torn write, as a crash or a full disk leaves it);
-* ``publish``: a step of the publish protocol of :mod:`l2bg.outdir` (an output given its name
+* ``publish``: a step of the publish protocol of :mod:`l2bg.base.outdir` (an output given its name
   in ``--out``; the staging directory retired after the completion marker);
 * ``train``: one optimizer step.
 

@@ -9,7 +9,7 @@ are built under a unique temporary name and renamed into place the same way. Tem
 :func:`sweep_stale_temps` once it is older than any write could take.
 
 A write that the file system refuses (permissions, read-only, full disk) is an
-:class:`~l2bg.errors.L2BGError` naming the path, never a traceback.
+:class:`~l2bg.base.errors.L2BGError` naming the path, never a traceback.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def atomic_write(path: str | os.PathLike, content: bytes | str | Callable[[Path]
     """Write ``content`` (bytes, text, or a function that writes the file at the path it gets)
     to ``path`` atomically; returns the path. The parent directory must exist or is created.
     Any OSError (a full disk, a writer function's own report of one) is one
-    :class:`~l2bg.errors.L2BGError` naming ``path``, and the temporary file is removed."""
+    :class:`~l2bg.base.errors.L2BGError` naming ``path``, and the temporary file is removed."""
     path = Path(path)
     tmp: Path | None = None
     fd = -1

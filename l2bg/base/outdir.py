@@ -4,12 +4,12 @@ writes a directory (``l2bg run``, ``l2bg rsa``, ``l2bg search``, :func:`l2bg.rsa
 **Claim rule.** Before any work a command checks its destination and claims it; it never
 replaces or deletes a file it did not write.
 
-* The destination is checked first (:func:`l2bg.fileio.writable_dir`): an empty path, a file, a
+* The destination is checked first (:func:`l2bg.base.fileio.writable_dir`): an empty path, a file, a
   symbolic link that points nowhere, a parent that is a file or a directory this process cannot
   write to is one line, before anything is computed.
 * Outputs written once (``run``, ``rsa``: :class:`OutDir`): a directory that already holds one of
   them is refused. Two commands of the same kind on one directory: the first holds its lock
-  (``.l2bg-CMD.lock``, leased, :mod:`l2bg.locks`) and the second stops with one line.
+  (``.l2bg-CMD.lock``, leased, :mod:`l2bg.base.locks`) and the second stops with one line.
 * Outputs rewritten by every process of one job (a search and its workers, resumed or not:
   :func:`claim_shared`): the owner file (``search.json``) names the job; a directory whose owner
   file names another job, or that holds any of the outputs without one, is refused.
@@ -20,7 +20,7 @@ replaces or deletes a file it did not write.
 
 **Publish protocol** (:class:`OutDir`). Outputs are written into a staging directory of the
 command's own (``.l2bg-CMD.staging``) and given their names in the directory by hard links that
-never replace a file (:func:`l2bg.fileio.link_new`), in order. The last output is the
+never replace a file (:func:`l2bg.base.fileio.link_new`), in order. The last output is the
 **completion marker** (``results.json``, ``similarity.json``): once it is published the command
 is finished, and its staging directory is retired (renamed to ``.l2bg-CMD.done``, then removed).
 What a killed command left is judged under the next one's claim:
@@ -67,8 +67,8 @@ def _same(a: Path, b: Path) -> bool:
 
 
 def _hold(lock: Path, busy: str) -> Any:
-    """The entered exclusive, leased lock at ``lock`` (:mod:`l2bg.locks`), or one line: ``busy``
-    (``{owner}`` filled in) when a live process holds it; the refused write when the lock's
+    """The entered exclusive, leased lock at ``lock`` (:mod:`l2bg.base.locks`), or one line:
+    ``busy`` (``{owner}`` filled in) when a live process holds it; the refused write when the lock's
     content cannot be written (a full disk), removing the empty lock file that left behind (it
     was created exclusively, so it is this process's)."""
     from l2bg.base.locks import FileLocks, LockHeld
@@ -203,7 +203,7 @@ class OutDir:
 
 
 class NewDir:
-    """The claim of a new directory ``path`` (written by :func:`l2bg.fileio.atomic_dir`):
+    """The claim of a new directory ``path`` (written by :func:`l2bg.base.fileio.atomic_dir`):
     checked to be absent with a writable parent, locked beside it while the block runs, and
     the temporaries that dead writers of it left are swept."""
 

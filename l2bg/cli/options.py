@@ -1,5 +1,5 @@
 """Command-line options shared by ``l2bg run`` and ``l2bg search``: declared once, so every data,
-training and cache option works in both and reads into one :class:`l2bg.settings.Settings`
+training and cache option works in both and reads into one :class:`l2bg.learn.settings.Settings`
 (``Settings.from_args``)."""
 
 from __future__ import annotations

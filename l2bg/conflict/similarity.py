@@ -9,7 +9,7 @@ Built-ins:
   :func:`l2bg.rsa.dissimilarities` with a method of the comparison registry
   :mod:`l2bg.rsa.methods` (similarity in [−1, 1], conflict in [0, 2]). ``rsa_measure(method)``
   makes the measure of any registered comparison method;
-* ``linear-cka``: linear CKA of centred features (:mod:`l2bg.cka`; similarity in [0, 1],
+* ``linear-cka``: linear CKA of centred features (:mod:`l2bg.conflict.cka`; similarity in [0, 1],
   conflict in [0, 1]).
 
 Every measure computes the reference net's part once per slot and all K candidates of a slot in

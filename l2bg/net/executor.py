@@ -1,7 +1,7 @@
 """Run many task-nets of a JointNet in one pass that computes every shared layer once.
 
 ``JointNet.forward_all`` lands here. The topology of the chosen tasks is compiled into a *plan*
-(:mod:`l2bg.plan`) from the JointNet's public view; plans are cached per JointNet and rebuilt
+(:mod:`l2bg.net.plan`) from the JointNet's public view; plans are cached per JointNet and rebuilt
 only when ``net.version`` changes (add_task / bind / grow).
 
 Backends: ``native`` runs the plan in C++ (``torch.ops.l2bg.run_plan``, planned by
@@ -18,7 +18,7 @@ Edit the topology only through add_task/bind/grow: the cache keys on ``net.versi
 the plan's node modules; parameters are looked up in them on every run (never copied).
 
 CUDA: ``cuda_graph=True`` captures the run in a CUDA graph and replays it while inputs,
-topology, parameter storages and inference mode stay the same (``l2bg.cuda_graph``).
+topology, parameter storages and inference mode stay the same (``l2bg.net.cuda_graph``).
 """
 
 from __future__ import annotations
@@ -230,7 +230,7 @@ def forward_all(
     backend: str | None = None,
     cuda_graph: bool = False,
 ):
-    """See :meth:`l2bg.jointnet.JointNet.forward_all`."""
+    """See :meth:`l2bg.net.jointnet.JointNet.forward_all`."""
     per_task = isinstance(x, Mapping)
     names = _resolve_tasks(net, x, tasks)
     if return_activations is True:

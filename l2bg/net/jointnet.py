@@ -203,7 +203,7 @@ class JointNet(nn.Module):
         :meth:`forward` per task). ``cuda_graph`` replays a CUDA graph while shapes and topology
         stay the same (CUDA, no grad, eval mode; outputs are overwritten by the next replay).
         Equal to the loop in eval mode; in train mode a shared node's batch-norm statistics and
-        dropout mask are updated/drawn once for all its rows (see :mod:`l2bg.executor`)."""
+        dropout mask are updated/drawn once for all its rows (see :mod:`l2bg.net.executor`)."""
         from l2bg.net.executor import forward_all
 
         return forward_all(self, x, tasks=tasks, return_activations=return_activations,

@@ -6,7 +6,7 @@ which a node reached by the same upstream path is evaluated once; per-task input
 run every node once on the concatenated rows of all tasks routed through it. Buffers are
 released after their last consumer. The C++ planner (``torch.ops.l2bg.plan``) and
 :func:`compile_plan_reference` (its pure-PyTorch spec) produce the same program; a plan is built
-from the JointNet's public read-only view (:meth:`l2bg.jointnet.JointNet.view`).
+from the JointNet's public read-only view (:meth:`l2bg.net.jointnet.JointNet.view`).
 """
 
 from __future__ import annotations

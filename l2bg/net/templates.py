@@ -146,7 +146,7 @@ def _sizes(template: str, name: str, values: Any) -> list[int]:
 
 def _check_parameters(template: Template) -> Template:
     """The template's parameter count (its slots; heads: ``build_head``), bounded before any
-    layer is allocated: ``l2bg.bounds.MAX_PARAMETERS``."""
+    layer is allocated: ``l2bg.base.bounds.MAX_PARAMETERS``."""
     from l2bg.base.bounds import MAX_PARAMETERS, check_size
 
     count = 0

@@ -17,7 +17,7 @@ __all__ = ["SearchConfig"]
 @dataclass
 class SearchConfig:
     """Everything ``l2bg search`` takes (see ``l2bg search --help`` for each field): the
-    experiment's :class:`~l2bg.settings.Settings` and the search's own options."""
+    experiment's :class:`~l2bg.learn.settings.Settings` and the search's own options."""
 
     settings: Settings
     trials: int

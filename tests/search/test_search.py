@@ -27,7 +27,6 @@ from l2bg.search import (
     SearchSpace,
     hypervolume_2d,
     initial_design,
-    main,
     nsga2_population,
     redact_url,
 )
@@ -49,6 +48,13 @@ def _env(**extra):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     env.update(extra)
     return env
+
+
+def main(argv: list[str]) -> int:
+    """``l2bg search ARGV`` in this process."""
+    from l2bg.cli import main as l2bg_main
+
+    return l2bg_main(["search", *argv])
 
 
 def _cli(*args):

@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from test_search import _wait_for
+from conftest import wait_for as _wait_for
 
 from l2bg.base.errors import L2BGError
 from l2bg.base.fileio import atomic_write

@@ -6,12 +6,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import wait_for as _wait_for
 
 from l2bg.base.errors import L2BGError
 from l2bg.base.locks import worker_dead, worker_id
@@ -351,15 +351,6 @@ def test_cli_hook_when_registered(capsys):
 
 
 # ----------------------------------------------------------------------------- processes
-
-
-def _wait_for(pred, timeout, what):
-    end = time.time() + timeout
-    while time.time() < end:
-        if pred():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _states(out):

@@ -27,9 +27,9 @@ import torch
 from harness import FULL, calibrate_gemm, measure, record
 from torch.utils.flop_counter import FlopCounterMode
 
-from l2bg._ext import native_available
-from l2bg.jointnet import JointNet
-from l2bg.templates import convnet, mlp
+from l2bg.base.native import native_available
+from l2bg.net.jointnet import JointNet
+from l2bg.net.templates import convnet, mlp
 
 SUITE = "executor"
 if os.environ.get("L2BG_BENCH_THREADS"):

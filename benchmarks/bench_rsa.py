@@ -5,7 +5,7 @@ nets + Spearman compare; goal <= 0.45 s) against the scipy formulation of the pa
 (``pdist(..., 'correlation')`` twice + ``spearmanr``, skipped without scipy), next to a plain
 GEMM of the same shape (the calibration row: what BLAS delivers on the machine right now).
 
-CUDA (skipped without a GPU): the Triton RDM kernel over the grid of ``l2bg.kernels.aot``
+CUDA (skipped without a GPU): the Triton RDM kernel over the grid of ``benchmarks/aot.py``
 (n up to 2000, d up to 524288) in fp32 (IEEE and TF32) and bf16, as % of the device's dense
 peak of that mode (goal: >= 60 % at n >= 1000, d >= 65536 in tf32/bf16), with its tiling (K
 split, waves) and the torch reference on the same GPU; a cuBLAS GEMM per mode and n as
@@ -21,6 +21,7 @@ import os
 
 import pytest
 import torch
+from aot import RDM_BENCH_GRID, RDM_BENCH_MODES, mode_dtype
 from harness import (
     calibrate_gemm,
     measure,
@@ -29,7 +30,6 @@ from harness import (
     precision_kind,
     record,
 )
-from l2bg.kernels.aot import RDM_BENCH_GRID, RDM_BENCH_MODES, mode_dtype
 
 from l2bg import rsa
 from l2bg.rsa import reference

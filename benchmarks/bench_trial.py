@@ -36,9 +36,9 @@ pytest.importorskip("numpy", reason="l2bg.data needs numpy")
 pytest.importorskip("tqdm", reason="Learner.run needs tqdm")
 
 from l2bg.data import Task  # noqa: E402
-from l2bg.learner import GrowStep, Learner  # noqa: E402
-from l2bg.templates import Template, convnet, mlp  # noqa: E402
-from l2bg.training import default_config  # noqa: E402
+from l2bg.learn.learner import GrowStep, Learner  # noqa: E402
+from l2bg.learn.training import default_config  # noqa: E402
+from l2bg.net.templates import Template, convnet, mlp  # noqa: E402
 
 SUITE = "trial"
 PHASES = ("independent", "activations", "rsa", "training", "evaluation")

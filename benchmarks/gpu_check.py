@@ -140,7 +140,7 @@ def environment() -> dict:
     return info
 
 
-_PROBE = ("import json, l2bg, l2bg.kernels.launch, l2bg._ext as e; "
+_PROBE = ("import json, l2bg, l2bg.kernels.launch, l2bg.base.native as e; "
           "print(json.dumps([l2bg.__file__, e.native_status()]))")  # fmt: skip
 
 

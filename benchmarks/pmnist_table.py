@@ -20,11 +20,11 @@ import sys
 import time
 from pathlib import Path
 
-from l2bg.cache import IndependentCache
 from l2bg.data import build_benchmark
-from l2bg.learner import GrowStep, Learner
-from l2bg.templates import template_for
-from l2bg.training import default_config, resolve_device
+from l2bg.learn.independent import IndependentCache
+from l2bg.learn.learner import GrowStep, Learner
+from l2bg.learn.training import default_config, resolve_device
+from l2bg.net.templates import template_for
 
 
 def run_one(learner: Learner, spec: str) -> dict:

@@ -32,14 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from l2bg.cache import IndependentCache
-from l2bg.fileio import atomic_write, write_json
-from l2bg.learner import GrowStep
-from l2bg.metrics import nondominated
-from l2bg.rules import DEFAULT_BIND_RULE
+from l2bg.base.fileio import atomic_write, write_json
+from l2bg.conflict.rules import DEFAULT_BIND_RULE
+from l2bg.conflict.similarity import DEFAULT_SIMILARITY
+from l2bg.learn.independent import IndependentCache
+from l2bg.learn.learner import GrowStep
+from l2bg.learn.metrics import nondominated
+from l2bg.learn.settings import Settings, resolve_cache_dir
 from l2bg.search import MemoRunner
-from l2bg.settings import Settings, resolve_cache_dir
-from l2bg.similarity import DEFAULT_SIMILARITY
 
 BASELINES = ("independent", "shared", "full", "random")
 

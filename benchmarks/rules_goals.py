@@ -32,12 +32,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from l2bg import strategies
-from l2bg.cache import IndependentCache
-from l2bg.fileio import atomic_write, write_json
+from l2bg.base.fileio import atomic_write, write_json
+from l2bg.learn import strategies
+from l2bg.learn.independent import IndependentCache
+from l2bg.learn.settings import Settings, resolve_cache_dir
 from l2bg.search import MemoRunner, hypervolume_2d
 from l2bg.search.study import SearchConfig, run_search
-from l2bg.settings import Settings, resolve_cache_dir
 
 
 def hv(points: list[tuple[float, float]], shared_acc: float) -> float:

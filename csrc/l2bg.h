@@ -2,7 +2,7 @@
 // (plan.cpp) and read by the executor (executor.cpp).
 //
 // A plan is a flat int64 program, so it can travel through a TORCH_LIBRARY schema as `int[]`.
-// l2bg/executor.py holds a pure-Python copy of the router that must produce the identical
+// l2bg/net/plan.py holds a pure-Python copy of the router that must produce the identical
 // program (tests compare them element by element): change both together and bump kFormat.
 //
 //   header   kHeaderSize ints (see Header)

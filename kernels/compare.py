@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from l2bg.errors import L2BGError
+from l2bg.base.errors import L2BGError
 from l2bg.rsa.reference import average_ranks, check_finite, compare_torch, triangle
 
 from .launch import host_flags, launch_guard, moments_config

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from l2bg.errors import L2BGError
+from l2bg.base.errors import L2BGError
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def device_limits(device: torch.device) -> DeviceLimits:
 
 def gram_shared_bytes(block: int, block_k: int, dtype: torch.dtype, num_stages: int) -> int:
     """Shared memory the Gram kernel asks for (an upper bound of what Triton allocates, checked
-    against the compiler for every configuration by tests/test_gpu_compile.py): the
+    against the compiler for every configuration by tests/kernels/test_gpu_compile.py): the
     ``num_stages`` pipelined operand tiles (2 x block x block_k elements each), or the
     block x block fp32 accumulator when the epilogue converts its layout, whichever is larger."""
     item = dtype.itemsize
@@ -92,7 +92,7 @@ def check_shared_memory(
 
 GRAM_REGISTERS = 256
 """Registers per thread assumed for the Gram kernel: its tl.dot tiles take all ptxas allows at
-8 warps (255, see ``python -m l2bg.kernels.aot``), rounded up to the allocation unit."""
+8 warps (255, see ``python benchmarks/aot.py``), rounded up to the allocation unit."""
 MAX_SPLIT = 16
 MIN_SPLIT_STEPS = 16
 """A K split streams at least this many d-blocks, so the software pipeline has work to hide."""

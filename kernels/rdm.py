@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from l2bg.errors import L2BGError
+from l2bg.base.errors import L2BGError
 from l2bg.rsa.reference import NonFiniteError, rdm_torch, rdm_triu_torch
 
 from .launch import (

@@ -20,7 +20,7 @@ import torch
 import triton
 from torch import Tensor
 
-from l2bg.errors import L2BGError
+from l2bg.base.errors import L2BGError
 from l2bg.rsa.reference import RowScale, check_slice, inverse_norms
 
 from .launch import check_shared_memory, host_flags, launch_guard, strip

@@ -52,3 +52,15 @@ def write_tiny_mnist(root, n: int = 200, size: int = 4, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def tiny_mnist(tmp_path_factory) -> Path:
     return write_tiny_mnist(tmp_path_factory.mktemp("tiny-mnist"))
+
+
+def wait_for(pred, timeout, what):
+    """Poll ``pred`` every 0.2 s until it is true, else fail after ``timeout`` seconds."""
+    import time
+
+    end = time.time() + timeout
+    while time.time() < end:
+        if pred():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")

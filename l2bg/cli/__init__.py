@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from l2bg.errors import L2BGError, one_line_warnings
+from l2bg.base.errors import L2BGError, one_line_warnings
 
 __all__ = ["build_parser", "main"]
 
@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     from l2bg.cli.options import HelpFormatter
     from l2bg.cli.rsa import add_rsa_parser
     from l2bg.cli.run import add_run_parser
-    from l2bg.search.cli import add_search_parser
+    from l2bg.cli.search import add_search_parser
 
     p = argparse.ArgumentParser(prog="l2bg", description=__doc__,
                                 formatter_class=HelpFormatter)

@@ -8,8 +8,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from l2bg.base.errors import L2BGError
 from l2bg.cli.options import HelpFormatter
-from l2bg.errors import L2BGError
 
 __all__ = ["LEGEND", "add_explain_parser", "check_record", "cmd_explain", "explain"]
 
@@ -54,8 +54,8 @@ def _slot_name(names: list[str], s: Any) -> str:
 def _rules_of(task: dict[str, Any]) -> dict[str, str | None]:
     """The rules and measure behind a task's decision (records older than the rules: the
     defaults, which were the only rules then)."""
-    from l2bg.rules import DEFAULT_BIND_RULE, DEFAULT_GROW_RULE
-    from l2bg.similarity import DEFAULT_SIMILARITY
+    from l2bg.conflict.rules import DEFAULT_BIND_RULE, DEFAULT_GROW_RULE
+    from l2bg.conflict.similarity import DEFAULT_SIMILARITY
 
     if "rules" in task:
         return dict(task["rules"] or {"bind": None, "grow": None, "similarity": None})
@@ -75,7 +75,7 @@ def explain(r: dict[str, Any]) -> list[dict[str, Any]]:
     """Per task: the decision, the rules and measure that made it, every candidate's task score
     and bind key, and the bound candidate's slots in the order of the grow rule with their
     weight, share and cumulative share (the data behind ``l2bg explain``)."""
-    from l2bg.rules import BIND_RULES, DEFAULT_BIND_RULE, DEFAULT_GROW_RULE, GROW_RULES
+    from l2bg.conflict.rules import BIND_RULES, DEFAULT_BIND_RULE, DEFAULT_GROW_RULE, GROW_RULES
 
     slots = list(r.get("slots") or [])
     expandable = list(r.get("expandable_slots") or slots)
@@ -102,7 +102,7 @@ def explain(r: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from l2bg.fileio import read_json_or_fail
+    from l2bg.base.fileio import read_json_or_fail
 
     path = args.dir / "results.json"
     if not path.is_file():

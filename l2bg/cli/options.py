@@ -1,5 +1,5 @@
 """Command-line options shared by ``l2bg run`` and ``l2bg search``: declared once, so every data,
-training and cache option works in both and reads into one :class:`l2bg.settings.Settings`
+training and cache option works in both and reads into one :class:`l2bg.learn.settings.Settings`
 (``Settings.from_args``)."""
 
 from __future__ import annotations
@@ -80,8 +80,8 @@ def add_experiment_options(p: argparse.ArgumentParser, *, benchmark_required: bo
     t.add_argument("--device", default="auto",
                    help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N "
                         "(default auto)")
-    from l2bg.rules import BIND_RULES, DEFAULT_BIND_RULE, DEFAULT_GROW_RULE, GROW_RULES
-    from l2bg.similarity import DEFAULT_SIMILARITY, MEASURES
+    from l2bg.conflict.rules import BIND_RULES, DEFAULT_BIND_RULE, DEFAULT_GROW_RULE, GROW_RULES
+    from l2bg.conflict.similarity import DEFAULT_SIMILARITY, MEASURES
 
     c = p.add_argument_group("conflict model (strategy l2bg)")
     c.add_argument("--grow-rule", default=None, metavar="RULE",
@@ -98,7 +98,7 @@ def add_experiment_options(p: argparse.ArgumentParser, *, benchmark_required: bo
 
 
 def add_strategy_option(p: argparse.ArgumentParser, *, default: str | None) -> None:
-    from l2bg import strategies
+    from l2bg.learn import strategies
 
     helps = "; ".join(f"{n}: {strategies.get(n).help}" for n in strategies.names())
     p.add_argument("--strategy", required=default is None, default=default,

@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from l2bg.base.errors import L2BGError
 from l2bg.cli.options import HelpFormatter, names
-from l2bg.errors import L2BGError
 
 __all__ = ["add_rsa_parser", "cmd_rsa"]
 
@@ -53,9 +53,9 @@ def add_rsa_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def cmd_rsa(args: argparse.Namespace) -> int:
-    from l2bg.outdir import OutDir
+    from l2bg.base.outdir import OutDir
+    from l2bg.learn.training import resolve_device
     from l2bg.rsa.layers import OUTPUTS, layer_similarity
-    from l2bg.training import resolve_device
 
     if args.layers_b is not None and len(args.sources) < 2:
         raise L2BGError("--layers-b names the second source's layers; give two sources")

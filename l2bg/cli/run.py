@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from l2bg.base.errors import L2BGError
 from l2bg.cli.options import HelpFormatter, add_experiment_options, add_strategy_option, floats
-from l2bg.errors import L2BGError
-from l2bg.search.notation import format_options
+from l2bg.search.format import format_options
 
 __all__ = ["CLAIM", "OUTPUTS", "STAGING", "add_run_parser", "cmd_run"]
 
@@ -69,11 +69,11 @@ def _fresh_out(benchmark: str, strategy: str) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from l2bg.cache import IndependentCache
-    from l2bg.fileio import write_json
-    from l2bg.learner import GrowStep, LogLines
-    from l2bg.outdir import OutDir
-    from l2bg.settings import Settings, resolve_cache_dir
+    from l2bg.base.fileio import write_json
+    from l2bg.base.outdir import OutDir
+    from l2bg.learn.independent import IndependentCache
+    from l2bg.learn.learner import GrowStep, LogLines
+    from l2bg.learn.settings import Settings, resolve_cache_dir
 
     settings = Settings.from_args(args)
     strategy = settings.strategy(args.strategy)
@@ -131,7 +131,7 @@ def _torch_version() -> str:
 
 
 def _l2bg_version() -> str:
-    from l2bg import __version__
+    from l2bg.base.version import __version__
 
     return __version__
 

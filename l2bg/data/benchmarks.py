@@ -23,12 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from l2bg.bounds import MAX_TASKS, check_size, memory_bytes
+from l2bg.base.bounds import MAX_TASKS, check_size, memory_bytes
+from l2bg.base.errors import L2BGError
+from l2bg.base.registry import Registry
 from l2bg.data.sources import CIFAR_URL, load_cifar100, load_mnist
 from l2bg.data.splits import derive_seed, seeded_generator
 from l2bg.data.tasks import Benchmark, DataSplits, Task
-from l2bg.errors import L2BGError
-from l2bg.registry import Registry
 
 __all__ = ["BENCHMARKS", "BenchmarkSpec", "build_benchmark", "default_angles", "register",
            "rotate"]

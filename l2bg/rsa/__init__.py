@@ -30,7 +30,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from l2bg.errors import L2BGError
+from l2bg.base.errors import L2BGError
 from l2bg.rsa import methods
 from l2bg.rsa.reference import (
     CONSTANT_REL_TOL,

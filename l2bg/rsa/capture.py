@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from l2bg.errors import L2BGError
+from l2bg.base.errors import L2BGError
 from l2bg.rsa.ondisk import MANIFEST, NpyWriter, Source, open_source, safe_name
 from l2bg.rsa.stream import progress_bar
 
@@ -67,8 +67,8 @@ def capture(model: nn.Module, loader: Iterable, layers: Sequence[str], out: str 
             dtype: np.dtype | str = np.float32, progress: bool | None = None) -> Source:
     """Write the outputs of ``layers`` (names from ``model.named_modules()``) for every batch
     of ``loader`` to the new directory ``out``; returns it opened as a source."""
-    from l2bg.fileio import atomic_dir, write_json
-    from l2bg.outdir import NewDir
+    from l2bg.base.fileio import atomic_dir, write_json
+    from l2bg.base.outdir import NewDir
 
     claim = NewDir(out, "capture destination", "capture into a new directory (nothing is "
                    "overwritten)")

@@ -210,7 +210,7 @@ def count_discordant(seq: Tensor, span: int | None = None) -> Tensor:
 
 
 def _native_discordant() -> bool:
-    from l2bg._ext import load_extension
+    from l2bg.base.native import load_extension
 
     return load_extension() is not None
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from l2bg.errors import L2BGError
+from l2bg.base.errors import L2BGError
 from l2bg.rsa import methods
 from l2bg.rsa.blas import one_torch_thread
 from l2bg.rsa.ondisk import Source, open_source
@@ -70,7 +70,7 @@ class LayerMatrix:
             from matplotlib.figure import Figure
         except ImportError:
             raise L2BGError("the heatmap needs matplotlib; pip install matplotlib") from None
-        from l2bg.fileio import atomic_write
+        from l2bg.base.fileio import atomic_write
 
         h, w = len(self.rows), len(self.cols)
         fig = Figure(figsize=(2.5 + 0.45 * w, 2.0 + 0.4 * h))
@@ -91,7 +91,7 @@ class LayerMatrix:
 
     def save(self, out: str | Path) -> dict[str, Path]:
         """``similarity.json``, ``similarity.csv`` and ``similarity.png`` in ``out`` (atomic)."""
-        from l2bg.fileio import atomic_write, write_json
+        from l2bg.base.fileio import atomic_write, write_json
 
         out = Path(out)
         csv_name, png_name, json_name = OUTPUTS

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from l2bg.registry import Registry
+from l2bg.base.registry import Registry
 from l2bg.rsa import comparisons
 from l2bg.rsa.reference import compare_torch
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from l2bg.errors import L2BGError
+from l2bg.base.errors import L2BGError
 
 __all__ = ["MANIFEST", "Layer", "NpyWriter", "Source", "open_source", "safe_name"]
 
@@ -198,7 +198,7 @@ def _inside(root: Path, rel: str, manifest: Path) -> Path:
 
 def open_source(path: str | Path) -> Source:
     """The layers of a directory or file of activations (see the module docstring)."""
-    from l2bg.fileio import read_json_or_fail
+    from l2bg.base.fileio import read_json_or_fail
 
     path = Path(path)
     if not path.exists():

@@ -13,7 +13,7 @@ import functools
 import torch
 from torch import Tensor
 
-from l2bg.errors import L2BGError
+from l2bg.base.errors import L2BGError
 
 __all__ = [
     "acc_dtype",

@@ -25,7 +25,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from l2bg.errors import L2BGError
+from l2bg.base.errors import L2BGError
 from l2bg.rsa.distances import pack_blocks, row_blocks
 from l2bg.rsa.reference import RowScale, acc_dtype, check_slice, distances_, inverse_norms
 
@@ -115,7 +115,7 @@ class TorchRDMStream:
 def check_accumulator(n: int, dtype: torch.dtype) -> None:
     """The n x n accumulator of a streamed RDM must fit in this machine's memory: n is read
     from a file, so it is bounded before anything is allocated (one line naming the fix)."""
-    from l2bg.bounds import check_size, memory_bytes
+    from l2bg.base.bounds import check_size, memory_bytes
 
     total = memory_bytes()
     if total is not None:

@@ -20,7 +20,7 @@ holds no record and does not begin as one (every record begins ``{"op_code":``) 
 at all (a user's file given as ``journal:FILE``): one line, the file untouched.
 
 An append the file system refuses (a full disk) is cut back to where it began, so the journal
-keeps only whole records, and is one :class:`~l2bg.errors.L2BGError`; the same command resumes
+keeps only whole records, and is one :class:`~l2bg.base.errors.L2BGError`; the same command resumes
 once there is space.
 """
 
@@ -32,9 +32,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from l2bg import faults
-from l2bg.errors import L2BGError, warn
-from l2bg.fileio import damaged_name, refused
+from l2bg.base import crashpoints as faults
+from l2bg.base.errors import L2BGError, warn
+from l2bg.base.fileio import damaged_name, refused
 
 __all__ = ["damaged_line", "open_journal", "repair_tail"]
 

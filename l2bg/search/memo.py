@@ -28,15 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from l2bg.errors import L2BGError
-from l2bg.fileio import atomic_dir, read_sealed, seal, set_aside, sweep_stale_temps, write_json
-from l2bg.locks import FileLocks, worker_id
-from l2bg.step import CandidateScore, Decision, GrowStep, SequenceState, TaskRecord, timer
+from l2bg.base.errors import L2BGError
+from l2bg.base.fileio import atomic_dir, read_sealed, seal, set_aside, sweep_stale_temps, write_json
+from l2bg.base.locks import FileLocks, worker_id
+from l2bg.learn.step import CandidateScore, Decision, GrowStep, SequenceState, TaskRecord, timer
 
 if TYPE_CHECKING:  # pragma: no cover
-    from l2bg.jointnet import JointNet
-    from l2bg.learner import Learner
-    from l2bg.strategies import Strategy
+    from l2bg.learn.learner import Learner
+    from l2bg.learn.strategies import Strategy
+    from l2bg.net.jointnet import JointNet
 
 __all__ = ["MEMO_FORMAT", "MemoRunner", "MemoStore", "Outcome", "sha"]
 
@@ -107,14 +107,14 @@ class MemoStore:
         return self._meta[key]
 
     def load_net(self, key: str, device: Any) -> JointNet:
-        from l2bg.jointnet import JointNet
+        from l2bg.net.jointnet import JointNet
 
         if self.root is None:
             return copy.deepcopy(self._nets[key])
         return JointNet.load(self.node_dir(key), map_location=device)
 
     def save(self, key: str, meta: dict[str, Any], net: JointNet) -> None:
-        from l2bg.jointnet import TOPOLOGY_FILE, WEIGHTS_FILE
+        from l2bg.net.jointnet import TOPOLOGY_FILE, WEIGHTS_FILE
 
         meta = json.loads(json.dumps(meta, allow_nan=False))  # a snapshot, not live lists
         if self.root is None:
@@ -166,8 +166,8 @@ class MemoRunner:
 
     def __init__(self, learner: Learner, strategy: str | Strategy = "l2bg", *,
                  memo_dir: str | Path | None = None, locks: FileLocks | None = None) -> None:
-        from l2bg import strategies
         from l2bg.data import task_fingerprint
+        from l2bg.learn import strategies
 
         self.learner = learner
         self.strategy = strategies.get(strategy)
@@ -185,7 +185,7 @@ class MemoRunner:
 
     def _load(self, key: str | None, decisions: Sequence[Decision], stats: dict[str, Any],
               timings: dict[str, float]) -> SequenceState:
-        from l2bg.jointnet import JointNet
+        from l2bg.net.jointnet import JointNet
 
         lr = self.learner
         if key is None:

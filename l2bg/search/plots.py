@@ -7,8 +7,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from l2bg.fileio import atomic_write
-from l2bg.search.notation import delta_label
+from l2bg.base.fileio import atomic_write
+from l2bg.search.format import delta_label
 
 __all__ = ["count_label", "plot_hypervolume", "plot_pareto"]
 

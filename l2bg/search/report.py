@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from l2bg.errors import L2BGError
-from l2bg.fileio import atomic_write, read_json_or_fail, sweep_stale_temps, write_json
-from l2bg.metrics import nondominated
-from l2bg.search.notation import delta_label, format_options, format_sequence
+from l2bg.base.errors import L2BGError
+from l2bg.base.fileio import atomic_write, read_json_or_fail, sweep_stale_temps, write_json
+from l2bg.learn.metrics import nondominated
+from l2bg.search.format import delta_label, format_options, format_sequence
 from l2bg.search.plots import plot_hypervolume, plot_pareto
 from l2bg.search.storage import open_storage, redact_url
 

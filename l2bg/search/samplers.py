@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING
 
-from l2bg.errors import L2BGError
+from l2bg.base.errors import L2BGError
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna

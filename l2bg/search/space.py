@@ -14,12 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from l2bg.errors import L2BGError
+from l2bg.base.errors import L2BGError
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
 
-    from l2bg.step import GrowStep
+    from l2bg.learn.step import GrowStep
 
 __all__ = ["DELTA_STEP", "SPACES", "SearchSpace"]
 
@@ -127,7 +127,7 @@ class SearchSpace:
 
     def decode(self, params: Mapping[str, Any]) -> tuple[list[int], list[GrowStep]]:
         """Task order (benchmark indices) and one GrowStep per task after the first."""
-        from l2bg.step import GrowStep
+        from l2bg.learn.step import GrowStep
 
         T = len(self.tasks)
         if self.mode == "order":

@@ -11,9 +11,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from l2bg import errors
-from l2bg.errors import L2BGError
-from l2bg.search.liveness import retry_callback
+from l2bg.base import errors
+from l2bg.base.errors import L2BGError
+from l2bg.search.heartbeat import retry_callback
 
 __all__ = ["one_line", "open_storage", "redact_url"]
 

@@ -5,7 +5,7 @@ accuracy) ↑ and parameters ↓ (paper §3, "Grow Sequences" and "Global Optimi
 process, ``--workers`` processes, or other machines on the same storage) that ask for a trial,
 decode its parameters into a grow sequence, evaluate it with the memo runner, and tell the
 values, until ``trials`` trials have completed in total. Trials that die are retried
-(:mod:`l2bg.search.liveness`). The outputs are written by :mod:`l2bg.search.report`.
+(:mod:`l2bg.search.heartbeat`). The outputs are written by :mod:`l2bg.search.report`.
 """
 
 from __future__ import annotations
@@ -19,11 +19,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from l2bg.errors import L2BGError, warn
-from l2bg.fileio import refused, write_json
-from l2bg.locks import FileLocks
-from l2bg.outdir import claim_shared, release_shared
-from l2bg.search.liveness import (
+from l2bg.base.errors import L2BGError, warn
+from l2bg.base.fileio import refused, write_json
+from l2bg.base.locks import FileLocks
+from l2bg.base.outdir import claim_shared, release_shared
+from l2bg.learn.settings import Built, resolve_cache_dir
+from l2bg.search.config import SearchConfig
+from l2bg.search.format import format_sequence
+from l2bg.search.heartbeat import (
     Liveness,
     give_back,
     reap_stale_trials,
@@ -32,112 +35,25 @@ from l2bg.search.liveness import (
     trial_by_number,
 )
 from l2bg.search.memo import MemoRunner, Outcome
-from l2bg.search.notation import format_sequence
 from l2bg.search.report import (
     IDENTITY,
-    OBJECTIVES,
     OUTPUTS,
     SIGNATURE_ATTR,
     search_meta,
     summary_text,
     write_report,
 )
-from l2bg.search.samplers import SAMPLERS, initial_design, make_sampler
-from l2bg.search.space import SPACES, SearchSpace
+from l2bg.search.samplers import initial_design, make_sampler
+from l2bg.search.space import SearchSpace
 from l2bg.search.storage import open_storage, redact_url
-from l2bg.settings import Built, Settings, resolve_cache_dir
 
 if TYPE_CHECKING:  # pragma: no cover
-    from l2bg.learner import Learner
+    from l2bg.learn.learner import Learner
 
 __all__ = ["SearchConfig", "run_search"]
 
 #: Testing hook: seconds every trial sleeps (while alive) before it runs.
 DELAY_ENV = "L2BG_SEARCH_TRIAL_DELAY"
-
-
-@dataclass
-class SearchConfig:
-    """Everything ``l2bg search`` takes (see ``l2bg search --help`` for each field): the
-    experiment's :class:`~l2bg.settings.Settings` and the search's own options."""
-
-    settings: Settings
-    trials: int
-    strategy: str = "l2bg"
-    space: str = "shared-delta"
-    objective: str = "gain"
-    sampler: str = "gp"
-    sampler_seed: int | None = None
-    startup_trials: int | None = None
-    max_params: int | None = None
-    bind_targets: list[str] | None = None
-    delta_set: list[float] | None = None
-    enqueue_baselines: bool = False
-    initial: str | None = None
-    baselines: bool = True
-    storage: str | None = None
-    study_name: str | None = None
-    workers: int = 1
-    threads: int | None = None
-    out: str | None = None
-    lease_s: float = 60.0
-    max_retry: int = 3
-    quiet: bool = False
-    search_rules: bool = False
-    search_similarity: bool = False
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SearchConfig:
-        d = dict(d)
-        return cls(settings=Settings(**d.pop("settings")), **d)
-
-    def check(self) -> None:
-
-        self.settings.check()
-        if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 1:
-            raise L2BGError(f"--trials must be a positive number of trials to complete, got "
-                            f"{self.trials}")
-        for name, choices in (("space", SPACES), ("sampler", SAMPLERS),
-                              ("objective", OBJECTIVES)):
-            if getattr(self, name) not in choices:
-                raise L2BGError(f"--{name} {getattr(self, name)!r} is not one of "
-                                f"{', '.join(choices)}")
-        strategy = self.settings.strategy(self.strategy)
-        searched = [n for n, on in (("grow_rule", self.search_rules),
-                                    ("bind_rule", self.search_rules),
-                                    ("similarity", self.search_similarity)) if on]
-        if searched and not set(searched) <= set(strategy.option_names):
-            raise L2BGError(f"--search-rules/--search-similarity search the conflict model of "
-                            f"strategies such as l2bg, not {self.strategy}")
-        fixed = [n for n in searched if self.settings.rules()[n] is not None]
-        if fixed:
-            flag = "--search-rules" if fixed[0] != "similarity" else "--search-similarity"
-            raise L2BGError(f"--{fixed[0].replace('_', '-')} fixes what {flag} searches; give "
-                            "one of the two")
-        if self.workers < 1:
-            raise L2BGError(f"--workers must be >= 1, got {self.workers}")
-        if self.threads is not None and self.threads < 1:
-            raise L2BGError(f"--threads must be >= 1, got {self.threads}")
-        if self.settings.tasks is not None and self.settings.tasks < 2:
-            raise L2BGError(f"a search needs --tasks >= 2, got {self.settings.tasks}")
-        if self.max_params is not None and self.max_params < 1:
-            raise L2BGError(f"--max-params must be a positive parameter count, got "
-                            f"{self.max_params}")
-        if self.startup_trials is not None and self.startup_trials < 0:
-            raise L2BGError(f"--startup-trials must be >= 0, got {self.startup_trials}")
-        if not self.lease_s > 0 or self.lease_s == float("inf"):
-            raise L2BGError(f"--lease-seconds must be positive and finite, got {self.lease_s}")
-        if self.initial not in (None, "random", "diagonal"):
-            raise L2BGError(f"--initial {self.initial!r} is not one of random, diagonal")
-        if self.study_name is not None and not self.study_name.strip():
-            raise L2BGError("--study-name must not be empty")
-        if self.storage is not None and not self.storage.strip():
-            raise L2BGError("--storage is empty; give postgresql://…, mysql://…, "
-                            "sqlite:///FILE or journal:FILE, or leave --storage out for "
-                            "journal:OUT/study.journal")
-        if self.out is not None and not self.out.strip():
-            raise L2BGError("--out is empty; give a directory, or leave --out out for "
-                            "runs/search-<study name>")
 
 
 @dataclass
@@ -155,7 +71,7 @@ class _Setup:
     locks: FileLocks = field(default_factory=FileLocks)
 
     def make_runner(self) -> MemoRunner:
-        from l2bg.cache import IndependentCache
+        from l2bg.learn.independent import IndependentCache
 
         if self.runner is None:
             self.locks = FileLocks(self.cfg.lease_s)
@@ -192,9 +108,9 @@ def _resolve_task_names(names: list[str], tasks: tuple[str, ...], what: str) -> 
 
 
 def _setup(cfg: SearchConfig) -> _Setup:
-    from l2bg import strategies
-    from l2bg.rules import BIND_RULES, GROW_RULES
-    from l2bg.similarity import MEASURES
+    from l2bg.conflict.rules import BIND_RULES, GROW_RULES
+    from l2bg.conflict.similarity import MEASURES
+    from l2bg.learn import strategies
 
     cfg.check()
     built = cfg.settings.build()
@@ -435,7 +351,7 @@ def _print_trial(index: int, number: int, outcome: Outcome, setup: _Setup,
 
 def _worker_entry(cfg_dict: dict[str, Any], index: int) -> None:
     """Entry of a ``--workers`` process (spawned)."""
-    from l2bg.errors import one_line_warnings
+    from l2bg.base.errors import one_line_warnings
 
     one_line_warnings()
     try:
@@ -483,7 +399,7 @@ def _baselines(setup: _Setup, study: Any) -> None:
     """Store the independent and shared baselines (gain, params, accuracies) as study user
     attributes, for the plot; shared is evaluated through the memo (bind to the previous task,
     grow nothing), so it costs T − 1 trainings once per cache directory."""
-    from l2bg import strategies
+    from l2bg.learn import strategies
 
     if "baseline_shared" in study.user_attrs:
         return

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from l2bg.errors import L2BGError
+from l2bg.base.errors import L2BGError
 
 __all__ = [
     "DEFINED_IN",

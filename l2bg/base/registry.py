@@ -1,0 +1,84 @@
+"""A named registry: one name per entry, one error message for an unknown or duplicate name.
+
+Strategies, benchmarks and the conflict model's choices (grow rules, bind rules, similarity
+measures) are each kept in one :class:`Registry`, so the command line, the search and
+``results.json`` name them the same way and a user adds one with ``register``.
+"""
+
+from __future__ import annotations
+
+from typing import Generic, TypeVar
+
+from l2bg.base.errors import L2BGError
+
+__all__ = ["Registry", "check_name"]
+
+T = TypeVar("T")
+
+
+def check_name(kind: str, name: object) -> str:
+    """A registry name: non-empty letters, digits, '-' or '_' (a safe CLI value and key)."""
+    if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_" for c in name):
+        raise L2BGError(f"{kind} name {name!r} must be non-empty letters, digits, '-' or '_'")
+    return name
+
+
+class Registry(Generic[T]):
+    """Entries with a ``name`` attribute, kept in registration order (built-ins first).
+
+    ``kind`` names the entries in messages ("grow rule"); ``option`` is the command-line option
+    that chooses one ("--grow-rule")."""
+
+    def __init__(self, kind: str, option: str) -> None:
+        self.kind = kind
+        self.option = option
+        self._items: dict[str, T] = {}
+        self._aliases: dict[str, str] = {}  # alias -> name (an entry's ``aliases`` attribute)
+
+    def register(self, item: T, *, replace: bool = False) -> T:
+        """Add ``item`` under ``item.name`` and return it; a second entry of the same name needs
+        ``replace=True``."""
+        name = check_name(self.kind, getattr(item, "name", None))
+        aliases = tuple(check_name(self.kind, a) for a in getattr(item, "aliases", ()))
+        for key in (name, *aliases):
+            owner = self._aliases.get(key, key if key in self._items else None)
+            if owner is not None and owner != name and not replace:
+                raise L2BGError(f"a {self.kind} named {key!r} is already registered; pass "
+                                "replace=True or choose another name")
+        if name in self._items and not replace and self._items[name] is not item:
+            raise L2BGError(f"a {self.kind} named {name!r} is already registered; pass "
+                            "replace=True or choose another name")
+        self._items[name] = item
+        for a in aliases:
+            self._aliases[a] = name
+        return item
+
+    def get(self, name: str | T) -> T:
+        """The entry registered as ``name`` (an entry passes through)."""
+        if not isinstance(name, str):
+            if getattr(name, "name", None) in self._items:
+                return name  # type: ignore[return-value]
+            raise L2BGError(f"{self.option} expects a registered {self.kind} name, got {name!r}")
+        key = self._aliases.get(name, name)
+        if key not in self._items:
+            raise L2BGError(f"unknown {self.kind} {name!r} for {self.option}; use one of "
+                            f"{', '.join(self._items)}")
+        return self._items[key]
+
+    def names(self) -> list[str]:
+        """Registered names in registration order (aliases not repeated)."""
+        return list(self._items)
+
+    def unregister(self, name: str) -> T:
+        """Remove and return the entry registered as ``name``."""
+        item = self._items.pop(self.get(name).name)  # type: ignore[attr-defined]
+        for a in [a for a, owner in self._aliases.items() if owner == item.name]:  # type: ignore[attr-defined]
+            del self._aliases[a]
+        return item
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items or name in self._aliases
+
+    def help(self) -> str:
+        """``name: help; ...`` of every entry (for ``--help``)."""
+        return "; ".join(f"{n}: {getattr(v, 'help', '')}" for n, v in self._items.items())

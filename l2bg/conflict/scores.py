@@ -1,0 +1,120 @@
+"""The conflict model: per-slot conflict scores C = 1 − similarity (RSA-Spearman by default), task
+scores, the conflict distribution, the nucleus of slots to grow and the prefix rule every grow
+rule uses (docs/design.md, "Definitions"; the named rules are in :mod:`l2bg.rules`)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from l2bg.base.errors import L2BGError
+from l2bg.conflict.similarity import DEFAULT_SIMILARITY, MEASURES
+
+
+def layer_conflicts(acts_t: Sequence[Tensor], acts_by_candidate: Mapping[str, Sequence[Tensor]],
+                    *, similarity: str = DEFAULT_SIMILARITY, backend: str = "auto"
+                    ) -> tuple[dict[str, list[float]], str | None]:
+    """C_{t,b}(l) = 1 − s for every candidate b and slot l, where s is the similarity measure
+    ``similarity`` (:data:`l2bg.similarity.MEASURES`; the paper's RSA-Spearman by default)
+    between the independent net of t and the task-net of b, all fed the same inputs. 0 means
+    the same geometry. t's part is computed once per slot and all candidates of a slot in one
+    batch. Returns the scores and the backend that computed them."""
+    names = list(acts_by_candidate)
+    conflict, ran = MEASURES.get(similarity).conflicts(
+        acts_t, [acts_by_candidate[b] for b in names], backend=backend)
+    return {b: conflict[k].tolist() for k, b in enumerate(names)}, ran
+
+
+def task_score(conflicts: Sequence[float]) -> float:
+    """‖C_{t,b}‖₂ over the expandable slots."""
+    return math.sqrt(math.fsum(c * c for c in conflicts))
+
+
+def choose_bind(scores: Mapping[str, float]) -> str:
+    """The candidate with the least task score; exact ties go to the earliest-learned (the
+    mapping's insertion order is the learning order)."""
+    if not scores:
+        raise L2BGError("no bind candidates: learn a task first or list candidates explicitly")
+    best = None
+    for task, score in scores.items():
+        if math.isnan(score):
+            raise L2BGError(f"task score for candidate {task!r} is NaN")
+        if best is None or score < scores[best]:
+            best = task
+    return best
+
+
+def distribution(conflicts: Sequence[float]) -> list[float]:
+    """C̃(l) = C(l) / Σ C, uniform when Σ C = 0."""
+    check_scores(conflicts)
+    total = math.fsum(conflicts)
+    if total == 0:
+        return [1.0 / len(conflicts)] * len(conflicts) if conflicts else []
+    return [c / total for c in conflicts]
+
+
+def nucleus(conflicts: Sequence[float], delta: float) -> list[int]:
+    """Positions (into ``conflicts``) to grow for grow coefficient ``delta``, the paper's text:
+    slots ordered by C descending (ties by position), the shortest prefix whose sum of C reaches
+    δ·ΣC − 1e-12·ΣC in float64 (:func:`prefix`). δ=0 → ∅; δ=1 → every slot; monotone in δ. With
+    ΣC = 0 the distribution is uniform, so the prefix length is ⌈δ·L⌉ (up to the same
+    tolerance). Returned sorted by position."""
+    check_scores(conflicts)
+    return prefix(conflicts, delta, ranked(conflicts))
+
+
+def ranked(weights: Sequence[float], *, ascending: bool = False) -> list[int]:
+    """Positions ordered by weight, descending (or ascending); equal weights keep position
+    order."""
+    sign = 1.0 if ascending else -1.0
+    return sorted(range(len(weights)), key=lambda i: (sign * weights[i], i))
+
+
+def prefix(weights: Sequence[float], delta: float, order: Sequence[int]) -> list[int]:
+    """The shortest prefix of ``order`` whose sum of weights reaches δ·Σw − 1e-12·Σw (exactly
+    rounded float64 sums), sorted by position: the nucleus of every grow rule. δ=0 → ∅, δ=1 →
+    every position; Σw = 0 weighs every position the same (prefix length ⌈δ·L⌉)."""
+    check_delta(delta)
+    check_scores(weights, "grow weight")
+    L = len(weights)
+    if sorted(order) != list(range(L)):
+        raise L2BGError(f"a grow order must list each of the {L} slots once, got {list(order)}")
+    if delta == 0 or L == 0:
+        return []
+    if delta == 1:
+        return list(range(L))
+    w = list(weights) if math.fsum(weights) > 0 else [1.0] * L
+    total = math.fsum(w)
+    target = delta * total - 1e-12 * total
+    for k in range(L + 1):
+        if math.fsum(w[i] for i in order[:k]) >= target:
+            break
+    return sorted(order[:k])
+
+
+def check_delta(delta: float) -> float:
+    if not isinstance(delta, (int, float)) or math.isnan(delta) or not 0 <= delta <= 1:
+        raise L2BGError(f"grow coefficient delta must be in [0, 1], got {delta!r}")
+    return float(delta)
+
+
+def check_scores(conflicts: Sequence[float], what: str = "conflict score") -> None:
+    for i, c in enumerate(conflicts):
+        if not math.isfinite(c) or c < 0:
+            raise L2BGError(f"{what} of slot {i} is {c!r}; it must be finite and >= 0")
+
+
+def sample_indices(n_val: int, m: int | None, seed: int) -> Tensor:
+    """The m validation rows fed to both nets (m defaults to min(500, |V_t|)), fixed by seed."""
+    if m is None:
+        m = min(500, n_val)
+    elif m > n_val:
+        raise L2BGError(f"--rsa-samples {m} exceeds the {n_val} validation samples of the task; "
+                        f"use at most {n_val}")
+    if m < 3:
+        raise L2BGError(f"RSA needs at least 3 samples, got {m}; raise --rsa-samples")
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randperm(n_val, generator=gen)[:m].sort().values

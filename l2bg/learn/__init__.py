@@ -1,0 +1,1 @@
+"""Learning a task stream: records, configuration, plugins, the step, strategies, the learner."""

@@ -1,0 +1,369 @@
+"""The Bind-Grow-Step (Algorithm 1 of the paper) for one task, in two halves.
+
+* :meth:`BindGrowStep.decide` asks the strategy where the task binds and which slots grow; it
+  returns a typed :class:`Decision` (bind target, grown slots, the δ that chose them, the conflict
+  scores and the reason). For the first task, and for ``independent``, the decision is "no bind":
+  the task-net is the task's own independent net.
+* :meth:`BindGrowStep.apply` carries a decision out on a JointNet (bind, grow by copy, train the
+  task, evaluate every learned task) and returns a typed :class:`TaskRecord`.
+
+:class:`l2bg.learner.Learner` loops over the tasks with one step; the search's memo runner wraps
+the same step, skipping ``apply`` for decisions whose result it has stored. Terms and formulas:
+docs/design.md.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from l2bg.base.errors import L2BGError
+from l2bg.conflict import scores as conflict
+from l2bg.conflict.similarity import DEFAULT_SIMILARITY
+from l2bg.learn.independent import IndependentNet, task_seed
+from l2bg.learn.training import evaluate_all, fit
+from l2bg.net.jointnet import JointNet, copy_task_net
+
+if TYPE_CHECKING:  # pragma: no cover
+    from l2bg.learn.learner import Learner
+    from l2bg.learn.strategies import Strategy
+
+__all__ = [
+    "BindGrowStep",
+    "CandidateScore",
+    "Decision",
+    "GrowStep",
+    "SequenceState",
+    "StepContext",
+    "TaskRecord",
+    "activations",
+    "timer",
+]
+
+
+@dataclass(frozen=True)
+class GrowStep:
+    """What the user asks of one task of a grow sequence (t, b_t, δ_t): ``delta`` the grow
+    coefficient; ``bind_to`` forces the bind target (None lets the strategy choose);
+    ``candidates`` restricts the bind targets; ``slots`` forces the grown slots (names or
+    indices)."""
+
+    delta: float | None = None
+    bind_to: str | None = None
+    candidates: Sequence[str] | None = None
+    slots: Sequence[int | str] | None = None
+
+
+@dataclass(frozen=True)
+class CandidateScore:
+    """Conflict of the new task with one bind candidate: C(l) per expandable slot and the task
+    score ‖C‖₂."""
+
+    layers: tuple[float, ...]
+    score: float
+
+    @classmethod
+    def of(cls, layers: Sequence[float]) -> CandidateScore:
+        layers = tuple(float(c) for c in layers)
+        return cls(layers, conflict.task_score(layers))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"layers": list(self.layers), "score": self.score}
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> CandidateScore:
+        return cls(tuple(float(c) for c in obj["layers"]), float(obj["score"]))
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Where a task binds and what grows. ``bind_to=None``: the task-net is the task's own
+    independent net (first task, or strategy ``independent``). ``slots``: template slot indices,
+    sorted. ``delta``: the grow coefficient that chose the slots (None when none did).
+    ``conflict``: the scores of every bind candidate that was scored. ``reason``: why, in words.
+    ``rules``: what decided, ``{"bind": rule, "grow": rule, "similarity": measure}`` (None for a
+    part that was forced or a strategy without the conflict model). Two decisions with the same
+    :attr:`key` give the same network, whatever δ or rules led to them."""
+
+    task: str
+    bind_to: str | None
+    slots: tuple[int, ...] = ()
+    delta: float | None = None
+    conflict: Mapping[str, CandidateScore] = field(default_factory=dict)
+    reason: str = ""
+    rsa_backend: str | None = None
+    rules: Mapping[str, str | None] | None = None
+
+    @property
+    def key(self) -> list[Any]:
+        """The identity of the network this decision builds (JSON): task, bind target, slots."""
+        return [self.task, self.bind_to, list(self.slots)]
+
+
+@dataclass
+class TaskRecord:
+    """A decision carried out: the task's row of the accuracy matrix (validation and test), the
+    JointNet's size after it, the training losses, and its independent net's accuracies."""
+
+    decision: Decision
+    val_row: list[float | None]
+    test_row: list[float | None]
+    params: int
+    independent_val_acc: float
+    independent_test_acc: float
+    independent_n_val: int
+    independent_params: int
+    independent_cached: bool
+    train_loss: list[float] | None = None
+
+    @property
+    def position(self) -> int:
+        return sum(v is not None for v in self.val_row) - 1
+
+    @property
+    def val_acc(self) -> float:
+        return self.val_row[self.position]
+
+    @property
+    def test_acc(self) -> float:
+        return self.test_row[self.position]
+
+    def to_json(self, slot_names: Sequence[str]) -> dict[str, Any]:
+        """The task's entry of ``results.json`` (grown slots by name)."""
+        d = self.decision
+        out: dict[str, Any] = {
+            "name": d.task, "bind_to": d.bind_to,
+            "grown_slots": [slot_names[s] for s in d.slots], "delta": d.delta,
+            "conflict": {c: s.to_json() for c, s in d.conflict.items()},
+            "rules": None if d.rules is None else dict(d.rules),
+            "reason": d.reason,
+            "independent_val_acc": self.independent_val_acc,
+            "independent_test_acc": self.independent_test_acc,
+            "independent_cached": self.independent_cached,
+        }
+        if self.train_loss is not None:
+            out["train_loss"] = list(self.train_loss)
+        out.update(val_acc=self.val_acc, test_acc=self.test_acc, params=self.params)
+        return out
+
+    def outcome_json(self) -> dict[str, Any]:
+        """Everything but the decision (what a memo node stores for the step)."""
+        return {"val_row": self.val_row, "test_row": self.test_row, "params": self.params,
+                "independent_val_acc": self.independent_val_acc,
+                "independent_test_acc": self.independent_test_acc,
+                "independent_n_val": self.independent_n_val,
+                "independent_params": self.independent_params,
+                "independent_cached": self.independent_cached, "train_loss": self.train_loss}
+
+    @classmethod
+    def from_outcome(cls, decision: Decision, obj: Mapping[str, Any]) -> TaskRecord:
+        return cls(decision=decision, val_row=list(obj["val_row"]),
+                   test_row=list(obj["test_row"]), params=int(obj["params"]),
+                   independent_val_acc=float(obj["independent_val_acc"]),
+                   independent_test_acc=float(obj["independent_test_acc"]),
+                   independent_n_val=int(obj["independent_n_val"]),
+                   independent_params=int(obj["independent_params"]),
+                   independent_cached=bool(obj["independent_cached"]),
+                   train_loss=None if obj["train_loss"] is None else list(obj["train_loss"]))
+
+
+@dataclass
+class SequenceState:
+    """A grow sequence after some steps: the JointNet and one record per learned task."""
+
+    net: JointNet
+    records: list[TaskRecord] = field(default_factory=list)
+
+
+@contextmanager
+def timer(timings: dict[str, float], key: str) -> Iterator[None]:
+    """Add the time the block takes to ``timings[key]``."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[key] = timings.get(key, 0.0) + time.perf_counter() - start
+
+
+Scorer = Callable[[Sequence[str], str], tuple[dict[str, CandidateScore], "str | None"]]
+
+
+@dataclass
+class StepContext:
+    """What a strategy sees when it decides for the task at ``position`` of the learning order.
+
+    ``index`` is the task's index in the learner's stream (it keys the independent net);
+    ``learned`` the tasks learned so far, in order; ``spec`` the user's :class:`GrowStep`;
+    ``rng`` the run's one ``Random``, drawn in task order; :meth:`scores` the conflict scores of
+    candidate task-nets under a similarity measure (computed once, possibly from a cache)."""
+
+    position: int
+    index: int
+    task: str
+    learned: list[str]
+    spec: GrowStep
+    rng: random.Random
+    expandable: list[int]
+    slot_index: Callable[[int | str], int]
+    scorer: Scorer
+
+    @property
+    def previous(self) -> str:
+        return self.learned[-1]
+
+    def scores(self, candidates: Sequence[str], similarity: str = DEFAULT_SIMILARITY
+               ) -> tuple[dict[str, CandidateScore], str | None]:
+        """Conflict scores C = 1 − similarity of this task against ``candidates``, and the
+        backend that ran."""
+        return self.scorer(candidates, similarity)
+
+    def forced_slots(self) -> tuple[int, ...] | None:
+        """The slots the user forced (sorted indices), or None."""
+        if self.spec.slots is None:
+            return None
+        return tuple(sorted({self.slot_index(s) for s in self.spec.slots}))
+
+
+def check_forced_bind(task: str, spec: GrowStep, learned: Sequence[str]) -> None:
+    if spec.bind_to is not None and spec.bind_to not in learned:
+        raise L2BGError(f"task {task!r} is forced to bind to {spec.bind_to!r}, which is not a "
+                        f"learned task; learned: {list(learned)}")
+
+
+@torch.no_grad()
+def activations(net: JointNet, tasks: Sequence[str], x: Tensor, batch_size: int = 1024
+                ) -> dict[str, list[Tensor]]:
+    """Per-slot activations of every task-net in ``tasks`` on the same inputs x (eval mode), each
+    (n, d_l) fp32. One :meth:`JointNet.forward_all` pass per batch computes every shared node
+    once for all the tasks routed through it."""
+    was = net.training
+    net.eval()
+    device = next(net.parameters()).device
+    parts: dict[str, list[list[Tensor]]] = {t: [] for t in tasks}
+    try:
+        for i in range(0, x.shape[0], batch_size):
+            _, acts = net.forward_all(x[i:i + batch_size].to(device), tasks=list(tasks),
+                                      return_activations=True)
+            for t in tasks:
+                parts[t].append(acts[t])
+    finally:
+        net.train(was)
+    return {t: [torch.cat([p[s] for p in ps]).float() for s in range(len(ps[0]))]
+            for t, ps in parts.items()}
+
+
+class BindGrowStep:
+    """Decide and apply one task of a grow sequence with a learner's data and recipe."""
+
+    def __init__(self, learner: Learner) -> None:
+        self.learner = learner
+
+    # ------------------------------------------------------------------ decide
+    def context(self, order: Sequence[int], position: int, spec: GrowStep, rng: random.Random,
+                scorer: Scorer) -> StepContext:
+        lr = self.learner
+        names = [lr.tasks[j].name for j in order]
+        return StepContext(position=position, index=order[position], task=names[position],
+                           learned=names[:position], spec=spec, rng=rng,
+                           expandable=list(lr.template.expandable_slots),
+                           slot_index=lr.template.slot_index, scorer=scorer)
+
+    def decide(self, strategy: Strategy, ctx: StepContext) -> Decision:
+        """The decision for the task of ``ctx``: no bind for the first task, else the
+        strategy's."""
+        if ctx.position == 0:
+            return Decision(ctx.task, None, reason="first task: its task-net is its "
+                                                   "independent net")
+        check_forced_bind(ctx.task, ctx.spec, ctx.learned)
+        decision = strategy.decide(ctx)
+        if decision.task != ctx.task:
+            raise L2BGError(f"strategy {strategy.name!r} decided for task {decision.task!r} "
+                            f"while asked for {ctx.task!r}")
+        if decision.bind_to is not None and decision.bind_to not in ctx.learned:
+            raise L2BGError(f"strategy {strategy.name!r} binds {ctx.task!r} to "
+                            f"{decision.bind_to!r}, which is not a learned task")
+        bad = [s for s in decision.slots if s not in ctx.expandable]
+        if bad or list(decision.slots) != sorted(set(decision.slots)):
+            raise L2BGError(f"strategy {strategy.name!r} grows slots {list(decision.slots)}; "
+                            f"give sorted, distinct expandable slots of {ctx.expandable}")
+        return decision
+
+    def score(self, net: JointNet, order: Sequence[int], position: int,
+              candidates: Sequence[str], timings: dict[str, float],
+              similarity: str = DEFAULT_SIMILARITY
+              ) -> tuple[dict[str, CandidateScore], str | None]:
+        """Conflict scores of the task at ``position`` against every candidate task-net of
+        ``net``: activations of its independent net and of all candidates on the same m
+        validation inputs, then one batched pass of the similarity measure per slot."""
+        lr = self.learner
+        index = order[position]
+        task = lr.tasks[index]
+        with timer(timings, "independent"):
+            indep = lr.independent(index)
+        idx = conflict.sample_indices(task.x_val.shape[0], lr.rsa_samples,
+                                      task_seed(lr.seed, position))
+        x = task.x_val[idx]
+        expandable = lr.template.expandable_slots
+        with timer(timings, "activations"):
+            acts_t = activations(indep.net, [indep.task], x)[indep.task]
+            acts_b = activations(net, candidates, x)
+        with timer(timings, "rsa"):
+            layers, backend = conflict.layer_conflicts(
+                [acts_t[s] for s in expandable],
+                {b: [acts_b[b][s] for s in expandable] for b in candidates},
+                similarity=similarity, backend=lr.rsa_backend)
+        return {b: CandidateScore.of(layers[b]) for b in candidates}, backend
+
+    # ------------------------------------------------------------------ apply
+    def apply(self, state: SequenceState, order: Sequence[int], position: int,
+              decision: Decision, timings: dict[str, float], progress: Any = None
+              ) -> TaskRecord:
+        """Carry ``decision`` out on ``state`` (in place): bind, grow, train, evaluate."""
+        lr = self.learner
+        index = order[position]
+        task = lr.tasks[index]
+        net = state.net
+        with timer(timings, "independent"):
+            indep = lr.independent(index, progress)
+        train_loss = None
+        if decision.bind_to is None:
+            copy_task_net(indep.net, indep.task, net, as_task=task.name)
+        else:
+            seed = task_seed(lr.seed, position) + 1
+            torch.manual_seed(seed)
+            net.bind(task.name, decision.bind_to, task.num_classes)
+            net.grow(task.name, list(decision.slots), init="copy")
+            with timer(timings, "training"):
+                train_loss = fit(net, task.name, task.x_train, task.y_train,
+                                 lr.config.replace(seed=seed), progress)
+        with timer(timings, "evaluation"):
+            val_row, test_row = self.evaluate(net, order, position)
+        record = _record(decision, indep, val_row, test_row, net.num_parameters(), train_loss)
+        state.records.append(record)
+        return record
+
+    def evaluate(self, net: JointNet, order: Sequence[int], position: int
+                 ) -> tuple[list[float | None], list[float | None]]:
+        """Row ``position`` of the accuracy matrices (validation, test): every learned task."""
+        learned = [self.learner.tasks[j] for j in order[:position + 1]]
+        val = evaluate_all(net, {t.name: (t.x_val, t.y_val) for t in learned})
+        test = evaluate_all(net, {t.name: (t.x_test, t.y_test) for t in learned})
+        pad: list[float | None] = [None] * (len(order) - position - 1)
+        return [val[t.name] for t in learned] + pad, [test[t.name] for t in learned] + pad
+
+
+def _record(decision: Decision, indep: IndependentNet, val_row: list[float | None],
+            test_row: list[float | None], params: int, train_loss: list[float] | None
+            ) -> TaskRecord:
+    return TaskRecord(decision=decision, val_row=val_row, test_row=test_row, params=params,
+                      independent_val_acc=indep.val_acc, independent_test_acc=indep.test_acc,
+                      independent_n_val=indep.n_val,
+                      independent_params=indep.net.num_parameters(),
+                      independent_cached=indep.cached, train_loss=train_loss)

@@ -1,0 +1,319 @@
+"""Run many task-nets of a JointNet in one pass that computes every shared layer once.
+
+``JointNet.forward_all`` lands here. The topology of the chosen tasks is compiled into a *plan*
+(:mod:`l2bg.net.plan`) from the JointNet's public view; plans are cached per JointNet and rebuilt
+only when ``net.version`` changes (add_task / bind / grow).
+
+Backends: ``native`` runs the plan in C++ (``torch.ops.l2bg.run_plan``, planned by
+``torch.ops.l2bg.plan``); ``reference`` is this module's pure-PyTorch copy of the same router and
+executor (calling the JointNet's own modules); ``loop`` is the naive per-task ``net(x, task)``
+baseline. Default: native when the extension loads, else reference.
+
+Semantics: in eval mode every backend equals the loop (up to float rounding of batched GEMMs).
+In train mode a deduplicated node runs once: batch norm normalises over, and updates its running
+statistics once from, all rows it sees, and dropout draws one mask for them, whereas the loop
+does one update/draw per task. This is by design (it is what sharing the node means).
+
+Edit the topology only through add_task/bind/grow: the cache keys on ``net.version`` and holds
+the plan's node modules; parameters are looked up in them on every run (never copied).
+
+CUDA: ``cuda_graph=True`` captures the run in a CUDA graph and replays it while inputs,
+topology, parameter storages and inference mode stay the same (``l2bg.net.cuda_graph``).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from l2bg.base.errors import L2BGError
+from l2bg.base.native import load_extension
+from l2bg.net.plan import (
+    CAPTURE,
+    EVAL,
+    H_BUFFERS,
+    H_LAYOUTS_AT,
+    H_OUTPUTS,
+    HEAD,
+    RELEASE,
+    Plan,
+    build_plan,
+    compile_plan_reference,
+    decode_steps,
+)
+
+if TYPE_CHECKING:
+    from l2bg.net.jointnet import JointNet
+
+BACKENDS = ("native", "reference", "loop")
+
+
+class _NetCache:
+    """Plans of one JointNet, valid for one topology version."""
+
+    __slots__ = ("version", "plans")
+
+    def __init__(self, version: int) -> None:
+        self.version = version
+        self.plans: dict[tuple, Plan] = {}
+
+
+_CACHES: weakref.WeakKeyDictionary[nn.Module, _NetCache] = weakref.WeakKeyDictionary()
+_MAX_PLANS = 64
+
+
+def _net_cache(net: JointNet) -> _NetCache:
+    cache = _CACHES.get(net)
+    if cache is None or cache.version != net.version:
+        cache = _CACHES[net] = _NetCache(net.version)
+    return cache
+
+
+def get_plan(
+    net: JointNet,
+    tasks: Iterable[str] | None = None,
+    per_task: bool = False,
+    capture: Iterable[str] = (),
+) -> Plan:
+    """The cached plan for ``tasks`` (default: all), rebuilt when ``net.version`` changed."""
+    tasks = tuple(net.tasks if tasks is None else tasks)
+    wanted = set(capture)
+    capture = tuple(t for t in tasks if t in wanted)
+    cache = _net_cache(net)
+    key = (tasks, per_task, capture)
+    plan = cache.plans.get(key)
+    if plan is None:
+        view = net.view()
+        unknown = [t for t in tasks if t not in view.routes]
+        if unknown:
+            raise L2BGError(f"unknown task {unknown[0]!r}; learned tasks: "
+                            f"{list(view.tasks) or 'none yet'}")
+        if not tasks:
+            raise L2BGError("no tasks to plan; add a task or pass tasks=[...]")
+        if len(cache.plans) >= _MAX_PLANS:
+            cache.plans.clear()
+        plan = cache.plans[key] = build_plan(view, tasks, per_task, capture)
+    return plan
+
+
+# ------------------------------------------------------------------------------------- backends
+def _extension():
+    return load_extension()
+
+
+def run_native(plan: Plan, inputs: list[Tensor]) -> list[Tensor]:
+    """Run a plan with the C++ executor (``torch.ops.l2bg.run_plan``)."""
+    if plan.native_error is not None:
+        raise L2BGError(plan.native_error)
+    return torch.ops.l2bg.run_plan.default(
+        plan.program, plan.layers, plan.fargs, plan.flags(), inputs, plan.params
+    )
+
+
+def run_reference(plan: Plan, inputs: list[Tensor]) -> list[Tensor]:
+    """Run a plan in pure PyTorch with the JointNet's own modules (the spec of run_native)."""
+    program = plan.program
+    n_buffers = program[H_BUFFERS]
+    buffers: list[Tensor | None] = [None] * n_buffers
+    buffers[: len(inputs)] = inputs
+    blocks: list[list[tuple[int, int]]] = []  # per buffer: (start, length) per row block
+    if plan.per_task:
+        rows = [x.shape[0] for x in inputs]
+        i = program[H_LAYOUTS_AT]
+        for _ in range(n_buffers):
+            n, start, spans = program[i], 0, []
+            for t in program[i + 1 : i + 1 + n]:
+                spans.append((start, rows[t]))
+                start += rows[t]
+            blocks.append(spans)
+            i += 1 + n
+
+    def view(b: int, first: int, count: int) -> Tensor:
+        buf = buffers[b]
+        if not plan.per_task or count == 0 or (first == 0 and count == len(blocks[b])):
+            return buf
+        start = blocks[b][first][0]
+        last = blocks[b][first + count - 1]
+        return buf.narrow(0, start, last[0] + last[1] - start)
+
+    outputs: list[Tensor | None] = [None] * program[H_OUTPUTS]
+    for step in plan.steps:
+        op = step[0]
+        if op == EVAL:
+            _, node, out, segs = step
+            parts = [view(*seg) for seg in segs]
+            x = parts[0] if len(parts) == 1 else torch.cat(parts)
+            buffers[out] = plan.modules[node](x)
+        elif op == RELEASE:
+            buffers[step[1]] = None
+        elif op == CAPTURE:
+            outputs[step[1]] = view(step[2], step[3], 1).flatten(1)
+        elif op == HEAD:
+            outputs[step[1]] = plan.heads[step[1]](view(step[2], step[3], 1))
+        else:
+            outputs[step[1]] = view(step[2], step[3], 1)
+    return outputs
+
+
+def default_backend() -> str:
+    """``native`` when the C++ extension loads, else ``reference``."""
+    return "native" if _extension() is not None else "reference"
+
+
+# ------------------------------------------------------------------------------------ front door
+def feature_shape(net: JointNet) -> tuple[int, ...] | None:
+    """Per-sample input shape the JointNet expects (None when its template does not say)."""
+    return net.view().input_shape
+
+
+def _check_input(
+    name: str, x: Any, what: str, shape: tuple[int, ...] | None, ref: Tensor | None
+) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise L2BGError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+    if shape is not None and tuple(x.shape[1:]) != shape:
+        want = ", ".join(str(d) for d in ("batch", *shape))
+        raise L2BGError(
+            f"{what} has shape {tuple(x.shape)}; {name} expects "
+            f"({want}): reshape the input"
+        )
+    if ref is not None and (x.dtype != ref.dtype or x.device != ref.device):
+        raise L2BGError(
+            f"{what} is {x.dtype} on {x.device} but the JointNet is {ref.dtype} on "
+            f"{ref.device}; convert with x.to(...) or net.to(...)"
+        )
+    return x
+
+
+def _resolve_tasks(
+    net: JointNet, x: Tensor | Mapping[str, Tensor], tasks: Iterable[str] | None
+) -> tuple[str, ...]:
+    if tasks is None:
+        names = tuple(x) if isinstance(x, Mapping) else tuple(net.tasks)
+    elif isinstance(tasks, str):
+        names = (tasks,)
+    else:
+        names = tuple(tasks)
+    known = set(net.tasks)
+    for t in names:
+        if t not in known:
+            raise L2BGError(
+                f"unknown task {t!r} in tasks=; learned tasks: {net.tasks or 'none yet'}"
+            )
+    if len(set(names)) != len(names):
+        raise L2BGError(f"tasks= names a task twice ({list(names)}); list each task once")
+    if isinstance(x, Mapping):
+        missing = [t for t in names if t not in x]
+        if missing:
+            raise L2BGError(
+                f"per-task inputs miss tasks {missing}; add x[task] for each or "
+                "leave them out of tasks="
+            )
+        extra = [t for t in x if t not in set(names)]
+        if extra:
+            raise L2BGError(
+                f"per-task inputs for {extra} which are not in tasks=; drop them or "
+                "add them to tasks="
+            )
+    return names
+
+
+def forward_all(
+    net: JointNet,
+    x: Tensor | Mapping[str, Tensor],
+    tasks: Iterable[str] | None = None,
+    return_activations: bool | Iterable[str] = False,
+    backend: str | None = None,
+    cuda_graph: bool = False,
+):
+    """See :meth:`l2bg.net.jointnet.JointNet.forward_all`."""
+    per_task = isinstance(x, Mapping)
+    names = _resolve_tasks(net, x, tasks)
+    if return_activations is True:
+        capture = names
+    elif return_activations is False or return_activations is None:
+        capture = ()
+    else:
+        wanted = (
+            [return_activations]
+            if isinstance(return_activations, str)
+            else list(return_activations)
+        )
+        for t in wanted:
+            if t not in names:
+                raise L2BGError(
+                    f"return_activations names {t!r}, which is not among the tasks "
+                    f"run {list(names)}; add it to tasks="
+                )
+        capture = tuple(t for t in names if t in set(wanted))
+    if backend is None:
+        backend = default_backend()
+    if backend not in BACKENDS:
+        raise L2BGError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+
+    if not names:
+        return ({}, {}) if return_activations is not False else {}
+    if backend == "loop":
+        plan = None
+        ref = next(iter(net.parameters()), None)
+    else:
+        if backend == "native" and _extension() is None:
+            from l2bg.base.native import native_status
+
+            raise L2BGError(
+                f"backend='native' is unavailable ({native_status()[1]}); build it with "
+                "pip install --no-build-isolation -e . or use backend='reference'"
+            )
+        plan = get_plan(net, names, per_task, capture)
+        ref = plan.ref
+    view = net.view()
+    shape = view.input_shape
+    if per_task:
+        inputs = [_check_input(view.name, x[t], f"input of task {t!r}", shape, ref)
+                  for t in names]
+    else:
+        inputs = [_check_input(view.name, x, "input", shape, ref)]
+
+    if plan is None:
+        if cuda_graph:
+            raise L2BGError("cuda_graph=True needs backend='native' or 'reference'")
+        logits, acts = {}, {}
+        for i, t in enumerate(names):
+            xt = inputs[i] if per_task else inputs[0]
+            if t in capture:
+                logits[t], acts[t] = net(xt, t, return_activations=True)
+            else:
+                logits[t] = net(xt, t)
+        return (logits, acts) if return_activations is not False else logits
+
+    runner = run_native if backend == "native" else run_reference
+    if cuda_graph:
+        from l2bg.net import cuda_graph as graphs
+
+        outs = graphs.replay(net, plan, backend, lambda xs: runner(plan, xs), inputs)
+    else:
+        outs = runner(plan, inputs)
+    n, s = len(names), plan.num_slots
+    logits = dict(zip(names, outs[:n], strict=True))
+    if return_activations is False:
+        return logits
+    acts = {t: list(outs[n + r * s : n + (r + 1) * s]) for r, t in enumerate(capture)}
+    return logits, acts
+
+
+__all__ = [
+    "BACKENDS",
+    "Plan",
+    "compile_plan_reference",
+    "decode_steps",
+    "default_backend",
+    "feature_shape",
+    "forward_all",
+    "get_plan",
+    "run_native",
+    "run_reference",
+]

@@ -1,0 +1,98 @@
+"""The search's configuration: everything ``l2bg search`` takes, checked before any work."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from l2bg.base.errors import L2BGError
+from l2bg.learn.settings import Settings
+from l2bg.search.report import OBJECTIVES
+from l2bg.search.samplers import SAMPLERS
+from l2bg.search.space import SPACES
+
+__all__ = ["SearchConfig"]
+
+
+@dataclass
+class SearchConfig:
+    """Everything ``l2bg search`` takes (see ``l2bg search --help`` for each field): the
+    experiment's :class:`~l2bg.learn.settings.Settings` and the search's own options."""
+
+    settings: Settings
+    trials: int
+    strategy: str = "l2bg"
+    space: str = "shared-delta"
+    objective: str = "gain"
+    sampler: str = "gp"
+    sampler_seed: int | None = None
+    startup_trials: int | None = None
+    max_params: int | None = None
+    bind_targets: list[str] | None = None
+    delta_set: list[float] | None = None
+    enqueue_baselines: bool = False
+    initial: str | None = None
+    baselines: bool = True
+    storage: str | None = None
+    study_name: str | None = None
+    workers: int = 1
+    threads: int | None = None
+    out: str | None = None
+    lease_s: float = 60.0
+    max_retry: int = 3
+    quiet: bool = False
+    search_rules: bool = False
+    search_similarity: bool = False
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SearchConfig:
+        d = dict(d)
+        return cls(settings=Settings(**d.pop("settings")), **d)
+
+    def check(self) -> None:
+
+        self.settings.check()
+        if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 1:
+            raise L2BGError(f"--trials must be a positive number of trials to complete, got "
+                            f"{self.trials}")
+        for name, choices in (("space", SPACES), ("sampler", SAMPLERS),
+                              ("objective", OBJECTIVES)):
+            if getattr(self, name) not in choices:
+                raise L2BGError(f"--{name} {getattr(self, name)!r} is not one of "
+                                f"{', '.join(choices)}")
+        strategy = self.settings.strategy(self.strategy)
+        searched = [n for n, on in (("grow_rule", self.search_rules),
+                                    ("bind_rule", self.search_rules),
+                                    ("similarity", self.search_similarity)) if on]
+        if searched and not set(searched) <= set(strategy.option_names):
+            raise L2BGError(f"--search-rules/--search-similarity search the conflict model of "
+                            f"strategies such as l2bg, not {self.strategy}")
+        fixed = [n for n in searched if self.settings.rules()[n] is not None]
+        if fixed:
+            flag = "--search-rules" if fixed[0] != "similarity" else "--search-similarity"
+            raise L2BGError(f"--{fixed[0].replace('_', '-')} fixes what {flag} searches; give "
+                            "one of the two")
+        if self.workers < 1:
+            raise L2BGError(f"--workers must be >= 1, got {self.workers}")
+        if self.threads is not None and self.threads < 1:
+            raise L2BGError(f"--threads must be >= 1, got {self.threads}")
+        if self.settings.tasks is not None and self.settings.tasks < 2:
+            raise L2BGError(f"a search needs --tasks >= 2, got {self.settings.tasks}")
+        if self.max_params is not None and self.max_params < 1:
+            raise L2BGError(f"--max-params must be a positive parameter count, got "
+                            f"{self.max_params}")
+        if self.startup_trials is not None and self.startup_trials < 0:
+            raise L2BGError(f"--startup-trials must be >= 0, got {self.startup_trials}")
+        if not self.lease_s > 0 or self.lease_s == float("inf"):
+            raise L2BGError(f"--lease-seconds must be positive and finite, got {self.lease_s}")
+        if self.initial not in (None, "random", "diagonal"):
+            raise L2BGError(f"--initial {self.initial!r} is not one of random, diagonal")
+        if self.study_name is not None and not self.study_name.strip():
+            raise L2BGError("--study-name must not be empty")
+        if self.storage is not None and not self.storage.strip():
+            raise L2BGError("--storage is empty; give postgresql://…, mysql://…, "
+                            "sqlite:///FILE or journal:FILE, or leave --storage out for "
+                            "journal:OUT/study.journal")
+        if self.out is not None and not self.out.strip():
+            raise L2BGError("--out is empty; give a directory, or leave --out out for "
+                            "runs/search-<study name>")

@@ -17,8 +17,8 @@ forward + backward FLOPs of one task-net per sample (counted by torch's FlopCoun
 round of a calibration GEMM of the template's largest layer at the training batch size (run
 before and after the trial) and, on CUDA, of the device's dense peak.
 
-Uses only the public API: ``l2bg.data.Task``, ``l2bg.templates``, ``l2bg.training.default_config``
-and ``l2bg.learner.Learner(...).run(...)``.
+Uses only the public API: ``l2bg.data.Task``, ``l2bg.net.templates``,
+``l2bg.learn.training.default_config`` and ``l2bg.learn.learner.Learner(...).run(...)``.
 """
 
 from __future__ import annotations

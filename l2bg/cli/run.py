@@ -3,8 +3,8 @@ JointNet.
 
 ``--out`` may be an existing directory with other files in it: a run never deletes or replaces a
 file it did not write. It claims the directory and publishes its outputs (results.json last, the
-completion marker) by the one claim rule and publish protocol of :mod:`l2bg.outdir`: of two runs
-on one ``--out`` one proceeds and the other stops with one line; a directory that already holds
+completion marker) by the one claim rule and publish protocol of :mod:`l2bg.base.outdir`: of two
+runs on one ``--out`` one proceeds and the other stops with one line; a directory that already holds
 one of its outputs is refused up front; a killed run's partial outputs are removed by the next
 run, a finished run's outputs are kept.
 """

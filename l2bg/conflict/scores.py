@@ -1,6 +1,6 @@
 """The conflict model: per-slot conflict scores C = 1 − similarity (RSA-Spearman by default), task
 scores, the conflict distribution, the nucleus of slots to grow and the prefix rule every grow
-rule uses (docs/design.md, "Definitions"; the named rules are in :mod:`l2bg.rules`)."""
+rule uses (docs/design.md, "Definitions"; the named rules are in :mod:`l2bg.conflict.rules`)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def layer_conflicts(acts_t: Sequence[Tensor], acts_by_candidate: Mapping[str, Se
                     *, similarity: str = DEFAULT_SIMILARITY, backend: str = "auto"
                     ) -> tuple[dict[str, list[float]], str | None]:
     """C_{t,b}(l) = 1 − s for every candidate b and slot l, where s is the similarity measure
-    ``similarity`` (:data:`l2bg.similarity.MEASURES`; the paper's RSA-Spearman by default)
+    ``similarity`` (:data:`l2bg.conflict.similarity.MEASURES`; the paper's RSA-Spearman by default)
     between the independent net of t and the task-net of b, all fed the same inputs. 0 means
     the same geometry. t's part is computed once per slot and all candidates of a slot in one
     batch. Returns the scores and the backend that computed them."""

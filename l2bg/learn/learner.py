@@ -1,11 +1,11 @@
 """Grow-sequence runs over a task stream: the Learner loops over the Bind-Grow-Step.
 
 A run takes a task stream (a benchmark, or any list of :class:`l2bg.data.Task` with a template),
-a strategy (a name from :mod:`l2bg.strategies` or a :class:`l2bg.strategies.Strategy`) and one
-:class:`GrowStep` per task after the first. For every task in order it decides
-(:meth:`l2bg.step.BindGrowStep.decide`) and applies the decision (bind, grow, train, evaluate);
-the run record (``results.json``) is built from the typed task records. Hooks see every task
-before and after it is learned, so logging, checkpointing or a memo plug in without copying the
+a strategy (a name from :mod:`l2bg.learn.strategies` or a :class:`l2bg.learn.strategies.Strategy`)
+and one :class:`GrowStep` per task after the first. For every task in order it decides
+(:meth:`l2bg.learn.step.BindGrowStep.decide`) and applies the decision (bind, grow, train,
+evaluate); the run record (``results.json``) is built from the typed task records. Hooks see every
+task before and after it is learned, so logging, checkpointing or a memo plug in without copying the
 loop.
 """
 

@@ -2,8 +2,8 @@
 
 ``l2bg run`` and ``l2bg search`` take the same options (declared once, in
 :mod:`l2bg.cli.options`) into one :class:`Settings`, checked before any work, which builds the
-benchmark, template, training recipe, :class:`l2bg.learner.Learner` and the configured strategy
-(its conflict rules and similarity measure) the same way for both.
+benchmark, template, training recipe, :class:`l2bg.learn.learner.Learner` and the configured
+strategy (its conflict rules and similarity measure) the same way for both.
 """
 
 from __future__ import annotations

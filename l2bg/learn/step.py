@@ -7,9 +7,9 @@
 * :meth:`BindGrowStep.apply` carries a decision out on a JointNet (bind, grow by copy, train the
   task, evaluate every learned task) and returns a typed :class:`TaskRecord`.
 
-:class:`l2bg.learner.Learner` loops over the tasks with one step; the search's memo runner wraps
-the same step, skipping ``apply`` for decisions whose result it has stored. Terms and formulas:
-docs/design.md.
+:class:`l2bg.learn.learner.Learner` loops over the tasks with one step; the search's memo runner
+wraps the same step, skipping ``apply`` for decisions whose result it has stored. Terms and
+formulas: docs/design.md.
 """
 
 from __future__ import annotations

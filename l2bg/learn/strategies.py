@@ -1,7 +1,7 @@
 """Strategies: how a task binds and what grows, as small named objects in one registry.
 
-A strategy turns a :class:`l2bg.step.StepContext` into a :class:`l2bg.step.Decision`. The
-built-ins are the paper's baselines and method (docs/design.md, "Strategies"):
+A strategy turns a :class:`l2bg.learn.step.StepContext` into a :class:`l2bg.learn.step.Decision`.
+The built-ins are the paper's baselines and method (docs/design.md, "Strategies"):
 
 * ``independent``: a fresh task-net per task, its own independent net (the baseline φ);
 * ``shared``: bind to the previous task, grow nothing;
@@ -198,7 +198,7 @@ class L2BG(Strategy):
     """Learn to Bind and Grow: score every bind candidate with a similarity measure (conflict
     C = 1 − similarity), bind by a bind rule and grow by a grow rule for δ. The defaults are the
     paper's text: RSA-Spearman, bind to the least ‖C‖₂, grow the nucleus of C descending
-    (:mod:`l2bg.rules`, :mod:`l2bg.similarity`)."""
+    (:mod:`l2bg.conflict.rules`, :mod:`l2bg.conflict.similarity`)."""
 
     name = "l2bg"
     help = "bind by least conflict and grow the nucleus for δ (rules: --grow-rule, --bind-rule)"

@@ -4,13 +4,13 @@
 each named module, runs the model on every batch of the loader (no gradients, the model's own
 train/eval mode), and appends each module's output to ``acts/<module>.npy``; ``manifest.json``
 records the layer order, names, files and per-sample shapes. The directory is built under a
-temporary name and renamed into place when every batch is done (:func:`l2bg.fileio.atomic_dir`),
-so a reader never sees half a capture. The destination is claimed first
-(:class:`l2bg.outdir.NewDir`): it must not exist (a file, a directory or a dangling symbolic
-link there is one line before any batch runs) and its parent must be writable; under the claim,
-the temporaries that a killed capture of the same destination left (``.NAME.*.tmp``) are swept.
-The result is the on-disk source that :mod:`l2bg.rsa.ondisk`, layer x layer RSA and ``l2bg rsa``
-read.
+temporary name and renamed into place when every batch is done
+(:func:`l2bg.base.fileio.atomic_dir`), so a reader never sees half a capture. The destination is
+claimed first (:class:`l2bg.base.outdir.NewDir`): it must not exist (a file, a directory or a
+dangling symbolic link there is one line before any batch runs) and its parent must be writable;
+under the claim, the temporaries that a killed capture of the same destination left
+(``.NAME.*.tmp``) are swept. The result is the on-disk source that :mod:`l2bg.rsa.ondisk`, layer x
+layer RSA and ``l2bg rsa`` read.
 """
 
 from __future__ import annotations

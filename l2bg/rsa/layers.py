@@ -33,7 +33,7 @@ from l2bg.rsa.stream import stream_rdm
 __all__ = ["OUTPUTS", "LayerMatrix", "layer_similarity", "sample_rows"]
 
 #: What :meth:`LayerMatrix.save` writes, in the order ``l2bg rsa`` publishes them
-#: (similarity.json last: the completion marker, :mod:`l2bg.outdir`).
+#: (similarity.json last: the completion marker, :mod:`l2bg.base.outdir`).
 OUTPUTS = ("similarity.csv", "similarity.png", "similarity.json")
 
 Activations = Source | str | Path | Mapping[str, Tensor]

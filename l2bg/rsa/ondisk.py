@@ -10,7 +10,7 @@ its per-sample dims; slices follow the second dimension.
 
 ``NpyWriter`` appends rows to a ``.npy`` file whose length is not known in advance (the header
 is rewritten in place when it is closed); the capture writes through it inside an atomic
-directory (:func:`l2bg.fileio.atomic_dir`).
+directory (:func:`l2bg.base.fileio.atomic_dir`).
 """
 
 from __future__ import annotations

@@ -3,16 +3,16 @@
 A δ only matters through the discrete decision it maps to (bind target, grown slots), so every
 evaluated prefix of decisions is a *node*: the JointNet after those tasks and their task records,
 stored under a key that hashes the context (data, template, training recipe, seed, RSA settings)
-and the decisions. :class:`MemoRunner` runs the same :class:`l2bg.step.BindGrowStep` as
-:meth:`l2bg.learner.Learner.run`, deciding every task in order (so seeded draws replay exactly),
-and wraps it with the memo and nothing else: before ``apply`` it looks the child node up (a hit
-costs a JSON read and, the first time in a process, hashing the node's files to check its seal),
-after it saves the node; the parent's JointNet is loaded only when a task must
+and the decisions. :class:`MemoRunner` runs the same :class:`l2bg.learn.step.BindGrowStep` as
+:meth:`l2bg.learn.learner.Learner.run`, deciding every task in order (so seeded draws replay
+exactly), and wraps it with the memo and nothing else: before ``apply`` it looks the child node up
+(a hit costs a JSON read and, the first time in a process, hashing the node's files to check its
+seal), after it saves the node; the parent's JointNet is loaded only when a task must
 be scored or trained. Conflict scores are kept per node, task and candidate set. Nodes and scores
 live on disk (shared by trials, workers and machines, under file locks) or in memory. On disk they
-are sealed (:func:`l2bg.fileio.seal`: ``node.json`` holds the sha256 of itself, with the outcomes,
-and of the JointNet's files; a scores file of itself): a node or scores file that does not match
-is moved aside (renamed, never deleted) and computed again, with one warning.
+are sealed (:func:`l2bg.base.fileio.seal`: ``node.json`` holds the sha256 of itself, with the
+outcomes, and of the JointNet's files; a scores file of itself): a node or scores file that does
+not match is moved aside (renamed, never deleted) and computed again, with one warning.
 """
 
 from __future__ import annotations

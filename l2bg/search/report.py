@@ -221,7 +221,7 @@ def summary_text(s: Mapping[str, Any], out: Path) -> str:
 def search_meta(config: dict[str, Any], study_name: str, storage_url: str, out: Path,
                 cache_dir: Path) -> dict[str, Any]:
     """The content of a search's search.json: what :func:`report_dir` reads, and whose
-    IDENTITY claims --out for that search (:func:`l2bg.outdir.claim_shared`)."""
+    IDENTITY claims --out for that search (:func:`l2bg.base.outdir.claim_shared`)."""
     storage = storage_url
     m = re.match(r"^(sqlite(?:\+\w+)?:///)(.+)$", storage)
     if m and not m.group(2).startswith("/") and m.group(2) != ":memory:":

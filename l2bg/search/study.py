@@ -428,7 +428,7 @@ def run_search(cfg: SearchConfig) -> dict[str, Any]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     meta = search_meta(asdict(cfg), setup.study_name, setup.storage_url, setup.out,
                        setup.cache_dir)
-    # before any work: --out is this search's (l2bg.outdir's claim rule), the storage opens,
+    # before any work: --out is this search's (l2bg.base.outdir's claim rule), the storage opens,
     # the cache is writable; a failure takes the claim back
     created = claim_shared(setup.out, "search.json", meta, IDENTITY, OUTPUTS)
     try:

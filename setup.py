@@ -24,7 +24,8 @@ else:
             CppExtension(
                 "l2bg._C",
                 sources,
-                extra_compile_args={"cxx": ["-O3", "-std=c++17"]},
+                # No -std here: BuildExtension passes the C++ standard torch's headers need.
+                extra_compile_args={"cxx": ["-O3"]},
             )
         )
         cmdclass["build_ext"] = BuildExtension.with_options(use_ninja=True)

@@ -64,3 +64,24 @@ def wait_for(pred, timeout, what):
             return
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def one_line(capsys, *needles: str) -> str:
+    """The CLI's stderr: one ``l2bg: error:`` line holding every needle."""
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("l2bg: error:") and "\n" not in err, err
+    for n in needles:
+        assert n in err, (n, err)
+    return err
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Any training fails the test: input is checked before any work."""
+    def fail(*a, **k):
+        raise AssertionError("trained before the input was checked")
+    import l2bg.learn.independent  # noqa: F401 - imported before fit is patched (it binds fit)
+    import l2bg.learn.step  # noqa: F401
+    for where in ("l2bg.learn.training", "l2bg.learn.independent", "l2bg.learn.step"):
+        monkeypatch.setattr(f"{where}.fit", fail, raising=False)
+

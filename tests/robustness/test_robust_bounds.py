@@ -13,7 +13,7 @@ import tracemalloc
 import numpy as np
 import pytest
 import torch
-from conftest import write_tiny_mnist
+from conftest import one_line, write_tiny_mnist
 
 from l2bg.base import bounds
 from l2bg.base.errors import L2BGError
@@ -22,18 +22,8 @@ from l2bg.cli import main
 # ------------------------------------------------------------------ item 12: --tasks
 
 
-@pytest.fixture
-def no_training(monkeypatch):
-    def fail(*a, **k):
-        raise AssertionError("trained before the input was checked")
-    for where in ("l2bg.learn.training", "l2bg.learn.independent", "l2bg.learn.step"):
-        monkeypatch.setattr(f"{where}.fit", fail, raising=False)
 
 
-def _one_line(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("l2bg: error:") and "\n" not in err, err
-    return err
 
 
 @pytest.mark.parametrize("value", ["1001", "100000", str(10**9), str(2**70)])
@@ -45,7 +35,7 @@ def test_tasks_above_the_limit_is_one_line_before_any_work(tmp_path, capsys, no_
     assert main([command, "--benchmark", "pmnist", "--data-root", str(root), "--tasks", value,
                  "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "o"), "--quiet",
                  *extra]) == 2
-    assert f"--tasks must be >= 1 and <= {bounds.MAX_TASKS}, got {value}" in _one_line(capsys)
+    assert f"--tasks must be >= 1 and <= {bounds.MAX_TASKS}, got {value}" in one_line(capsys)
     assert not (tmp_path / "o").exists() and not (tmp_path / "c").exists()
 
 
@@ -251,7 +241,7 @@ def test_a_deeply_nested_manifest_is_one_line(tmp_path, capsys, depth):
     src = _acts(tmp_path)
     (src / "manifest.json").write_text("[" * depth + "]" * depth)
     assert main(["rsa", str(src), "--out", str(tmp_path / "o"), "--quiet"]) == 2
-    assert "manifest.json is not valid JSON" in _one_line(capsys)
+    assert "manifest.json is not valid JSON" in one_line(capsys)
 
 
 @pytest.mark.parametrize("layers, words", [
@@ -372,7 +362,7 @@ def test_explain_of_conflict_scores_outside_0_2_is_one_line(tmp_path, capsys, va
                          "conflict": {"t0": {"layers": [value, value], "score": 1.0}}}]}
     (tmp_path / "results.json").write_text(json.dumps(record))
     assert main(["explain", str(tmp_path)]) == 2
-    assert "conflict scores in [0, 2]" in _one_line(capsys)
+    assert "conflict scores in [0, 2]" in one_line(capsys)
     record["tasks"][1]["conflict"]["t0"]["layers"] = [0.25, 2.0]
     (tmp_path / "results.json").write_text(json.dumps(record))
     assert main(["explain", str(tmp_path)]) == 0
@@ -387,7 +377,7 @@ def test_an_rdm_accumulator_beyond_memory_is_one_line(tmp_path, capsys, monkeypa
     np.save(tmp_path / "a.npy", np.zeros((1000, 2), np.float32))
     monkeypatch.setattr("l2bg.base.bounds.memory_bytes", lambda: 10**6)
     assert main(["rsa", str(tmp_path), "--out", str(tmp_path / "o"), "--quiet"]) == 2
-    err = _one_line(capsys)
+    err = one_line(capsys)
     assert "accumulator of 1,000 samples" in err and "--samples" in err
     assert main(["rsa", str(tmp_path), "--samples", "400", "--out", str(tmp_path / "o"),
                  "--quiet"]) == 0

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import one_line
 from forking import forked
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -39,12 +40,6 @@ def counts():
     print(f"\nclaims and full disks: {dict(TALLY)}")
 
 
-def _one_line(capsys, *needles):
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("l2bg: error:") and "\n" not in err, err
-    for n in needles:
-        assert n in err, (n, err)
-    return err
 
 
 # ----------------------------------------------------------------------------- full disks
@@ -214,7 +209,7 @@ def test_a_run_on_a_full_disk_is_one_line_and_resumes(disk, where, leave, run_ar
     with monkeypatch.context() as m:
         disk.inject(m)
         assert main(argv) == 2
-    _one_line(capsys, "cannot write", NOSPACE, str(disk.root))
+    one_line(capsys, "cannot write", NOSPACE, str(disk.root))
     assert not disk.temporaries() and not out.exists()
     disk.free()
     assert main(argv) == 0
@@ -285,7 +280,7 @@ def test_an_empty_path_is_one_line_and_writes_nothing(case, tmp_path, tiny_mnist
     if option != "--cache-dir" and command != "rsa":
         argv += ["--cache-dir", str(tmp_path / "cache")]
     assert main(argv) == 2
-    _one_line(capsys, f"{option} is empty")
+    one_line(capsys, f"{option} is empty")
     assert list(work.iterdir()) == [] and not (tmp_path / "out").exists()
     TALLY["empty values refused"] += 1
 
@@ -310,7 +305,7 @@ def test_a_different_search_never_replaces_anothers_outputs(tmp_path, tiny_mnist
     for other in (["--space", "per-task-delta"], ["--study-name", "other"],
                   ["--storage", f"journal:{tmp_path / 'other.journal'}"]):
         assert main([*base, "--trials", "1", *other]) == 2
-        _one_line(capsys, "holds the outputs of another search", "search.json")
+        one_line(capsys, "holds the outputs of another search", "search.json")
         assert _files(out) == before
         TALLY["search claims refused"] += 1
     assert main([*base, "--trials", "2"]) == 0  # the same search resumes and rewrites them
@@ -323,7 +318,7 @@ def test_report_files_that_no_search_wrote_are_refused(tmp_path, tiny_mnist, cap
     out.mkdir()
     (out / held).write_bytes(b"the user's")
     assert main(_search_argv(tiny_mnist, out, tmp_path / "study.journal", 1)) == 2
-    _one_line(capsys, f"already holds {held}", "no search.json")
+    one_line(capsys, f"already holds {held}", "no search.json")
     assert _files(out) == {held: b"the user's"}
 
 
@@ -334,7 +329,7 @@ def test_a_search_refused_by_its_study_leaves_no_claim(tmp_path, tiny_mnist, cap
     other = _search_argv(tiny_mnist, tmp_path / "b", journal, 1)
     other[other.index("--epochs") + 1] = "2"
     assert main(other) == 2
-    _one_line(capsys, "created for a different search")
+    one_line(capsys, "created for a different search")
     assert not (tmp_path / "b" / "search.json").exists()
 
 
@@ -380,7 +375,7 @@ def test_a_one_line_user_file_is_never_cut(tmp_path, text, capsys, tiny_mnist):
         _open(f)
     assert f.read_bytes() == text and sorted(os.listdir(tmp_path)) == ["mine.txt"]
     assert main(_search_argv(tiny_mnist, tmp_path / "out", f, 1)) == 2
-    _one_line(capsys, "not an Optuna journal file")
+    one_line(capsys, "not an Optuna journal file")
     assert f.read_bytes() == text and not (tmp_path / "out").exists()
     TALLY["journal: user files kept"] += 1
 
@@ -474,7 +469,7 @@ def test_rsa_checks_its_out_before_any_work(tmp_path, kind, capsys, monkeypatch)
             "under a file": tmp_path / "afile" / "o"}[kind]
     monkeypatch.setattr(l2bg.rsa.layers, "layer_similarity", lambda *a, **k: 1 / 0)
     assert main(["rsa", str(tmp_path / "acts"), "--quiet", "--out", str(dest)]) == 2
-    _one_line(capsys, "--out")
+    one_line(capsys, "--out")
     assert (tmp_path / "afile").read_text() == "x" and not (tmp_path / "nowhere").exists()
     TALLY["destinations refused"] += 1
 

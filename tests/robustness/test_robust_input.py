@@ -8,25 +8,11 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from conftest import write_idx, write_tiny_mnist
+from conftest import one_line, write_idx, write_tiny_mnist
 
 import l2bg.learn.independent  # noqa: F401 - imported before fit is patched (it binds fit)
 import l2bg.learn.step  # noqa: F401
 from l2bg.cli import main
-
-
-@pytest.fixture
-def no_training(monkeypatch):
-    def fail(*a, **k):
-        raise AssertionError("trained before the input was checked")
-    for where in ("l2bg.learn.training", "l2bg.learn.independent", "l2bg.learn.step"):
-        monkeypatch.setattr(f"{where}.fit", fail, raising=False)
-
-
-def _one_line(capsys):
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("l2bg: error:") and "\n" not in err, err
-    return err
 
 
 @pytest.mark.parametrize("option, value, words", [
@@ -49,7 +35,7 @@ def test_numbers_are_checked_before_any_work(tmp_path, capsys, no_training, tiny
               "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "o"), "--quiet"]
     extra = (["--strategy", "shared"] if command == "run" else ["--trials", "1"])
     assert main([command, *common, *extra, option, value]) == 2
-    assert words in _one_line(capsys)
+    assert words in one_line(capsys)
     assert not (tmp_path / "o").exists() and not (tmp_path / "c").exists()
 
 
@@ -74,7 +60,7 @@ def test_data_with_empty_splits_or_classes_is_one_line(tmp_path, capsys, no_trai
     root = _mnist_root(tmp_path, labels)
     assert main(["run", "--benchmark", bench, "--data-root", str(root), "--strategy",
                  "shared", "--no-cache", "--quiet", "--out", str(tmp_path / "o")]) == 2
-    assert words in _one_line(capsys)
+    assert words in one_line(capsys)
 
 
 def test_cifar_pickle_without_samples_is_one_line(tmp_path, capsys, no_training):
@@ -86,7 +72,7 @@ def test_cifar_pickle_without_samples_is_one_line(tmp_path, capsys, no_training)
     assert main(["run", "--benchmark", "split-cifar100", "--data-root", str(tmp_path),
                  "--strategy", "shared", "--no-cache", "--quiet", "--out",
                  str(tmp_path / "o")]) == 2
-    assert "holds 0 samples" in _one_line(capsys)
+    assert "holds 0 samples" in one_line(capsys)
 
 
 @pytest.fixture(scope="module")
@@ -158,11 +144,11 @@ def test_explain_of_a_hand_edited_results_json_is_one_line(run_dir, tmp_path, ca
     edit(edited)
     (tmp_path / "results.json").write_text(json.dumps(edited))
     assert main(["explain", str(tmp_path), *(["--json"] if as_json else [])]) == 2
-    assert words in _one_line(capsys)
+    assert words in one_line(capsys)
 
 
 def test_explain_of_a_file_that_is_not_json(tmp_path, capsys):
     for raw in (b"\xff\xfe", b"[" * 100000, b'{"tasks": '):
         (tmp_path / "results.json").write_bytes(raw)
         assert main(["explain", str(tmp_path)]) == 2
-        assert "results.json" in _one_line(capsys)
+        assert "results.json" in one_line(capsys)

@@ -229,3 +229,24 @@ def test_cli_measure_one_line_errors(tmp_path, extra, message, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+def test_short_tail_is_left_out_and_recorded(tmp_path):
+    g = np.random.default_rng(4)
+    (tmp_path / "a").mkdir()
+    xs = [g.normal(size=(30, 4)), g.normal(size=(30, 3))]
+    for k, x in enumerate(xs):
+        np.save(tmp_path / "a" / f"l{k}.npy", x)
+    res = sources_cka([tmp_path / "a"], [None], batch_size=9)  # 9 + 9 + 9 + a tail of 3
+    assert res.n == 27 and res.info["dropped_tail"] == 3
+    assert np.allclose(res.values, plain_minibatch([x[:27] for x in xs], [x[:27] for x in xs], 9),
+                       atol=1e-10)
+
+
+@pytest.mark.parametrize("kernel", ["linear", "rbf"])
+@pytest.mark.parametrize("value", [1.0, 0.1, 1e3, 7.3])
+def test_constant_layer_is_zero(kernel, value):
+    x = torch.randn(12, 3, dtype=torch.float64)
+    c = torch.full((12, 4), value, dtype=torch.float64)
+    assert float(debiased_cka(x, c, kernel=kernel)) == 0.0
+    assert float(debiased_cka(c, c, kernel=kernel)) == 0.0

@@ -12,8 +12,8 @@ Per batch each layer's Gram is computed once and all pairs' terms come from one 
 flattened zero-diagonal Grams plus row-sum and total corrections. Accumulators are float64.
 
 Kernels: ``linear`` (X Xᵀ) and ``rbf`` (exp(-‖x-x'‖² / (2 s²)), s = sigma · the median pairwise
-distance of the batch, s = sigma when that median is 0). A pair whose self-HSIC sum is <= 0
-(a constant layer) gets 0, as :func:`l2bg.cka.linear_cka` defines it.
+distance of the batch, s = sigma when that median is 0). A pair whose self-HSIC sum is at most
+CONSTANT_HSIC_TOL of its scale (a constant layer) gets 0, as :func:`l2bg.cka.linear_cka` defines it.
 """
 
 from __future__ import annotations
@@ -101,9 +101,14 @@ def unbiased_hsic(k: Tensor, l: Tensor) -> Tensor:  # noqa: E741
                        n)[0, 0]
 
 
-def _ratio(xy: Tensor, xx: Tensor, yy: Tensor) -> Tensor:
+#: A self-HSIC sum at most this fraction of Σ_k ‖K̃_k‖_F² / (n_k(n_k−3)) is a constant layer
+#: (the U-statistic of a constant Gram is 0 up to rounding).
+CONSTANT_HSIC_TOL = 1e-10
+
+
+def _ratio(xy: Tensor, xx: Tensor, yy: Tensor, sx: Tensor, sy: Tensor) -> Tensor:
     den = xx[:, None] * yy[None, :]
-    ok = (xx[:, None] > 0) & (yy[None, :] > 0)
+    ok = (xx > CONSTANT_HSIC_TOL * sx)[:, None] & (yy > CONSTANT_HSIC_TOL * sy)[None, :]
     return torch.where(ok, xy / torch.where(ok, den, torch.ones_like(den)).sqrt(),
                        torch.zeros_like(xy))
 
@@ -128,6 +133,8 @@ class CKAAccumulator:
         self.xy: Tensor | None = None
         self.xx: Tensor | None = None
         self.yy: Tensor | None = None
+        self.sx: Tensor | float = 0.0
+        self.sy: Tensor | float = 0.0
         self.n = 0
         self.batches = 0
 
@@ -150,6 +157,8 @@ class CKAAccumulator:
             self.xy, self.xx, self.yy = xy, xx, yy
         else:
             self.xy, self.xx, self.yy = self.xy + xy, self.xx + xx, self.yy + yy
+        self.sx = self.sx + pa[0].square().sum(-1) / (n * (n - 3))
+        self.sy = self.sy + pb[0].square().sum(-1) / (n * (n - 3))
         self.n += n
         self.batches += 1
 
@@ -157,7 +166,8 @@ class CKAAccumulator:
         """Minibatch CKA (p, q), float64."""
         if self.xy is None or self.xx is None or self.yy is None:
             raise L2BGError("minibatch CKA saw no batch; pass a non-empty loader or source")
-        return _ratio(self.xy, self.xx, self.yy)
+        return _ratio(self.xy, self.xx, self.yy, torch.as_tensor(self.sx),
+                      torch.as_tensor(self.sy))
 
 
 def _result(acc: CKAAccumulator, rows: list[str], cols: list[str], info: dict[str, Any]) -> Any:

@@ -34,8 +34,19 @@ def add_rsa_parser(sub: Any) -> argparse.ArgumentParser:
                    help="comma-separated layer names to use (default: every layer)")
     r.add_argument("--layers-b", type=names, default=None,
                    help="layer names of the second source (default: --layers)")
-    r.add_argument("--method", default="spearman", choices=methods.names(),
-                   help="RDM comparison")
+    r.add_argument("--measure", default="rsa", choices=["rsa", "linear-cka", "cka-minibatch"],
+                   help="rsa: RDMs compared by --method; linear-cka: biased linear CKA of the "
+                        "stored activations; cka-minibatch: minibatch CKA (unbiased HSIC summed "
+                        "over sample batches of --batch-size)")
+    r.add_argument("--method", default=None, choices=methods.names(),
+                   help="RDM comparison (--measure rsa only; default spearman)")
+    r.add_argument("--batch-size", type=int, default=256,
+                   help="samples per batch of --measure cka-minibatch (at least 4)")
+    r.add_argument("--kernel", default=None, choices=["linear", "rbf"],
+                   help="CKA kernel of --measure cka-minibatch (rbf: bandwidth --sigma times "
+                        "the batch's median pairwise distance; default linear)")
+    r.add_argument("--sigma", type=float, default=None,
+                   help="RBF bandwidth factor (default 1)")
     r.add_argument("--samples", type=int, default=None,
                    help="use this many samples, drawn with --seed (default: all)")
     r.add_argument("--seed", type=int, default=0, help="seed of the sample draw")
@@ -66,6 +77,13 @@ def cmd_rsa(args: argparse.Namespace) -> int:
     layers = [args.layers] * len(args.sources)
     if args.layers_b is not None:
         layers[1] = args.layers_b
+    if args.measure != "cka-minibatch" and (args.kernel, args.sigma) != (None, None):
+        raise L2BGError(f"--kernel and --sigma apply to --measure cka-minibatch only, not "
+                        f"{args.measure}")
+    if args.measure != "rsa":
+        return _cmd_cka(args, layers, device)
+    if args.method is None:
+        args.method = "spearman"
     with OutDir(args.out, OUTPUTS, "rsa") as target:  # claimed and checked before the work
         result = layer_similarity(args.sources, layers=layers, method=args.method,
                                   samples=args.samples, seed=args.seed, device=device,
@@ -82,6 +100,37 @@ def cmd_rsa(args: argparse.Namespace) -> int:
         print(f"{result.method} similarity of correlation-distance RDMs over {result.n} samples")
         print(table(result.rows, result.cols, result.values))
         print(json.dumps({k: str(v) for k, v in paths.items()}))
+    return 0
+
+
+def _cmd_cka(args: argparse.Namespace, layers: list[Any], device: Any) -> int:
+    """``--measure linear-cka | cka-minibatch`` (:mod:`l2bg.rsa.cka_stream`)."""
+    from l2bg.outdir import OutDir
+    from l2bg.rsa.cka_stream import sources_cka
+    from l2bg.rsa.layers import OUTPUTS
+
+    if args.method is not None:
+        raise L2BGError(f"--method compares RDMs and applies to --measure rsa only, not "
+                        f"{args.measure}; drop --method")
+    if args.samples is not None:
+        raise L2BGError(f"--samples applies to --measure rsa only, not {args.measure}")
+    if args.measure == "cka-minibatch" and args.batch_size < 4:
+        raise L2BGError(f"--batch-size must be at least 4 (the unbiased HSIC divides by "
+                        f"n(n-3)), got {args.batch_size}")
+    with OutDir(args.out, OUTPUTS, "rsa") as target:
+        result = sources_cka(args.sources, layers, measure=args.measure,
+                             batch_size=args.batch_size, kernel=args.kernel or "linear",
+                             sigma=1.0 if args.sigma is None else args.sigma, device=device)
+        result.info["config"] = {"sources": [str(s) for s in args.sources], "layers": layers,
+                                 "measure": args.measure, "batch_size": args.batch_size,
+                                 "kernel": args.kernel, "sigma": args.sigma,
+                                 "device": str(device)}
+        staged = result.save(target.staging)
+        target.publish()
+    if not args.quiet:
+        print(f"{result.method} over {result.n} samples")
+        print(table(result.rows, result.cols, result.values))
+        print(json.dumps({k: str(target.path / p.name) for k, p in staged.items()}))
     return 0
 
 

@@ -59,7 +59,7 @@ MOVED = {f"l2bg.{old}": f"l2bg.{new}" for old, new in (
     ("outdir", "base.outdir"), ("_ext", "base.native"), ("templates", "net.templates"),
     ("jointnet", "net.jointnet"), ("plan", "net.plan"), ("executor", "net.executor"),
     ("cuda_graph", "net.cuda_graph"), ("similarity", "conflict.similarity"),
-    ("cka", "conflict.cka"), ("rules", "conflict.rules"), ("step", "learn.step"),
+    ("cka", "rsa.cka"), ("rules", "conflict.rules"), ("step", "learn.step"),
     ("strategies", "learn.strategies"), ("learner", "learn.learner"),
     ("training", "learn.training"), ("metrics", "learn.metrics"), ("cache", "learn.independent"),
     ("settings", "learn.settings"), ("search.liveness", "search.heartbeat"),

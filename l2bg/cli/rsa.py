@@ -105,7 +105,7 @@ def cmd_rsa(args: argparse.Namespace) -> int:
 
 def _cmd_cka(args: argparse.Namespace, layers: list[Any], device: Any) -> int:
     """``--measure linear-cka | cka-minibatch`` (:mod:`l2bg.rsa.cka_stream`)."""
-    from l2bg.outdir import OutDir
+    from l2bg.base.outdir import OutDir
     from l2bg.rsa.cka_stream import sources_cka
     from l2bg.rsa.layers import OUTPUTS
 

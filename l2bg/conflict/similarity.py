@@ -9,7 +9,7 @@ Built-ins:
   :func:`l2bg.rsa.dissimilarities` with a method of the comparison registry
   :mod:`l2bg.rsa.methods` (similarity in [−1, 1], conflict in [0, 2]). ``rsa_measure(method)``
   makes the measure of any registered comparison method;
-* ``linear-cka``: linear CKA of centred features (:mod:`l2bg.conflict.cka`; similarity in [0, 1],
+* ``linear-cka``: linear CKA of centred features (:mod:`l2bg.rsa.cka`; similarity in [0, 1],
   conflict in [0, 1]).
 
 Every measure computes the reference net's part once per slot and all K candidates of a slot in
@@ -110,7 +110,7 @@ def rsa_measure(method: str) -> SimilarityMeasure:
 
 def _cka(ref: list[Tensor], others: list[list[Tensor]], backend: str
          ) -> tuple[Tensor, str | None]:
-    from l2bg.conflict.cka import linear_cka
+    from l2bg.rsa.cka import linear_cka
 
     if backend not in ("auto", "torch"):
         raise L2BGError(f"similarity linear-cka runs on torch only (any device), not backend "

@@ -13,7 +13,8 @@ flattened zero-diagonal Grams plus row-sum and total corrections. Accumulators a
 
 Kernels: ``linear`` (X Xᵀ) and ``rbf`` (exp(-‖x-x'‖² / (2 s²)), s = sigma · the median pairwise
 distance of the batch, s = sigma when that median is 0). A pair whose self-HSIC sum is at most
-CONSTANT_HSIC_TOL of its scale (a constant layer) gets 0, as :func:`l2bg.cka.linear_cka` defines it.
+CONSTANT_HSIC_TOL of its scale (a constant layer) gets 0, as :func:`l2bg.rsa.cka.linear_cka`
+defines it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from l2bg.errors import L2BGError
+from l2bg.base.errors import L2BGError
 
 __all__ = ["CKAAccumulator", "debiased_cka", "gram", "minibatch_cka", "sources_cka",
            "unbiased_hsic"]
@@ -241,7 +242,7 @@ def sources_cka(sources: Sequence[Any], layers: Sequence[Sequence[str] | None], 
                 measure: str = "cka-minibatch", batch_size: int = 256, kernel: str = "linear",
                 sigma: float = 1.0, device: str | torch.device = "cpu") -> Any:
     """CKA of the layers of one or two on-disk sources (:mod:`l2bg.rsa.ondisk`): ``linear-cka``
-    (biased, all samples in memory, :func:`l2bg.cka.linear_cka`) or ``cka-minibatch`` (samples
+    (biased, all samples in memory, :func:`l2bg.rsa.cka.linear_cka`) or ``cka-minibatch`` (samples
     read in batches of ``batch_size``). One source is compared with itself."""
     from l2bg.rsa.ondisk import Source, open_source
 
@@ -261,7 +262,7 @@ def sources_cka(sources: Sequence[Any], layers: Sequence[Sequence[str] | None], 
     info = {"sources": [str(s.path) for s in opened]}
     rows, cols = [x.name for x in la], [x.name for x in lb]
     if measure == "linear-cka":
-        from l2bg.cka import linear_cka
+        from l2bg.rsa.cka import linear_cka
         from l2bg.rsa.layers import LayerMatrix
 
         ys = [y.read(None, 0, y.d).to(dev) for y in lb]

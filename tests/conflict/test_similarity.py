@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from l2bg import rsa
 from l2bg.base.errors import L2BGError
 from l2bg.conflict import scores as conflict
-from l2bg.conflict.cka import linear_cka
 from l2bg.conflict.similarity import MEASURES, SimilarityMeasure, rsa_measure
+from l2bg.rsa.cka import linear_cka
 
 FAST = settings(max_examples=40, deadline=None)
 dims = st.tuples(st.integers(3, 12), st.integers(1, 9), st.integers(1, 9), st.integers(0, 2 ** 31))

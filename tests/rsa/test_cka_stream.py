@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from l2bg.cka import linear_cka
-from l2bg.errors import L2BGError
+from l2bg.base.errors import L2BGError
+from l2bg.rsa.cka import linear_cka
 from l2bg.rsa.cka_stream import (
     CKAAccumulator,
     debiased_cka,

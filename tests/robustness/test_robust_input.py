@@ -10,8 +10,6 @@ import pytest
 import torch
 from conftest import one_line, write_idx, write_tiny_mnist
 
-import l2bg.learn.independent  # noqa: F401 - imported before fit is patched (it binds fit)
-import l2bg.learn.step  # noqa: F401
 from l2bg.cli import main
 
 

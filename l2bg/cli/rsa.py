@@ -16,6 +16,7 @@ __all__ = ["add_rsa_parser", "cmd_rsa"]
 
 def add_rsa_parser(sub: Any) -> argparse.ArgumentParser:
     from l2bg.rsa import methods
+    from l2bg.rsa.stream import RDMS
 
     r = sub.add_parser(
         "rsa", formatter_class=HelpFormatter,
@@ -24,8 +25,8 @@ def add_rsa_parser(sub: Any) -> argparse.ArgumentParser:
                     "every layer of another (or of itself, or of several networks), from\n"
                     "activations on disk: a directory of per-layer .npy/.safetensors/.h5 files\n"
                     "(as l2bg.rsa.capture writes them), one .safetensors/.h5 file with a tensor\n"
-                    "per layer, or one .npy file. RDMs are correlation distances, streamed in\n"
-                    "slices of features. Writes similarity.json, similarity.csv and\n"
+                    "per layer, or one .npy file. RDMs (--rdm) are streamed in slices of\n"
+                    "features. Writes similarity.json, similarity.csv and\n"
                     "similarity.png to --out.")
     r.add_argument("sources", nargs="+", type=Path, metavar="SOURCE",
                    help="activations of a network (directory or file); give two (or more) to "
@@ -38,6 +39,11 @@ def add_rsa_parser(sub: Any) -> argparse.ArgumentParser:
                    help="rsa: RDMs compared by --method; linear-cka: biased linear CKA of the "
                         "stored activations; cka-minibatch: minibatch CKA (unbiased HSIC summed "
                         "over sample batches of --batch-size)")
+    r.add_argument("--rdm", default=None, choices=RDMS,
+                   help="RDM of each layer (--measure rsa only): correlation: 1 - Pearson r of "
+                        "two samples' features (l2bg's, docs/design.md); euclidean: squared "
+                        "distance over the number of features (rsatoolbox's calc_rdm); "
+                        "default correlation")
     r.add_argument("--method", default=None, choices=methods.names(),
                    help="RDM comparison (--measure rsa only; default spearman)")
     r.add_argument("--batch-size", type=int, default=256,
@@ -84,20 +90,21 @@ def cmd_rsa(args: argparse.Namespace) -> int:
         return _cmd_cka(args, layers, device)
     if args.method is None:
         args.method = "spearman"
+    rdm = args.rdm or "correlation"
     with OutDir(args.out, OUTPUTS, "rsa") as target:  # claimed and checked before the work
         result = layer_similarity(args.sources, layers=layers, method=args.method,
                                   samples=args.samples, seed=args.seed, device=device,
                                   backend=args.backend, slice_width=args.slice_width,
-                                  progress=False if args.quiet else None)
+                                  progress=False if args.quiet else None, rdm=rdm)
         result.info["config"] = {"sources": [str(s) for s in args.sources], "layers": layers,
-                                 "method": args.method, "samples": args.samples,
+                                 "method": args.method, "rdm": rdm, "samples": args.samples,
                                  "seed": args.seed, "device": str(device),
                                  "backend": args.backend, "slice_width": args.slice_width}
         staged = result.save(target.staging)
         target.publish()
     paths = {k: target.path / p.name for k, p in staged.items()}
     if not args.quiet:
-        print(f"{result.method} similarity of correlation-distance RDMs over {result.n} samples")
+        print(f"{result.method} similarity of {rdm}-distance RDMs over {result.n} samples")
         print(table(result.rows, result.cols, result.values))
         print(json.dumps({k: str(v) for k, v in paths.items()}))
     return 0
@@ -114,6 +121,9 @@ def _cmd_cka(args: argparse.Namespace, layers: list[Any], device: Any) -> int:
                         f"{args.measure}; drop --method")
     if args.samples is not None:
         raise L2BGError(f"--samples applies to --measure rsa only, not {args.measure}")
+    if args.rdm is not None:
+        raise L2BGError(f"--rdm chooses the RDMs of --measure rsa only, not {args.measure}; "
+                        "drop --rdm")
     if args.measure == "cka-minibatch" and args.batch_size < 4:
         raise L2BGError(f"--batch-size must be at least 4 (the unbiased HSIC divides by "
                         f"n(n-3)), got {args.batch_size}")

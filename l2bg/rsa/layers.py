@@ -1,8 +1,9 @@
 """Layer x layer RSA: the similarity of every layer of one network with every layer of another
 (or of several networks), as a labelled matrix with a heatmap.
 
-Each layer's RDM (l2bg's correlation distance, docs/design.md "RDM") is computed once: streamed
-from disk in slices of features (:mod:`l2bg.rsa.stream`) or from tensors in memory. The RDMs of
+Each layer's RDM (l2bg's correlation distance, docs/design.md "RDM", or rsatoolbox's euclidean:
+the squared distance over the number of features) is computed once: streamed from disk in slices
+of features (:mod:`l2bg.rsa.stream`) or from tensors in memory. The RDMs of
 all layers are then compared with one registry method (:mod:`l2bg.rsa.methods`), every RDM
 prepared (ranked, for rank methods) once and all pairs combined in one batched call.
 
@@ -28,7 +29,7 @@ from l2bg.base.errors import L2BGError
 from l2bg.rsa import methods
 from l2bg.rsa.blas import one_torch_thread
 from l2bg.rsa.ondisk import Source, open_source
-from l2bg.rsa.stream import stream_rdm
+from l2bg.rsa.stream import RDMS, stream_rdm
 
 __all__ = ["OUTPUTS", "LayerMatrix", "layer_similarity", "sample_rows"]
 
@@ -119,9 +120,11 @@ def sample_rows(n: int, samples: int | Sequence[int] | None, seed: int = 0) -> n
 
 def _layer_rdms(act: Activations, names: list[str] | None, rows: np.ndarray | None, *,
                 slice_width: int, device: torch.device, backend: str,
-                progress: bool | None) -> tuple[list[str], list[Tensor], set[str]]:
+                progress: bool | None, rdm: str) -> tuple[list[str], list[Tensor], set[str]]:
     """(layer names, packed RDM per layer, backends that ran) of one network."""
     from l2bg import rsa
+    from l2bg.rsa.distances import euclidean
+    from l2bg.rsa.reference import acc_dtype
 
     ran: set[str] = set()
     if isinstance(act, Mapping):
@@ -134,7 +137,10 @@ def _layer_rdms(act: Activations, names: list[str] | None, rows: np.ndarray | No
         for k in names:
             x = act[k] if rows is None else act[k][torch.from_numpy(rows)]
             x = x.reshape(x.shape[0], -1)
-            t, r = rsa.rdm_triu(x.to(device), backend=backend, return_backend=True)
+            if rdm == "euclidean":
+                t, r = euclidean(x.to(device, acc_dtype(x.dtype)).unsqueeze(0))[0], "torch"
+            else:
+                t, r = rsa.rdm_triu(x.to(device), backend=backend, return_backend=True)
             out.append(t)
             ran.add(r)
         return names, out, ran
@@ -145,7 +151,7 @@ def _layer_rdms(act: Activations, names: list[str] | None, rows: np.ndarray | No
         n = layer.n if rows is None else len(rows)
         t, r = stream_rdm(lambda a, b, layer=layer: layer.read(rows, a, b), n, layer.d,
                           slice_width=slice_width, device=device, backend=backend,
-                          progress=progress, desc=f"rdm {layer.name}")
+                          progress=progress, desc=f"rdm {layer.name}", rdm=rdm)
         out.append(t)
         ran.add(r)
     return [layer.name for layer in layers], out, ran
@@ -166,14 +172,22 @@ def layer_similarity(sources: Sequence[Activations], *,
                      names: Sequence[str] | None = None, method: str = "spearman",
                      samples: int | Sequence[int] | None = None, seed: int = 0,
                      device: str | torch.device = "cpu", backend: str = "auto",
-                     slice_width: int = 4096, progress: bool | None = None) -> LayerMatrix:
+                     slice_width: int = 4096, progress: bool | None = None,
+                     rdm: str = "correlation") -> LayerMatrix:
     """Layer x layer similarity of one or more networks fed the same inputs.
 
     ``sources``: on-disk sources (paths or ``Source``) or mappings layer -> tensor (n, ...);
     ``layers``: per source, the layer names to use (None: all); ``names``: labels of the
-    sources (three or more); ``samples``: a number of samples drawn with ``seed``, or indices."""
+    sources (three or more); ``samples``: a number of samples drawn with ``seed``, or indices;
+    ``rdm``: 'correlation' (l2bg's) or 'euclidean' (rsatoolbox's, on the torch backend)."""
     if isinstance(sources, str | Path | Source | Mapping) or not sources:
         raise L2BGError("layer_similarity: pass a list of one or more sources")
+    if rdm not in RDMS:
+        raise L2BGError(f"layer_similarity: unknown rdm {rdm!r}; choose one of: "
+                        f"{', '.join(RDMS)}")
+    if rdm != "correlation" and backend == "triton":
+        raise L2BGError(f"the Triton backend computes correlation RDMs only, not {rdm}; use "
+                        "backend 'torch' or 'auto' (--backend)")
     spec = methods.get(method)
     opened = [s if isinstance(s, Mapping | Source) else open_source(s) for s in sources]
     counts = [_count(s) for s in opened]
@@ -193,7 +207,7 @@ def layer_similarity(sources: Sequence[Activations], *,
     for act, names_k in zip(opened, per_source, strict=True):
         got_names, got, r = _layer_rdms(act, None if names_k is None else list(names_k), rows,
                                         slice_width=slice_width, device=device, backend=backend,
-                                        progress=progress)
+                                        progress=progress, rdm=rdm)
         labels.append(got_names)
         rdms.append(got)
         ran |= r
@@ -208,7 +222,7 @@ def layer_similarity(sources: Sequence[Activations], *,
             values = spec.all_pairs(_stack([t for group in rdms for t in group]))
             row_names = col_names = flat
     used = len(rows) if rows is not None else n
-    info = {"sources": [p for p, _ in counts], "rdm": "correlation distance",
+    info = {"sources": [p for p, _ in counts], "rdm": f"{rdm} distance",
             "rdm_backend": "+".join(sorted(ran))}
     return LayerMatrix(row_names, col_names, values.to("cpu", torch.float64).numpy(),
                        spec.name, used, info)

@@ -162,6 +162,11 @@ class RowScale:
         read (a scale of 2^0 is an exact multiply by 1). The caller then sets ``self.k = k``."""
         return _scale_rows(xb, k), _factors(shift, xb)
 
+    def units(self) -> Tensor:
+        """2^k per row in float64 (1 for rows not seen yet): a streamed value times its row's
+        unit is the value in the caller's units (what a scale-dependent RDM needs back)."""
+        return torch.exp2(torch.where(self.k == _UNSEEN, 0, self.k).double())
+
     def scale(self, xb: Tensor) -> tuple[Tensor, Tensor | None]:
         """(slice (B, n, d_c) divided by 2^k per row; per-row factors 2^(k_old - k_new) <= 1 for
         the accumulated state, None when no k of a row seen before changed). NaN/inf in the

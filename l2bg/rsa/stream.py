@@ -10,10 +10,14 @@ with row means nu and slice-centred rows xc merges by Chan et al.:
 
 and both terms are one GEMM per row block: the rank-one term is one more column of the slice,
 ``sqrt(w) (mu - nu)``, so no product of uncentred values is ever formed. ``result()`` applies the
-RDM definition of docs/design.md ("RDM": constant-sample rule, clamp, zero diagonal).
+RDM definition of docs/design.md ("RDM": constant-sample rule, clamp, zero diagonal), or, with
+``rdm='euclidean'``, rsatoolbox's euclidean RDM from the same co-moments: the squared distance
+over the number of features, ``||x_i - x_j||^2 / d = (C_ii + C_jj - 2 C_ij) / d + (mu_i - mu_j)^2``
+(the centred form: a large common offset costs no precision).
 
 ``stream_rdm(read, n, d)`` drives either accumulator over a reader of feature slices with a
-progress bar. Reference (the spec): ``l2bg.rsa.rdm(torch.cat(slices, dim=-1), backend='torch')``.
+progress bar. References (the spec): ``l2bg.rsa.rdm(torch.cat(slices, dim=-1), backend='torch')``
+(correlation) and ``l2bg.rsa.distances.euclidean`` (euclidean, rsatoolbox's ``calc_rdm``).
 """
 
 from __future__ import annotations
@@ -29,7 +33,11 @@ from l2bg.base.errors import L2BGError
 from l2bg.rsa.distances import pack_blocks, row_blocks
 from l2bg.rsa.reference import RowScale, acc_dtype, check_slice, distances_, inverse_norms
 
-__all__ = ["TorchRDMStream", "progress_bar", "stream_rdm"]
+__all__ = ["RDMS", "TorchRDMStream", "progress_bar", "stream_rdm"]
+
+RDMS = ("correlation", "euclidean")
+"""The RDMs a stream gives: l2bg's correlation distance (docs/design.md, "RDM") and rsatoolbox's
+euclidean (squared distance over the number of features)."""
 
 
 class TorchRDMStream:
@@ -91,16 +99,17 @@ class TorchRDMStream:
         self.d_seen = total
         return self
 
-    def result(self, *, triu: bool = False) -> Tensor:
-        """RDMs of all features seen so far: (B,) n x n, or packed strict upper triangles."""
+    def result(self, *, triu: bool = False, rdm: str = "correlation") -> Tensor:
+        """RDMs of all features seen so far: (B,) n x n, or packed strict upper triangles;
+        ``rdm`` one of :data:`RDMS`."""
         b, n = self.batch, self.n
         ss = torch.cat([g[:, :, : hi - lo].diagonal(dim1=-2, dim2=-1)
                         for (lo, hi), g in zip(self._blocks, self.gram, strict=True)], -1)
-        inv = inverse_norms(ss, self.mean, self.d_seen).to(self.dtype)
+        finish = self._euclidean(ss) if _rdm_name(rdm) == "euclidean" else self._correlation(ss)
 
         def blocks():
             for (lo, hi), g in zip(self._blocks, self.gram, strict=True):
-                yield lo, hi, distances_(g.clone(), inv[:, lo:hi], inv[:, lo:])
+                yield lo, hi, finish(lo, hi, g)
 
         if triu:
             out = pack_blocks(n, b, blocks(), self.dtype, self.device)
@@ -110,6 +119,41 @@ class TorchRDMStream:
                 out[:, lo:hi, lo:] = torch.triu(d, diagonal=1)
             out = out + out.mT
         return out if self.batched else out.squeeze(0)
+
+    def _correlation(self, ss: Tensor) -> Callable[[int, int, Tensor], Tensor]:
+        """Row block -> correlation distances (a copy), with the constant-sample rule."""
+        inv = inverse_norms(ss, self.mean, self.d_seen).to(self.dtype)
+        return lambda lo, hi, g: distances_(g.clone(), inv[:, lo:hi], inv[:, lo:])
+
+    def _euclidean(self, ss: Tensor) -> Callable[[int, int, Tensor], Tensor]:
+        """Row block -> rsatoolbox's euclidean distances (module docstring), in float64 with
+        every row back in its own units (the stream's power-of-two scale undone, exactly),
+        clamped at 0 (rounding) and returned in the stream's dtype; one line if they overflow
+        it."""
+        if self.d_seen == 0:
+            raise L2BGError("a euclidean RDM needs at least one feature; the layer has none")
+        unit = self._scale.units()
+        mean = self.mean.double() * unit
+        norm = ss.double() * unit.square()
+        d, dtype = self.d_seen, self.dtype
+
+        def finish(lo: int, hi: int, g: Tensor) -> Tensor:
+            out = g.double().mul_(unit[:, lo:hi, None]).mul_(unit[:, None, lo:]).mul_(-2.0)
+            out.add_(norm[:, lo:hi, None]).add_(norm[:, None, lo:]).div_(d)
+            out.add_((mean[:, lo:hi, None] - mean[:, None, lo:]).square_()).clamp_min_(0.0)
+            out = out.to(dtype)
+            if not bool(torch.isfinite(out).all()):
+                raise L2BGError(f"euclidean distances overflow {dtype} (activations too large); "
+                                "store the activations as float64 or rescale them")
+            return out
+
+        return finish
+
+
+def _rdm_name(rdm: str) -> str:
+    if rdm not in RDMS:
+        raise L2BGError(f"unknown RDM {rdm!r}; choose one of: {', '.join(RDMS)}")
+    return rdm
 
 
 def check_accumulator(n: int, dtype: torch.dtype) -> None:
@@ -136,22 +180,27 @@ def progress_bar(total: int | None, desc: str, enabled: bool | None = None, *,
 
 def stream_rdm(read: Callable[[int, int], Tensor], n: int, d: int, *, slice_width: int = 2048,
                device: torch.device | str = "cpu", backend: str = "auto", triu: bool = True,
-               progress: bool | None = None, desc: str = "rdm") -> tuple[Tensor, str]:
+               progress: bool | None = None, desc: str = "rdm",
+               rdm: str = "correlation") -> tuple[Tensor, str]:
     """The RDM of n samples whose d features are read in slices ``read(start, stop) -> (n,
-    stop - start)``; (packed triangle or full RDM, backend that ran). ``backend``: 'torch'
-    (this module's accumulator), 'triton' (``l2bg.kernels.rdm_stream``; float32 on CUDA or the
-    interpreter) or 'auto' (triton for CUDA devices when usable). Memory: the accumulator plus
-    one slice."""
+    stop - start)``; (packed triangle or full RDM, backend that ran). ``rdm``: one of
+    :data:`RDMS`. ``backend``: 'torch' (this module's accumulator), 'triton'
+    (``l2bg.kernels.rdm_stream``; correlation, float32 on CUDA or the interpreter) or 'auto'
+    (triton for correlation on CUDA devices when usable). Memory: the accumulator plus one
+    slice."""
     from l2bg.rsa import resolve_backend
 
     if slice_width < 1:
         raise L2BGError(f"slice width must be >= 1, got {slice_width}")
+    if _rdm_name(rdm) != "correlation" and backend == "triton":
+        raise L2BGError(f"the Triton stream computes correlation RDMs only, not {rdm}; use "
+                        "backend 'torch' or 'auto' (--backend)")
     device = torch.device(device)
     first = read(0, min(d, slice_width)) if d else torch.zeros((n, 0))
     dtype = acc_dtype(first.dtype)
     check_accumulator(n, dtype)
     ran = resolve_backend(backend, first.to(device) if device.type == "cuda" else first)
-    if dtype == torch.float64:
+    if dtype == torch.float64 or rdm != "correlation":
         ran = "torch"
     if ran == "triton":
         from l2bg.kernels.rdm_stream import RDMStream
@@ -168,4 +217,4 @@ def stream_rdm(read: Callable[[int, int], Tensor], n: int, d: int, *, slice_widt
             start = stop
             if start < d:
                 chunk = read(start, min(d, start + slice_width))
-    return acc.result(triu=triu), ran
+    return (acc.result(triu=triu) if ran == "triton" else acc.result(triu=triu, rdm=rdm)), ran

@@ -11,7 +11,8 @@ Either call them directly, or add one line to existing rsatoolbox code::
 ``rsatoolbox.rdm``, ``.rdm.calc``, ``.rdm.compare``, ``.data``, ``.data.noise``,
 ``.inference.evaluate``, ``.inference.noise_ceiling``, ``.model.fitter``,
 ``.util.searchlight``), so model evaluation, noise ceilings, model fitting and searchlights run
-on l2bg too; ``unpatch()`` restores rsatoolbox's own objects.
+on l2bg too, and so do names imported from rsatoolbox before ``patch()`` (a script's ``from
+rsatoolbox.rdm import calc_rdm``); ``unpatch()`` restores rsatoolbox's own objects.
 
 Conventions are rsatoolbox's, not l2bg's (docs/design.md, "Relation to scipy and rsatoolbox"):
 euclidean is the squared distance over the channel count, mahalanobis takes a precision matrix,

@@ -6,6 +6,14 @@ searchlight, the package re-exports), so rebinding one name is not enough: ``pat
 modules listed in ``BINDINGS`` (rsatoolbox 0.3.2) and rebinds every attribute of every loaded
 ``rsatoolbox`` module that *is* one of the four functions; ``unpatch`` puts back exactly the
 objects it replaced, including bindings made while patched by modules imported later.
+
+Names imported before ``patch()`` are covered too: a script that ran ``from rsatoolbox.rdm import
+calc_rdm, compare`` holds rsatoolbox's objects in its own globals (``__main__``), so ``patch``
+rebinds every global of every loaded module (l2bg's own excepted) that *is* one of rsatoolbox's
+originals, and ``unpatch`` restores exactly those (a name that no longer holds the drop-in, because
+the module rebound it meanwhile, is left alone). Outside rsatoolbox nothing else is touched: a
+module that imported the drop-in itself keeps it after ``unpatch``. A reference that cannot be
+rebound (a module whose namespace is read-only) stays rsatoolbox's; one warning names it.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from l2bg.base.errors import warn
 from l2bg.rsa.rsatoolbox.calc import calc_rdm
 from l2bg.rsa.rsatoolbox.compare import compare
 from l2bg.rsa.rsatoolbox.crossval import bootstrap_crossval, cv_noise_ceiling
@@ -75,14 +84,31 @@ BINDINGS = (
 )
 """(module, name) of every binding of the drop-in's functions in rsatoolbox 0.3.2."""
 
-_SAVED: list[tuple[Any, str, Any]] = []  # (module, attribute, the object it held)
+_SAVED: list[tuple[Any, str, Any, Any]] = []  # (module, attribute, its object, the drop-in)
 _STATE = {"options": None}
+_WARNED: set[str] = set()  # references that could not be rebound, named once per process
 
 
-def _modules() -> Iterator[Any]:
+def _is_rsatoolbox(name: str) -> bool:
+    return name == "rsatoolbox" or name.startswith("rsatoolbox.")
+
+
+def _modules(everywhere: bool = False) -> Iterator[tuple[str, Any]]:
+    """(name, module) of the loaded rsatoolbox modules, or of every loaded module but l2bg's
+    own (which hold rsatoolbox's originals on purpose: the drop-in falls through to them)."""
     for name, module in list(sys.modules.items()):
-        if module is not None and (name == "rsatoolbox" or name.startswith("rsatoolbox.")):
-            yield module
+        if module is None or name == "l2bg" or name.startswith("l2bg."):
+            continue
+        if everywhere or _is_rsatoolbox(name):
+            yield name, module
+
+
+def _globals(module: Any) -> list[tuple[str, Any]]:
+    """A module's globals, or none for an entry of sys.modules that has no namespace."""
+    try:
+        return list(vars(module).items())
+    except (TypeError, AttributeError):
+        return []
 
 
 def is_patched() -> bool:
@@ -106,8 +132,9 @@ class _Patch:
 
 def patch(*, dtype: object = None, device: str | None = None) -> _Patch:
     """Run rsatoolbox's ``calc_rdm``, ``compare``, ``prec_from_measurements`` and
-    ``prec_from_residuals`` on l2bg everywhere rsatoolbox refers to them; ``dtype`` and
-    ``device`` set the drop-in's defaults while patched. Also a context manager::
+    ``prec_from_residuals`` on l2bg everywhere rsatoolbox refers to them, and wherever a loaded
+    module imported them before (its globals; module docstring); ``dtype`` and ``device`` set
+    the drop-in's defaults while patched. Also a context manager::
 
         with l2bg.rsa.rsatoolbox.patch():
             ...  # rsatoolbox code, computed by l2bg
@@ -124,23 +151,37 @@ def patch(*, dtype: object = None, device: str | None = None) -> _Patch:
     else:
         configure(dtype=dtype, device=device)
     originals = {id(original(name)): name for name in DROP_INS}
-    for module in _modules():
-        for attr, value in list(vars(module).items()):
+    stuck = []
+    for where, module in _modules(everywhere=True):
+        for attr, value in _globals(module):
             name = originals.get(id(value))
-            if name is not None and value is original(name):
-                _SAVED.append((module, attr, value))
+            if name is None or value is not original(name):
+                continue
+            try:
                 setattr(module, attr, DROP_INS[name])
+            except (AttributeError, TypeError):
+                stuck.append(f"{where}.{attr}")
+                continue
+            _SAVED.append((module, attr, value, DROP_INS[name]))
+    new = [ref for ref in stuck if ref not in _WARNED]
+    if new:
+        _WARNED.update(new)
+        warn(f"rsatoolbox patch: cannot rebind {', '.join(new)} (its module is read-only), so "
+             "it still runs rsatoolbox's own function; import the drop-in there instead (from "
+             "l2bg.rsa.rsatoolbox import ...)")
     return _Patch(owner)
 
 
 def unpatch() -> None:
-    """Undo ``patch()``: every rebound attribute holds rsatoolbox's own object again."""
+    """Undo ``patch()``: every attribute it rebound (and still holding the drop-in) holds
+    rsatoolbox's own object again."""
     drop_ins = {id(f): name for name, f in DROP_INS.items()}
-    for module, attr, value in reversed(_SAVED):
-        setattr(module, attr, value)
+    for module, attr, value, drop_in in reversed(_SAVED):
+        if dict(_globals(module)).get(attr) is drop_in:  # else rebound meanwhile: left alone
+            setattr(module, attr, value)
     _SAVED.clear()
-    for module in _modules():  # bound while patched, e.g. by a module imported meanwhile
-        for attr, value in list(vars(module).items()):
+    for _, module in _modules():  # bound while patched, e.g. by a module imported meanwhile
+        for attr, value in _globals(module):
             name = drop_ins.get(id(value))
             if name is not None and value is DROP_INS[name]:
                 setattr(module, attr, original(name))

@@ -11,6 +11,17 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_dir(tmp_path_factory) -> Path:
+    """Tests never read or write the user's cache: $L2BG_CACHE_DIR (the cache of every run,
+    search and Learner that names none, and of the subprocesses tests start) is a fresh
+    directory of the session."""
+    root = tmp_path_factory.mktemp("l2bg-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("L2BG_CACHE_DIR", str(root))
+        yield root
 MNIST_DIR = SHARED / "data" / "mnist"
 
 

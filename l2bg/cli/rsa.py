@@ -15,9 +15,6 @@ __all__ = ["add_rsa_parser", "cmd_rsa"]
 
 
 def add_rsa_parser(sub: Any) -> argparse.ArgumentParser:
-    from l2bg.rsa import methods
-    from l2bg.rsa.stream import RDMS
-
     r = sub.add_parser(
         "rsa", formatter_class=HelpFormatter,
         help="layer x layer RSA of activations on disk (JSON, CSV and heatmap)",
@@ -28,6 +25,9 @@ def add_rsa_parser(sub: Any) -> argparse.ArgumentParser:
                     "per layer, or one .npy file. RDMs (--rdm) are streamed in slices of\n"
                     "features. Writes similarity.json, similarity.csv and\n"
                     "similarity.png to --out.")
+    from l2bg.rsa import methods  # after add_parser: `l2bg --help` lists rsa without torch
+    from l2bg.rsa.stream import RDMS
+
     r.add_argument("sources", nargs="+", type=Path, metavar="SOURCE",
                    help="activations of a network (directory or file); give two (or more) to "
                         "compare networks")

@@ -15,9 +15,6 @@ from l2bg.cli.options import (
     floats,
     names,
 )
-from l2bg.search.report import OBJECTIVES
-from l2bg.search.samplers import SAMPLERS
-from l2bg.search.space import SPACES
 
 __all__ = ["add_search_parser", "cmd_search"]
 
@@ -31,6 +28,10 @@ def add_search_parser(sub: Any) -> argparse.ArgumentParser:
                     "of gain (or accuracy) and parameter count. Re-running the same command "
                     "resumes the study; more workers or machines share it through --storage "
                     "and --cache-dir. `l2bg search --report DIR` rewrites the outputs.")
+    from l2bg.search.report import OBJECTIVES  # after add_parser: `l2bg --help` stays light
+    from l2bg.search.samplers import SAMPLERS
+    from l2bg.search.space import SPACES
+
     add_experiment_options(s, benchmark_required=False)
     add_strategy_option(s, default="l2bg")
     s.add_argument("--trials", type=int, default=None,

@@ -11,7 +11,8 @@ from typing import Any
 from l2bg.base.errors import L2BGError
 from l2bg.cli.options import HelpFormatter
 
-__all__ = ["LEGEND", "add_explain_parser", "check_record", "cmd_explain", "explain"]
+__all__ = ["LEGEND", "add_explain_parser", "check_record", "cmd_explain", "explain",
+           "record_path"]
 
 
 def add_explain_parser(sub: Any) -> argparse.ArgumentParser:
@@ -23,6 +24,10 @@ def add_explain_parser(sub: Any) -> argparse.ArgumentParser:
                     "and the slots in the order of the grow rule with their share and "
                     "cumulative share, with a legend of the terms.")
     e.add_argument("dir", type=Path, help="run directory holding results.json")
+    e.add_argument("--trial", type=int, default=None, metavar="N",
+                   help="DIR is the --out of `l2bg search`: explain its trial N "
+                        "(DIR/trials/N/results.json; trial numbers as in trials.csv; default: "
+                        "DIR is the --out of `l2bg run`)")
     e.add_argument("--json", action="store_true", help="machine-readable output")
     e.set_defaults(func=cmd_explain)
     return e
@@ -104,9 +109,7 @@ def explain(r: dict[str, Any]) -> list[dict[str, Any]]:
 def cmd_explain(args: argparse.Namespace) -> int:
     from l2bg.base.fileio import read_json_or_fail
 
-    path = args.dir / "results.json"
-    if not path.is_file():
-        raise L2BGError(f"{path} not found; point explain at the --out directory of `l2bg run`")
+    path = record_path(args.dir, args.trial)
     r = read_json_or_fail(path)
     check_record(r, str(path))
     expl = explain(r)
@@ -158,6 +161,43 @@ def cmd_explain(args: argparse.Namespace) -> int:
             print(f"  {row['slot']:<10}{row['conflict']:>8.4f}{wv}{row['share']:>8.3f}"
                   f"{row['cumulative']:>8.3f}  {g}".rstrip())
     return 0
+
+
+def record_path(directory: Path, trial: int | None) -> Path:
+    """The results.json that ``explain`` reads: DIR's own (``l2bg run``) or, with ``--trial``,
+    that of a search's trial; one line naming what to pass when it is not there."""
+    from l2bg.search.report import TRIALS_DIR, trial_record_path
+
+    search = (directory / "search.json").is_file()
+    if trial is None:
+        path = directory / "results.json"
+        if not path.is_file():
+            hint = (f"{directory} is the --out of `l2bg search`: add --trial N" if search else
+                    "point explain at the --out directory of `l2bg run`")
+            raise L2BGError(f"{path} not found; {hint}")
+        return path
+    if not search:
+        raise L2BGError(f"--trial {trial}: {directory} is not the --out of `l2bg search` (no "
+                        "search.json); drop --trial for the --out of `l2bg run`")
+    path = trial_record_path(directory, trial)
+    if not path.is_file():
+        found = sorted(int(p.parent.name) for p in (directory / TRIALS_DIR).glob("*/results.json")
+                       if p.parent.name.isdigit())
+        have = f"recorded trials: {_ranges(found)}" if found else "no trial is recorded yet"
+        raise L2BGError(f"--trial {trial}: {directory} holds no record of trial {trial} "
+                        f"({have}; failed and running trials have none); pick one of them")
+    return path
+
+
+def _ranges(numbers: list[int]) -> str:
+    """0, 1, 2, 5, 7, 8 -> '0-2, 5, 7-8'."""
+    spans: list[list[int]] = []
+    for n in numbers:
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans)
 
 
 def _number(v: Any) -> bool:

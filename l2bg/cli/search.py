@@ -35,8 +35,11 @@ def add_search_parser(sub: Any) -> argparse.ArgumentParser:
     add_experiment_options(s, benchmark_required=False)
     add_strategy_option(s, default="l2bg")
     s.add_argument("--trials", type=int, default=None,
-                   help="trials to complete in total, over every worker and rerun (no default: "
-                        "required unless --report)")
+                   help="trials to complete in total, over every worker and rerun; a trial is "
+                        "one grow sequence the sampler proposes, run over every task (a "
+                        "sequence that repeats decisions already evaluated costs only a memo "
+                        "lookup); the baselines are not counted (no default: required unless "
+                        "--report)")
     s.add_argument("--space", choices=SPACES, default="shared-delta",
                    help="shared-delta: one delta for every task (steps of 0.05, the paper's); "
                         "per-task-delta: one delta per task; bind: bind target of each task "
@@ -70,13 +73,17 @@ def add_search_parser(sub: Any) -> argparse.ArgumentParser:
                    help="search the similarity measure too (a categorical over every "
                         "registered measure)")
     s.add_argument("--enqueue-baselines", action="store_true",
-                   help="evaluate the no-growth (delta 0) and grow-all (delta 1) sequences first")
+                   help="evaluate the no-growth (delta 0) and grow-all (delta 1) sequences "
+                        "first, as trials (counted in --trials)")
     s.add_argument("--initial", choices=("random", "diagonal"), default=None,
                    help="start-up design: diagonal enqueues trials with one delta for every "
                         "task (1 and evenly below, the paper's space) before the model takes "
                         "over; default diagonal for gp/tpe, random for the others")
     s.add_argument("--no-baselines", action="store_true",
-                   help="do not evaluate the shared baseline for the plot")
+                   help="skip the baselines evaluated by default after the trials (not counted "
+                        "in --trials): independent, one net per task (gain 0, from the cache), "
+                        "and shared, every task bound to the previous one with nothing grown; "
+                        "printed at the end and marked in pareto.png")
     s.add_argument("--storage", default=None,
                    help="Optuna storage URL: postgresql://, mysql://, sqlite:///FILE or "
                         "journal:FILE (default: journal:OUT/study.journal)")

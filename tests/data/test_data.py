@@ -261,6 +261,10 @@ def test_missing_mnist_files(tmp_path: Path) -> None:
     for name in sources.MNIST_FILES.values():
         assert name in msg
     assert str(tmp_path.resolve()) in msg and "yann.lecun.com/exdb/mnist" in msg
+    # the original site is often down: torchvision's downloader (whose MNIST/raw layout is
+    # read) and every mirror are named too
+    assert f"MNIST('{tmp_path}', download=True)" in msg and str(tmp_path / "MNIST/raw") in msg
+    assert all(mirror in msg for mirror in sources.MNIST_MIRRORS)
 
     x, y = make_digits(1, seed=0)
     write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", x)

@@ -8,8 +8,15 @@ to a JIT build or the pure-PyTorch reference at run time.
 import glob
 import os
 import sys
+import warnings
 
 from setuptools import setup
+
+# pyproject.toml maps l2bg.kernels to kernels/ (package-dir), so an editable install goes through
+# setuptools' import finder, which then warns "Editable installation." about folders named like
+# the package in the working directory: a notice about the layout we chose, printed by pip on
+# every `make setup`. Only that notice is silenced; any other warning still shows.
+warnings.filterwarnings("ignore", message=r"Editable installation\.", category=UserWarning)
 
 ext_modules = []
 cmdclass = {}

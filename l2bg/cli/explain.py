@@ -23,7 +23,8 @@ def add_explain_parser(sub: Any) -> argparse.ArgumentParser:
                     "similarity measure that decided, the task score of every bind candidate "
                     "and the slots in the order of the grow rule with their share and "
                     "cumulative share, with a legend of the terms.")
-    e.add_argument("dir", type=Path, help="run directory holding results.json")
+    e.add_argument("dir", type=Path, help="run directory holding results.json (or, with "
+                                         "--trial, the --out of `l2bg search`)")
     e.add_argument("--trial", type=int, default=None, metavar="N",
                    help="DIR is the --out of `l2bg search`: explain its trial N "
                         "(DIR/trials/N/results.json; trial numbers as in trials.csv; default: "

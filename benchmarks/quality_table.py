@@ -293,16 +293,21 @@ def plot_figure(table: list[dict[str, Any]]) -> Any:
         ax.set_title(bench, fontsize=9)
         ax.grid(alpha=0.3)
         ax.margins(x=0.1, y=0.1)
+        lines = [list(zip(fx, fy, strict=True))]  # the front and every error bar
+        for r in group:
+            x, y, dx, dy = (r["params_ratio_mean"], r["test_acc_mean"], r["params_ratio_sd"],
+                            r["test_acc_sd"])
+            lines += [[(x - dx, y), (x + dx, y)], [(x, y - dy), (x, y + dy)]] if dx or dy else []
         pending.append((ax, labels, [(r["params_ratio_mean"], r["test_acc_mean"])
-                                     for r in group], list(zip(fx, fy, strict=True))))
+                                     for r in group], lines))
     fig.legend(handles=list(legend.values()), labels=list(legend), loc="outside right upper",
                fontsize=7, frameon=False)
     fig.canvas.draw()
-    for ax, labels, points, line in pending:
+    for ax, labels, points, lines in pending:
         ax.set_xlim(ax.get_xlim())
         ax.set_ylim(ax.get_ylim())
         place_labels(ax, [a for a, _, _ in labels], [t for _, t, _ in labels],
-                     colors=[c for _, _, c in labels], obstacles=points, lines=[line],
+                     colors=[c for _, _, c in labels], obstacles=points, lines=lines,
                      marker_pt=7.5)
     return fig
 

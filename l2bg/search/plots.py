@@ -5,6 +5,7 @@ count on top. matplotlib is imported when drawing."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -65,12 +66,15 @@ def pareto_figure(feasible: Sequence[Any], infeasible: Sequence[Any], front: Seq
     handles: list[Any] = []
     points: list[tuple[float, float]] = []
     n = len(feasible) + len(infeasible)
-    if feasible:  # hollow, so trials that land on the same point stay visible
-        xs, ys = xy(feasible)
-        ax.scatter(xs, ys, s=26, facecolors="none", edgecolors="0.45", linewidths=0.8, zorder=2)
-        points += zip(xs, ys, strict=True)
+    xs, ys = xy(feasible)
+    same = Counter(zip(xs, ys, strict=True))  # trials that built one network share a point
+    if feasible:  # hollow, one circle per point, its area growing with the trials on it
+        spots = list(same)
+        ax.scatter([x for x, _ in spots], [y for _, y in spots], s=[26 * same[p] for p in spots],
+                   facecolors="none", edgecolors="0.45", linewidths=0.8, zorder=2)
+        points += spots
         handles.append(Line2D([], [], ls="", marker="o", ms=5, mfc="none", mec="0.45",
-                              label=f"trials ({n})"))
+                              label=f"trials ({n}; larger: several on one point)"))
     if infeasible:
         xs, ys = xy(infeasible)
         ax.scatter(xs, ys, s=22, c="0.6", marker="x", zorder=2)
@@ -92,6 +96,7 @@ def pareto_figure(feasible: Sequence[Any], infeasible: Sequence[Any], front: Seq
         for t, x, y in zip(ordered, xs, ys, strict=True):
             d = delta_label(t.user_attrs.get("grow_sequence"))
             text = f"#{t.number}" + (f" δ={d}" if d else "")
+            text += f" ({same[(x, y)]} trials)" if same[(x, y)] > 1 else ""
             labels.append(((x, y), text))
             data["front"].append({"number": t.number, "params": t.user_attrs["params"],
                                   "ratio": x, "value": y, "label": text})

@@ -186,6 +186,7 @@ def test_pareto_png_same_axis_as_plot_png_and_readable(tmp_path):
         [(0.2, -150, 0.1), (0.4, -60, 0.3), (0.9, 1.0, 0.5), (0.92, 1.5, 0.6), (0.95, 1.8, 0.7),
          (0.97, 2.0, 0.8), (0.99, 2.1, 0.9)])]
     others = [_trial(10 + k, 0.3 + 0.1 * k, -100 + 15 * k, 0.2) for k in range(7)]
+    others.append(_trial(20, 0.2, -150, 0.15))  # the network of trial 0, built again
     baselines = {"independent": {"gain": 0.0, "params": INDEPENDENT,
                                  "params_independent": INDEPENDENT},
                  "shared": {"gain": -190.0, "params": int(0.2 * INDEPENDENT)}}
@@ -195,6 +196,7 @@ def test_pareto_png_same_axis_as_plot_png_and_readable(tmp_path):
     ax = fig.axes[0]
     texts = [t for t in ax.texts if t.get_text().startswith("#")]
     assert len(texts) == len(front)
+    assert texts[0].get_text() == "#0 δ=0.1 (2 trials)"  # the trials on one point, counted
     assert_readable(fig, ax, texts)
     assert_legend_beside(fig)
     assert [p["ratio"] for p in data["front"]] == [0.2, 0.4, 0.9, 0.92, 0.95, 0.97, 0.99]

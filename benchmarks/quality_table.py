@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from l2bg.base.figures import figure, param_axes, place_labels, save
 from l2bg.base.fileio import atomic_write, write_json
 from l2bg.conflict.rules import DEFAULT_BIND_RULE
 from l2bg.conflict.similarity import DEFAULT_SIMILARITY
@@ -113,7 +114,9 @@ def run_all(args: argparse.Namespace, specs: list[RunSpec]) -> list[dict[str, An
                        "test_acc": 100 * record["avg_test_acc"],
                        "val_acc": 100 * record["avg_val_acc"],
                        "params_ratio": record["params"] / record["params_independent"],
-                       "params": record["params"], "gain": record["gain"],
+                       "params": record["params"],
+                       "params_independent": record["params_independent"],
+                       "gain": record["gain"],
                        "bwt": None if record["bwt"] is None else 100 * record["bwt"],
                        "grown": " ".join(",".join(map(str, t["grown_slots"])) or "-"
                                          for t in record["tasks"][1:]),
@@ -148,6 +151,7 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out = {k: rs[0][k] for k in ("benchmark", "run", "strategy", "grow_rule", "bind_rule",
                                      "similarity", "delta")}
         out["seeds"] = len(rs)
+        out["params_independent"] = rs[0].get("params_independent")  # the x axis' unit
         for key in ("test_acc", "val_acc", "params_ratio", "gain", "bwt"):
             out[f"{key}_mean"], out[f"{key}_sd"] = _ms([r[key] for r in rs])
         table.append(out)
@@ -193,67 +197,119 @@ def markdown(table: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 
 
 def plot(path: Path, table: list[dict[str, Any]]) -> None:
-    """Test accuracy against parameters / independent, one panel per benchmark; the front (on
-    validation accuracy) is drawn as a red step line through its members."""
-    import matplotlib
+    """Write ``plot.png`` (:func:`plot_figure`)."""
+    save(plot_figure(table), path)
 
-    matplotlib.use("Agg")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+
+#: Runs closer than this (a fraction of each axis' span) are drawn as one spot: concentric
+#: markers, the first drawn largest, so none hides another.
+COINCIDENT = 0.012
+BASELINE_MARKS = {"independent": ("D", "tab:blue"), "shared": ("s", "tab:green"),
+                  "full": ("^", "tab:brown"), "random": ("x", "0.3")}
+GROW_COLORS = {"conflict": "tab:orange", "similar-first": "tab:purple", "released": "tab:cyan"}
+FRONT_LABEL = "Pareto front, chosen on validation\naccuracy (test accuracy shown)"
+
+
+def _style(r: dict[str, Any]) -> tuple[str, Any, str, bool]:
+    """(marker, colour, legend label, hollow) of a run: baselines hollow, l2bg filled."""
+    if r["strategy"] in BASELINE_MARKS:
+        m, c = BASELINE_MARKS[r["strategy"]]
+        return m, c, r["strategy"], True
+    m, c = "o", GROW_COLORS.get(r["grow_rule"], "tab:gray")
+    label = f"l2bg {r['grow_rule']}"
+    if r["bind_rule"] != DEFAULT_BIND_RULE:
+        m, label = "P", f"{label}, bind {r['bind_rule']}"
+    if r["similarity"] != DEFAULT_SIMILARITY:
+        m, label = "v", f"{label}, {r['similarity']}"
+    return m, c, label, False
+
+
+def _spots(group: list[dict[str, Any]]) -> list[int]:
+    """The spot of each run: runs within COINCIDENT of a spot's first run share it."""
+    xs = [r["params_ratio_mean"] for r in group]
+    ys = [r["test_acc_mean"] for r in group]
+    sx = max(max(xs) - min(xs), 0.05)
+    sy = max(max(ys) - min(ys), 0.5)
+    firsts: list[int] = []
+    spot = []
+    for k in range(len(group)):
+        near = next((f for f in firsts if abs(xs[k] - xs[f]) <= COINCIDENT * sx
+                     and abs(ys[k] - ys[f]) <= COINCIDENT * sy), None)
+        if near is None:
+            firsts.append(k)
+            near = k
+        spot.append(near)
+    return spot
+
+
+def plot_figure(table: list[dict[str, Any]]) -> Any:
+    """Test accuracy against parameters / independent (the absolute count on top), one panel
+    per benchmark. Baselines are hollow markers drawn over the filled l2bg ones; runs on one
+    spot are concentric markers; each δ is labelled where no label or marker is (a leader line
+    when it had to move away); the front, chosen on validation accuracy, is ringed in red and
+    the legend, beside the panels, says so."""
+    from matplotlib.lines import Line2D
 
     benches = list(dict.fromkeys(r["benchmark"] for r in table))
-    fig = Figure(figsize=(5.2 * len(benches), 4.4), dpi=110)
-    FigureCanvasAgg(fig)
-    colors = {"conflict": "tab:orange", "similar-first": "tab:purple", "released": "tab:cyan"}
-    marks = {"independent": ("D", "tab:blue"), "shared": ("s", "tab:green"),
-             "full": ("^", "tab:brown"), "random": ("x", "0.3")}
+    fig = figure(4.6 * len(benches) + 2.4, 4.6, constrained=True)
+    legend: dict[str, Any] = {}
+    pending = []  # (axes, δ labels, every point, front): placed once the layout is final
     for k, bench in enumerate(benches):
         ax = fig.add_subplot(1, len(benches), k + 1)
         group = [r for r in table if r["benchmark"] == bench]
-        seen: set[str] = set()
-        # runs that land on one point (often the same network) are drawn as shrinking
-        # concentric markers with their δ labels stacked, so none hides another
-        spot = {id(r): (round(r["params_ratio_mean"], 3), round(r["test_acc_mean"], 2))
-                for r in group}
-        totals = Counter(spot.values())
+        spot = _spots(group)
+        totals = Counter(spot)
         drawn: Counter = Counter()
-        for r in group:
-            nth = drawn[spot[id(r)]]
-            drawn[spot[id(r)]] += 1
-            size = 6 + 3 * (totals[spot[id(r)]] - 1 - nth)
-            if r["strategy"] in marks:
-                m, c = marks[r["strategy"]]
-                label = r["strategy"]
-            else:
-                m, c = "o", colors.get(r["grow_rule"], "tab:gray")
-                label = f"l2bg {r['grow_rule']}"
-                if r["bind_rule"] != DEFAULT_BIND_RULE:
-                    m, label = "P", f"{label}, bind {r['bind_rule']}"
-                if r["similarity"] != DEFAULT_SIMILARITY:
-                    m, label = "v", f"{label}, {r['similarity']}"
-            ax.errorbar(r["params_ratio_mean"], r["test_acc_mean"], xerr=r["params_ratio_sd"],
-                        yerr=r["test_acc_sd"], fmt=m, color=c, ms=size, capsize=2, lw=0.8,
-                        label=None if label in seen else label, zorder=3 + 0.01 * nth)
-            seen.add(label)
+        labels = []
+        for i, r in enumerate(group):
+            nth = drawn[spot[i]]
+            drawn[spot[i]] += 1
+            size = 6 + 3 * (totals[spot[i]] - 1 - nth)
+            m, c, label, hollow = _style(r)
+            ax.errorbar(r["params_ratio_mean"], r["test_acc_mean"],
+                        xerr=r["params_ratio_sd"] or None, yerr=r["test_acc_sd"] or None,
+                        fmt=m, color=c, ms=size, capsize=2, lw=0.8,
+                        mfc="none" if hollow else c, mew=1.5 if hollow else 0.5,
+                        mec=c if hollow else "white", zorder=(5 if hollow else 3) + 0.01 * nth)
+            legend.setdefault(label, Line2D([], [], ls="", marker=m, ms=6, color=c,
+                                            mfc="none" if hollow else c,
+                                            mew=1.5 if hollow else 0.5))
             if r["delta"] is not None:
-                ax.annotate(f"{r['delta']:g}", (r["params_ratio_mean"], r["test_acc_mean"]),
-                            textcoords="offset points", xytext=(5, 3 + 7 * nth), fontsize=6,
-                            color=c)
+                labels.append(((r["params_ratio_mean"], r["test_acc_mean"]),
+                               f"δ={r['delta']:g}", c))
         front = sorted((r for r in group if r["front"]), key=lambda r: r["params_ratio_mean"])
+        fx = [r["params_ratio_mean"] for r in front]
+        fy = [r["test_acc_mean"] for r in front]
         if front:
-            ax.step([r["params_ratio_mean"] for r in front], [r["test_acc_mean"] for r in front],
-                    where="post", c="tab:red", lw=1, zorder=2)
-            ax.scatter([r["params_ratio_mean"] for r in front],
-                       [r["test_acc_mean"] for r in front], s=110, facecolors="none",
-                       edgecolors="tab:red", linewidths=1.2, label="Pareto front (val)",
+            ax.plot(fx, fy, ls=":", c="tab:red", lw=1, zorder=2)
+            ax.scatter(fx, fy, s=150, facecolors="none", edgecolors="tab:red", linewidths=1.0,
                        zorder=4)
-        ax.set_xlabel("parameters / independent nets")
+            legend.setdefault(FRONT_LABEL, Line2D([], [], ls=":", c="tab:red", marker="o",
+                                                  ms=8, mfc="none", mec="tab:red"))
+        unit = next((r.get("params_independent") for r in group
+                     if r.get("params_independent")), None)
+        param_axes(ax, unit)
         ax.set_ylabel("average test accuracy (%)")
         ax.set_title(bench, fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, loc="lower right")
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+        ax.margins(x=0.1, y=0.1)
+        lines = [list(zip(fx, fy, strict=True))]  # the front and every error bar
+        for r in group:
+            x, y, dx, dy = (r["params_ratio_mean"], r["test_acc_mean"], r["params_ratio_sd"],
+                            r["test_acc_sd"])
+            lines += [[(x - dx, y), (x + dx, y)], [(x, y - dy), (x, y + dy)]] if dx or dy else []
+        pending.append((ax, labels, [(r["params_ratio_mean"], r["test_acc_mean"])
+                                     for r in group], lines))
+    fig.legend(handles=list(legend.values()), labels=list(legend), loc="outside right upper",
+               fontsize=7, frameon=False)
+    fig.canvas.draw()
+    for ax, labels, points, lines in pending:
+        ax.set_xlim(ax.get_xlim())
+        ax.set_ylim(ax.get_ylim())
+        place_labels(ax, [a for a, _, _ in labels], [t for _, t, _ in labels],
+                     colors=[c for _, _, c in labels], obstacles=points, lines=lines,
+                     marker_pt=7.5)
+    return fig
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -4,7 +4,6 @@ more networks fed the same inputs); writes similarity.json, similarity.csv and s
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -100,13 +99,11 @@ def cmd_rsa(args: argparse.Namespace) -> int:
                                  "method": args.method, "rdm": rdm, "samples": args.samples,
                                  "seed": args.seed, "device": str(device),
                                  "backend": args.backend, "slice_width": args.slice_width}
-        staged = result.save(target.staging)
+        result.save(target.staging)
         target.publish()
-    paths = {k: target.path / p.name for k, p in staged.items()}
     if not args.quiet:
         print(f"{result.method} similarity of {rdm}-distance RDMs over {result.n} samples")
-        print(table(result.rows, result.cols, result.values))
-        print(json.dumps({k: str(v) for k, v in paths.items()}))
+        print(_finished(result, target.path))
     return 0
 
 
@@ -135,13 +132,25 @@ def _cmd_cka(args: argparse.Namespace, layers: list[Any], device: Any) -> int:
                                  "measure": args.measure, "batch_size": args.batch_size,
                                  "kernel": args.kernel, "sigma": args.sigma,
                                  "device": str(device)}
-        staged = result.save(target.staging)
+        result.save(target.staging)
         target.publish()
     if not args.quiet:
         print(f"{result.method} over {result.n} samples")
-        print(table(result.rows, result.cols, result.values))
-        print(json.dumps({k: str(target.path / p.name) for k, p in staged.items()}))
+        print(_finished(result, target.path))
     return 0
+
+
+def _finished(result: Any, out: Path) -> str:
+    """The end of a run, read at a glance: which source is rows, the table, what was written
+    where."""
+    rows, cols = result.axis_titles()
+    return "\n".join([
+        f"rows: {rows}; columns: {cols}",
+        table(result.rows, result.cols, result.values),
+        f"written to {out}/:",
+        "  similarity.csv   the matrix (first row: column labels; first column: row labels)",
+        "  similarity.png   heatmap of the matrix",
+        "  similarity.json  the matrix, its labels, the sources and the settings"])
 
 
 def table(rows: list[str], cols: list[str], values: Any) -> str:

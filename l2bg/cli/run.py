@@ -24,8 +24,8 @@ from l2bg.search.format import format_options
 __all__ = ["CLAIM", "OUTPUTS", "STAGING", "add_run_parser", "cmd_run"]
 
 #: What a run writes to --out, in the order it publishes them (results.json last: the
-#: completion marker).
-OUTPUTS = ("jointnet.safetensors", "jointnet.json", "results.json")
+#: completion marker). acc_matrix.png: the accuracy matrix and forgetting (l2bg.learn.figures).
+OUTPUTS = ("jointnet.safetensors", "jointnet.json", "acc_matrix.png", "results.json")
 CLAIM = ".l2bg-run.lock"
 STAGING = ".l2bg-run.staging"
 
@@ -71,6 +71,7 @@ def _fresh_out(benchmark: str, strategy: str) -> Path:
 def cmd_run(args: argparse.Namespace) -> int:
     from l2bg.base.fileio import write_json
     from l2bg.base.outdir import OutDir
+    from l2bg.learn.figures import plot_acc_matrix
     from l2bg.learn.independent import IndependentCache
     from l2bg.learn.learner import GrowStep, LogLines
     from l2bg.learn.settings import Settings, resolve_cache_dir
@@ -100,8 +101,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     learner = settings.learner(built, cache, quiet=args.quiet, hooks=hooks)
     learner.prepare(strategy, steps)  # every check before --out is touched
 
+    outputs = _outputs()
     with OutDir(_fresh_out(bench.name, strategy.name) if args.out is None else args.out,
-                OUTPUTS, "run") as target:  # claimed and checked writable before any training
+                outputs, "run") as target:  # claimed and checked writable before any training
         result = learner.run(strategy, sequence=steps)
         record = result.record
         record["config"] = {
@@ -117,11 +119,24 @@ def cmd_run(args: argparse.Namespace) -> int:
             "torch": _torch_version(), "l2bg": _l2bg_version(),
         }
         result.net.save(target.staging)
+        if "acc_matrix.png" in outputs:
+            plot_acc_matrix(record, target.staging / "acc_matrix.png")
         write_json(target.staging / "results.json", record)
         target.publish()
     if not args.quiet:
         print(_summary(record, target.path))
     return 0
+
+
+def _outputs() -> tuple[str, ...]:
+    """OUTPUTS; without matplotlib, one line on stderr and no acc_matrix.png."""
+    from l2bg.base.figures import have_matplotlib
+
+    if have_matplotlib():
+        return OUTPUTS
+    print("l2bg: acc_matrix.png is not drawn: matplotlib is not installed (pip install "
+          "matplotlib)", file=sys.stderr)
+    return tuple(o for o in OUTPUTS if o != "acc_matrix.png")
 
 
 def _torch_version() -> str:
@@ -154,5 +169,7 @@ def _summary(r: dict[str, Any], out: Path) -> str:
                  f"BWT {_pct(r['bwt'])}  FWT {_pct(r['fwt'])}")
     lines.append(f"gain Δ {r['gain']:+.2f}%  params {r['params']:,} "
                  f"(independent {r['params_independent']:,})  wall {r['wall_time_s']:.1f}s")
-    lines.append(f"results: {out / 'results.json'}")
+    picture = out / "acc_matrix.png"
+    lines.append(f"results: {out / 'results.json'}"
+                 + (f"; accuracy matrix and forgetting: {picture}" if picture.is_file() else ""))
     return "\n".join(lines)

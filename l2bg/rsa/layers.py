@@ -31,7 +31,7 @@ from l2bg.rsa.blas import one_torch_thread
 from l2bg.rsa.ondisk import Source, open_source
 from l2bg.rsa.stream import RDMS, stream_rdm
 
-__all__ = ["OUTPUTS", "LayerMatrix", "layer_similarity", "sample_rows"]
+__all__ = ["OUTPUTS", "LayerMatrix", "layer_similarity", "sample_rows", "source_names"]
 
 #: What :meth:`LayerMatrix.save` writes, in the order ``l2bg rsa`` publishes them
 #: (similarity.json last: the completion marker, :mod:`l2bg.base.outdir`).
@@ -59,36 +59,59 @@ class LayerMatrix:
     def to_csv(self) -> str:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["", *self.cols])
+        w.writerow([self.corner(), *self.cols])
         for name, row in zip(self.rows, self.values, strict=True):
             w.writerow([name, *(repr(float(v)) for v in row)])
         return buf.getvalue()
 
+    def source_names(self) -> list[str]:
+        """The sources' short names (their directory or file names), as labels use them."""
+        return list(self.info.get("names") or source_names(self.info.get("sources", [])))
+
+    def axis_titles(self) -> tuple[str, str]:
+        """What the rows and the columns are: the layers of which source."""
+        names = self.source_names()
+        if len(names) > 2:
+            return "source:layer", "source:layer"
+        if not names:
+            return "layers", "layers"
+        return f"layers of {names[0]}", f"layers of {names[-1]}"
+
+    def corner(self) -> str:
+        """Which source is rows and which is columns, in one cell (the CSV's first)."""
+        rows, cols = self.axis_titles()
+        return f"rows: {rows} / columns: {cols}"
+
     def heatmap(self, path: str | Path, *, title: str | None = None) -> Path:
-        """The matrix as a PNG heatmap (matplotlib, Agg canvas; no global backend change)."""
-        try:
-            from matplotlib.backends.backend_agg import FigureCanvasAgg
-            from matplotlib.figure import Figure
-        except ImportError:
-            raise L2BGError("the heatmap needs matplotlib; pip install matplotlib") from None
-        from l2bg.base.fileio import atomic_write
+        """The matrix as a PNG heatmap (:func:`l2bg.base.figures.annotated_heatmap`: a
+        diverging colour map centred at 0 when a value is negative; values in the cells of a
+        small matrix; rows and columns named by their source)."""
+        from l2bg.base.figures import save
+
+        return save(self.heatmap_figure(title=title), path)
+
+    def heatmap_figure(self, *, title: str | None = None) -> Any:
+        """The figure :meth:`heatmap` writes."""
+        from l2bg.base.figures import CELL_VALUES_MAX, annotated_heatmap, figure
 
         h, w = len(self.rows), len(self.cols)
-        fig = Figure(figsize=(2.5 + 0.45 * w, 2.0 + 0.4 * h))
-        FigureCanvasAgg(fig)
+        cells = max(h, w) <= CELL_VALUES_MAX
+        fig = figure(2.8 + (0.55 if cells else 0.3) * w, 2.2 + (0.42 if cells else 0.28) * h,
+                     dpi=120, constrained=True)
         ax = fig.add_subplot()
-        lo = -1.0 if float(np.nanmin(self.values, initial=0.0)) < 0 else 0.0
-        im = ax.imshow(self.values, cmap="viridis", vmin=lo, vmax=1.0, aspect="auto")
-        ax.set_xticks(range(w), self.cols, rotation=60, ha="right", fontsize=8)
-        ax.set_yticks(range(h), self.rows, fontsize=8)
+        im = annotated_heatmap(ax, self.values, self.rows, self.cols, vmin=0.0, vmax=1.0)
         ax.set_title(title or f"{self.method}, n = {self.n}", fontsize=9)
-        sources = self.info.get("sources", [])
-        if len(sources) == 2:
-            ax.set_ylabel(Path(sources[0]).name, fontsize=8)
-            ax.set_xlabel(Path(sources[1]).name, fontsize=8)
-        fig.colorbar(im, ax=ax)
-        fig.tight_layout()
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+        rows, cols = self.axis_titles()
+        if rows == "source:layer":  # thin lines between the sources' blocks
+            heads = [r.split(":", 1)[0] for r in self.rows]
+            for k in range(1, h):
+                if heads[k] != heads[k - 1]:
+                    ax.axhline(k - 0.5, c="k", lw=0.8)
+                    ax.axvline(k - 0.5, c="k", lw=0.8)
+        ax.set_ylabel(f"{rows} (rows)", fontsize=8)
+        ax.set_xlabel(f"{cols} (columns)", fontsize=8)
+        fig.colorbar(im, ax=ax, label=self.method)
+        return fig
 
     def save(self, out: str | Path) -> dict[str, Path]:
         """``similarity.json``, ``similarity.csv`` and ``similarity.png`` in ``out`` (atomic)."""
@@ -99,6 +122,27 @@ class LayerMatrix:
         return {"json": write_json(out / json_name, self.to_dict()),
                 "csv": atomic_write(out / csv_name, self.to_csv()),
                 "png": self.heatmap(out / png_name)}
+
+
+def source_names(sources: Sequence[Any]) -> list[str]:
+    """Short names of sources: a directory's or file's name (``runs/a/acts`` -> ``acts``); two
+    different paths with one name get as many parent directories as tell them apart; in-memory
+    activations (no path) are ``net0``, ``net1``, ..."""
+    paths = [Path(p) if isinstance(p, str | Path) else None for p in sources]
+    depth = [1] * len(paths)
+
+    def name(k: int) -> str:
+        p = paths[k]
+        return f"net{k}" if p is None else "/".join(p.parts[-depth[k]:]) or str(p)
+
+    while True:
+        names = [name(k) for k in range(len(paths))]
+        clash = [k for k, p in enumerate(paths) if p is not None and depth[k] < len(p.parts)
+                 and any(names[j] == names[k] and paths[j] != p for j in range(len(paths)))]
+        if not clash:
+            return names
+        for k in clash:
+            depth[k] += 1
 
 
 def sample_rows(n: int, samples: int | Sequence[int] | None, seed: int = 0) -> np.ndarray | None:
@@ -203,6 +247,8 @@ def layer_similarity(sources: Sequence[Activations], *,
     if len(per_source) != len(opened):
         raise L2BGError(f"layers: {len(per_source)} lists for {len(opened)} sources")
     device = torch.device(device)
+    labels_of = source_names([p if isinstance(a, Source | str | Path) else None
+                              for a, (p, _) in zip(opened, counts, strict=True)])
     labels, rdms, ran = [], [], set()
     for act, names_k in zip(opened, per_source, strict=True):
         got_names, got, r = _layer_rdms(act, None if names_k is None else list(names_k), rows,
@@ -216,13 +262,15 @@ def layer_similarity(sources: Sequence[Activations], *,
             ta, tb = _stack(rdms[0]), _stack(rdms[1])
             values, row_names, col_names = spec.all_pairs(ta, tb), labels[0], labels[1]
         else:
-            tags = names or [f"net{k}" for k in range(len(opened))]
+            tags = list(names or labels_of)
+            tags = [t if tags.count(t) == 1 else f"{t}#{k}" for k, t in enumerate(tags)]
             flat = [f"{tags[k]}:{x}" if len(opened) > 1 else x
                     for k, group in enumerate(labels) for x in group]
             values = spec.all_pairs(_stack([t for group in rdms for t in group]))
             row_names = col_names = flat
     used = len(rows) if rows is not None else n
-    info = {"sources": [p for p, _ in counts], "rdm": f"{rdm} distance",
+    info = {"sources": [p for p, _ in counts], "names": list(names or labels_of),
+            "rdm": f"{rdm} distance",
             "rdm_backend": "+".join(sorted(ran))}
     return LayerMatrix(row_names, col_names, values.to("cpu", torch.float64).numpy(),
                        spec.name, used, info)

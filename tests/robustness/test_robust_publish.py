@@ -147,7 +147,7 @@ def test_a_finished_runs_results_survive_a_dead_claim(tmp_path, run_argv, capsys
     assert set(before) == set(OUTPUTS)
     assert main(run_argv(out)) == 2
     err = capsys.readouterr().err.strip()
-    assert "already holds jointnet.safetensors, jointnet.json, results.json" in err
+    assert f"already holds {', '.join(OUTPUTS)}" in err
     assert "\n" not in err and _contents(out, OUTPUTS) == before
     assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)
 

@@ -262,7 +262,8 @@ def test_layer_similarity_from_disk_equals_in_memory(tmp_path, acts, monkeypatch
     assert mem.values.shape == (2, 2) and np.allclose(np.diag(mem.values), 1)
     three = layer_similarity([tmp_path / "npy", tmp_path / "b", tmp_path / "npy"],
                              layers=[["fc"], ["fc"], ["conv"]], progress=False)
-    assert three.rows == ["net0:fc", "net1:fc", "net2:conv"] and three.values.shape == (3, 3)
+    # labelled by directory; one directory given twice gets its position
+    assert three.rows == ["npy#0:fc", "b:fc", "npy#2:conv"] and three.values.shape == (3, 3)
 
 
 def test_layer_similarity_errors(tmp_path, acts):
@@ -293,7 +294,8 @@ def test_cli_rsa_end_to_end(tmp_path, acts, capsys):
     assert result["config"]["method"] == "kendall"
     assert abs(result["values"][1][0] - 1.0) < 1e-12  # the same layer, read from two formats
     csv_rows = (out / "similarity.csv").read_text().splitlines()
-    assert csv_rows[0] == ",fc" and csv_rows[2].startswith("fc,")
+    assert csv_rows[0] == "rows: layers of npy / columns: layers of acts.safetensors,fc"
+    assert csv_rows[2].startswith("fc,")
     assert (out / "similarity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "kendall" in captured.out
     again = main(["rsa", str(tmp_path / "npy"), "--out", str(out), "--quiet"])

@@ -31,6 +31,7 @@ from l2bg.learn.step import (
     SequenceState,
     StepContext,
     TaskRecord,
+    grow_steps,
 )
 from l2bg.learn.training import TrainConfig
 from l2bg.net.executor import default_backend
@@ -123,8 +124,7 @@ class Learner:
         order = list(range(T)) if order is None else [int(j) for j in order]
         if sorted(order) != list(range(T)):
             raise L2BGError(f"order must be a permutation of 0..{T - 1}, got {order}")
-        steps = [GrowStep(delta=delta) for _ in range(T - 1)] if sequence is None else list(
-            sequence)
+        steps = grow_steps(T, delta) if sequence is None else list(sequence)
         if len(steps) != T - 1:
             raise L2BGError(f"a grow sequence needs one step per task after the first "
                             f"({T - 1}), got {len(steps)}")

@@ -12,7 +12,6 @@ run, a finished run's outputs are kept.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -70,7 +69,6 @@ def _fresh_out(benchmark: str, strategy: str) -> Path:
 def cmd_run(args: argparse.Namespace) -> int:
     from l2bg.base.fileio import write_json
     from l2bg.base.outdir import OutDir
-    from l2bg.learn.learner import LogLines
     from l2bg.learn.runconfig import RunConfig
     from l2bg.learn.settings import open_cache
 
@@ -79,8 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     built = run.settings.build()
     steps = run.grow_steps(len(built.bench.tasks))
     cache = open_cache(False if args.no_cache else None, run.settings.cache_dir)
-    hooks = () if args.quiet or sys.stderr.isatty() else (LogLines(built.template.slot_names),)
-    learner = run.settings.learner(built, cache, quiet=args.quiet, hooks=hooks)
+    learner = run.settings.learner(built, cache, quiet=args.quiet)
     learner.prepare(strategy, steps)  # every check before --out is touched
 
     with OutDir(_fresh_out(built.bench.name, strategy.name) if args.out is None else args.out,

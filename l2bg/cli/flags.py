@@ -58,6 +58,7 @@ FLAGS: dict[str, str] = {
     # l2bg rsa (the on-disk readers, minibatch CKA)
     "layers": "--layers",
     "samples": "--samples",
+    "sigma": "--sigma",
 }
 
 

@@ -31,12 +31,13 @@ class TrainConfig:
         if self.optimizer not in ("adam", "sgd"):
             raise L2BGError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0 or math.isinf(self.lr):
-            raise L2BGError(f"epochs, batch_size and lr must be positive and finite, got "
-                            f"{self.epochs}, {self.batch_size}, {self.lr}")
+            raise ParamError(f"{{epochs}}, {{batch_size}} and {{lr}} must be positive and finite, "
+                             f"got {self.epochs}, {self.batch_size}, {self.lr}", "epochs",
+                             "batch_size", "lr")
         for name in ("shared_lr_scale", "momentum", "weight_decay"):
             v = getattr(self, name)
             if not math.isfinite(v) or v < 0:
-                raise L2BGError(f"{name} must be finite and >= 0, got {v}")
+                raise ParamError(f"{{{name}}} must be finite and >= 0, got {v}", name)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -43,7 +43,7 @@ def gram(x: Tensor, kernel: str = "linear", sigma: float = 1.0) -> Tensor:
     if kernel == "linear":
         return g
     if not sigma > 0:
-        raise L2BGError(f"sigma must be > 0, got {sigma}")
+        raise ParamError(f"{{sigma}} must be > 0, got {sigma}", "sigma")
     sq = g.diagonal()
     d2 = (sq[:, None] + sq[None, :] - 2 * g).clamp_min(0.0)
     med = _median_distance(d2)

@@ -70,21 +70,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from l2bg.base.fileio import write_json
     from l2bg.base.outdir import OutDir
     from l2bg.learn.runconfig import RunConfig
-    from l2bg.learn.settings import open_cache
 
-    run = RunConfig.from_args(args)
-    strategy = run.check()  # every setting, the strategy and δ, before any data is read
-    built = run.settings.build()
-    steps = run.grow_steps(len(built.bench.tasks))
-    cache = open_cache(False if args.no_cache else None, run.settings.cache_dir)
-    learner = run.settings.learner(built, cache, quiet=args.quiet)
-    learner.prepare(strategy, steps)  # every check before --out is touched
-
-    with OutDir(_fresh_out(built.bench.name, strategy.name) if args.out is None else args.out,
+    # every setting, the strategy and δ checked, the data built: all before --out is touched
+    run = RunConfig.from_args(args).prepare(False if args.no_cache else None, quiet=args.quiet)
+    bench = run.built.bench
+    with OutDir(_fresh_out(bench.name, run.strategy.name) if args.out is None else args.out,
                 OUTPUTS, "run") as target:  # claimed and checked writable before any training
-        result = learner.run(strategy, sequence=steps)
+        result = run()
         record = result.record
-        record["config"] = run.record(built, cache, strategy)
         result.net.save(target.staging)
         write_json(target.staging / "results.json", record)
         target.publish()

@@ -15,6 +15,7 @@ line shows its flags through :mod:`l2bg.cli.flags`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -24,10 +25,29 @@ from l2bg.learn.step import GrowStep, grow_steps
 
 if TYPE_CHECKING:  # pragma: no cover
     from l2bg.learn.independent import IndependentCache
+    from l2bg.learn.learner import Hook, Learner, RunResult
     from l2bg.learn.settings import Built
     from l2bg.learn.strategies import Strategy
 
-__all__ = ["RunConfig", "grow_steps"]
+__all__ = ["PreparedRun", "RunConfig", "grow_steps"]
+
+
+@dataclass
+class PreparedRun:
+    """A checked run whose data is built and whose learner is ready: calling it learns the
+    tasks and returns the result, ``record["config"]`` filled in (:meth:`RunConfig.record`)."""
+
+    config: RunConfig
+    built: Built
+    cache: IndependentCache
+    learner: Learner
+    strategy: Strategy
+    steps: list[GrowStep]
+
+    def __call__(self) -> RunResult:
+        result = self.learner.run(self.strategy, sequence=self.steps)
+        result.record["config"] = self.config.record(self.built, self.cache, self.strategy)
+        return result
 
 
 @dataclass
@@ -70,6 +90,27 @@ class RunConfig:
                              "or {deltas} d2,...,dT", "strategy", "delta", "deltas")
         self.grow_steps(2 if self.deltas is None else len(self.deltas) + 1)  # each δ's range
         return strategy
+
+    def prepare(self, cache: IndependentCache | bool | None = None, *, quiet: bool = False,
+                hooks: Sequence[Hook] = ()) -> PreparedRun:
+        """Check everything, build the data, open the cache (``cache``: as for
+        :class:`~l2bg.learn.learner.Learner`, the directory from the settings) and make the
+        learner, all before any training: what ``l2bg run`` does before it claims ``--out``."""
+        from l2bg.learn.independent import open_cache
+
+        strategy = self.check()
+        built = self.settings.build()
+        steps = self.grow_steps(len(built.bench.tasks))
+        cache = open_cache(cache, self.settings.cache_dir)
+        learner = self.settings.learner(built, cache, quiet=quiet, hooks=tuple(hooks))
+        learner.prepare(strategy, steps)
+        return PreparedRun(self, built, cache, learner, strategy, steps)
+
+    def run(self, cache: IndependentCache | bool | None = None, *, quiet: bool = False,
+            hooks: Sequence[Hook] = ()) -> RunResult:
+        """Learn the tasks as ``l2bg run`` does (without writing files): the result's record
+        is ``results.json``'s, ``config`` included."""
+        return self.prepare(cache, quiet=quiet, hooks=hooks)()
 
     def grow_steps(self, num_tasks: int) -> list[GrowStep]:
         """This run's grow sequence for ``num_tasks`` tasks (:func:`grow_steps`)."""

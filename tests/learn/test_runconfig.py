@@ -108,3 +108,30 @@ def test_learner_delta_uses_the_same_steps(no_training):
         learner.prepare("l2bg", delta=3.0)
     with pytest.raises(ParamError, match="needs a grow coefficient"):
         learner.prepare("l2bg")
+
+
+def test_run_config_run_gives_the_record_l2bg_run_writes(tiny_mnist, tmp_path, capsys):
+    """The Python run of a configuration and ``l2bg run`` with the same flags record the same
+    decisions, numbers and config block (times aside)."""
+    import json
+
+    from l2bg.cli import main
+
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    assert main(["run", "--benchmark", "pmnist", "--data-root", str(tiny_mnist), "--tasks", "3",
+                 "--epochs", "1", "--rsa-samples", "10", "--strategy", "l2bg", "--deltas",
+                 "0.5,0.25", "--grow-rule", "released", "--cache-dir", str(cache), "--out",
+                 str(out), "--quiet"]) == 0
+    cli = json.loads((out / "results.json").read_text())
+    settings = Settings("pmnist", data_root=str(tiny_mnist), tasks=3, epochs=1, rsa_samples=10,
+                        grow_rule="released", cache_dir=str(cache))
+    api = RunConfig(settings, "l2bg", deltas=[0.5, 0.25]).run(quiet=True).record
+    api = json.loads(json.dumps(api))
+    for record in (api, cli):
+        for task in record["tasks"]:
+            task.pop("independent_cached")  # trained by the CLI, read from the cache here
+    volatile = {"timings", "wall_time_s", "cache"}
+    assert [k for k in api] == [k for k in cli]
+    assert {k: v for k, v in api.items() if k not in volatile} == {
+        k: v for k, v in cli.items() if k not in volatile}
+    assert api["cache"]["misses"] == 0 < api["cache"]["hits"]  # the CLI's nets, reused

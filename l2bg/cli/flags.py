@@ -55,7 +55,8 @@ FLAGS: dict[str, str] = {
     "search_rules": "--search-rules",
     "search_similarity": "--search-similarity",
     "report": "--report",
-    # l2bg rsa (the on-disk readers, minibatch CKA)
+    # l2bg rsa (the comparison methods, the on-disk readers, minibatch CKA)
+    "method": "--method",
     "layers": "--layers",
     "samples": "--samples",
     "sigma": "--sigma",

@@ -69,10 +69,12 @@ def test_no_message_of_the_core_names_a_flag():
 
 
 def test_every_parameter_the_core_names_has_a_flag():
+    """The parameters of ParamErrors and of registries (the one that chooses an entry)."""
     named = set()
     for _, tree in _core_modules():
         for node in ast.walk(tree):
-            if (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "ParamError"):
+            name = getattr(node.func, "id", None) if isinstance(node, ast.Call) else None
+            if name in ("ParamError", "Registry"):
                 named.update(a.value for a in node.args[1:]
                              if isinstance(a, ast.Constant) and isinstance(a.value, str))
     assert named, "the scan found no ParamError"

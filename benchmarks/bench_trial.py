@@ -135,7 +135,7 @@ WARM_UP = Size(2, 64, 16, 16, epochs=1)
 def run_trial(tasks: list[Task], template: Template, config, device: str):
     """One L2BG grow sequence over ``tasks`` with δ = 0.5 at every step."""
     learner = Learner(tasks, template, config, benchmark=tasks[0].name.rsplit("-", 1)[0],
-                      seed=0, device=device)  # fmt: skip
+                      seed=0, device=device, cache=False, quiet=True)  # every net trained
     return learner.run("l2bg", sequence=[GrowStep(delta=0.5) for _ in tasks[1:]])
 
 

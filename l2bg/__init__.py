@@ -43,7 +43,9 @@ _EXPORTS = {
     "Hook": "l2bg.learn.learner",
     "IndependentCache": "l2bg.learn.independent",
     "Settings": "l2bg.learn.settings",
+    "RunConfig": "l2bg.learn.runconfig",
     "L2BGError": "l2bg.base.errors",
+    "ParamError": "l2bg.base.errors",
 }
 #: public submodules (attribute -> module), also loaded on first use and without a warning
 _MODULES = {"rsa": "l2bg.rsa", "conflict": "l2bg.conflict", "metrics": "l2bg.learn.metrics",

@@ -1,7 +1,10 @@
 """Test-wide set-up. Without CUDA, Triton kernels run in the interpreter, which must be selected
-before triton is first imported."""
+before triton is first imported. The independent nets' cache of the whole session lives in a
+temporary directory ($L2BG_CACHE_DIR): the Python API and the command line use it by default, and
+a test must never read or fill the user's own cache."""
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,6 +12,9 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+_SESSION_CACHE = tempfile.TemporaryDirectory(prefix="l2bg-test-cache-")
+os.environ["L2BG_CACHE_DIR"] = _SESSION_CACHE.name  # subprocesses of tests inherit it
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 

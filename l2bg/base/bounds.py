@@ -27,15 +27,17 @@ MAX_PARAMETERS = 2**30
 nets have 0.5 M (mlp) and 6.7 M (convnet))."""
 
 
-def check_size(name: str, value: int, limit: int, *, unit: str = "", fix: str = "") -> int:
+def check_size(name: str, value: int, limit: int, *, unit: str = "", fix: str = "",
+               params: tuple[str, ...] = ()) -> int:
     """``value`` when it is at most ``limit``; else one :class:`L2BGError` naming ``name``, the
-    value and the limit (``unit`` after both numbers, ``fix`` appended)."""
-    from l2bg.base.errors import L2BGError
+    value and the limit (``unit`` after both numbers, ``fix`` appended); ``params``: the
+    parameters ``name`` and ``fix`` name as ``{param}`` (a :class:`ParamError`)."""
+    from l2bg.base.errors import ParamError
 
     if value > limit:
         unit = f" {unit}" if unit else ""
-        raise L2BGError(f"{name} is {value:,}{unit}, above the limit of {limit:,}{unit}"
-                        f"{'; ' + fix if fix else ''}")
+        raise ParamError(f"{name} is {value:,}{unit}, above the limit of {limit:,}{unit}"
+                         f"{'; ' + fix if fix else ''}", *params)
     return value
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from l2bg.base import crashpoints as faults
-from l2bg.base.errors import L2BGError, one_line, warn
+from l2bg.base.errors import L2BGError, ParamError, one_line, params_in, warn
 
 __all__ = ["SEAL", "atomic_dir", "atomic_write", "file_mode", "link_new", "os_error", "read_json",
            "refused",
@@ -60,13 +60,15 @@ def file_mode(directory: bool = False) -> int:
     return (0o777 if directory else 0o666) & ~_read_umask()
 
 
-def refused(exc: OSError, path: str | os.PathLike, fix: str = "") -> L2BGError:
-    """The one-line error for a write the file system refused."""
+def refused(exc: OSError, path: str | os.PathLike, fix: str = "",
+            params: tuple[str, ...] = ()) -> L2BGError:
+    """The one-line error for a write the file system refused (``params``: the parameters
+    ``fix`` names as ``{param}``)."""
     why = exc.strerror or one_line(exc, 120)
     if not fix:
         fix = ("free some space on its file system (or choose another directory) and run again"
                if exc.errno in _FULL else "check its permissions and free space")
-    return L2BGError(f"cannot write {path}: {why}; {fix}")
+    return ParamError(f"cannot write {path}: {why}; {fix}", *params)
 
 
 def os_error(exc: BaseException) -> OSError | None:
@@ -163,8 +165,8 @@ def read_json_or_fail(path: str | os.PathLike, fix: str = "") -> Any:
     try:
         return read_json(path)
     except (ValueError, RecursionError) as exc:
-        raise L2BGError(f"{path} is not valid JSON ({one_line(exc, 80)})"
-                        f"{'; ' + fix if fix else ''}") from exc
+        raise ParamError(f"{path} is not valid JSON ({one_line(exc, 80)})"
+                         f"{'; ' + fix if fix else ''}", *params_in(fix)) from exc
     except OSError as exc:
         raise L2BGError(f"cannot read {path} ({exc.strerror or exc})") from exc
 
@@ -340,22 +342,24 @@ def set_aside(path: str | os.PathLike, why: str, what: str = "entry") -> Path | 
 
 def writable_dir(path: str | os.PathLike, what: str) -> Path:
     """Create ``path`` (and its parents) if missing and check that this process can create files
-    in it; one L2BGError naming ``what`` (e.g. "--out") otherwise: an empty path, a file, a
-    symbolic link that points nowhere, a parent that is a file, no permission. Returns the
-    path."""
+    in it; one error naming ``what`` (a label, ``"{out}"`` naming the parameter ``out``)
+    otherwise: an empty path, a file, a symbolic link that points nowhere, a parent that is a
+    file, no permission. Returns the path."""
+    params = params_in(what)
     if not os.fspath(path).strip():
-        raise L2BGError(f"{what} is empty; give a directory")
+        raise ParamError(f"{what} is empty; give a directory", *params)
     path = Path(path)
     if path.is_symlink() and not path.exists():
-        raise L2BGError(f"{what} {path} is a symbolic link to {os.readlink(path)}, which does "
-                        "not exist; create its target or choose another directory")
+        raise ParamError(f"{what} {path} is a symbolic link to {os.readlink(path)}, which does "
+                         "not exist; create its target or choose another directory", *params)
     if path.exists() and not path.is_dir():
-        raise L2BGError(f"{what} {path} is a file, not a directory; choose a directory")
+        raise ParamError(f"{what} {path} is a file, not a directory; choose a directory",
+                         *params)
     for parent in path.absolute().parents:
         if parent.exists() or parent.is_symlink():
             if not parent.is_dir():
-                raise L2BGError(f"{what} {path} cannot be created: {parent} is not a "
-                                "directory; choose another directory")
+                raise ParamError(f"{what} {path} cannot be created: {parent} is not a "
+                                 "directory; choose another directory", *params)
             break
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -363,6 +367,6 @@ def writable_dir(path: str | os.PathLike, what: str) -> Path:
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise L2BGError(f"{what} {path} is not writable ({exc.strerror or exc}); choose a "
-                        "directory you can write to") from exc
+        raise ParamError(f"{what} {path} is not writable ({exc.strerror or exc}); choose a "
+                         "directory you can write to", *params) from exc
     return path

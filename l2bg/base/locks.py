@@ -39,6 +39,9 @@ except ImportError:  # pragma: no cover - not POSIX
 
 __all__ = ["FileLocks", "LockHeld", "worker_dead", "worker_id"]
 
+#: the parameters that choose where locks live, named in a refused lock's fix
+_WHERE = ("cache_dir", "out")
+
 
 def _proc_start(pid: int) -> str | None:
     """Start time (clock ticks since boot) of a process, None where /proc is missing; 'Z' for
@@ -110,11 +113,11 @@ class FileLocks:
         """Hold the lock at ``path`` for the block: wait while a live worker holds it, or
         (``wait=False``) raise :class:`LockHeld` at once. A stale lock is taken over."""
         waited = False
-        fix = "make its directory writable or point l2bg at one you can write (--cache-dir, --out)"
+        fix = "make its directory writable or point l2bg at one you can write ({cache_dir}, {out})"
         try:  # once: a parent that is a file must not read as a held lock below
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise refused(exc, path, fix) from exc
+            raise refused(exc, path, fix, _WHERE) from exc
         while True:
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
@@ -123,7 +126,7 @@ class FileLocks:
                     try:
                         self._take_over(path)
                     except OSError as exc:
-                        raise refused(exc, path, fix) from exc
+                        raise refused(exc, path, fix, _WHERE) from exc
                     continue
                 if not wait:
                     raise LockHeld(path, self.owner(path)) from None
@@ -131,12 +134,12 @@ class FileLocks:
                 time.sleep(self.poll_s)
                 continue
             except OSError as exc:
-                raise refused(exc, path, fix) from exc
+                raise refused(exc, path, fix, _WHERE) from exc
             try:
                 os.write(fd, json.dumps({"worker": worker_id(), "time": time.time()}).encode())
             except OSError as exc:
                 _release(path, fd)
-                raise refused(exc, path, fix) from exc
+                raise refused(exc, path, fix, _WHERE) from exc
             break
         if waited:
             self.waits += 1

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from l2bg.base import crashpoints as faults
-from l2bg.base.errors import L2BGError
+from l2bg.base.errors import L2BGError, ParamError, params_in
 from l2bg.base.fileio import (
     link_new,
     read_json_or_fail,
@@ -66,18 +66,19 @@ def _same(a: Path, b: Path) -> bool:
         return False
 
 
-def _hold(lock: Path, busy: str) -> Any:
+def _hold(lock: Path, busy: str, params: tuple[str, ...] = ()) -> Any:
     """The entered exclusive, leased lock at ``lock`` (:mod:`l2bg.base.locks`), or one line:
     ``busy`` (``{owner}`` filled in) when a live process holds it; the refused write when the lock's
     content cannot be written (a full disk), removing the empty lock file that left behind (it
-    was created exclusively, so it is this process's)."""
+    was created exclusively, so it is this process's); ``params``: the parameters ``busy`` names
+    as ``{param}``."""
     from l2bg.base.locks import FileLocks, LockHeld
 
     claim = FileLocks().hold(lock, wait=False)
     try:
         claim.__enter__()
     except LockHeld as exc:
-        raise L2BGError(busy.replace("{owner}", str(exc.owner))) from None
+        raise ParamError(busy.replace("{owner}", str(exc.owner)), *params) from None
     except OSError as exc:
         lock.unlink(missing_ok=True)
         raise refused(exc, lock) from exc
@@ -102,9 +103,9 @@ class OutDir:
     ``staging`` is where the command writes; :meth:`publish` gives the outputs their names."""
 
     def __init__(self, path: str | os.PathLike, outputs: tuple[str, ...], command: str,
-                 what: str = "--out") -> None:
+                 what: str = "{out}") -> None:
         if not os.fspath(path).strip():
-            raise L2BGError(f"{what} is empty; give a directory")
+            raise ParamError(f"{what} is empty; give a directory", *params_in(what))
         self.path = Path(path)
         self.outputs, self.marker, self.what = tuple(outputs), outputs[-1], what
         self.command = command
@@ -121,12 +122,13 @@ class OutDir:
         try:
             self._claim = _hold(self.lock, f"{self.what} {self.path} is in use by another "
                                 f"l2bg {self.command} ({{owner}}); wait for it to finish or "
-                                f"choose another {self.what}")
+                                f"choose another {self.what}", params_in(self.what))
             self._recover()
             held = [n for n in self.outputs if os.path.lexists(self.path / n)]
             if held:
-                raise L2BGError(f"{self.what} {self.path} already holds {', '.join(held)}; "
-                                f"choose another {self.what} or move those files away")
+                raise ParamError(f"{self.what} {self.path} already holds {', '.join(held)}; "
+                                 f"choose another {self.what} or move those files away",
+                                 *params_in(self.what))
             try:
                 self.staging.mkdir()
             except OSError as exc:
@@ -173,8 +175,9 @@ class OutDir:
             try:
                 link_new(self.staging / name, self.path / name)
             except FileExistsError:
-                raise L2BGError(f"{self.path / name} appeared while the command was working; "
-                                f"it was left as it is: choose another {self.what}") from None
+                raise ParamError(f"{self.path / name} appeared while the command was working; "
+                                 f"it was left as it is: choose another {self.what}",
+                                 *params_in(self.what)) from None
             except OSError as exc:
                 raise refused(exc, self.path / name) from exc
             self._published.append(self.path / name)
@@ -245,7 +248,7 @@ class NewDir:
 
 
 def claim_shared(path: str | os.PathLike, owner: str, meta: Mapping[str, Any],
-                 keys: tuple[str, ...], outputs: tuple[str, ...], what: str = "--out",
+                 keys: tuple[str, ...], outputs: tuple[str, ...], what: str = "{out}",
                  job: str = "search") -> tuple[int, int, bool] | None:
     """Claim ``path`` for a job whose outputs every process of the job rewrites (see the module
     docstring): the owner file ``owner`` names the job by ``meta[k]`` for ``k`` in ``keys``.
@@ -262,14 +265,14 @@ def claim_shared(path: str | os.PathLike, owner: str, meta: Mapping[str, Any],
             diffs = [f"{k} {theirs.get(k)!r}, not {meta.get(k)!r}" for k in keys
                      if theirs.get(k) != meta.get(k)]
             if diffs:
-                raise L2BGError(f"{what} {path} holds the outputs of another {job} ({owner}: "
-                                f"{'; '.join(diffs)}); choose another {what}")
+                raise ParamError(f"{what} {path} holds the outputs of another {job} ({owner}: "
+                                 f"{'; '.join(diffs)}); choose another {what}", *params_in(what))
             return None
         held = [n for n in outputs if n != owner and os.path.lexists(path / n)]
         if held:
-            raise L2BGError(f"{what} {path} already holds {', '.join(held)}, which no {job} "
-                            f"wrote there (no {owner}); choose another {what} or move them "
-                            "away")
+            raise ParamError(f"{what} {path} already holds {', '.join(held)}, which no {job} "
+                             f"wrote there (no {owner}); choose another {what} or move them "
+                             "away", *params_in(what))
         tmp = path / f".{owner}.claim-{os.getpid()}.tmp"
         write_json(tmp, dict(meta))
         try:

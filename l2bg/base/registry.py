@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Generic, TypeVar
 
-from l2bg.base.errors import L2BGError
+from l2bg.base.errors import L2BGError, ParamError
 
 __all__ = ["Registry", "check_name"]
 
@@ -26,12 +26,12 @@ def check_name(kind: str, name: object) -> str:
 class Registry(Generic[T]):
     """Entries with a ``name`` attribute, kept in registration order (built-ins first).
 
-    ``kind`` names the entries in messages ("grow rule"); ``option`` is the command-line option
-    that chooses one ("--grow-rule")."""
+    ``kind`` names the entries in messages ("grow rule"); ``param`` is the parameter that chooses
+    one ("grow_rule"; the command line names its flag, see :mod:`l2bg.cli.flags`)."""
 
-    def __init__(self, kind: str, option: str) -> None:
+    def __init__(self, kind: str, param: str) -> None:
         self.kind = kind
-        self.option = option
+        self.param = param
         self._items: dict[str, T] = {}
         self._aliases: dict[str, str] = {}  # alias -> name (an entry's ``aliases`` attribute)
 
@@ -58,11 +58,12 @@ class Registry(Generic[T]):
         if not isinstance(name, str):
             if getattr(name, "name", None) in self._items:
                 return name  # type: ignore[return-value]
-            raise L2BGError(f"{self.option} expects a registered {self.kind} name, got {name!r}")
+            raise ParamError(f"{{{self.param}}} expects a registered {self.kind} name, got "
+                             f"{name!r}", self.param)
         key = self._aliases.get(name, name)
         if key not in self._items:
-            raise L2BGError(f"unknown {self.kind} {name!r} for {self.option}; use one of "
-                            f"{', '.join(self._items)}")
+            raise ParamError(f"unknown {self.kind} {name!r} for {{{self.param}}}; use one of "
+                             f"{', '.join(self._items)}", self.param)
         return self._items[key]
 
     def names(self) -> list[str]:

@@ -74,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except L2BGError as exc:
-        print(f"l2bg: error: {exc}", file=sys.stderr)
+        from l2bg.cli.flags import message
+
+        print(f"l2bg: error: {message(exc)}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into e.g. `head`
         sys.stderr.close()

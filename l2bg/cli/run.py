@@ -12,12 +12,11 @@ run, a finished run's outputs are kept.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
+import sys
 from pathlib import Path
 from typing import Any
 
-from l2bg.base.errors import L2BGError
 from l2bg.cli.options import HelpFormatter, add_experiment_options, add_strategy_option, floats
 from l2bg.search.format import format_options
 
@@ -72,52 +71,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from l2bg.base.fileio import write_json
     from l2bg.base.outdir import OutDir
     from l2bg.learn.figures import plot_acc_matrix
-    from l2bg.learn.independent import IndependentCache
-    from l2bg.learn.learner import GrowStep, LogLines
-    from l2bg.learn.settings import Settings, resolve_cache_dir
+    from l2bg.learn.runconfig import RunConfig
 
-    settings = Settings.from_args(args)
-    strategy = settings.strategy(args.strategy)
-    if args.delta is not None and args.deltas is not None:
-        raise L2BGError("give either --delta or --deltas, not both")
-    if (args.delta is not None or args.deltas is not None) and not strategy.takes_delta:
-        raise L2BGError(f"--delta/--deltas apply to strategies that take δ (such as --strategy "
-                        f"l2bg), not {args.strategy}")
-    if strategy.takes_delta and args.delta is None and args.deltas is None:
-        raise L2BGError(f"--strategy {args.strategy} needs a grow coefficient: --delta D or "
-                        "--deltas d2,...,dT")
-    built = settings.build()
-    bench, template, config = built.bench, built.template, built.train
-    T = len(bench.tasks)
-    if args.deltas is not None:
-        if len(args.deltas) != T - 1:
-            raise L2BGError(f"--deltas has {len(args.deltas)} values; {T} tasks need {T - 1} "
-                            "(one per task after the first)")
-        steps = [GrowStep(delta=d) for d in args.deltas]
-    else:
-        steps = [GrowStep(delta=args.delta) for _ in range(T - 1)]
-    cache = IndependentCache(None if args.no_cache else resolve_cache_dir(settings.cache_dir))
-    hooks = () if args.quiet or sys.stderr.isatty() else (LogLines(template.slot_names),)
-    learner = settings.learner(built, cache, quiet=args.quiet, hooks=hooks)
-    learner.prepare(strategy, steps)  # every check before --out is touched
-
+    # every setting, the strategy and δ checked, the data built: all before --out is touched
+    run = RunConfig.from_args(args).prepare(False if args.no_cache else None, quiet=args.quiet)
+    bench = run.built.bench
     outputs = _outputs()
-    with OutDir(_fresh_out(bench.name, strategy.name) if args.out is None else args.out,
+    with OutDir(_fresh_out(bench.name, run.strategy.name) if args.out is None else args.out,
                 outputs, "run") as target:  # claimed and checked writable before any training
-        result = learner.run(strategy, sequence=steps)
+        result = run()
         record = result.record
-        record["config"] = {
-            **settings.to_dict(), **{k: v for k, v in strategy.options().items()
-                                     if k in settings.rules()},
-            "tasks": T, "strategy": strategy.name, "strategy_options": strategy.options(),
-            "delta": args.delta, "deltas": args.deltas,
-            "rsa_samples_effective": [min(500, t.x_val.shape[0]) if settings.rsa_samples is None
-                                      else settings.rsa_samples for t in bench.tasks],
-            "template": template.to_dict(), "train": config.to_dict(),
-            "device": str(built.device), "data": bench.source,
-            "cache_dir": None if cache.root is None else str(cache.root),
-            "torch": _torch_version(), "l2bg": _l2bg_version(),
-        }
         result.net.save(target.staging)
         if "acc_matrix.png" in outputs:
             plot_acc_matrix(record, target.staging / "acc_matrix.png")
@@ -137,18 +100,6 @@ def _outputs() -> tuple[str, ...]:
     print("l2bg: acc_matrix.png is not drawn: matplotlib is not installed (pip install "
           "matplotlib)", file=sys.stderr)
     return tuple(o for o in OUTPUTS if o != "acc_matrix.png")
-
-
-def _torch_version() -> str:
-    import torch
-
-    return torch.__version__
-
-
-def _l2bg_version() -> str:
-    from l2bg.base.version import __version__
-
-    return __version__
 
 
 def _pct(x: float | None) -> str:

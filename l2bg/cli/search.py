@@ -106,6 +106,7 @@ def add_search_parser(sub: Any) -> argparse.ArgumentParser:
 
 def cmd_search(args: argparse.Namespace) -> int:
     """``l2bg search``."""
+    from l2bg.cli.flags import message
     from l2bg.learn.settings import Settings
     from l2bg.search.report import report_dir
     from l2bg.search.study import SearchConfig, run_search
@@ -131,5 +132,5 @@ def cmd_search(args: argparse.Namespace) -> int:
         out=args.out, lease_s=args.lease_seconds,
         quiet=args.quiet, search_rules=args.search_rules,
         search_similarity=args.search_similarity)
-    run_search(cfg)
+    run_search(cfg, describe=message)
     return 0

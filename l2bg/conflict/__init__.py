@@ -10,7 +10,7 @@ import importlib
 from typing import Any
 
 __all__ = ["check_delta", "check_scores", "choose_bind", "distribution", "layer_conflicts",
-           "nucleus", "prefix", "ranked", "sample_indices", "task_score"]
+           "nucleus", "prefix", "ranked", "sample_count", "sample_indices", "task_score"]
 
 
 def __getattr__(name: str) -> Any:

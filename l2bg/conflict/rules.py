@@ -98,8 +98,8 @@ def _rho_norm(conflicts: Sequence[float]) -> float:
     return conflict.task_score(similarity_weights(conflicts))
 
 
-GROW_RULES: Registry[GrowRule] = Registry("grow rule", "--grow-rule")
-BIND_RULES: Registry[BindRule] = Registry("bind rule", "--bind-rule")
+GROW_RULES: Registry[GrowRule] = Registry("grow rule", "grow_rule")
+BIND_RULES: Registry[BindRule] = Registry("bind rule", "bind_rule")
 
 GROW_RULES.register(GrowRule(
     "conflict", "grow the most conflicting slots (the paper's text)",

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from l2bg.base.errors import L2BGError
+from l2bg.base.errors import L2BGError, ParamError
 from l2bg.conflict.similarity import DEFAULT_SIMILARITY, MEASURES
 
 
@@ -95,9 +95,12 @@ def prefix(weights: Sequence[float], delta: float, order: Sequence[int]) -> list
     return sorted(order[:k])
 
 
-def check_delta(delta: float) -> float:
-    if not isinstance(delta, (int, float)) or math.isnan(delta) or not 0 <= delta <= 1:
-        raise L2BGError(f"grow coefficient delta must be in [0, 1], got {delta!r}")
+def check_delta(delta: float, param: str = "delta") -> float:
+    """The one rule for a grow coefficient: a real number in [0, 1] (``param`` names where it
+    came from in the message: ``delta``, ``deltas``, ``delta_set``)."""
+    if (isinstance(delta, bool) or not isinstance(delta, (int, float)) or math.isnan(delta)
+            or not 0 <= delta <= 1):
+        raise ParamError(f"grow coefficient {{{param}}} must be in [0, 1], got {delta!r}", param)
     return float(delta)
 
 
@@ -107,14 +110,22 @@ def check_scores(conflicts: Sequence[float], what: str = "conflict score") -> No
             raise L2BGError(f"{what} of slot {i} is {c!r}; it must be finite and >= 0")
 
 
-def sample_indices(n_val: int, m: int | None, seed: int) -> Tensor:
-    """The m validation rows fed to both nets (m defaults to min(500, |V_t|)), fixed by seed."""
+def sample_count(n_val: int, m: int | None) -> int:
+    """How many of a task's ``n_val`` validation inputs RSA feeds both nets: ``m``, default
+    min(500, |V_t|); one line when ``m`` is out of range."""
     if m is None:
         m = min(500, n_val)
     elif m > n_val:
-        raise L2BGError(f"--rsa-samples {m} exceeds the {n_val} validation samples of the task; "
-                        f"use at most {n_val}")
+        raise ParamError(f"{{rsa_samples}} {m} exceeds the {n_val} validation samples of the "
+                         f"task; use at most {n_val}", "rsa_samples")
     if m < 3:
-        raise L2BGError(f"RSA needs at least 3 samples, got {m}; raise --rsa-samples")
+        raise ParamError(f"RSA needs at least 3 samples, got {m}; raise {{rsa_samples}}",
+                         "rsa_samples")
+    return m
+
+
+def sample_indices(n_val: int, m: int | None, seed: int) -> Tensor:
+    """The m validation rows fed to both nets (:func:`sample_count`), fixed by seed."""
+    m = sample_count(n_val, m)
     gen = torch.Generator().manual_seed(seed)
     return torch.randperm(n_val, generator=gen)[:m].sort().values

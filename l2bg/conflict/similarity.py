@@ -122,7 +122,7 @@ def _cka(ref: list[Tensor], others: list[list[Tensor]], backend: str
     return out, "torch" if others and ref else None
 
 
-MEASURES: Registry[SimilarityMeasure] = Registry("similarity measure", "--similarity")
+MEASURES: Registry[SimilarityMeasure] = Registry("similarity measure", "similarity")
 MEASURES.register(rsa_measure("spearman"))
 MEASURES.register(rsa_measure("pearson"))
 MEASURES.register(SimilarityMeasure(

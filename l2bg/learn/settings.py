@@ -9,13 +9,12 @@ strategy (its conflict rules and similarity measure) the same way for both.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from l2bg.base.bounds import MAX_TASKS
-from l2bg.base.errors import L2BGError
+from l2bg.base.errors import ParamError
+from l2bg.learn.independent import default_cache_dir, open_cache, resolve_cache_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     from l2bg.data import Benchmark
@@ -25,31 +24,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from l2bg.learn.training import TrainConfig
     from l2bg.net.templates import Template
 
-__all__ = ["MAX_SEED", "Built", "Settings", "default_cache_dir", "resolve_cache_dir"]
+__all__ = ["MAX_SEED", "Built", "Settings", "default_cache_dir", "open_cache",
+           "resolve_cache_dir"]
 
 #: Seeds are drawn below 2^32 so that every derived per-task seed fits torch's generator.
 MAX_SEED = 2**32
-
-
-def default_cache_dir() -> Path:
-    """``$L2BG_CACHE_DIR``, else the user cache directory (``$XDG_CACHE_HOME/l2bg`` or
-    ``~/.cache/l2bg``)."""
-    env = os.environ.get("L2BG_CACHE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "l2bg"
-
-
-def resolve_cache_dir(cache_dir: str | os.PathLike | None) -> Path:
-    """The one rule of both commands: ``--cache-dir``, else :func:`default_cache_dir`; an empty
-    ``--cache-dir`` is refused (it would put the cache in the working directory)."""
-    if cache_dir is None:
-        return default_cache_dir()
-    if not os.fspath(cache_dir).strip():
-        raise L2BGError("--cache-dir is empty; give a directory, or leave --cache-dir out for "
-                        "the default ($L2BG_CACHE_DIR, else ~/.cache/l2bg)")
-    return Path(cache_dir)
 
 
 @dataclass
@@ -102,20 +81,21 @@ class Settings:
         from l2bg.data import BENCHMARKS
 
         if self.benchmark not in BENCHMARKS:
-            raise L2BGError(f"unknown benchmark {self.benchmark!r}; use one of "
-                            f"{', '.join(BENCHMARKS)}")
-        resolve_cache_dir(self.cache_dir)  # an empty --cache-dir, before any work
-        _int("--seed", self.seed, 0, MAX_SEED - 1)
-        _int("--class-order-seed", self.class_order_seed, 0, MAX_SEED - 1)
-        _int("--tasks", self.tasks, 1, MAX_TASKS)
-        _int("--epochs", self.epochs, 1, None)
-        _int("--batch-size", self.batch_size, 1, None)
-        _int("--rsa-samples", self.rsa_samples, 3, None)
-        _real("--lr", self.lr, positive=True)
-        _real("--shared-lr-scale", self.shared_lr_scale, positive=False)
+            raise ParamError(f"unknown benchmark {self.benchmark!r} for {{benchmark}}; use one of "
+                             f"{', '.join(BENCHMARKS)}", "benchmark")
+        resolve_cache_dir(self.cache_dir)  # an empty cache_dir, before any work
+        _int("seed", self.seed, 0, MAX_SEED - 1)
+        _int("class_order_seed", self.class_order_seed, 0, MAX_SEED - 1)
+        _int("tasks", self.tasks, 1, MAX_TASKS)
+        _int("epochs", self.epochs, 1, None)
+        _int("batch_size", self.batch_size, 1, None)
+        _int("rsa_samples", self.rsa_samples, 3, None)
+        _real("lr", self.lr, positive=True)
+        _real("shared_lr_scale", self.shared_lr_scale, positive=False)
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith(
                 "cuda:"):
-            raise L2BGError(f"--device {self.device!r} is not auto, cpu, cuda or cuda:N")
+            raise ParamError(f"{{device}} {self.device!r} is not auto, cpu, cuda or cuda:N",
+                             "device")
         from l2bg.conflict.rules import BIND_RULES, GROW_RULES
         from l2bg.conflict.similarity import MEASURES
 
@@ -163,19 +143,22 @@ class Settings:
 
 
 def _int(name: str, value: Any, low: int, high: int | None) -> None:
+    """Parameter ``name`` is None or an integer in [low, high]."""
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int):
-        raise L2BGError(f"{name} must be an integer, got {value!r}")
+        raise ParamError(f"{{{name}}} must be an integer, got {value!r}", name)
     if value < low or (high is not None and value > high):
         hi = f" and <= {high}" if high is not None else ""
-        raise L2BGError(f"{name} must be >= {low}{hi}, got {value}")
+        raise ParamError(f"{{{name}}} must be >= {low}{hi}, got {value}", name)
 
 
 def _real(name: str, value: Any, *, positive: bool) -> None:
+    """Parameter ``name`` is None or a finite number, > 0 (``positive``) or >= 0."""
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise L2BGError(f"{name} must be a finite number, got {value!r}")
+        raise ParamError(f"{{{name}}} must be a finite number, got {value!r}", name)
     if (value <= 0) if positive else (value < 0):
-        raise L2BGError(f"{name} must be {'> 0' if positive else '>= 0'}, got {value}")
+        raise ParamError(f"{{{name}}} must be {'> 0' if positive else '>= 0'}, got {value}",
+                         name)

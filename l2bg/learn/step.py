@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from l2bg.base.errors import L2BGError
+from l2bg.base.errors import L2BGError, ParamError
 from l2bg.conflict import scores as conflict
 from l2bg.conflict.similarity import DEFAULT_SIMILARITY
 from l2bg.learn.independent import IndependentNet, task_seed
@@ -40,6 +40,7 @@ __all__ = [
     "CandidateScore",
     "Decision",
     "GrowStep",
+    "grow_steps",
     "SequenceState",
     "StepContext",
     "TaskRecord",
@@ -53,12 +54,39 @@ class GrowStep:
     """What the user asks of one task of a grow sequence (t, b_t, δ_t): ``delta`` the grow
     coefficient; ``bind_to`` forces the bind target (None lets the strategy choose);
     ``candidates`` restricts the bind targets; ``slots`` forces the grown slots (names or
-    indices)."""
+    indices). δ is checked here, once, by the one rule (:func:`l2bg.conflict.check_delta`)."""
 
     delta: float | None = None
     bind_to: str | None = None
     candidates: Sequence[str] | None = None
     slots: Sequence[int | str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.delta is not None:
+            conflict.check_delta(self.delta)
+
+
+def grow_steps(num_tasks: int, delta: float | None = None,
+               deltas: Sequence[float] | None = None) -> list[GrowStep]:
+    """One :class:`GrowStep` per task after the first: ``deltas[i]`` for task i + 1, else
+    ``delta`` for every one (None: no δ, for strategies that take none). Each δ is checked once,
+    by the GrowStep it becomes (:func:`l2bg.conflict.check_delta`)."""
+    if delta is not None and deltas is not None:
+        raise ParamError("give either {delta} or {deltas}, not both", "delta", "deltas")
+    if deltas is None:
+        step = GrowStep(delta=delta)
+        return [step for _ in range(num_tasks - 1)]
+    deltas = list(deltas)
+    if len(deltas) != num_tasks - 1:
+        raise ParamError(f"{{deltas}} has {len(deltas)} values; {num_tasks} tasks need "
+                         f"{num_tasks - 1} (one per task after the first)", "deltas")
+    steps = []
+    for d in deltas:
+        try:
+            steps.append(GrowStep(delta=d))
+        except ParamError as exc:  # the same rule, named for where the value came from
+            raise ParamError(exc.template.replace("{delta}", "{deltas}"), "deltas") from None
+    return steps
 
 
 @dataclass(frozen=True)

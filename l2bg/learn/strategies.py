@@ -24,9 +24,8 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from l2bg.base.errors import L2BGError
+from l2bg.base.errors import L2BGError, ParamError
 from l2bg.base.registry import Registry
-from l2bg.conflict import scores as conflict
 from l2bg.conflict.rules import BIND_RULES, DEFAULT_BIND_RULE, DEFAULT_GROW_RULE, GROW_RULES
 from l2bg.conflict.similarity import DEFAULT_SIMILARITY, MEASURES
 from l2bg.learn.step import CandidateScore, Decision, GrowStep, StepContext
@@ -74,9 +73,10 @@ class Strategy:
         given = {k: v for k, v in options.items() if v is not None}
         bad = sorted(set(given) - set(self.option_names))
         if bad and set(bad) <= {"grow_rule", "bind_rule", "similarity"}:
-            flags = ", ".join(f"--{k.replace('_', '-')}" for k in bad)
-            raise L2BGError(f"{flags} {'applies' if len(bad) == 1 else 'apply'} to strategies "
-                            f"that use the conflict model (such as l2bg), not {self.name}")
+            named = ", ".join(f"{{{k}}}" for k in bad)
+            raise ParamError(f"{named} {'applies' if len(bad) == 1 else 'apply'} to strategies "
+                             f"that use the conflict model (such as l2bg), not {self.name}",
+                             *bad)
         if bad:
             takes = ", ".join(self.option_names) or "none"
             raise L2BGError(f"strategy {self.name} takes no option {', '.join(bad)}; its "
@@ -134,8 +134,9 @@ class Shared(_BindPrevious):
     def check(self, steps: Sequence[GrowStep], template: Template, config: TrainConfig) -> None:
         if (steps and config.shared_lr_scale == 0 and not template.per_task_heads
                 and any(s.slots is None for s in steps)):
-            raise L2BGError("strategy shared with --shared-lr-scale 0 and no per-task head leaves "
-                            "nothing to train; use a positive --shared-lr-scale")
+            raise ParamError("strategy shared with {shared_lr_scale} 0 and no per-task head "
+                             "leaves nothing to train; use a positive {shared_lr_scale}",
+                             "shared_lr_scale")
 
     def grown(self, ctx: StepContext) -> Sequence[int]:
         return ()
@@ -201,7 +202,7 @@ class L2BG(Strategy):
     (:mod:`l2bg.conflict.rules`, :mod:`l2bg.conflict.similarity`)."""
 
     name = "l2bg"
-    help = "bind by least conflict and grow the nucleus for δ (rules: --grow-rule, --bind-rule)"
+    help = "bind by least conflict and grow the nucleus for δ (rules and measure are options)"
     takes_delta = True
     option_names = ("grow_rule", "bind_rule", "similarity")
 
@@ -212,12 +213,10 @@ class L2BG(Strategy):
         self.similarity = MEASURES.get(similarity).name
 
     def check(self, steps: Sequence[GrowStep], template: Template, config: TrainConfig) -> None:
-        for spec in steps:
-            if spec.slots is None:
-                if spec.delta is None:
-                    raise L2BGError("strategy l2bg needs a grow coefficient: pass --delta D or "
-                                    "--deltas d2,...,dT")
-                conflict.check_delta(spec.delta)
+        for spec in steps:  # each δ was checked when its GrowStep was made
+            if spec.slots is None and spec.delta is None:
+                raise ParamError(f"strategy {self.name} needs a grow coefficient: pass {{delta}} "
+                                 "D or {deltas} d2,...,dT", "delta", "deltas")
 
     def choose_bind(self, scores: Mapping[str, CandidateScore]) -> str:
         """The bind rule: the least key of ``bind_rule``, ties to the earliest candidate."""
@@ -252,7 +251,7 @@ class L2BG(Strategy):
 
 # --------------------------------------------------------------------------------- registry
 
-_REGISTRY: Registry[Strategy] = Registry("strategy", "--strategy")
+_REGISTRY: Registry[Strategy] = Registry("strategy", "strategy")
 _ENTRY_POINTS_LOADED = False
 
 

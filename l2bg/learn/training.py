@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from l2bg.base import crashpoints as faults
-from l2bg.base.errors import L2BGError
+from l2bg.base.errors import L2BGError, ParamError
 from l2bg.net.jointnet import JointNet
 
 
@@ -31,12 +31,13 @@ class TrainConfig:
         if self.optimizer not in ("adam", "sgd"):
             raise L2BGError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0 or math.isinf(self.lr):
-            raise L2BGError(f"epochs, batch_size and lr must be positive and finite, got "
-                            f"{self.epochs}, {self.batch_size}, {self.lr}")
+            raise ParamError(f"{{epochs}}, {{batch_size}} and {{lr}} must be positive and finite, "
+                             f"got {self.epochs}, {self.batch_size}, {self.lr}", "epochs",
+                             "batch_size", "lr")
         for name in ("shared_lr_scale", "momentum", "weight_decay"):
             v = getattr(self, name)
             if not math.isfinite(v) or v < 0:
-                raise L2BGError(f"{name} must be finite and >= 0, got {v}")
+                raise ParamError(f"{{{name}}} must be finite and >= 0, got {v}", name)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,7 +64,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise L2BGError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
+        raise ParamError("{device} cuda asked for, but torch sees no CUDA device; use {device} "
+                         "cpu", "device")
     return dev
 
 
@@ -74,8 +76,9 @@ def fit(net: JointNet, task: str, x: Tensor, y: Tensor, config: TrainConfig,
     to (at lr · shared_lr_scale) change; the last epoch's weights are kept."""
     groups = net.param_groups(task, config.lr, config.shared_lr_scale)
     if not groups:
-        raise L2BGError(f"nothing to train for task {task!r}: every layer is bound and "
-                        "shared_lr_scale is 0; grow a slot or use a positive --shared-lr-scale")
+        raise ParamError(f"nothing to train for task {task!r}: every layer is bound and "
+                         "{shared_lr_scale} is 0; grow a slot or use a positive "
+                         "{shared_lr_scale}", "shared_lr_scale")
     trainable = {id(p) for g in groups for p in g["params"]}
     frozen = [p for p in net.task_parameters(task) if id(p) not in trainable]
     if config.optimizer == "adam":

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from l2bg.base.errors import L2BGError, one_line
+from l2bg.base.errors import L2BGError, ParamError, one_line
 from l2bg.base.fileio import atomic_write, write_json
 from l2bg.net.graph import GraphView
 from l2bg.net.templates import Template
@@ -230,7 +230,8 @@ class JointNet(nn.Module):
         nodes bound from earlier tasks at ``lr * shared_lr_scale``; scale 0 leaves them out, so
         they stay exactly as they are."""
         if shared_lr_scale < 0:
-            raise L2BGError(f"shared_lr_scale must be >= 0, got {shared_lr_scale}")
+            raise ParamError(f"{{shared_lr_scale}} must be >= 0, got {shared_lr_scale}",
+                             "shared_lr_scale")
         route = self._routes[self._check_task(task)]
         own, bound = [], []
         for n in dict.fromkeys(route):

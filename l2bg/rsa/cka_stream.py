@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from l2bg.base.errors import L2BGError
+from l2bg.base.errors import L2BGError, ParamError
 
 __all__ = ["CKAAccumulator", "debiased_cka", "gram", "minibatch_cka", "sources_cka",
            "unbiased_hsic"]
@@ -43,7 +43,7 @@ def gram(x: Tensor, kernel: str = "linear", sigma: float = 1.0) -> Tensor:
     if kernel == "linear":
         return g
     if not sigma > 0:
-        raise L2BGError(f"sigma must be > 0, got {sigma}")
+        raise ParamError(f"{{sigma}} must be > 0, got {sigma}", "sigma")
     sq = g.diagonal()
     d2 = (sq[:, None] + sq[None, :] - 2 * g).clamp_min(0.0)
     med = _median_distance(d2)
@@ -271,7 +271,8 @@ def sources_cka(sources: Sequence[Any], layers: Sequence[Sequence[str] | None], 
     if measure != "cka-minibatch":
         raise L2BGError(f"measure {measure!r} is not a CKA; use linear-cka or cka-minibatch")
     if batch_size < 4:
-        raise L2BGError(f"--batch-size must be at least 4 (the unbiased HSIC), got {batch_size}")
+        raise ParamError(f"{{batch_size}} must be at least 4 (the unbiased HSIC), got "
+                         f"{batch_size}", "batch_size")
     acc = CKAAccumulator(kernel=kernel, sigma=sigma)
     for start in range(0, n, batch_size):
         idx = np.arange(start, min(n, start + batch_size))

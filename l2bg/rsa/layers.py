@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from l2bg.base.errors import L2BGError
+from l2bg.base.errors import L2BGError, ParamError
 from l2bg.rsa import methods
 from l2bg.rsa.blas import one_torch_thread
 from l2bg.rsa.ondisk import Source, open_source
@@ -152,8 +152,8 @@ def sample_rows(n: int, samples: int | Sequence[int] | None, seed: int = 0) -> n
         return None
     if isinstance(samples, int):
         if not 3 <= samples <= n:
-            raise L2BGError(f"samples must be between 3 and the {n} samples available, got "
-                            f"{samples}")
+            raise ParamError(f"{{samples}} must be between 3 and the {n} samples available, "
+                             f"got {samples}", "samples")
         gen = torch.Generator().manual_seed(seed)
         return torch.randperm(n, generator=gen)[:samples].sort().values.numpy()
     rows = np.unique(np.asarray(samples, dtype=np.int64))

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from l2bg.base.errors import L2BGError
+from l2bg.base.errors import L2BGError, ParamError
 
 __all__ = ["MANIFEST", "Layer", "NpyWriter", "Source", "open_source", "safe_name"]
 
@@ -84,8 +84,9 @@ class Source:
             return list(self.layers.values())
         missing = [name for name in names if name not in self.layers]
         if missing:
-            raise L2BGError(f"layer {missing[0]!r} is not in {self.path} (it has: "
-                            f"{', '.join(self.layers) or 'no layers'}); check --layers")
+            raise ParamError(f"layer {missing[0]!r} is not in {self.path} (it has: "
+                             f"{', '.join(self.layers) or 'no layers'}); check {{layers}}",
+                             "layers")
         return [self.layers[name] for name in names]
 
 

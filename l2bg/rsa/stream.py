@@ -165,7 +165,8 @@ def check_accumulator(n: int, dtype: torch.dtype) -> None:
     if total is not None:
         check_size(f"the RDM accumulator of {n:,} samples (n x n {dtype})",
                    n * n * dtype.itemsize, total, unit="bytes",
-                   fix="the limit is this machine's memory; use fewer samples (--samples)")
+                   fix="the limit is this machine's memory; use fewer {samples}",
+                   params=("samples",))
 
 
 def progress_bar(total: int | None, desc: str, enabled: bool | None = None, *,

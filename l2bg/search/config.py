@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from l2bg.base.errors import L2BGError
+from l2bg.base.errors import ParamError
+from l2bg.learn.runconfig import RunConfig
 from l2bg.learn.settings import Settings
 from l2bg.search.report import OBJECTIVES
 from l2bg.search.samplers import SAMPLERS
@@ -50,49 +51,54 @@ class SearchConfig:
         return cls(settings=Settings(**d.pop("settings")), **d)
 
     def check(self) -> None:
-
-        self.settings.check()
+        """Every option, before any work: the experiment's settings and strategy through the one
+        run configuration (:class:`l2bg.learn.runconfig.RunConfig`, δ left to the search), then
+        the search's own (one line per fault, naming the parameter)."""
+        strategy = RunConfig(self.settings, self.strategy).check(searched=True)
         if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 1:
-            raise L2BGError(f"--trials must be a positive number of trials to complete, got "
-                            f"{self.trials}")
+            raise ParamError(f"{{trials}} must be a positive number of trials to complete, got "
+                             f"{self.trials}", "trials")
         for name, choices in (("space", SPACES), ("sampler", SAMPLERS),
                               ("objective", OBJECTIVES)):
             if getattr(self, name) not in choices:
-                raise L2BGError(f"--{name} {getattr(self, name)!r} is not one of "
-                                f"{', '.join(choices)}")
-        strategy = self.settings.strategy(self.strategy)
+                raise ParamError(f"{{{name}}} {getattr(self, name)!r} is not one of "
+                                 f"{', '.join(choices)}", name)
         searched = [n for n, on in (("grow_rule", self.search_rules),
                                     ("bind_rule", self.search_rules),
                                     ("similarity", self.search_similarity)) if on]
         if searched and not set(searched) <= set(strategy.option_names):
-            raise L2BGError(f"--search-rules/--search-similarity search the conflict model of "
-                            f"strategies such as l2bg, not {self.strategy}")
+            raise ParamError(f"{{search_rules}}/{{search_similarity}} search the conflict model "
+                             f"of strategies such as l2bg, not {self.strategy}", "search_rules",
+                             "search_similarity")
         fixed = [n for n in searched if self.settings.rules()[n] is not None]
         if fixed:
-            flag = "--search-rules" if fixed[0] != "similarity" else "--search-similarity"
-            raise L2BGError(f"--{fixed[0].replace('_', '-')} fixes what {flag} searches; give "
-                            "one of the two")
+            flag = "search_rules" if fixed[0] != "similarity" else "search_similarity"
+            raise ParamError(f"{{{fixed[0]}}} fixes what {{{flag}}} searches; give one of the two",
+                             fixed[0], flag)
         if self.workers < 1:
-            raise L2BGError(f"--workers must be >= 1, got {self.workers}")
+            raise ParamError(f"{{workers}} must be >= 1, got {self.workers}", "workers")
         if self.threads is not None and self.threads < 1:
-            raise L2BGError(f"--threads must be >= 1, got {self.threads}")
+            raise ParamError(f"{{threads}} must be >= 1, got {self.threads}", "threads")
         if self.settings.tasks is not None and self.settings.tasks < 2:
-            raise L2BGError(f"a search needs --tasks >= 2, got {self.settings.tasks}")
+            raise ParamError(f"a search needs {{tasks}} >= 2, got {self.settings.tasks}", "tasks")
         if self.max_params is not None and self.max_params < 1:
-            raise L2BGError(f"--max-params must be a positive parameter count, got "
-                            f"{self.max_params}")
+            raise ParamError(f"{{max_params}} must be a positive parameter count, got "
+                             f"{self.max_params}", "max_params")
         if self.startup_trials is not None and self.startup_trials < 0:
-            raise L2BGError(f"--startup-trials must be >= 0, got {self.startup_trials}")
+            raise ParamError(f"{{startup_trials}} must be >= 0, got {self.startup_trials}",
+                             "startup_trials")
         if not self.lease_s > 0 or self.lease_s == float("inf"):
-            raise L2BGError(f"--lease-seconds must be positive and finite, got {self.lease_s}")
+            raise ParamError(f"{{lease_s}} must be positive and finite, got {self.lease_s}",
+                             "lease_s")
         if self.initial not in (None, "random", "diagonal"):
-            raise L2BGError(f"--initial {self.initial!r} is not one of random, diagonal")
+            raise ParamError(f"{{initial}} {self.initial!r} is not one of random, diagonal",
+                             "initial")
         if self.study_name is not None and not self.study_name.strip():
-            raise L2BGError("--study-name must not be empty")
+            raise ParamError("{study_name} must not be empty", "study_name")
         if self.storage is not None and not self.storage.strip():
-            raise L2BGError("--storage is empty; give postgresql://…, mysql://…, "
-                            "sqlite:///FILE or journal:FILE, or leave --storage out for "
-                            "journal:OUT/study.journal")
+            raise ParamError("{storage} is empty; give postgresql://…, mysql://…, "
+                             "sqlite:///FILE or journal:FILE, or leave {storage} out for "
+                             "journal:OUT/study.journal", "storage")
         if self.out is not None and not self.out.strip():
-            raise L2BGError("--out is empty; give a directory, or leave --out out for "
-                            "runs/search-<study name>")
+            raise ParamError("{out} is empty; give a directory, or leave {out} out for "
+                             "runs/search-<study name>", "out")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from l2bg.base.errors import L2BGError
+from l2bg.base.errors import ParamError
 from l2bg.base.fileio import atomic_write, read_json_or_fail, sweep_stale_temps, write_json
 from l2bg.learn.metrics import nondominated
 from l2bg.search.format import delta_label, format_options, format_sequence
@@ -282,32 +282,34 @@ def report_dir(directory: str | os.PathLike, storage: str | None = None,
     directory = Path(directory)
     meta_file = directory / "search.json"
     if not meta_file.is_file():
-        raise L2BGError(f"{meta_file} not found; point --report at the --out directory of a "
-                        "search")
+        raise ParamError(f"{meta_file} not found; point {{report}} at the {{out}} directory of a "
+                         "search", "report", "out")
     meta = read_json_or_fail(meta_file, "rerun the search")
     fields = {"storage": storage, "study_name": study_name}
     for key in fields:
         if fields[key] is None:
             value = meta.get(key) if isinstance(meta, dict) else None
             if not isinstance(value, str) or not value:
-                raise L2BGError(f"{meta_file} has no {key} (a non-empty string) or was edited; "
-                                f"pass --{key.replace('_', '-')} or rerun the search")
+                raise ParamError(f"{meta_file} has no {key} (a non-empty string) or was edited; "
+                                 f"pass {{{key}}} or rerun the search", key)
             fields[key] = value
     url = fields["storage"]
     if url.startswith("journal:") and not Path(url[len("journal:"):]).is_absolute():
         url = f"journal:{directory / url[len('journal:'):]}"
     if "***" in url:
-        raise L2BGError(f"search.json holds the storage without its password ({url}); pass "
-                        "--storage URL with the password")
+        raise ParamError(f"search.json holds the storage without its password ({url}); pass "
+                         "{storage} URL with the password", "storage")
     if url.startswith("journal:") and not Path(url[len("journal:"):]).is_file():
-        raise L2BGError(f"journal {url[len('journal:'):]} not found; pass --storage URL")
+        raise ParamError(f"journal {url[len('journal:'):]} not found; pass {{storage}} URL",
+                         "storage")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     st = open_storage(url)
     name = fields["study_name"]
     try:
         study = optuna.load_study(study_name=name, storage=st)
     except KeyError as exc:
-        raise L2BGError(f"no study {name!r} in {redact_url(url)}; check --study-name") from exc
+        raise ParamError(f"no study {name!r} in {redact_url(url)}; check {{study_name}}",
+                         "study_name") from exc
     summary = write_report(study, directory, storage_label=redact_url(url))
     if not quiet:
         print(summary_text(summary, directory))

@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from l2bg.base.errors import L2BGError
+from l2bg.base.errors import L2BGError, ParamError
+from l2bg.conflict.scores import check_delta
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
@@ -50,19 +51,18 @@ class SearchSpace:
         if self.mode not in SPACES:
             raise L2BGError(f"unknown search space {self.mode!r}; use one of {', '.join(SPACES)}")
         if len(self.tasks) < 2:
-            raise L2BGError(f"a grow-sequence search needs at least 2 tasks, got "
-                            f"{len(self.tasks)}; raise --tasks")
+            raise ParamError(f"a grow-sequence search needs at least 2 tasks, got "
+                             f"{len(self.tasks)}; raise {{tasks}}", "tasks")
         if self.bind_targets is not None:
             unknown = [b for b in self.bind_targets if b not in self.tasks]
             if unknown or not self.bind_targets:
-                raise L2BGError(f"--bind-targets {list(self.bind_targets)} must name tasks of "
-                                f"the benchmark: {', '.join(self.tasks)}")
+                raise ParamError(f"{{bind_targets}} {list(self.bind_targets)} must name tasks of "
+                                 f"the benchmark: {', '.join(self.tasks)}", "bind_targets")
         if self.delta_set is not None:
-            bad = [d for d in self.delta_set if not (isinstance(d, (int, float))
-                                                     and 0 <= d <= 1)]
-            if bad or not self.delta_set:
-                raise L2BGError(f"--delta-set values must be in [0, 1], got "
-                                f"{list(self.delta_set)}")
+            if not self.delta_set:
+                raise ParamError("{delta_set} is empty; give δ values in [0, 1]", "delta_set")
+            for d in self.delta_set:  # the one rule for a grow coefficient
+                check_delta(d, "delta_set")
             object.__setattr__(self, "delta_set", tuple(sorted({float(d)
                                                                 for d in self.delta_set})))
         for name, values in self.choices:
@@ -70,8 +70,8 @@ class SearchSpace:
                 raise L2BGError(f"searched option {name} needs distinct choices, got "
                                 f"{list(values)}")
         if not self.distributions():
-            raise L2BGError(f"search space {self.mode!r} has nothing to search for a strategy "
-                            "that takes no grow coefficient; use --space bind or order")
+            raise ParamError(f"search space {self.mode!r} has nothing to search for a strategy "
+                             "that takes no grow coefficient; use {space} bind or order", "space")
 
     # ------------------------------------------------------------------ parameters
     def _delta_names(self) -> list[str]:

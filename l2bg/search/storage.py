@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from l2bg.base import errors
-from l2bg.base.errors import L2BGError
+from l2bg.base.errors import L2BGError, ParamError
 from l2bg.search.heartbeat import retry_callback
 
 __all__ = ["one_line", "open_storage", "redact_url"]
@@ -45,8 +45,8 @@ def open_storage(url: str, *, lease_s: float = 60.0, max_retry: int = 3) -> Any:
     ``sqlite:///FILE``, ``postgresql://…`` or ``mysql://…`` (RDBStorage with heartbeats every
     lease/6 s, a grace period of ``lease_s`` and stale-trial retry)."""
     if not isinstance(url, str) or not url.strip():
-        raise L2BGError("--storage is empty; give postgresql://…, mysql://…, sqlite:///FILE "
-                        "or journal:FILE")
+        raise ParamError("{storage} is empty; give postgresql://…, mysql://…, sqlite:///FILE "
+                         "or journal:FILE", "storage")
     if url.startswith("journal:"):
         return _open_journal(url, lease_s)
     return _open_rdb(url, lease_s, max_retry)

@@ -16,12 +16,13 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from l2bg.base.errors import L2BGError, warn
+from l2bg.base.errors import L2BGError, ParamError, warn
 from l2bg.base.fileio import refused, write_json
 from l2bg.base.locks import FileLocks
 from l2bg.base.outdir import claim_shared, release_shared
@@ -105,8 +106,8 @@ def _resolve_task_names(names: list[str], tasks: tuple[str, ...], what: str) -> 
         elif n.isdigit() and int(n) < len(tasks):
             out.append(tasks[int(n)])
         else:
-            raise L2BGError(f"{what} {n!r} is not a task of the benchmark; use a name "
-                            f"({', '.join(tasks)}) or an index 0..{len(tasks) - 1}")
+            raise ParamError(f"{{{what}}} {n!r} is not a task of the benchmark; use a name "
+                             f"({', '.join(tasks)}) or an index 0..{len(tasks) - 1}", what)
     return list(dict.fromkeys(out))
 
 
@@ -122,7 +123,7 @@ def _setup(cfg: SearchConfig) -> _Setup:
     if len(names) < 2:
         raise L2BGError(f"a grow-sequence search needs at least 2 tasks; {bench.name} has "
                         f"{len(names)}")
-    targets = (tuple(_resolve_task_names(cfg.bind_targets, names, "--bind-targets"))
+    targets = (tuple(_resolve_task_names(cfg.bind_targets, names, "bind_targets"))
                if cfg.bind_targets else None)
     choices = []
     if cfg.search_rules:
@@ -174,8 +175,8 @@ def _open_study(setup: _Setup, storage: Any, create: bool) -> Any:
     try:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError as exc:
-        raise L2BGError(f"no study {name!r} in {shown}; run the search first or check "
-                        "--study-name") from exc
+        raise ParamError(f"no study {name!r} in {shown}; run the search first or check "
+                         "{study_name}", "study_name") from exc
     found = study.user_attrs.get(SIGNATURE_ATTR)
     for _ in range(50):  # another machine may have created it a moment ago
         if found is not None:
@@ -183,17 +184,17 @@ def _open_study(setup: _Setup, storage: Any, create: bool) -> Any:
         time.sleep(0.1)
         found = optuna.load_study(study_name=name, storage=storage).user_attrs.get(SIGNATURE_ATTR)
     if found is None:
-        raise L2BGError(f"study {name!r} in {shown} was not created by l2bg search; choose "
-                        "another --study-name")
+        raise ParamError(f"study {name!r} in {shown} was not created by l2bg search; choose "
+                         "another {study_name}", "study_name")
     if found != sig:
         diffs = [f"{k}: {found.get(k)!r} (study) vs {sig.get(k)!r} (now)"
                  for k in sorted(set(found) | set(sig)) if found.get(k) != sig.get(k)
                  and k != "context"]
         if not diffs:
             diffs = ["data, template, training recipe or seed differ"]
-        raise L2BGError(f"study {name!r} in {shown} was created for a different search "
-                        f"({'; '.join(diffs[:3])}); rerun with the same options or choose "
-                        "another --study-name")
+        raise ParamError(f"study {name!r} in {shown} was created for a different search "
+                         f"({'; '.join(diffs[:3])}); rerun with the same options or choose "
+                         "another {study_name}", "study_name")
     if created:
         _enqueue_initial(setup, study)
     return study
@@ -311,8 +312,8 @@ def _work(setup: _Setup, index: int) -> int:
             alive.stop()
             if taken_over(study, trial):  # paused past its lease: another worker retried it
                 warn(f"[worker {index}] trial {trial.number} was failed and retried by another "
-                     f"worker while this one was stopped for longer than --lease-seconds "
-                     f"{cfg.lease_s:g}; its result is dropped")
+                     f"worker while this one was stopped for longer than its lease "
+                     f"({cfg.lease_s:g} s); its result is dropped")
                 continue
             study.tell(trial, state=TrialState.FAIL)
             raise
@@ -359,28 +360,30 @@ def _print_trial(index: int, number: int, outcome: Outcome, setup: _Setup,
           f"{format_sequence(r['grow_sequence'])}", flush=True)
 
 
-def _worker_entry(cfg_dict: dict[str, Any], index: int) -> None:
-    """Entry of a ``--workers`` process (spawned)."""
+def _worker_entry(cfg_dict: dict[str, Any], index: int,
+                  describe: Callable[[BaseException], str] = str) -> None:
+    """Entry of a ``workers`` process (spawned); ``describe`` words its error (the command
+    line's: flags for parameters)."""
     from l2bg.base.errors import one_line_warnings
 
     one_line_warnings()
     try:
         _work(_setup(SearchConfig.from_dict(cfg_dict)), index)
     except L2BGError as exc:
-        print(f"l2bg: error: [worker {index}] {exc}", file=sys.stderr, flush=True)
+        print(f"l2bg: error: [worker {index}] {describe(exc)}", file=sys.stderr, flush=True)
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
 
 
-def _run_workers(cfg: SearchConfig) -> list[str]:
+def _run_workers(cfg: SearchConfig, describe: Callable[[BaseException], str]) -> list[str]:
     """Run ``cfg.workers`` worker processes to the end; what went wrong with each that did not
     exit cleanly (a trial it was running is failed and retried by the others)."""
     import multiprocessing
     import signal
 
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker_entry, args=(asdict(cfg), i),
+    procs = [ctx.Process(target=_worker_entry, args=(asdict(cfg), i, describe),
                          name=f"l2bg-search-{i}") for i in range(cfg.workers)]
     for p in procs:
         p.start()
@@ -427,11 +430,13 @@ def _baselines(setup: _Setup, study: Any) -> None:
         "params_independent": r["params_independent"]})
 
 
-def run_search(cfg: SearchConfig) -> dict[str, Any]:
+def run_search(cfg: SearchConfig,
+               describe: Callable[[BaseException], str] = str) -> dict[str, Any]:
     """Run (or resume) a search until ``cfg.trials`` trials have completed; write the outputs
     and return the report summary (see :func:`l2bg.search.report.write_report`). Workers
     that die do not lose the report: it is written from the storage, and the error (or, when
-    the others completed every trial, the warning) names them."""
+    the others completed every trial, the warning) names them; ``describe`` words a worker's
+    error (a module-level function: it travels to the worker processes)."""
     import optuna
 
     setup = _setup(cfg)
@@ -446,7 +451,8 @@ def run_search(cfg: SearchConfig) -> dict[str, Any]:
         try:
             setup.cache_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise refused(exc, setup.cache_dir, "choose another --cache-dir") from exc
+            raise refused(exc, setup.cache_dir, "choose another {cache_dir}",
+                          ("cache_dir",)) from exc
         study = _open_study(setup, storage, create=True)
     except BaseException:
         release_shared(setup.out, "search.json", created)
@@ -456,7 +462,7 @@ def run_search(cfg: SearchConfig) -> dict[str, Any]:
     if cfg.workers == 1:
         _work(setup, 0)
     else:
-        problems = _run_workers(cfg)
+        problems = _run_workers(cfg, describe)
     study = optuna.load_study(study_name=setup.study_name, storage=storage)
     done = _counts(study).get("COMPLETE", 0)
     if cfg.baselines and done:

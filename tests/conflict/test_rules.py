@@ -149,7 +149,7 @@ def test_configured_strategies():
                            "similarity": "linear-cka"}
     with pytest.raises(L2BGError, match="unknown bind rule"):
         base.configured(bind_rule="most")
-    with pytest.raises(L2BGError, match="--grow-rule applies to .* not random"):
+    with pytest.raises(L2BGError, match="grow_rule applies to .* not random"):
         strategies.get("random").configured(grow_rule="released")
     assert strategies.get("random").configured(draw_seed=3).rng_seed(0) == 3
     assert strategies.get("random").rng_seed(7) == 7

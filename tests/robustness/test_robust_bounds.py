@@ -61,8 +61,8 @@ def test_task_copies_beyond_memory_are_refused_before_they_are_made(tmp_path, mo
     monkeypatch.setattr(benchmarks, "memory_bytes", lambda: 10**6)
     made = []
     monkeypatch.setattr(benchmarks, "Task", lambda *a, **k: made.append(a))
-    with pytest.raises(L2BGError, match=r"--tasks 100 of .*above the limit of 1,000,000 bytes.*"
-                                        r"pass --tasks <= 9\b"):
+    with pytest.raises(L2BGError, match=r"num_tasks 100 of .*above the limit of 1,000,000 bytes.*"
+                                        r"pass num_tasks <= 9\b"):
         build_benchmark(bench, num_tasks=100, data_root=root)
     assert made == []
     monkeypatch.undo()

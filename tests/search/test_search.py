@@ -113,8 +113,8 @@ def test_space_per_task_delta_bind_order_and_restrictions():
 @pytest.mark.parametrize("kwargs, match", [
     ({"mode": "nope", "tasks": TASKS}, "unknown search space"),
     ({"mode": "bind", "tasks": ("a",)}, "at least 2 tasks"),
-    ({"mode": "bind", "tasks": TASKS, "bind_targets": ("z",)}, "--bind-targets"),
-    ({"mode": "bind", "tasks": TASKS, "delta_set": (0.5, 1.5)}, "--delta-set"),
+    ({"mode": "bind", "tasks": TASKS, "bind_targets": ("z",)}, "bind_targets"),
+    ({"mode": "bind", "tasks": TASKS, "delta_set": (0.5, 1.5)}, "delta_set must be in"),
 ])
 def test_space_rejects_bad_input(kwargs, match):
     with pytest.raises(L2BGError, match=match):

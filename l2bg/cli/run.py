@@ -12,8 +12,8 @@ run, a finished run's outputs are kept.
 from __future__ import annotations
 
 import argparse
-import time
 import sys
+import time
 from pathlib import Path
 from typing import Any
 

@@ -88,7 +88,9 @@ def _row_stats_kernel(
     mean = mean + sum1 / d
     ss64 = ss.to(tl.float64)
     mean64 = mean.to(tl.float64)
-    constant = ss64 <= _TOL2 * (ss64 + d * mean64 * mean64)
+    # tensor on the left: triton 3.8's interpreter turns `constexpr * tensor` into a constexpr
+    # wrapping a tensor, which a comparison then refuses
+    constant = ss64 <= (ss64 + d * mean64 * mean64) * _TOL2
     inv = tl.where(constant, 0.0, 1.0 / tl.sqrt(tl.maximum(ss64, 1e-300)))
     tl.store(MEAN + pid, mean)
     tl.store(INV + pid, inv.to(tl.float32))

@@ -32,6 +32,8 @@ from torch import Tensor
 
 from l2bg.base.errors import L2BGError
 from l2bg.rsa import methods
+from l2bg.rsa.blas import numpy_blas, one_torch_thread
+from l2bg.rsa.cpu import folded_rdm_triu, spearman_rows
 from l2bg.rsa.reference import (
     CONSTANT_REL_TOL,
     NonFiniteError,
@@ -184,6 +186,9 @@ def _rdm_dispatch(x: Tensor, backend: str, triu: bool, return_backend: bool,
             from l2bg.kernels.rdm import rdm as rdm_triton
 
             out = rdm_triton(xb, triu=triu, precision=_cuda_precision(xb))
+        elif triu and numpy_blas(xb):  # CPU: one syrk per RDM, the centring folded in
+            with one_torch_thread(xb.device):  # numpy's BLAS gets the cores (rsa/blas.py)
+                out = _folded_triu(xb, scratch)
         elif triu and scratch is not None:
             dtype = acc_dtype(xb.dtype)
             key = (tuple(xb.shape), xb.device, dtype)
@@ -199,6 +204,24 @@ def _rdm_dispatch(x: Tensor, backend: str, triu: bool, return_backend: bool,
             exc.index, f"{fn}: {where} contains NaN or inf; fix or drop those samples"
         ) from None
     return _with(out if batched else out.squeeze(0), ran, return_backend)
+
+
+def _folded_triu(xb: Tensor, scratch: dict | None) -> Tensor:
+    """Packed RDMs (B, m) of CPU activations xb (B, n, d): each by
+    :func:`~l2bg.rsa.cpu.folded_rdm_triu`, or by the reference where that declines."""
+    n = xb.shape[1]
+    out = torch.empty((xb.shape[0], n * (n - 1) // 2), dtype=acc_dtype(xb.dtype))
+    for i in range(xb.shape[0]):
+        t = folded_rdm_triu(xb[i])
+        if t is None:
+            try:
+                t = rdm_triu_torch(xb[i : i + 1])[0]
+            except NonFiniteError:
+                raise NonFiniteError(i) from None
+        if xb.shape[0] == 1:
+            return t.unsqueeze(0)
+        out[i] = t
+    return out
 
 
 def _cuda_precision(x: Tensor) -> str:
@@ -297,7 +320,30 @@ def _compare(
     tb = triangle(b) if full_b else b
     check_finite(ta, "a")
     check_finite(tb, "b")
+    if spec is _SPEARMAN and _rows_pair(ta, tb):  # long rows: one sort per row
+        with one_torch_thread(ta.device):  # the two sides sort side by side
+            r = spearman_rows(ta.reshape(-1, ta.shape[-1]), tb.reshape(-1, tb.shape[-1]))
+        return r.view(torch.broadcast_shapes(ta.shape[:-1], tb.shape[:-1])), "torch"
     return spec.torch(ta, tb), "torch"
+
+
+_SPEARMAN = methods.get("spearman")
+"""The built-in Spearman (a method registered in its place keeps its own implementation)."""
+
+_ROWS_MAX = 64
+"""Up to this many rows a side, ``spearman_rows`` ranks each row on its own."""
+
+
+def _rows_pair(ta: Tensor, tb: Tensor) -> bool:
+    """Whether a Spearman of ta and tb goes to :func:`~l2bg.rsa.cpu.spearman_rows`: CPU
+    triangles of one float dtype, at most one leading dim each, broadcasting as 1 against K."""
+    if ta.device.type != "cpu" or ta.dtype != tb.dtype or not ta.is_floating_point():
+        return False
+    if ta.ndim > 2 or tb.ndim > 2:
+        return False
+    ka = ta.shape[0] if ta.ndim == 2 else 1
+    kb = tb.shape[0] if tb.ndim == 2 else 1
+    return max(ka, kb) <= _ROWS_MAX and (ka == kb or min(ka, kb) == 1)
 
 
 # ----------------------------------------------------------------------------- dissimilarity

@@ -6,10 +6,13 @@ other methods; patched calls through rsatoolbox's entry points."""
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 rsatoolbox = pytest.importorskip("rsatoolbox")
 
 import l2bg.rsa.rsatoolbox as fast  # noqa: E402
+from l2bg.rsa.rsatoolbox.crossval import _Rep  # noqa: E402
 from l2bg.rsa.rsatoolbox.options import original  # noqa: E402
 
 pytestmark = [pytest.mark.filterwarnings("ignore::RuntimeWarning"),
@@ -79,6 +82,38 @@ def test_bootstrap_crossval_without_degenerate_rdms(method, k):
     got = run(fast.bootstrap_crossval, 4, models, data, **kw)
     assert not isinstance(got[0], str)
     assert_same(got, run(original("bootstrap_crossval"), 4, models, data, **kw))
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n_cond=st.integers(6, 14), n_rdm=st.integers(2, 7),
+       k=st.sampled_from([(2, 2), (3, 2), (2, 1), (1, 3), (3, 3)]),
+       kind=st.sampled_from(["continuous", "ties", "zero rows", "scaled"]),
+       boot_type=st.sampled_from(["both", "pattern", "rdm"]))
+def test_cosine_folds_batched_equal_fold_by_fold(seed, n_cond, n_rdm, k, kind, boot_type):
+    """All folds of a cosine repetition at once (``_cosine_folds``) give the fold-by-fold
+    path's result (``_gram_fold``) and rsatoolbox's, for untied, tied, partly zero and
+    1e-200-scaled data; samples with too few patterns are NaN in all three."""
+    rng = np.random.default_rng(seed)
+    m = n_cond * (n_cond - 1) // 2
+    v = rng.random((n_rdm, m)) + 0.01
+    if kind == "ties":
+        v = np.round(v * 3) / 3 + 0.1
+    elif kind == "zero rows":
+        v[0, : m // 2] = 0.0
+    elif kind == "scaled":
+        v *= 1e-200
+    data = rsatoolbox.rdm.RDMs(v)
+    models = [rsatoolbox.model.ModelFixed(f"m{i}", rng.random(m)) for i in range(2)]
+    kw = {"method": "cosine", "N": 3, "k_pattern": k[0], "k_rdm": k[1], "boot_type": boot_type}
+    if boot_type == "pattern":
+        kw["k_rdm"] = 1
+    elif boot_type == "rdm":
+        kw["k_pattern"] = 1
+    got = run(fast.bootstrap_crossval, seed % 1000, models, data, **kw)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_Rep, "batched", False)
+        assert_same(got, run(fast.bootstrap_crossval, seed % 1000, models, data, **kw))
+    assert_same(got, run(original("bootstrap_crossval"), seed % 1000, models, data, **kw))
 
 
 @pytest.mark.parametrize("method", ["cosine", "spearman", "tau-b"])

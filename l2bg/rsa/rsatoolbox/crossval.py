@@ -59,6 +59,10 @@ def _shuffled(values: np.ndarray) -> np.ndarray:
 class _Rep:
     """One repetition of rsatoolbox's ``_internal_cv`` on one bootstrap sample, in batch."""
 
+    batched = True
+    """cosine: all folds of a repetition at once (``_cosine_folds``); False: fold by fold
+    (``_gram_fold``, the reference the property tests compare it with)."""
+
     def __init__(self, kind: str, data: torch.Tensor, models: torch.Tensor, model_rows: list,
                  n_cond: int, rdm_desc: np.ndarray, pat_desc: np.ndarray) -> None:
         self.kind, self.data, self.models, self.model_rows = kind, data, models, model_rows
@@ -101,6 +105,8 @@ class _Rep:
                 return None
             total = wt @ full.pooled
         pats = self.pat_desc[sel]
+        if self.kind == "cosine" and self.batched:  # every fold at once, a few products
+            return self._cosine_folds(rdm_folds, weight, wt, pats, a, b, y, x, total)
         evals, ceil, flags = [], [], []
         for test_rows, train_rows, pattern_folds in rdm_folds:
             w_test = torch.as_tensor(weight * test_rows / (weight * test_rows).sum(), device=dev)
@@ -128,10 +134,73 @@ class _Rep:
             return None
         per_row = torch.stack(evals, dim=1).cpu().numpy()  # (model rows, folds)
         lower, upper = torch.stack(ceil, dim=1).cpu().numpy()
-        out = np.stack([per_row[lo:lo + n].mean(axis=0) for lo, n in
-                        zip(np.cumsum([0, *self.model_rows[:-1]]), self.model_rows,
-                            strict=True)])
-        return out, (float(np.mean(lower)), float(np.mean(upper)))
+        return self._per_model(per_row), (float(np.mean(lower)), float(np.mean(upper)))
+
+    def _cosine_folds(self, rdm_folds: list, weight: np.ndarray, wt: torch.Tensor,
+                      pats: np.ndarray, a: np.ndarray, b: np.ndarray, y: torch.Tensor,
+                      x: torch.Tensor, total: torch.Tensor) -> tuple | None:
+        """Every (RDM fold, pattern fold) of a cosine repetition at once: :meth:`_gram_fold`'s
+        arithmetic batched over the F folds. Each fold's kept columns are gathered by one
+        index (F, L), padded with zeros to the largest fold, so norms, scores, Grams and pools
+        are a few batched products. None where a fold has fewer than 3 columns, a
+        row is degenerate or a pool cancels (as ``_gram_fold``)."""
+        dev, p = y.device, len(a)
+        in_test, w_test, w_train, n_small = [], [], [], []
+        for test_rows, train_rows, pattern_folds in rdm_folds:
+            wte = weight * test_rows
+            for test_pats, train_pats in pattern_folds:
+                t = np.isin(pats, test_pats)
+                in_test.append(t)
+                w_test.append(wte / wte.sum())
+                w_train.append(weight * train_rows)
+                n_small.append(min(int(t.sum()), int(np.isin(pats, train_pats).sum())) <= 2)
+        tests = np.stack(in_test)
+        cols = tests[:, a] & tests[:, b]  # (F, P): the fold's kept pairs
+        count = cols.sum(axis=1)
+        if int(count.min()) < 3:
+            return None
+        f_idx, c_idx = np.nonzero(cols)  # row-major: each fold's columns in order
+        pos = np.arange(len(c_idx)) - np.repeat(np.cumsum(count) - count, count)
+        index = np.zeros((len(count), int(count.max())), dtype=np.int64)
+        index[f_idx, pos] = c_idx
+        pad = torch.as_tensor(np.arange(index.shape[1]) >= count[:, None], device=dev)
+        flat = torch.as_tensor(index.reshape(-1), device=dev)
+
+        def gather(v: torch.Tensor) -> torch.Tensor:  # (r, P) -> (F, r, L), padding zeroed
+            out = v.index_select(1, flat).view(v.shape[0], *index.shape).transpose(0, 1)
+            return out.masked_fill_(pad[:, None, :], 0.0)
+
+        yf, xf, up = gather(y), gather(x), gather(total[None])
+        w_test_t = torch.as_tensor(np.stack(w_test), device=dev)
+        w_train_t = torch.as_tensor(np.stack(w_train), device=dev)
+        ny, nx = torch.linalg.vector_norm(yf, dim=2), torch.linalg.vector_norm(xf, dim=2)
+        flag = torch.zeros((), dtype=torch.bool, device=dev)
+        for n in (ny, nx):  # zero, or beyond float64's squares: comparisons' rescaling path
+            flag = flag | ~torch.isfinite(n).all() | (n < 2.0**-500).any()
+        scores = (xf @ yf.mT / (nx[:, :, None] * ny[:, None, :])).clamp_(-1.0, 1.0)
+        c = w_train_t / ny
+        cg = (c[:, None, :] @ (yf @ yf.mT))[:, 0]  # (F, nd): the lower pool against each row
+        n_lo = (cg * c).sum(dim=1).clamp(min=0).sqrt()
+        n_up = torch.linalg.vector_norm(up[:, 0], dim=1)
+        frac = torch.as_tensor(count / max(p, 1), device=dev)
+        flag = flag | (n_lo < ILL_CONDITIONED * w_train_t.sum(dim=1)).any() | (
+            n_up < ILL_CONDITIONED * float(wt.sum()) * frac.sqrt()).any()
+        if bool(flag):
+            return None
+        small = torch.as_tensor(np.asarray(n_small), device=dev)
+        scores = torch.where(small[:, None, None], float("nan"), scores)
+        per_row = (scores @ w_test_t[:, :, None])[..., 0].T.cpu().numpy()  # (model rows, F)
+        s_lo = (cg / (ny * n_lo[:, None])).clamp_(-1.0, 1.0)
+        s_up = ((yf @ up.mT)[..., 0] / (ny * n_up[:, None])).clamp_(-1.0, 1.0)
+        lower = (s_lo * w_test_t).sum(dim=1).cpu().numpy()
+        upper = (s_up * w_test_t).sum(dim=1).cpu().numpy()
+        return self._per_model(per_row), (float(np.mean(lower)), float(np.mean(upper)))
+
+    def _per_model(self, per_row: np.ndarray) -> np.ndarray:
+        """(n_models, folds): the mean over each model's rows."""
+        return np.stack([per_row[lo:lo + n].mean(axis=0) for lo, n in
+                         zip(np.cumsum([0, *self.model_rows[:-1]]), self.model_rows,
+                             strict=True)])
 
     def _fold(self, yf: torch.Tensor, xf: torch.Tensor, w_train: torch.Tensor,
               up: torch.Tensor, n_all: float, frac: float, flags: list) -> tuple:

@@ -67,15 +67,13 @@ class _Rep:
                  n_cond: int, rdm_desc: np.ndarray, pat_desc: np.ndarray) -> None:
         self.kind, self.data, self.models, self.model_rows = kind, data, models, model_rows
         self.n_cond, self.rdm_desc, self.pat_desc = n_cond, rdm_desc, pat_desc
+        self._cached: tuple | None = None
 
     def run(self, rdm_idx: np.ndarray, pattern_idx: np.ndarray, k_pattern: int,
             k_rdm: int) -> tuple[np.ndarray, tuple[float, float]] | None:
         """(n_models, folds) scores and (lower, upper) ceiling; None where degenerate (the
         random draws are made either way)."""
-        values, counts = np.unique(rdm_idx, return_counts=True)
-        weight = np.zeros(len(self.rdm_desc))
-        for v, c in zip(values, counts, strict=True):
-            weight[self.rdm_desc == v] = c
+        values = np.unique(rdm_idx)
         rdm_folds = []
         rdm_select = _shuffled(values)
         pat_values = np.unique(pattern_idx)
@@ -84,26 +82,14 @@ class _Rep:
             rdm_folds.append((np.isin(self.rdm_desc, rdm_select[test]),
                               np.isin(self.rdm_desc, rdm_select[train]),
                               [(pats[t], pats[r]) for t, r in _folds(len(pats), k_pattern)]))
-        sel = _selection(self.pat_desc, pattern_idx)
-        i, j = np.triu_indices(len(sel), 1)
-        keep = sel[i] != sel[j]
-        a, b = i[keep], j[keep]  # the sample's kept pairs, in rsatoolbox's column order
+        key = (rdm_idx.tobytes(), pattern_idx.tobytes())
+        if self._cached is None or self._cached[0] != key:  # the n_cv repetitions share it
+            self._cached = key, self._sample(rdm_idx, pattern_idx)
+        sample = self._cached[1]
+        if sample is None:
+            return None
+        weight, sel, a, b, y, x, wt, total = sample
         dev = self.data.device
-        cols = torch.as_tensor(_kept_columns(self.n_cond, sel), device=dev)
-        y, x = self.data[:, cols], self.models[:, cols]
-        wt = torch.as_tensor(weight, device=dev)
-        if self.kind in ("cosine", "pearson"):  # the whole sample's pool: sum of w / norm rows
-            yc = y - y.mean(dim=1, keepdim=True) if self.kind == "pearson" else y
-            norms = torch.linalg.vector_norm(yc, dim=1)
-            if not bool(torch.isfinite(norms).all() and (norms >= 2.0**-500).all()) or (
-                    self.kind == "pearson" and bool((y.amax(1) == y.amin(1)).any())):
-                return None
-            total = (wt / norms) @ yc
-        else:
-            full = prepare_rows(self.kind, y)
-            if full.dead:
-                return None
-            total = wt @ full.pooled
         pats = self.pat_desc[sel]
         if self.kind == "cosine" and self.batched:  # every fold at once, a few products
             return self._cosine_folds(rdm_folds, weight, wt, pats, a, b, y, x, total)
@@ -136,6 +122,36 @@ class _Rep:
         lower, upper = torch.stack(ceil, dim=1).cpu().numpy()
         return self._per_model(per_row), (float(np.mean(lower)), float(np.mean(upper)))
 
+    def _sample(self, rdm_idx: np.ndarray, pattern_idx: np.ndarray) -> tuple | None:
+        """What every repetition of one bootstrap sample shares: the RDM weights, the pattern
+        selection and its kept pairs (a, b), the data and model columns, and the whole sample's
+        pool; None where a row is degenerate."""
+        values, counts = np.unique(rdm_idx, return_counts=True)
+        weight = np.zeros(len(self.rdm_desc))
+        for v, c in zip(values, counts, strict=True):
+            weight[self.rdm_desc == v] = c
+        sel = _selection(self.pat_desc, pattern_idx)
+        i, j = np.triu_indices(len(sel), 1)
+        keep = sel[i] != sel[j]
+        a, b = i[keep], j[keep]  # the sample's kept pairs, in rsatoolbox's column order
+        dev = self.data.device
+        cols = torch.as_tensor(_kept_columns(self.n_cond, sel), device=dev)
+        y, x = self.data[:, cols], self.models[:, cols]
+        wt = torch.as_tensor(weight, device=dev)
+        if self.kind in ("cosine", "pearson"):  # the whole sample's pool: sum of w / norm rows
+            yc = y - y.mean(dim=1, keepdim=True) if self.kind == "pearson" else y
+            norms = torch.linalg.vector_norm(yc, dim=1)
+            if not bool(torch.isfinite(norms).all() and (norms >= 2.0**-500).all()) or (
+                    self.kind == "pearson" and bool((y.amax(1) == y.amin(1)).any())):
+                return None
+            total = (wt / norms) @ yc
+        else:
+            full = prepare_rows(self.kind, y)
+            if full.dead:
+                return None
+            total = wt @ full.pooled
+        return weight, sel, a, b, y, x, wt, total
+
     def _cosine_folds(self, rdm_folds: list, weight: np.ndarray, wt: torch.Tensor,
                       pats: np.ndarray, a: np.ndarray, b: np.ndarray, y: torch.Tensor,
                       x: torch.Tensor, total: torch.Tensor) -> tuple | None:
@@ -145,15 +161,23 @@ class _Rep:
         are a few batched products. None where a fold has fewer than 3 columns, a
         row is degenerate or a pool cancels (as ``_gram_fold``)."""
         dev, p = y.device, len(a)
+        values, codes = np.unique(pats, return_inverse=True)  # np.isin by a lookup table
+        member = np.zeros(len(values), dtype=bool)
+
+        def among(some: np.ndarray) -> np.ndarray:
+            member[:] = False
+            member[np.searchsorted(values, some)] = True
+            return member[codes]
+
         in_test, w_test, w_train, n_small = [], [], [], []
         for test_rows, train_rows, pattern_folds in rdm_folds:
             wte = weight * test_rows
             for test_pats, train_pats in pattern_folds:
-                t = np.isin(pats, test_pats)
+                t = among(test_pats)
                 in_test.append(t)
                 w_test.append(wte / wte.sum())
                 w_train.append(weight * train_rows)
-                n_small.append(min(int(t.sum()), int(np.isin(pats, train_pats).sum())) <= 2)
+                n_small.append(min(int(t.sum()), int(among(train_pats).sum())) <= 2)
         tests = np.stack(in_test)
         cols = tests[:, a] & tests[:, b]  # (F, P): the fold's kept pairs
         count = cols.sum(axis=1)

@@ -166,3 +166,19 @@ def test_patched_entry_points():
     assert_same(got, want)
     assert rsatoolbox.inference.bootstrap_crossval is original("bootstrap_crossval")
     assert rsatoolbox.inference.evaluate.cv_noise_ceiling is original("cv_noise_ceiling")
+
+
+@settings(max_examples=40, deadline=None)
+@given(desc=st.lists(st.integers(0, 6), min_size=1, max_size=15), data=st.data(),
+       as_str=st.booleans())
+def test_selection_by_counts_equals_one_comparison_per_value(desc, data, as_str):
+    """``_selection`` (each position repeated as often as its descriptor is drawn) equals the
+    loop it replaces (positions of each drawn value, concatenated, sorted), for integer and
+    string descriptors, grouped (repeated) descriptors and repeated draws."""
+    from l2bg.rsa.rsatoolbox.inference import _selection
+
+    d = np.asarray([f"c{v}" for v in desc] if as_str else desc)
+    uniq = np.unique(d)
+    values = uniq[data.draw(st.lists(st.integers(0, len(uniq) - 1), min_size=1, max_size=12))]
+    want = np.sort(np.concatenate([np.asarray(d == v).nonzero()[0] for v in values]))
+    np.testing.assert_array_equal(_selection(d, values), want)

@@ -44,7 +44,9 @@ def _folds(n: int, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
         test = np.arange(g * size, (g + 1) * size)
         if g < extra:
             test = np.concatenate([test, [n - (g + 1)]])
-        train = test if k <= 1 else np.setdiff1d(np.arange(n), test)
+        rest = np.ones(n, dtype=bool)
+        rest[test] = False
+        train = test if k <= 1 else np.flatnonzero(rest)  # np.setdiff1d(arange(n), test)
         out.append((test.astype(np.int64), train.astype(np.int64)))
     return out
 
@@ -68,6 +70,7 @@ class _Rep:
         self.kind, self.data, self.models, self.model_rows = kind, data, models, model_rows
         self.n_cond, self.rdm_desc, self.pat_desc = n_cond, rdm_desc, pat_desc
         self._cached: tuple | None = None
+        self._columns: tuple | None = None  # (y, its sample's columns as rows with x, total)
 
     def run(self, rdm_idx: np.ndarray, pattern_idx: np.ndarray, k_pattern: int,
             k_rdm: int) -> tuple[np.ndarray, tuple[float, float]] | None:
@@ -156,9 +159,10 @@ class _Rep:
                       pats: np.ndarray, a: np.ndarray, b: np.ndarray, y: torch.Tensor,
                       x: torch.Tensor, total: torch.Tensor) -> tuple | None:
         """Every (RDM fold, pattern fold) of a cosine repetition at once: :meth:`_gram_fold`'s
-        arithmetic batched over the F folds. Each fold's kept columns are gathered by one
-        index (F, L), padded with zeros to the largest fold, so norms, scores, Grams and pools
-        are a few batched products. None where a fold has fewer than 3 columns, a
+        arithmetic batched over the F folds. Each fold's kept columns of data, models and the
+        whole sample's pool are gathered as rows by one index (F, L), padded with zeros to the
+        largest fold, so norms are one reduction and Grams, scores and pool products one
+        batched product. None where a fold has fewer than 3 columns, a
         row is degenerate or a pool cancels (as ``_gram_fold``)."""
         dev, p = y.device, len(a)
         values, codes = np.unique(pats, return_inverse=True)  # np.isin by a lookup table
@@ -189,23 +193,26 @@ class _Rep:
         index[f_idx, pos] = c_idx
         pad = torch.as_tensor(np.arange(index.shape[1]) >= count[:, None], device=dev)
         flat = torch.as_tensor(index.reshape(-1), device=dev)
-
-        def gather(v: torch.Tensor) -> torch.Tensor:  # (r, P) -> (F, r, L), padding zeroed
-            out = v.index_select(1, flat).view(v.shape[0], *index.shape).transpose(0, 1)
-            return out.masked_fill_(pad[:, None, :], 0.0)
-
-        yf, xf, up = gather(y), gather(x), gather(total[None])
+        if self._columns is None or self._columns[0] is not y:  # (P, nd + nm + 1), once
+            self._columns = y, torch.cat([y, x, total[None]]).T.contiguous()
+        nd, nm = y.shape[0], x.shape[0]
+        # (F, L, nd + nm + 1): every fold's columns as rows, the padding zeroed
+        got = self._columns[1].index_select(0, flat).view(*index.shape, -1)
+        got.masked_fill_(pad[:, :, None], 0.0)
+        yf = got[..., :nd]
         w_test_t = torch.as_tensor(np.stack(w_test), device=dev)
         w_train_t = torch.as_tensor(np.stack(w_train), device=dev)
-        ny, nx = torch.linalg.vector_norm(yf, dim=2), torch.linalg.vector_norm(xf, dim=2)
+        norms = torch.linalg.vector_norm(got, dim=1)
+        ny, nx, n_up = norms[:, :nd], norms[:, nd:nd + nm], norms[:, nd + nm]
         flag = torch.zeros((), dtype=torch.bool, device=dev)
         for n in (ny, nx):  # zero, or beyond float64's squares: comparisons' rescaling path
             flag = flag | ~torch.isfinite(n).all() | (n < 2.0**-500).any()
-        scores = (xf @ yf.mT / (nx[:, :, None] * ny[:, None, :])).clamp_(-1.0, 1.0)
+        products = got.mT @ yf  # (F, nd + nm + 1, nd): Gram, scores, the pool against rows
+        gram, xy, yu = products[:, :nd], products[:, nd:nd + nm], products[:, nd + nm]
+        scores = (xy / (nx[:, :, None] * ny[:, None, :])).clamp_(-1.0, 1.0)
         c = w_train_t / ny
-        cg = (c[:, None, :] @ (yf @ yf.mT))[:, 0]  # (F, nd): the lower pool against each row
+        cg = (c[:, None, :] @ gram)[:, 0]  # (F, nd): the lower pool against each row
         n_lo = (cg * c).sum(dim=1).clamp(min=0).sqrt()
-        n_up = torch.linalg.vector_norm(up[:, 0], dim=1)
         frac = torch.as_tensor(count / max(p, 1), device=dev)
         flag = flag | (n_lo < ILL_CONDITIONED * w_train_t.sum(dim=1)).any() | (
             n_up < ILL_CONDITIONED * float(wt.sum()) * frac.sqrt()).any()
@@ -215,7 +222,7 @@ class _Rep:
         scores = torch.where(small[:, None, None], float("nan"), scores)
         per_row = (scores @ w_test_t[:, :, None])[..., 0].T.cpu().numpy()  # (model rows, F)
         s_lo = (cg / (ny * n_lo[:, None])).clamp_(-1.0, 1.0)
-        s_up = ((yf @ up.mT)[..., 0] / (ny * n_up[:, None])).clamp_(-1.0, 1.0)
+        s_up = (yu / (ny * n_up[:, None])).clamp_(-1.0, 1.0)
         lower = (s_lo * w_test_t).sum(dim=1).cpu().numpy()
         upper = (s_up * w_test_t).sum(dim=1).cpu().numpy()
         return self._per_model(per_row), (float(np.mean(lower)), float(np.mean(upper)))

@@ -23,6 +23,7 @@ function takes ``return_backend=True`` to also return the backend that ran.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Sequence
 from typing import Literal
@@ -298,10 +299,12 @@ def compare(
 
 
 def _compare(
-    a: Tensor, b: Tensor, full_a: bool, full_b: bool, method: str, backend: str
+    a: Tensor, b: Tensor, full_a: bool, full_b: bool, method: str, backend: str,
+    finite: bool = False,
 ) -> tuple[Tensor, str]:
     """compare() on validated inputs whose layout (full RDM or packed triangle) is given;
-    returns (r, backend that ran)."""
+    returns (r, backend that ran). ``finite``: the inputs are RDMs l2bg computed (finite by
+    construction), so the NaN/inf scan is skipped."""
     spec = methods.get(method)
     if not a.is_floating_point():
         a = a.to(torch.float64)
@@ -318,8 +321,9 @@ def _compare(
         return compare_triton(a, b, method=spec.triton, triangles=not full_a), "triton"
     ta = triangle(a) if full_a else a
     tb = triangle(b) if full_b else b
-    check_finite(ta, "a")
-    check_finite(tb, "b")
+    if not finite:
+        check_finite(ta, "a")
+        check_finite(tb, "b")
     if spec is _SPEARMAN and _rows_pair(ta, tb):  # long rows: one sort per row
         with one_torch_thread(ta.device):  # the two sides sort side by side
             r = spearman_rows(ta.reshape(-1, ta.shape[-1]), tb.reshape(-1, tb.shape[-1]))
@@ -417,41 +421,54 @@ def dissimilarities(
     for layer in range(L):
         xa, xs = acts_ref[layer], [o[layer] for o in others]
         _check_layer_inputs(layer, xa, names, xs)
-        n = xa.shape[0]
         if K == 0:
             continue
-        try:
-            ta, r1 = _rdm_dispatch(xa.reshape(n, -1), backend, True, True, scratch)
-        except NonFiniteError:
-            raise L2BGError(
-                f"dissimilarity: layer {layer} of net a has NaN or inf activations; "
-                "fix the network or its inputs"
-            ) from None
-        flat = [x.reshape(n, -1) for x in xs]
-        try:
-            if len({f.shape[1] for f in flat}) == 1:  # one batched call for all K nets
-                batch = flat[0].unsqueeze(0) if K == 1 else torch.stack(flat)  # no copy of one
-                tb, r2 = _rdm_dispatch(batch, backend, True, True, scratch)
-            else:
-                parts = []
-                for k, f in enumerate(flat):
-                    try:
-                        t, r2 = rdm_triu(f, backend=backend, return_backend=True)
-                    except NonFiniteError:
-                        raise NonFiniteError(k) from None
-                    parts.append(t)
-                tb = torch.stack(parts)
-        except NonFiniteError as exc:
-            raise L2BGError(
-                f"dissimilarity: layer {layer} of net {names[exc.index]} has NaN or inf "
-                "activations; fix the network or its inputs"
-            ) from None
-        dtype = torch.promote_types(ta.dtype, tb.dtype)
-        r, r3 = _compare(ta.to(dtype).unsqueeze(0), tb.to(dtype), False, False, method, backend)
+        fast = numpy_blas(xa.detach(), *(x.detach() for x in xs))
+        # the CPU floor: one torch thread for the whole layer (numpy's BLAS gets the cores,
+        # the two sides of the Spearman sort side by side), one switch instead of three
+        with one_torch_thread(xa.device) if fast else contextlib.nullcontext():
+            r = _layer(layer, xa, xs, names, method, backend, scratch, fast, ran)
         out[:, layer] = r.cpu()
-        ran.update((r1, r2, r3))
     backend_ran = "+".join(sorted(ran)) if ran else None
     return _with(1.0 - out, backend_ran, return_backend)
+
+
+def _layer(layer: int, xa: Tensor, xs: list[Tensor], names: list[str], method: str,
+           backend: str, scratch: dict, fast: bool, ran: set[str]) -> Tensor:
+    """(K,) similarities of one layer: net a's RDM once, the K others' (one batched call, or
+    one by one on the CPU floor, where stacking them would copy), then one comparison."""
+    n, K = xa.shape[0], len(xs)
+    try:
+        ta, r1 = _rdm_dispatch(xa.reshape(n, -1), backend, True, True, scratch)
+    except NonFiniteError:
+        raise L2BGError(
+            f"dissimilarity: layer {layer} of net a has NaN or inf activations; "
+            "fix the network or its inputs"
+        ) from None
+    flat = [x.reshape(n, -1) for x in xs]
+    try:
+        if len({f.shape[1] for f in flat}) == 1 and (K == 1 or not fast):  # one batched call
+            batch = flat[0].unsqueeze(0) if K == 1 else torch.stack(flat)  # no copy of one
+            tb, r2 = _rdm_dispatch(batch, backend, True, True, scratch)
+        else:
+            parts = []
+            for k, f in enumerate(flat):
+                try:
+                    t, r2 = rdm_triu(f, backend=backend, return_backend=True)
+                except NonFiniteError:
+                    raise NonFiniteError(k) from None
+                parts.append(t)
+            tb = torch.stack(parts)
+    except NonFiniteError as exc:
+        raise L2BGError(
+            f"dissimilarity: layer {layer} of net {names[exc.index]} has NaN or inf "
+            "activations; fix the network or its inputs"
+        ) from None
+    dtype = torch.promote_types(ta.dtype, tb.dtype)
+    r, r3 = _compare(ta.to(dtype).unsqueeze(0), tb.to(dtype), False, False, method, backend,
+                     finite=True)
+    ran.update((r1, r2, r3))
+    return r
 
 
 def _check_layer_inputs(layer: int, xa: Tensor, names: list[str], xs: list[Tensor]) -> None:

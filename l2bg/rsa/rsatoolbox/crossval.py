@@ -70,7 +70,8 @@ class _Rep:
         self.kind, self.data, self.models, self.model_rows = kind, data, models, model_rows
         self.n_cond, self.rdm_desc, self.pat_desc = n_cond, rdm_desc, pat_desc
         self._cached: tuple | None = None
-        self._columns: tuple | None = None  # (y, its sample's columns as rows with x, total)
+        self.rows = torch.cat([data, models]).T.contiguous()  # every column as a row, once
+        self._pairs: tuple | None = None  # (a, the sample's (i, j) -> kept column table)
 
     def run(self, rdm_idx: np.ndarray, pattern_idx: np.ndarray, k_pattern: int,
             k_rdm: int) -> tuple[np.ndarray, tuple[float, float]] | None:
@@ -91,11 +92,11 @@ class _Rep:
         sample = self._cached[1]
         if sample is None:
             return None
-        weight, sel, a, b, y, x, wt, total = sample
+        weight, sel, a, b, y, x, wt, total, cols = sample
         dev = self.data.device
         pats = self.pat_desc[sel]
         if self.kind == "cosine" and self.batched:  # every fold at once, a few products
-            return self._cosine_folds(rdm_folds, weight, wt, pats, a, b, y, x, total)
+            return self._cosine_folds(rdm_folds, weight, wt, pats, a, b, y, x, total, cols)
         evals, ceil, flags = [], [], []
         for test_rows, train_rows, pattern_folds in rdm_folds:
             w_test = torch.as_tensor(weight * test_rows / (weight * test_rows).sum(), device=dev)
@@ -153,17 +154,18 @@ class _Rep:
             if full.dead:
                 return None
             total = wt @ full.pooled
-        return weight, sel, a, b, y, x, wt, total
+        return weight, sel, a, b, y, x, wt, total, cols
 
     def _cosine_folds(self, rdm_folds: list, weight: np.ndarray, wt: torch.Tensor,
                       pats: np.ndarray, a: np.ndarray, b: np.ndarray, y: torch.Tensor,
-                      x: torch.Tensor, total: torch.Tensor) -> tuple | None:
+                      x: torch.Tensor, total: torch.Tensor, cols: torch.Tensor
+                      ) -> tuple | None:
         """Every (RDM fold, pattern fold) of a cosine repetition at once: :meth:`_gram_fold`'s
-        arithmetic batched over the F folds. Each fold's kept columns of data, models and the
-        whole sample's pool are gathered as rows by one index (F, L), padded with zeros to the
-        largest fold, so norms are one reduction and Grams, scores and pool products one
-        batched product. None where a fold has fewer than 3 columns, a
-        row is degenerate or a pool cancels (as ``_gram_fold``)."""
+        arithmetic batched over the F folds. Each fold's kept columns (the pairs of its test
+        positions) of data and models are gathered as rows (``rows``: the vectors transposed
+        once) by one index (F, L), padded with zeros to the largest fold, so norms are one
+        reduction and Grams and scores one batched product. None where a fold has fewer than
+        3 columns, a row is degenerate or a pool cancels (as ``_gram_fold``)."""
         dev, p = y.device, len(a)
         values, codes = np.unique(pats, return_inverse=True)  # np.isin by a lookup table
         member = np.zeros(len(values), dtype=bool)
@@ -182,33 +184,42 @@ class _Rep:
                 w_test.append(wte / wte.sum())
                 w_train.append(weight * train_rows)
                 n_small.append(min(int(t.sum()), int(among(train_pats).sum())) <= 2)
-        tests = np.stack(in_test)
-        cols = tests[:, a] & tests[:, b]  # (F, P): the fold's kept pairs
-        count = cols.sum(axis=1)
+        if self._pairs is None or self._pairs[0] is not a:  # once per sample
+            pair = np.full((len(pats), len(pats)), -1, dtype=np.int64)
+            pair[a, b] = np.arange(p)  # kept pair (i, j) of the selection -> its column
+            self._pairs = a, pair
+        pair = self._pairs[1]
+        lists = []
+        for t in in_test:  # a fold's kept pairs: pairs of its test positions, in column order
+            at = np.flatnonzero(t)
+            i, j = np.triu_indices(len(at), 1)
+            c = pair[at[i], at[j]]
+            lists.append(c[c >= 0])
+        count = np.array([len(c) for c in lists])
         if int(count.min()) < 3:
             return None
-        f_idx, c_idx = np.nonzero(cols)  # row-major: each fold's columns in order
-        pos = np.arange(len(c_idx)) - np.repeat(np.cumsum(count) - count, count)
         index = np.zeros((len(count), int(count.max())), dtype=np.int64)
-        index[f_idx, pos] = c_idx
+        for f, c in enumerate(lists):
+            index[f, :len(c)] = c
         pad = torch.as_tensor(np.arange(index.shape[1]) >= count[:, None], device=dev)
         flat = torch.as_tensor(index.reshape(-1), device=dev)
-        if self._columns is None or self._columns[0] is not y:  # (P, nd + nm + 1), once
-            self._columns = y, torch.cat([y, x, total[None]]).T.contiguous()
-        nd, nm = y.shape[0], x.shape[0]
-        # (F, L, nd + nm + 1): every fold's columns as rows, the padding zeroed
-        got = self._columns[1].index_select(0, flat).view(*index.shape, -1)
+        nd = y.shape[0]
+        # (F, L, nd + nm): every fold's columns of data and models as rows, padding zeroed
+        got = self.rows.index_select(0, cols.index_select(0, flat)).view(*index.shape, -1)
         got.masked_fill_(pad[:, :, None], 0.0)
+        up = total.index_select(0, flat).view(index.shape).masked_fill_(pad, 0.0)
         yf = got[..., :nd]
         w_test_t = torch.as_tensor(np.stack(w_test), device=dev)
         w_train_t = torch.as_tensor(np.stack(w_train), device=dev)
         norms = torch.linalg.vector_norm(got, dim=1)
-        ny, nx, n_up = norms[:, :nd], norms[:, nd:nd + nm], norms[:, nd + nm]
+        ny, nx = norms[:, :nd], norms[:, nd:]
+        n_up = torch.linalg.vector_norm(up, dim=1)
         flag = torch.zeros((), dtype=torch.bool, device=dev)
         for n in (ny, nx):  # zero, or beyond float64's squares: comparisons' rescaling path
             flag = flag | ~torch.isfinite(n).all() | (n < 2.0**-500).any()
-        products = got.mT @ yf  # (F, nd + nm + 1, nd): Gram, scores, the pool against rows
-        gram, xy, yu = products[:, :nd], products[:, nd:nd + nm], products[:, nd + nm]
+        products = got.mT @ yf  # (F, nd + nm, nd): the folds' Grams and scores
+        gram, xy = products[:, :nd], products[:, nd:]
+        yu = (up[:, None, :] @ yf)[:, 0]  # (F, nd): the whole sample's pool against each row
         scores = (xy / (nx[:, :, None] * ny[:, None, :])).clamp_(-1.0, 1.0)
         c = w_train_t / ny
         cg = (c[:, None, :] @ gram)[:, 0]  # (F, nd): the lower pool against each row

@@ -15,6 +15,7 @@ Fitted models, a fitter, k = 1 on both axes, other methods go to rsatoolbox unch
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -49,6 +50,14 @@ def _folds(n: int, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
         train = test if k <= 1 else np.flatnonzero(rest)  # np.setdiff1d(arange(n), test)
         out.append((test.astype(np.int64), train.astype(np.int64)))
     return out
+
+
+@functools.lru_cache(maxsize=256)
+def _triu(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``np.triu_indices(n, 1)``, kept (a sample's folds ask for the same few sizes)."""
+    i, j = np.triu_indices(n, 1)
+    i.flags.writeable = j.flags.writeable = False
+    return i, j
 
 
 def _shuffled(values: np.ndarray) -> np.ndarray:
@@ -192,7 +201,7 @@ class _Rep:
         lists = []
         for t in in_test:  # a fold's kept pairs: pairs of its test positions, in column order
             at = np.flatnonzero(t)
-            i, j = np.triu_indices(len(at), 1)
+            i, j = _triu(len(at))
             c = pair[at[i], at[j]]
             lists.append(c[c >= 0])
         count = np.array([len(c) for c in lists])
@@ -211,14 +220,14 @@ class _Rep:
         yf = got[..., :nd]
         w_test_t = torch.as_tensor(np.stack(w_test), device=dev)
         w_train_t = torch.as_tensor(np.stack(w_train), device=dev)
-        norms = torch.linalg.vector_norm(got, dim=1)
+        products = got.mT @ got  # (F, nd + nm, nd + nm): Grams, scores, squared norms
+        norms = products.diagonal(dim1=1, dim2=2).sqrt()
         ny, nx = norms[:, :nd], norms[:, nd:]
-        n_up = torch.linalg.vector_norm(up, dim=1)
+        n_up = (up * up).sum(dim=1).sqrt()
         flag = torch.zeros((), dtype=torch.bool, device=dev)
         for n in (ny, nx):  # zero, or beyond float64's squares: comparisons' rescaling path
             flag = flag | ~torch.isfinite(n).all() | (n < 2.0**-500).any()
-        products = got.mT @ yf  # (F, nd + nm, nd): the folds' Grams and scores
-        gram, xy = products[:, :nd], products[:, nd:]
+        gram, xy = products[:, :nd, :nd], products[:, nd:, :nd]
         yu = (up[:, None, :] @ yf)[:, 0]  # (F, nd): the whole sample's pool against each row
         scores = (xy / (nx[:, :, None] * ny[:, None, :])).clamp_(-1.0, 1.0)
         c = w_train_t / ny

@@ -187,7 +187,9 @@ def _rdm_dispatch(x: Tensor, backend: str, triu: bool, return_backend: bool,
             from l2bg.kernels.rdm import rdm as rdm_triton
 
             out = rdm_triton(xb, triu=triu, precision=_cuda_precision(xb))
-        elif triu and numpy_blas(xb):  # CPU: one syrk per RDM, the centring folded in
+        elif triu and numpy_blas(xb) and (xb.shape[0] == 1 or xb.shape[1] >= 128):
+            # CPU: one syrk per RDM, the centring folded in (many small RDMs: one batched
+            # reference call beats a Python loop of small syrks)
             with one_torch_thread(xb.device):  # numpy's BLAS gets the cores (rsa/blas.py)
                 out = _folded_triu(xb, scratch)
         elif triu and scratch is not None:

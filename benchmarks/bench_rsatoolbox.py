@@ -7,6 +7,8 @@ Rows (CPU; every l2bg row has the rsatoolbox row of the same call beside it, and
 * two correlation RDMs + Spearman at n=500, d=4096 and n=1000, d=16384: rsatoolbox's own calls,
   the drop-in (rsatoolbox objects in and out; float64, and float32 opted in), and l2bg's front
   door (``rsa.dissimilarity``, float32; goals 25 ms and 0.30 s);
+* the front door at the floor: ``rsa.dissimilarity`` (fp32 and fp64) against two numpy Gram
+  products of the same activations, alternated, best of 12, two torch threads (goal <= 1.15x);
 * every other covered method at both sizes: ``calc_rdm`` euclidean and mahalanobis, ``compare``
   cosine, corr, spearman, rho-a, tau-a, kendall (one RDM against one);
 * rsatoolbox's own searchlight (1,000 spheres), unpatched and patched;
@@ -27,14 +29,16 @@ install rsatoolbox``); skipped without it.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
 import torch
-from harness import FULL, Timing, calibrate_gemm, measure, record
+from harness import FULL, Timing, calibrate_gemm, device_name, measure, record
 
 import l2bg.rsa.rsatoolbox as fast
 from l2bg import rsa
@@ -114,6 +118,52 @@ def test_two_correlation_rdms_and_spearman(benchmark, pair):
     _pair(op, shape, "float32", own, lambda: rsa.dissimilarity([xa], [xb], backend="torch"),
           own_rounds=1, rounds=7, benchmark=benchmark, backend="l2bg rsa.dissimilarity",
           goal_s=goal)
+
+
+def _alternated(fns: dict, rounds: int) -> dict[str, Timing]:
+    """Each call of ``fns`` once per round, in turn (after one warm-up each): the rounds of
+    every call share the machine's moments, so their best times compare."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: Timing(t) for name, t in times.items()}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"n{s[0]}-d{s[1]}")
+def test_front_door_at_the_floor(size, dtype):
+    """``rsa.dissimilarity`` of two CPU layers (two correlation RDMs + Spearman) against two
+    numpy Gram products ``x @ x.T`` (numpy's BLAS: a syrk) of the same activations, alternated
+    in one run, best of 12, torch.set_num_threads(2); goal ratio <= 1.15 (issue 21)."""
+    n, d = size
+    gen = torch.Generator().manual_seed(7)
+    xa = torch.randn(n, d, generator=gen, dtype=dtype)
+    xb = (xa + torch.randn(n, d, generator=gen, dtype=dtype)) * 0.5
+    na, nb = xa.numpy(), xb.numpy()
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        t = _alternated({"grams": lambda: (na @ na.T, nb @ nb.T),
+                         "ours": lambda: rsa.dissimilarity([xa], [xb])}, rounds=12)
+    finally:
+        torch.set_num_threads(before)
+    best_g, best_o = min(t["grams"].times), min(t["ours"].times)
+    ratio = best_o / best_g
+    load = " ".join(f"{v:.1f}" for v in os.getloadavg())
+    kind = str(dtype).removeprefix("torch.")
+    record(suite=SUITE, op="2 numpy Grams x @ x.T (floor)", backend="numpy", shape=_shape(n, d),
+           dtype=kind, timing=t["grams"], threads=2, best_s=f"{best_g:.4f}", load=load)
+    record(suite=SUITE, op="rsa.dissimilarity vs floor", backend="l2bg rsa.dissimilarity",
+           shape=_shape(n, d), dtype=kind, timing=t["ours"], threads=2,
+           best_s=f"{best_o:.4f}", ratio=f"{ratio:.2f}x", goal="<=1.15x", load=load)
+    print(f"\nfloor {kind} n={n} d={d}: dissimilarity {best_o * 1e3:.1f} ms, two Grams "
+          f"{best_g * 1e3:.1f} ms, ratio {ratio:.2f}x (goal <= 1.15x); load {load}; "
+          f"{device_name('cpu')}")
 
 
 # ----------------------------------------------------------------------------- other methods

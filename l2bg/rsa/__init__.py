@@ -23,6 +23,7 @@ function takes ``return_backend=True`` to also return the backend that ran.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Sequence
 from typing import Literal
@@ -32,6 +33,8 @@ from torch import Tensor
 
 from l2bg.base.errors import L2BGError
 from l2bg.rsa import methods
+from l2bg.rsa.blas import numpy_blas, one_torch_thread
+from l2bg.rsa.cpu import folded_rdm_triu, spearman_rows
 from l2bg.rsa.reference import (
     CONSTANT_REL_TOL,
     NonFiniteError,
@@ -184,6 +187,11 @@ def _rdm_dispatch(x: Tensor, backend: str, triu: bool, return_backend: bool,
             from l2bg.kernels.rdm import rdm as rdm_triton
 
             out = rdm_triton(xb, triu=triu, precision=_cuda_precision(xb))
+        elif triu and numpy_blas(xb) and (xb.shape[0] == 1 or xb.shape[1] >= 128):
+            # CPU: one syrk per RDM, the centring folded in (many small RDMs: one batched
+            # reference call beats a Python loop of small syrks)
+            with one_torch_thread(xb.device):  # numpy's BLAS gets the cores (rsa/blas.py)
+                out = _folded_triu(xb, scratch)
         elif triu and scratch is not None:
             dtype = acc_dtype(xb.dtype)
             key = (tuple(xb.shape), xb.device, dtype)
@@ -199,6 +207,24 @@ def _rdm_dispatch(x: Tensor, backend: str, triu: bool, return_backend: bool,
             exc.index, f"{fn}: {where} contains NaN or inf; fix or drop those samples"
         ) from None
     return _with(out if batched else out.squeeze(0), ran, return_backend)
+
+
+def _folded_triu(xb: Tensor, scratch: dict | None) -> Tensor:
+    """Packed RDMs (B, m) of CPU activations xb (B, n, d): each by
+    :func:`~l2bg.rsa.cpu.folded_rdm_triu`, or by the reference where that declines."""
+    n = xb.shape[1]
+    out = torch.empty((xb.shape[0], n * (n - 1) // 2), dtype=acc_dtype(xb.dtype))
+    for i in range(xb.shape[0]):
+        t = folded_rdm_triu(xb[i])
+        if t is None:
+            try:
+                t = rdm_triu_torch(xb[i : i + 1])[0]
+            except NonFiniteError:
+                raise NonFiniteError(i) from None
+        if xb.shape[0] == 1:
+            return t.unsqueeze(0)
+        out[i] = t
+    return out
 
 
 def _cuda_precision(x: Tensor) -> str:
@@ -275,10 +301,12 @@ def compare(
 
 
 def _compare(
-    a: Tensor, b: Tensor, full_a: bool, full_b: bool, method: str, backend: str
+    a: Tensor, b: Tensor, full_a: bool, full_b: bool, method: str, backend: str,
+    finite: bool = False,
 ) -> tuple[Tensor, str]:
     """compare() on validated inputs whose layout (full RDM or packed triangle) is given;
-    returns (r, backend that ran)."""
+    returns (r, backend that ran). ``finite``: the inputs are RDMs l2bg computed (finite by
+    construction), so the NaN/inf scan is skipped."""
     spec = methods.get(method)
     if not a.is_floating_point():
         a = a.to(torch.float64)
@@ -295,9 +323,33 @@ def _compare(
         return compare_triton(a, b, method=spec.triton, triangles=not full_a), "triton"
     ta = triangle(a) if full_a else a
     tb = triangle(b) if full_b else b
-    check_finite(ta, "a")
-    check_finite(tb, "b")
+    if not finite:
+        check_finite(ta, "a")
+        check_finite(tb, "b")
+    if spec is _SPEARMAN and _rows_pair(ta, tb):  # long rows: one sort per row
+        with one_torch_thread(ta.device):  # the two sides sort side by side
+            r = spearman_rows(ta.reshape(-1, ta.shape[-1]), tb.reshape(-1, tb.shape[-1]))
+        return r.view(torch.broadcast_shapes(ta.shape[:-1], tb.shape[:-1])), "torch"
     return spec.torch(ta, tb), "torch"
+
+
+_SPEARMAN = methods.get("spearman")
+"""The built-in Spearman (a method registered in its place keeps its own implementation)."""
+
+_ROWS_MAX = 64
+"""Up to this many rows a side, ``spearman_rows`` ranks each row on its own."""
+
+
+def _rows_pair(ta: Tensor, tb: Tensor) -> bool:
+    """Whether a Spearman of ta and tb goes to :func:`~l2bg.rsa.cpu.spearman_rows`: CPU
+    triangles of one float dtype, at most one leading dim each, broadcasting as 1 against K."""
+    if ta.device.type != "cpu" or ta.dtype != tb.dtype or not ta.is_floating_point():
+        return False
+    if ta.ndim > 2 or tb.ndim > 2:
+        return False
+    ka = ta.shape[0] if ta.ndim == 2 else 1
+    kb = tb.shape[0] if tb.ndim == 2 else 1
+    return max(ka, kb) <= _ROWS_MAX and (ka == kb or min(ka, kb) == 1)
 
 
 # ----------------------------------------------------------------------------- dissimilarity
@@ -371,41 +423,54 @@ def dissimilarities(
     for layer in range(L):
         xa, xs = acts_ref[layer], [o[layer] for o in others]
         _check_layer_inputs(layer, xa, names, xs)
-        n = xa.shape[0]
         if K == 0:
             continue
-        try:
-            ta, r1 = _rdm_dispatch(xa.reshape(n, -1), backend, True, True, scratch)
-        except NonFiniteError:
-            raise L2BGError(
-                f"dissimilarity: layer {layer} of net a has NaN or inf activations; "
-                "fix the network or its inputs"
-            ) from None
-        flat = [x.reshape(n, -1) for x in xs]
-        try:
-            if len({f.shape[1] for f in flat}) == 1:  # one batched call for all K nets
-                batch = flat[0].unsqueeze(0) if K == 1 else torch.stack(flat)  # no copy of one
-                tb, r2 = _rdm_dispatch(batch, backend, True, True, scratch)
-            else:
-                parts = []
-                for k, f in enumerate(flat):
-                    try:
-                        t, r2 = rdm_triu(f, backend=backend, return_backend=True)
-                    except NonFiniteError:
-                        raise NonFiniteError(k) from None
-                    parts.append(t)
-                tb = torch.stack(parts)
-        except NonFiniteError as exc:
-            raise L2BGError(
-                f"dissimilarity: layer {layer} of net {names[exc.index]} has NaN or inf "
-                "activations; fix the network or its inputs"
-            ) from None
-        dtype = torch.promote_types(ta.dtype, tb.dtype)
-        r, r3 = _compare(ta.to(dtype).unsqueeze(0), tb.to(dtype), False, False, method, backend)
+        fast = numpy_blas(xa.detach(), *(x.detach() for x in xs))
+        # the CPU floor: one torch thread for the whole layer (numpy's BLAS gets the cores,
+        # the two sides of the Spearman sort side by side), one switch instead of three
+        with one_torch_thread(xa.device) if fast else contextlib.nullcontext():
+            r = _layer(layer, xa, xs, names, method, backend, scratch, fast, ran)
         out[:, layer] = r.cpu()
-        ran.update((r1, r2, r3))
     backend_ran = "+".join(sorted(ran)) if ran else None
     return _with(1.0 - out, backend_ran, return_backend)
+
+
+def _layer(layer: int, xa: Tensor, xs: list[Tensor], names: list[str], method: str,
+           backend: str, scratch: dict, fast: bool, ran: set[str]) -> Tensor:
+    """(K,) similarities of one layer: net a's RDM once, the K others' (one batched call, or
+    one by one on the CPU floor, where stacking them would copy), then one comparison."""
+    n, K = xa.shape[0], len(xs)
+    try:
+        ta, r1 = _rdm_dispatch(xa.reshape(n, -1), backend, True, True, scratch)
+    except NonFiniteError:
+        raise L2BGError(
+            f"dissimilarity: layer {layer} of net a has NaN or inf activations; "
+            "fix the network or its inputs"
+        ) from None
+    flat = [x.reshape(n, -1) for x in xs]
+    try:
+        if len({f.shape[1] for f in flat}) == 1 and (K == 1 or not fast):  # one batched call
+            batch = flat[0].unsqueeze(0) if K == 1 else torch.stack(flat)  # no copy of one
+            tb, r2 = _rdm_dispatch(batch, backend, True, True, scratch)
+        else:
+            parts = []
+            for k, f in enumerate(flat):
+                try:
+                    t, r2 = rdm_triu(f, backend=backend, return_backend=True)
+                except NonFiniteError:
+                    raise NonFiniteError(k) from None
+                parts.append(t)
+            tb = torch.stack(parts)
+    except NonFiniteError as exc:
+        raise L2BGError(
+            f"dissimilarity: layer {layer} of net {names[exc.index]} has NaN or inf "
+            "activations; fix the network or its inputs"
+        ) from None
+    dtype = torch.promote_types(ta.dtype, tb.dtype)
+    r, r3 = _compare(ta.to(dtype).unsqueeze(0), tb.to(dtype), False, False, method, backend,
+                     finite=True)
+    ran.update((r1, r2, r3))
+    return r
 
 
 def _check_layer_inputs(layer: int, xa: Tensor, names: list[str], xs: list[Tensor]) -> None:

@@ -46,6 +46,7 @@ __all__ = [
     "dense_ranks",
     "pairs",
     "prepare",
+    "side_by_side",
 ]
 
 T = TypeVar("T")
@@ -119,7 +120,8 @@ _SIDE_BY_SIDE_MIN = 1 << 16
 """Elements per side from which a single-threaded torch prepares both sides in two threads."""
 
 
-def _both(fn: Callable[[Tensor], T], ta: Tensor, tb: Tensor | None) -> tuple[T, T | None]:
+def side_by_side(fn: Callable[[Tensor], T], ta: Tensor,
+                 tb: Tensor | None) -> tuple[T, T | None]:
     """``fn(ta), fn(tb)``; side by side in two threads where torch runs one CPU thread (as the
     rsatoolbox drop-in does) and both sides are large: each side's sort is single-threaded work
     and torch releases the GIL, so two cores sort at once."""
@@ -136,9 +138,9 @@ def _both(fn: Callable[[Tensor], T], ta: Tensor, tb: Tensor | None) -> tuple[T, 
 def _ranks_of_both(ta: Tensor, tb: Tensor | None) -> tuple[Tensor, Tensor | None]:
     """Average ranks of both sides: one sort when their dtypes agree and they are small, one
     per side when large (half the peak memory of the sort's work space; two threads where
-    ``_both`` allows)."""
+    ``side_by_side`` allows)."""
     if tb is None or min(ta.numel(), tb.numel()) >= _SIDE_BY_SIDE_MIN:
-        return _both(average_ranks, ta, tb)
+        return side_by_side(average_ranks, ta, tb)
     if ta.dtype == tb.dtype and ta.numel() + tb.numel() <= _PAIR_CHUNK * 8:
         r = average_ranks(torch.cat([ta, tb]))
         return r[: ta.shape[0]], r[ta.shape[0] :]
@@ -312,7 +314,7 @@ KENDALL_METHODS = {"tau-a": "a", "tau-b": "b"}
 def prepare(method: str, ta: Tensor, tb: Tensor | None = None) -> tuple[Prepared, Prepared | None]:
     """Prepare rows ta (Ka, m) and tb (Kb, m) for ``method`` (ranks of both from one sort)."""
     if method in KENDALL_METHODS:
-        return _both(_prepare_kendall, ta, tb)
+        return side_by_side(_prepare_kendall, ta, tb)
     ra = rb = None
     if method in ("spearman", "rho-a"):
         ra, rb = _ranks_of_both(ta, tb)

@@ -257,7 +257,7 @@ def layer_similarity(sources: Sequence[Activations], *,
         labels.append(got_names)
         rdms.append(got)
         ran |= r
-    with one_torch_thread(device):  # both sides ranked side by side (comparisons._both)
+    with one_torch_thread(device):  # both sides ranked side by side (comparisons.side_by_side)
         if len(opened) == 2:
             ta, tb = _stack(rdms[0]), _stack(rdms[1])
             values, row_names, col_names = spec.all_pairs(ta, tb), labels[0], labels[1]

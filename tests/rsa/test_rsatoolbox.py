@@ -192,27 +192,48 @@ def test_compare_equals_rsatoolbox(seed, k1, k2, n, kind, method):
 
 @pytest.mark.parametrize("method", COMPARE)
 def test_compare_constant_rdms_and_nan_positions(method):
-    """Pair by pair (rsatoolbox scatters the values of a matrix with zero-norm rows with
-    np.putmask, so its matrix is compared where no RDM is constant)."""
+    """A constant RDM (zero after centring for corr and spearman), a tied one and a pattern
+    missing from every RDM: rsatoolbox's whole matrix, pair for pair too; different NaN
+    positions are rsatoolbox's error."""
     rng = np.random.default_rng(5)
     v = rng.standard_normal((4, 15))
     v[1] = 1.0
     v[2] = np.round(v[2])
     v[:, 3] = np.nan  # a pattern missing from every RDM
     rdms = rsatoolbox.rdm.RDMs(v)
-    got = fast.compare(rdms, rdms, method=method)
+    got, want = both("compare", rdms, rdms, method=method)
+    assert_agree(got, want)
     for i in range(4):
         for j in range(4):
-            assert_agree(got[i, j], original("compare")(rdms[i], rdms[j], method=method)[0, 0])
+            assert_agree(fast.compare(rdms[i], rdms[j], method=method),
+                         original("compare")(rdms[i], rdms[j], method=method))
     if method in ("kendall", "tau-b"):
         assert np.isnan(got[1]).all()
-    keep = [0, 2, 3]
-    assert_agree(fast.compare(rdms[keep], rdms[keep], method=method),
-                 original("compare")(rdms[keep], rdms[keep], method=method))
     other = v.copy()
     other[0, 4] = np.nan
     with pytest.raises(ValueError, match="different nan positions"):
         fast.compare(rdms, rsatoolbox.rdm.RDMs(other), method=method)
+
+
+@pytest.mark.parametrize("method", ["cosine", "corr", "spearman"])
+@pytest.mark.parametrize("zeros", [(0,), (1, 3), (2,)])
+def test_compare_zero_norm_rows_land_where_rsatoolbox_puts_them(method, zeros):
+    """rsatoolbox's ``_cosine`` scatters the similarities of the nonzero vectors with
+    ``np.putmask``, which reads its values cyclically by flat position: with a zero-norm vector
+    (all zeros for cosine, constant for corr and spearman) the others land shifted. The drop-in
+    gives rsatoolbox's matrix, so it differs from the true similarities there."""
+    rng = np.random.default_rng(8)
+    v1, v2 = rng.standard_normal((4, 10)), rng.standard_normal((3, 10))
+    for i in zeros:
+        v1[i] = 0.0 if method == "cosine" else 2.5
+    v2[1] = 0.0 if method == "cosine" else -1.0
+    a, b = rsatoolbox.rdm.RDMs(v1), rsatoolbox.rdm.RDMs(v2)
+    got, want = both("compare", a, b, method=method)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    truth = np.array([[original("compare")(a[i], b[j], method=method)[0, 0] for j in range(3)]
+                      for i in range(4)])
+    assert not np.allclose(got, truth)  # the quirk is there to reproduce
+    assert (got[list(zeros)] == 0).all() and (got[:, 1] == 0).all()
 
 
 def test_compare_falls_through_for_other_methods():

@@ -6,10 +6,13 @@ other methods; patched calls through rsatoolbox's entry points."""
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 rsatoolbox = pytest.importorskip("rsatoolbox")
 
 import l2bg.rsa.rsatoolbox as fast  # noqa: E402
+from l2bg.rsa.rsatoolbox.crossval import _Rep  # noqa: E402
 from l2bg.rsa.rsatoolbox.options import original  # noqa: E402
 
 pytestmark = [pytest.mark.filterwarnings("ignore::RuntimeWarning"),
@@ -81,6 +84,38 @@ def test_bootstrap_crossval_without_degenerate_rdms(method, k):
     assert_same(got, run(original("bootstrap_crossval"), 4, models, data, **kw))
 
 
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n_cond=st.integers(6, 14), n_rdm=st.integers(2, 7),
+       k=st.sampled_from([(2, 2), (3, 2), (2, 1), (1, 3), (3, 3)]),
+       kind=st.sampled_from(["continuous", "ties", "zero rows", "scaled"]),
+       boot_type=st.sampled_from(["both", "pattern", "rdm"]))
+def test_cosine_folds_batched_equal_fold_by_fold(seed, n_cond, n_rdm, k, kind, boot_type):
+    """All folds of a cosine repetition at once (``_cosine_folds``) give the fold-by-fold
+    path's result (``_gram_fold``) and rsatoolbox's, for untied, tied, partly zero and
+    1e-200-scaled data; samples with too few patterns are NaN in all three."""
+    rng = np.random.default_rng(seed)
+    m = n_cond * (n_cond - 1) // 2
+    v = rng.random((n_rdm, m)) + 0.01
+    if kind == "ties":
+        v = np.round(v * 3) / 3 + 0.1
+    elif kind == "zero rows":
+        v[0, : m // 2] = 0.0
+    elif kind == "scaled":
+        v *= 1e-200
+    data = rsatoolbox.rdm.RDMs(v)
+    models = [rsatoolbox.model.ModelFixed(f"m{i}", rng.random(m)) for i in range(2)]
+    kw = {"method": "cosine", "N": 3, "k_pattern": k[0], "k_rdm": k[1], "boot_type": boot_type}
+    if boot_type == "pattern":
+        kw["k_rdm"] = 1
+    elif boot_type == "rdm":
+        kw["k_pattern"] = 1
+    got = run(fast.bootstrap_crossval, seed % 1000, models, data, **kw)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_Rep, "batched", False)
+        assert_same(got, run(fast.bootstrap_crossval, seed % 1000, models, data, **kw))
+    assert_same(got, run(original("bootstrap_crossval"), seed % 1000, models, data, **kw))
+
+
 @pytest.mark.parametrize("method", ["cosine", "spearman", "tau-b"])
 def test_bootstrap_crossval_grouped_rdms_and_small_samples(method):
     """RDM groups; 7 conditions with k_pattern 2 leave many samples below 3k patterns (NaN)."""
@@ -131,3 +166,19 @@ def test_patched_entry_points():
     assert_same(got, want)
     assert rsatoolbox.inference.bootstrap_crossval is original("bootstrap_crossval")
     assert rsatoolbox.inference.evaluate.cv_noise_ceiling is original("cv_noise_ceiling")
+
+
+@settings(max_examples=40, deadline=None)
+@given(desc=st.lists(st.integers(0, 6), min_size=1, max_size=15), data=st.data(),
+       as_str=st.booleans())
+def test_selection_by_counts_equals_one_comparison_per_value(desc, data, as_str):
+    """``_selection`` (each position repeated as often as its descriptor is drawn) equals the
+    loop it replaces (positions of each drawn value, concatenated, sorted), for integer and
+    string descriptors, grouped (repeated) descriptors and repeated draws."""
+    from l2bg.rsa.rsatoolbox.inference import _selection
+
+    d = np.asarray([f"c{v}" for v in desc] if as_str else desc)
+    uniq = np.unique(d)
+    values = uniq[data.draw(st.lists(st.integers(0, len(uniq) - 1), min_size=1, max_size=12))]
+    want = np.sort(np.concatenate([np.asarray(d == v).nonzero()[0] for v in values]))
+    np.testing.assert_array_equal(_selection(d, values), want)

@@ -15,6 +15,7 @@ Fitted models, a fitter, k = 1 on both axes, other methods go to rsatoolbox unch
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -44,9 +45,19 @@ def _folds(n: int, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
         test = np.arange(g * size, (g + 1) * size)
         if g < extra:
             test = np.concatenate([test, [n - (g + 1)]])
-        train = test if k <= 1 else np.setdiff1d(np.arange(n), test)
+        rest = np.ones(n, dtype=bool)
+        rest[test] = False
+        train = test if k <= 1 else np.flatnonzero(rest)  # np.setdiff1d(arange(n), test)
         out.append((test.astype(np.int64), train.astype(np.int64)))
     return out
+
+
+@functools.lru_cache(maxsize=256)
+def _triu(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``np.triu_indices(n, 1)``, kept (a sample's folds ask for the same few sizes)."""
+    i, j = np.triu_indices(n, 1)
+    i.flags.writeable = j.flags.writeable = False
+    return i, j
 
 
 def _shuffled(values: np.ndarray) -> np.ndarray:
@@ -59,19 +70,23 @@ def _shuffled(values: np.ndarray) -> np.ndarray:
 class _Rep:
     """One repetition of rsatoolbox's ``_internal_cv`` on one bootstrap sample, in batch."""
 
+    batched = True
+    """cosine: all folds of a repetition at once (``_cosine_folds``); False: fold by fold
+    (``_gram_fold``, the reference the property tests compare it with)."""
+
     def __init__(self, kind: str, data: torch.Tensor, models: torch.Tensor, model_rows: list,
                  n_cond: int, rdm_desc: np.ndarray, pat_desc: np.ndarray) -> None:
         self.kind, self.data, self.models, self.model_rows = kind, data, models, model_rows
         self.n_cond, self.rdm_desc, self.pat_desc = n_cond, rdm_desc, pat_desc
+        self._cached: tuple | None = None
+        self.rows = torch.cat([data, models]).T.contiguous()  # every column as a row, once
+        self._pairs: tuple | None = None  # (a, the sample's (i, j) -> kept column table)
 
     def run(self, rdm_idx: np.ndarray, pattern_idx: np.ndarray, k_pattern: int,
             k_rdm: int) -> tuple[np.ndarray, tuple[float, float]] | None:
         """(n_models, folds) scores and (lower, upper) ceiling; None where degenerate (the
         random draws are made either way)."""
-        values, counts = np.unique(rdm_idx, return_counts=True)
-        weight = np.zeros(len(self.rdm_desc))
-        for v, c in zip(values, counts, strict=True):
-            weight[self.rdm_desc == v] = c
+        values = np.unique(rdm_idx)
         rdm_folds = []
         rdm_select = _shuffled(values)
         pat_values = np.unique(pattern_idx)
@@ -80,27 +95,17 @@ class _Rep:
             rdm_folds.append((np.isin(self.rdm_desc, rdm_select[test]),
                               np.isin(self.rdm_desc, rdm_select[train]),
                               [(pats[t], pats[r]) for t, r in _folds(len(pats), k_pattern)]))
-        sel = _selection(self.pat_desc, pattern_idx)
-        i, j = np.triu_indices(len(sel), 1)
-        keep = sel[i] != sel[j]
-        a, b = i[keep], j[keep]  # the sample's kept pairs, in rsatoolbox's column order
+        key = (rdm_idx.tobytes(), pattern_idx.tobytes())
+        if self._cached is None or self._cached[0] != key:  # the n_cv repetitions share it
+            self._cached = key, self._sample(rdm_idx, pattern_idx)
+        sample = self._cached[1]
+        if sample is None:
+            return None
+        weight, sel, a, b, y, x, wt, total, cols = sample
         dev = self.data.device
-        cols = torch.as_tensor(_kept_columns(self.n_cond, sel), device=dev)
-        y, x = self.data[:, cols], self.models[:, cols]
-        wt = torch.as_tensor(weight, device=dev)
-        if self.kind in ("cosine", "pearson"):  # the whole sample's pool: sum of w / norm rows
-            yc = y - y.mean(dim=1, keepdim=True) if self.kind == "pearson" else y
-            norms = torch.linalg.vector_norm(yc, dim=1)
-            if not bool(torch.isfinite(norms).all() and (norms >= 2.0**-500).all()) or (
-                    self.kind == "pearson" and bool((y.amax(1) == y.amin(1)).any())):
-                return None
-            total = (wt / norms) @ yc
-        else:
-            full = prepare_rows(self.kind, y)
-            if full.dead:
-                return None
-            total = wt @ full.pooled
         pats = self.pat_desc[sel]
+        if self.kind == "cosine" and self.batched:  # every fold at once, a few products
+            return self._cosine_folds(rdm_folds, weight, wt, pats, a, b, y, x, total, cols)
         evals, ceil, flags = [], [], []
         for test_rows, train_rows, pattern_folds in rdm_folds:
             w_test = torch.as_tensor(weight * test_rows / (weight * test_rows).sum(), device=dev)
@@ -128,10 +133,125 @@ class _Rep:
             return None
         per_row = torch.stack(evals, dim=1).cpu().numpy()  # (model rows, folds)
         lower, upper = torch.stack(ceil, dim=1).cpu().numpy()
-        out = np.stack([per_row[lo:lo + n].mean(axis=0) for lo, n in
-                        zip(np.cumsum([0, *self.model_rows[:-1]]), self.model_rows,
-                            strict=True)])
-        return out, (float(np.mean(lower)), float(np.mean(upper)))
+        return self._per_model(per_row), (float(np.mean(lower)), float(np.mean(upper)))
+
+    def _sample(self, rdm_idx: np.ndarray, pattern_idx: np.ndarray) -> tuple | None:
+        """What every repetition of one bootstrap sample shares: the RDM weights, the pattern
+        selection and its kept pairs (a, b), the data and model columns, and the whole sample's
+        pool; None where a row is degenerate."""
+        values, counts = np.unique(rdm_idx, return_counts=True)
+        weight = np.zeros(len(self.rdm_desc))
+        for v, c in zip(values, counts, strict=True):
+            weight[self.rdm_desc == v] = c
+        sel = _selection(self.pat_desc, pattern_idx)
+        i, j = np.triu_indices(len(sel), 1)
+        keep = sel[i] != sel[j]
+        a, b = i[keep], j[keep]  # the sample's kept pairs, in rsatoolbox's column order
+        dev = self.data.device
+        cols = torch.as_tensor(_kept_columns(self.n_cond, sel), device=dev)
+        y, x = self.data[:, cols], self.models[:, cols]
+        wt = torch.as_tensor(weight, device=dev)
+        if self.kind in ("cosine", "pearson"):  # the whole sample's pool: sum of w / norm rows
+            yc = y - y.mean(dim=1, keepdim=True) if self.kind == "pearson" else y
+            norms = torch.linalg.vector_norm(yc, dim=1)
+            if not bool(torch.isfinite(norms).all() and (norms >= 2.0**-500).all()) or (
+                    self.kind == "pearson" and bool((y.amax(1) == y.amin(1)).any())):
+                return None
+            total = (wt / norms) @ yc
+        else:
+            full = prepare_rows(self.kind, y)
+            if full.dead:
+                return None
+            total = wt @ full.pooled
+        return weight, sel, a, b, y, x, wt, total, cols
+
+    def _cosine_folds(self, rdm_folds: list, weight: np.ndarray, wt: torch.Tensor,
+                      pats: np.ndarray, a: np.ndarray, b: np.ndarray, y: torch.Tensor,
+                      x: torch.Tensor, total: torch.Tensor, cols: torch.Tensor
+                      ) -> tuple | None:
+        """Every (RDM fold, pattern fold) of a cosine repetition at once: :meth:`_gram_fold`'s
+        arithmetic batched over the F folds. Each fold's kept columns (the pairs of its test
+        positions) of data and models are gathered as rows (``rows``: the vectors transposed
+        once) by one index (F, L), padded with zeros to the largest fold, so norms are one
+        reduction and Grams and scores one batched product. None where a fold has fewer than
+        3 columns, a row is degenerate or a pool cancels (as ``_gram_fold``)."""
+        dev, p = y.device, len(a)
+        values, codes = np.unique(pats, return_inverse=True)  # np.isin by a lookup table
+        member = np.zeros(len(values), dtype=bool)
+
+        def among(some: np.ndarray) -> np.ndarray:
+            member[:] = False
+            member[np.searchsorted(values, some)] = True
+            return member[codes]
+
+        in_test, w_test, w_train, n_small = [], [], [], []
+        for test_rows, train_rows, pattern_folds in rdm_folds:
+            wte = weight * test_rows
+            for test_pats, train_pats in pattern_folds:
+                t = among(test_pats)
+                in_test.append(t)
+                w_test.append(wte / wte.sum())
+                w_train.append(weight * train_rows)
+                n_small.append(min(int(t.sum()), int(among(train_pats).sum())) <= 2)
+        if self._pairs is None or self._pairs[0] is not a:  # once per sample
+            pair = np.full((len(pats), len(pats)), -1, dtype=np.int64)
+            pair[a, b] = np.arange(p)  # kept pair (i, j) of the selection -> its column
+            self._pairs = a, pair
+        pair = self._pairs[1]
+        lists = []
+        for t in in_test:  # a fold's kept pairs: pairs of its test positions, in column order
+            at = np.flatnonzero(t)
+            i, j = _triu(len(at))
+            c = pair[at[i], at[j]]
+            lists.append(c[c >= 0])
+        count = np.array([len(c) for c in lists])
+        if int(count.min()) < 3:
+            return None
+        index = np.zeros((len(count), int(count.max())), dtype=np.int64)
+        for f, c in enumerate(lists):
+            index[f, :len(c)] = c
+        pad = torch.as_tensor(np.arange(index.shape[1]) >= count[:, None], device=dev)
+        flat = torch.as_tensor(index.reshape(-1), device=dev)
+        nd = y.shape[0]
+        # (F, L, nd + nm): every fold's columns of data and models as rows, padding zeroed
+        got = self.rows.index_select(0, cols.index_select(0, flat)).view(*index.shape, -1)
+        got.masked_fill_(pad[:, :, None], 0.0)
+        up = total.index_select(0, flat).view(index.shape).masked_fill_(pad, 0.0)
+        yf = got[..., :nd]
+        w_test_t = torch.as_tensor(np.stack(w_test), device=dev)
+        w_train_t = torch.as_tensor(np.stack(w_train), device=dev)
+        products = got.mT @ got  # (F, nd + nm, nd + nm): Grams, scores, squared norms
+        norms = products.diagonal(dim1=1, dim2=2).sqrt()
+        ny, nx = norms[:, :nd], norms[:, nd:]
+        n_up = (up * up).sum(dim=1).sqrt()
+        flag = torch.zeros((), dtype=torch.bool, device=dev)
+        for n in (ny, nx):  # zero, or beyond float64's squares: comparisons' rescaling path
+            flag = flag | ~torch.isfinite(n).all() | (n < 2.0**-500).any()
+        gram, xy = products[:, :nd, :nd], products[:, nd:, :nd]
+        yu = (up[:, None, :] @ yf)[:, 0]  # (F, nd): the whole sample's pool against each row
+        scores = (xy / (nx[:, :, None] * ny[:, None, :])).clamp_(-1.0, 1.0)
+        c = w_train_t / ny
+        cg = (c[:, None, :] @ gram)[:, 0]  # (F, nd): the lower pool against each row
+        n_lo = (cg * c).sum(dim=1).clamp(min=0).sqrt()
+        frac = torch.as_tensor(count / max(p, 1), device=dev)
+        flag = flag | (n_lo < ILL_CONDITIONED * w_train_t.sum(dim=1)).any() | (
+            n_up < ILL_CONDITIONED * float(wt.sum()) * frac.sqrt()).any()
+        if bool(flag):
+            return None
+        small = torch.as_tensor(np.asarray(n_small), device=dev)
+        scores = torch.where(small[:, None, None], float("nan"), scores)
+        per_row = (scores @ w_test_t[:, :, None])[..., 0].T.cpu().numpy()  # (model rows, F)
+        s_lo = (cg / (ny * n_lo[:, None])).clamp_(-1.0, 1.0)
+        s_up = (yu / (ny * n_up[:, None])).clamp_(-1.0, 1.0)
+        lower = (s_lo * w_test_t).sum(dim=1).cpu().numpy()
+        upper = (s_up * w_test_t).sum(dim=1).cpu().numpy()
+        return self._per_model(per_row), (float(np.mean(lower)), float(np.mean(upper)))
+
+    def _per_model(self, per_row: np.ndarray) -> np.ndarray:
+        """(n_models, folds): the mean over each model's rows."""
+        return np.stack([per_row[lo:lo + n].mean(axis=0) for lo, n in
+                         zip(np.cumsum([0, *self.model_rows[:-1]]), self.model_rows,
+                             strict=True)])
 
     def _fold(self, yf: torch.Tensor, xf: torch.Tensor, w_train: torch.Tensor,
               up: torch.Tensor, n_all: float, frac: float, flags: list) -> tuple:

@@ -95,9 +95,16 @@ def _fixed_predictions(models: Any, data: Any, pattern_descriptor: str | None) -
 
 
 def _selection(desc: Any, values: np.ndarray) -> np.ndarray:
-    """Positions rsatoolbox's ``subsample_pattern`` keeps for ``values`` (repeats, sorted)."""
+    """Positions rsatoolbox's ``subsample_pattern`` keeps for ``values`` (repeats, sorted):
+    each position as often as its descriptor occurs in ``values``."""
     desc = np.asarray(desc)
-    return np.sort(np.concatenate([np.asarray(desc == v).nonzero()[0] for v in values]))
+    try:
+        uniq, times = np.unique(np.asarray(values), return_counts=True)
+        at = np.searchsorted(uniq, desc).clip(max=len(uniq) - 1)
+        hits = np.where(uniq[at] == desc, times[at], 0)
+    except TypeError:  # descriptors numpy cannot order: one comparison per value
+        return np.sort(np.concatenate([np.asarray(desc == v).nonzero()[0] for v in values]))
+    return np.repeat(np.arange(len(desc)), hits)
 
 
 def _rows(desc: Any, values: np.ndarray) -> np.ndarray:

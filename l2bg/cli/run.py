@@ -73,6 +73,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from l2bg.base.outdir import OutDir
     from l2bg.learn.independent import IndependentCache
     from l2bg.learn.learner import GrowStep, LogLines
+    from l2bg.learn.plugins import registered
     from l2bg.learn.settings import Settings, resolve_cache_dir
 
     settings = Settings.from_args(args)
@@ -97,7 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         steps = [GrowStep(delta=args.delta) for _ in range(T - 1)]
     cache = IndependentCache(None if args.no_cache else resolve_cache_dir(settings.cache_dir))
     hooks = () if args.quiet or sys.stderr.isatty() else (LogLines(template.slot_names),)
-    learner = settings.learner(built, cache, quiet=args.quiet, hooks=hooks)
+    learner = settings.learner(built, cache, quiet=args.quiet, hooks=(*registered(), *hooks))
     learner.prepare(strategy, steps)  # every check before --out is touched
 
     with OutDir(_fresh_out(bench.name, strategy.name) if args.out is None else args.out,

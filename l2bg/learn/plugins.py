@@ -5,7 +5,8 @@ order given, at each of them (in the style of Avalanche's strategy plugins):
 
 * ``before_run(run)`` once, with the :class:`Run` (experiment, strategy, order, steps, the
   records so far); ``after_run(run, result)`` once at the end, also when the run failed
-  (``result`` None then), so a plugin can release what it holds;
+  (``result`` None then; also for a plugin whose ``before_run`` was not reached or raised), so
+  a plugin can release what it holds;
 * ``before_task(ctx)`` before the task of ``ctx`` is decided;
 * ``provide_scores(ctx, candidates, similarity, compute)``: the conflict scores of a task;
   ``compute()`` computes them (or asks the next plugin), so a plugin can serve stored scores

@@ -202,6 +202,7 @@ class Memo(Plugin):
 
     # ------------------------------------------------------------------ the extension points
     def before_run(self, run: Run) -> None:
+        self._run = None
         if run.experiment is not self.experiment:
             raise L2BGError("this memo was made for another experiment; make a Memo with the "
                             "learner's experiment (learner.experiment)")
@@ -268,6 +269,8 @@ class Memo(Plugin):
     def after_run(self, run: Run, result: RunResult | None) -> None:
         self._held.close()
         self._pending = None
+        if self._run is not run:  # the run stopped before this memo's before_run passed
+            return
         s = self.stats
         s["full_hit"] = s["memo_hits"] == len(run.order)
         s["lock_waits"] = self.locks.waits - self._counts0[0]

@@ -40,7 +40,7 @@ from l2bg.learn.independent import IndependentCache
 from l2bg.learn.learner import GrowStep
 from l2bg.learn.metrics import nondominated
 from l2bg.learn.settings import Settings, resolve_cache_dir
-from l2bg.search import MemoRunner
+from l2bg.search import Memo
 
 BASELINES = ("independent", "shared", "full", "random")
 
@@ -96,13 +96,13 @@ def run_all(args: argparse.Namespace, specs: list[RunSpec]) -> list[dict[str, An
                                 rsa_samples=args.rsa_samples)
             built = settings.build()
             learner = settings.learner(built, cache)
-            runner = MemoRunner(learner, "l2bg", memo_dir=None)
+            memo = Memo.attach(learner, memo_dir=None)
             T = len(built.bench.tasks)
             for spec in specs:
                 t0 = time.perf_counter()
                 strategy = settings.strategy(spec.strategy).configured(**spec.options)
                 steps = [GrowStep(delta=spec.delta)] * (T - 1) if strategy.takes_delta else None
-                record = runner.run(None, steps, strategy).record
+                record = memo.outcome(learner.run(strategy, steps)).record
                 record["config"] = {**settings.to_dict(), "tasks": T, "strategy": spec.strategy,
                                     "strategy_options": strategy.options(),
                                     "delta": spec.delta, "data": built.bench.source,

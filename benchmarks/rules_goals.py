@@ -36,7 +36,7 @@ from l2bg.base.fileio import atomic_write, write_json
 from l2bg.learn import strategies
 from l2bg.learn.independent import IndependentCache
 from l2bg.learn.settings import Settings, resolve_cache_dir
-from l2bg.search import MemoRunner, hypervolume_2d
+from l2bg.search import Memo, hypervolume_2d
 from l2bg.search.study import SearchConfig, run_search
 
 
@@ -63,11 +63,11 @@ def hv_goal(args: argparse.Namespace, bench: str, seed: int) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     built = settings.build()
-    runner = MemoRunner(settings.learner(built, IndependentCache(args.cache_dir)), "random",
-                        memo_dir=args.cache_dir)
+    learner = settings.learner(built, IndependentCache(args.cache_dir))
+    Memo.attach(learner, memo_dir=args.cache_dir)
     random_pts, random_runs = [], []
     for k in range(args.trials):
-        r = runner.run(None, None, strategies.get("random").configured(draw_seed=k)).record
+        r = learner.run(strategies.get("random").configured(draw_seed=k)).record
         point = (100 * r["avg_val_acc"], r["params"] / r["params_independent"])
         random_pts.append(point)
         random_runs.append({"draw_seed": k, "val_acc": point[0], "params_ratio": point[1],

@@ -41,6 +41,8 @@ _EXPORTS = {
     "Learner": "l2bg.learn.learner",
     "RunResult": "l2bg.learn.learner",
     "Hook": "l2bg.learn.learner",
+    "Plugin": "l2bg.learn.plugins",
+    "Experiment": "l2bg.learn.experiment",
     "IndependentCache": "l2bg.learn.independent",
     "Settings": "l2bg.learn.settings",
     "RunConfig": "l2bg.learn.runconfig",
@@ -93,12 +95,14 @@ __all__ = [
     "Benchmark",
     "BindGrowStep",
     "Decision",
+    "Experiment",
     "GrowStep",
     "Hook",
     "IndependentCache",
     "JointNet",
     "L2BGError",
     "Learner",
+    "Plugin",
     "RunResult",
     "Settings",
     "StepContext",
@@ -134,8 +138,10 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from l2bg.conflict import rules, similarity
     from l2bg.data import BENCHMARKS, Benchmark, Task, build_benchmark
     from l2bg.learn import metrics, strategies
+    from l2bg.learn.experiment import Experiment
     from l2bg.learn.independent import IndependentCache
     from l2bg.learn.learner import Hook, Learner, RunResult
+    from l2bg.learn.plugins import Plugin
     from l2bg.learn.settings import Settings
     from l2bg.learn.step import BindGrowStep, Decision, GrowStep, StepContext, TaskRecord
     from l2bg.learn.strategies import Strategy

@@ -2,16 +2,21 @@
 
 Strategies, benchmarks and the conflict model's choices (grow rules, bind rules, similarity
 measures) are each kept in one :class:`Registry`, so the command line, the search and
-``results.json`` name them the same way and a user adds one with ``register``.
+``results.json`` name them the same way and a user adds one with ``register``. Other packages
+add entries through an entry-point group (:func:`load_entry_points`: ``l2bg.strategies``,
+``l2bg.plugins``).
 """
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+import importlib.metadata
+import warnings
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 from l2bg.base.errors import L2BGError, ParamError
 
-__all__ = ["Registry", "check_name"]
+__all__ = ["Registry", "check_name", "load_entry_points"]
 
 T = TypeVar("T")
 
@@ -83,3 +88,22 @@ class Registry(Generic[T]):
     def help(self) -> str:
         """``name: help; ...`` of every entry (for ``--help``)."""
         return "; ".join(f"{n}: {getattr(v, 'help', '')}" for n, v in self._items.items())
+
+
+def load_entry_points(registry: Registry[T], group: str, make: Callable[[str, Any], T]) -> None:
+    """Register the entry points of ``group`` whose names are not taken: ``make(name, obj)``
+    turns the loaded object into the entry, which must carry the entry point's name. A broken
+    entry point is skipped with one warning (a broken plug-in must not break l2bg)."""
+    for ep in importlib.metadata.entry_points(group=group):
+        if ep.name in registry:
+            continue
+        try:
+            item = make(ep.name, ep.load())
+            if getattr(item, "name", None) != ep.name:
+                raise L2BGError(f"entry point {ep.name!r} gives a {registry.kind} named "
+                                f"{getattr(item, 'name', None)!r}")
+            registry.register(item)
+        except Exception as exc:  # noqa: BLE001 - a broken plug-in must not break l2bg
+            warnings.warn(f"l2bg: {registry.kind} entry point {ep.name} = {ep.value} failed to "
+                          f"load ({type(exc).__name__}: {exc}); it is skipped", RuntimeWarning,
+                          stacklevel=3)

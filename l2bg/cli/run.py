@@ -71,10 +71,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from l2bg.base.fileio import write_json
     from l2bg.base.outdir import OutDir
     from l2bg.learn.figures import plot_acc_matrix
+    from l2bg.learn.plugins import registered
     from l2bg.learn.runconfig import RunConfig
 
     # every setting, the strategy and δ checked, the data built: all before --out is touched
-    run = RunConfig.from_args(args).prepare(False if args.no_cache else None, quiet=args.quiet)
+    run = RunConfig.from_args(args).prepare(False if args.no_cache else None, quiet=args.quiet,
+                                             hooks=registered())
     bench = run.built.bench
     outputs = _outputs()
     with OutDir(_fresh_out(bench.name, run.strategy.name) if args.out is None else args.out,

@@ -1,5 +1,5 @@
 """Conflict between tasks: similarity measures (:mod:`.similarity`, :mod:`.cka`), the conflict
-scores and the nucleus (:mod:`.scores`), and the grow and bind rules (:mod:`.rules`).
+scores (:mod:`.scores`), and the grow and bind rules with the nucleus (:mod:`.rules`).
 
 The names of the former ``l2bg.conflict`` module are re-exported here, loaded on first use.
 """
@@ -16,7 +16,8 @@ __all__ = ["check_delta", "check_scores", "choose_bind", "distribution", "layer_
 def __getattr__(name: str) -> Any:
     if name not in __all__:
         raise AttributeError(f"module 'l2bg.conflict' has no attribute {name!r}")
-    value = getattr(importlib.import_module("l2bg.conflict.scores"), name)
+    module = "l2bg.conflict.rules" if name == "nucleus" else "l2bg.conflict.scores"
+    value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
 

@@ -25,7 +25,7 @@ from l2bg.base.registry import Registry
 from l2bg.conflict import scores as conflict
 
 __all__ = ["BIND_RULES", "DEFAULT_BIND_RULE", "DEFAULT_GROW_RULE", "GROW_RULES", "BindRule",
-           "GrowRule", "similarity_weights"]
+           "GrowRule", "nucleus", "similarity_weights"]
 
 DEFAULT_GROW_RULE = "conflict"
 DEFAULT_BIND_RULE = "least-conflict"
@@ -59,16 +59,16 @@ class GrowRule:
         return conflict.ranked(self.weights(conflicts), ascending=self.ascending)
 
     def grow(self, conflicts: Sequence[float], delta: float) -> list[int]:
-        """Positions (into ``conflicts``) to grow for δ, sorted."""
-        w = self.weights(conflicts)
-        return conflict.prefix(w, delta, conflict.ranked(w, ascending=self.ascending))
+        """Positions (into ``conflicts``) to grow for δ, sorted: the shortest prefix of
+        :meth:`order` reaching δ of the total weight."""
+        return conflict.prefix(self.weights(conflicts), delta, self.order(conflicts))
 
     def table(self, conflicts: Sequence[float]) -> list[dict[str, Any]]:
         """Every position in prefix order: its C, weight, share of Σw and cumulative share."""
         w = self.weights(conflicts)
         share = conflict.distribution(w)
         rows, cum = [], []
-        for i in conflict.ranked(w, ascending=self.ascending):
+        for i in self.order(conflicts):
             cum.append(share[i])
             rows.append({"position": i, "conflict": float(conflicts[i]), "weight": w[i],
                          "share": share[i], "cumulative": math.fsum(cum)})
@@ -92,6 +92,16 @@ class BindRule:
     def choose(self, layers: Mapping[str, Sequence[float]]) -> str:
         """The candidate with the least key (``layers``: C per slot of every candidate)."""
         return conflict.choose_bind(self.keys(layers))
+
+
+def nucleus(conflicts: Sequence[float], delta: float) -> list[int]:
+    """Positions (into ``conflicts``) to grow for grow coefficient ``delta``, the paper's text:
+    what the grow rule ``conflict`` (the default) grows, the one code path a run takes. Slots
+    ordered by C descending (ties by position), the shortest prefix whose sum of C reaches
+    δ·ΣC − 1e-12·ΣC in float64 (:func:`l2bg.conflict.scores.prefix`). δ=0 → ∅; δ=1 → every
+    slot; monotone in δ. With ΣC = 0 the distribution is uniform, so the prefix length is ⌈δ·L⌉
+    (up to the same tolerance). Returned sorted by position."""
+    return GROW_RULES.get("conflict").grow(conflicts, delta)
 
 
 def _rho_norm(conflicts: Sequence[float]) -> float:

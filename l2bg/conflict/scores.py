@@ -1,6 +1,7 @@
 """The conflict model: per-slot conflict scores C = 1 − similarity (RSA-Spearman by default), task
-scores, the conflict distribution, the nucleus of slots to grow and the prefix rule every grow
-rule uses (docs/design.md, "Definitions"; the named rules are in :mod:`l2bg.conflict.rules`)."""
+scores, the conflict distribution and the prefix rule every grow rule uses (docs/design.md,
+"Definitions"). The named rules, and the nucleus (the grow rule ``conflict``), are in
+:mod:`l2bg.conflict.rules`."""
 
 from __future__ import annotations
 
@@ -54,16 +55,6 @@ def distribution(conflicts: Sequence[float]) -> list[float]:
     if total == 0:
         return [1.0 / len(conflicts)] * len(conflicts) if conflicts else []
     return [c / total for c in conflicts]
-
-
-def nucleus(conflicts: Sequence[float], delta: float) -> list[int]:
-    """Positions (into ``conflicts``) to grow for grow coefficient ``delta``, the paper's text:
-    slots ordered by C descending (ties by position), the shortest prefix whose sum of C reaches
-    δ·ΣC − 1e-12·ΣC in float64 (:func:`prefix`). δ=0 → ∅; δ=1 → every slot; monotone in δ. With
-    ΣC = 0 the distribution is uniform, so the prefix length is ⌈δ·L⌉ (up to the same
-    tolerance). Returned sorted by position."""
-    check_scores(conflicts)
-    return prefix(conflicts, delta, ranked(conflicts))
 
 
 def ranked(weights: Sequence[float], *, ascending: bool = False) -> list[int]:

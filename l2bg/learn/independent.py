@@ -46,10 +46,6 @@ class IndependentNet:
     cached: bool
     key: str
 
-    @property
-    def val_err(self) -> float:
-        return 1.0 - self.val_acc
-
 
 def task_seed(seed: int, index: int) -> int:
     """Per-task seed for initialisation and shuffling, derived from the run seed."""

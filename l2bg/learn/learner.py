@@ -4,9 +4,10 @@ A run takes a task stream (a benchmark, or any list of :class:`l2bg.data.Task` w
 a strategy (a name from :mod:`l2bg.learn.strategies` or a :class:`l2bg.learn.strategies.Strategy`)
 and one :class:`GrowStep` per task after the first. For every task in order it decides
 (:meth:`l2bg.learn.step.BindGrowStep.decide`) and applies the decision (bind, grow, train,
-evaluate); the run record (``results.json``) is built from the typed task records. Hooks see every
-task before and after it is learned, so logging, checkpointing or a memo plug in without copying the
-loop.
+evaluate); the run record (``results.json``) is built from the typed task records.
+:meth:`Learner.run` is the only loop over tasks: plugins (:mod:`l2bg.learn.plugins`) see every
+task before and after it is learned, may serve conflict scores and may restore a stored outcome
+instead of training, so logging, checkpointing and the search's memo plug in without copying it.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import os
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property, partial
 from typing import Any
 
 import torch
@@ -24,9 +26,12 @@ import torch
 from l2bg.base.errors import L2BGError
 from l2bg.conflict import scores as conflict
 from l2bg.learn import metrics, strategies
+from l2bg.learn.experiment import Experiment
 from l2bg.learn.independent import IndependentCache, IndependentNet, open_cache
+from l2bg.learn.plugins import Hook, LogLines, Plugin, Run, provided_scores, restored
 from l2bg.learn.step import (
     BindGrowStep,
+    CandidateScore,
     Decision,
     GrowStep,
     SequenceState,
@@ -39,45 +44,27 @@ from l2bg.net.executor import default_backend
 from l2bg.net.jointnet import JointNet
 from l2bg.net.templates import Template
 
-__all__ = ["GrowStep", "Hook", "Learner", "LogLines", "RunResult"]
+__all__ = ["GrowStep", "Hook", "Learner", "LogLines", "Plugin", "RunResult"]
 
 
 @dataclass
 class RunResult:
-    """A learned task stream: the JointNet, the run record (``results.json`` as a dict), the
-    independent nets in learning order, and the typed task records."""
+    """A learned task stream: the run record (``results.json`` as a dict) and the typed task
+    records; the JointNet and the independent nets (learning order) are loaded on first use
+    (after a run whose tasks a plugin restored, nothing is loaded unless they are read)."""
 
-    net: JointNet
     record: dict[str, Any]
-    independent: list[IndependentNet] = field(default_factory=list)
-    records: list[TaskRecord] = field(default_factory=list)
+    records: list[TaskRecord]
+    load_net: Callable[[], JointNet] = field(repr=False)
+    load_independent: Callable[[], list[IndependentNet]] = field(repr=False)
 
+    @cached_property
+    def net(self) -> JointNet:
+        return self.load_net()
 
-class Hook:
-    """Called around every task of a run (override what you need)."""
-
-    def before_task(self, ctx: StepContext) -> None:
-        """Before the task at ``ctx.position`` is decided."""
-
-    def after_task(self, ctx: StepContext, record: TaskRecord, elapsed_s: float) -> None:
-        """After it is learned and evaluated; ``elapsed_s`` since the run started."""
-
-
-class LogLines(Hook):
-    """One printed line per finished task with the time since the run started: what a log
-    file or batch job shows instead of a progress bar."""
-
-    def __init__(self, slot_names: Sequence[str], file: Any = None) -> None:
-        self.slot_names = list(slot_names)
-        self.file = file
-
-    def after_task(self, ctx: StepContext, record: TaskRecord, elapsed_s: float) -> None:
-        d = record.decision
-        grew = ",".join(self.slot_names[s] for s in d.slots) or "-"
-        what = "own independent net" if d.bind_to is None else f"bound to {d.bind_to}, grew {grew}"
-        print(f"[{elapsed_s:8.1f}s] task {ctx.position + 1} {ctx.task}: {what}; "
-              f"val {100 * record.val_acc:.2f}% test {100 * record.test_acc:.2f}%",
-              file=self.file or sys.stdout, flush=True)
+    @cached_property
+    def independent(self) -> list[IndependentNet]:
+        return self.load_independent()
 
 
 class Learner:
@@ -88,11 +75,13 @@ class Learner:
                  cache: IndependentCache | bool | None = None,
                  cache_dir: str | os.PathLike | None = None, rsa_samples: int | None = None,
                  rsa_backend: str = "auto", quiet: bool = False,
-                 hooks: Sequence[Hook] = ()) -> None:
+                 hooks: Sequence[Plugin] = (), plugins: Sequence[Plugin] = ()) -> None:
         """``cache``: the independent nets' cache by the command line's rule (None:
         ``cache_dir``, else ``$L2BG_CACHE_DIR``, else the user cache directory; False: in
         memory only; or an :class:`IndependentCache`). Progress shows as a bar on a terminal
-        and as one line per task otherwise (:class:`LogLines`); ``quiet=True`` silences it."""
+        and as one line per task otherwise (:class:`LogLines`); ``quiet=True`` silences it.
+        ``plugins`` (``hooks``: their former name) fire at the loop's extension points
+        (:class:`l2bg.learn.plugins.Plugin`)."""
         if not tasks:
             raise L2BGError("the task stream is empty: give at least one task")
         names = [t.name for t in tasks]
@@ -108,18 +97,19 @@ class Learner:
         self.rsa_samples = rsa_samples
         self.rsa_backend = rsa_backend
         self.quiet = quiet
-        self.hooks = list(hooks)
+        self.plugins = [*plugins, *hooks]  # hooks: the former name
         if not quiet and not sys.stderr.isatty():  # no bar in a log file: one line per task
-            self.hooks.append(LogLines(template.slot_names))
-        self.step = BindGrowStep(self)
+            self.plugins.append(LogLines(template.slot_names))
+        self.experiment = Experiment(tuple(self.tasks), template, config, benchmark, seed,
+                                     self.device, self.cache, rsa_samples, rsa_backend)
+        self.step = BindGrowStep(self.experiment)
         if rsa_samples is not None:
             for t in self.tasks:
                 conflict.sample_indices(t.x_val.shape[0], rsa_samples, 0)
 
     def independent(self, index: int, progress: Any = None) -> IndependentNet:
         """The independent net of stream task ``index`` (trained once per cache)."""
-        return self.cache.get_or_train(self.benchmark, self.tasks[index], index, self.seed,
-                                       self.template, self.config, self.device, progress)
+        return self.experiment.independent(index, progress)
 
     def prepare(self, strategy: str | strategies.Strategy = "l2bg",
                 sequence: Sequence[GrowStep] | None = None, delta: float | None = None,
@@ -144,42 +134,75 @@ class Learner:
             order: Sequence[int] | None = None) -> RunResult:
         """Learn every task in ``order`` (stream indices; default the stream order) with
         ``strategy``; ``sequence`` gives one GrowStep per task after the first (or ``delta`` one
-        δ for all of them)."""
+        δ for all of them). The only loop over tasks: every plugin is called at its extension
+        points (:mod:`l2bg.learn.plugins`)."""
         strat, steps, order = self.prepare(strategy, sequence, delta, order)
         from tqdm.auto import tqdm
 
-        T = len(order)
-        progress = tqdm(total=self.config.epochs * (2 * T - 1), unit="epoch", leave=False,
+        T, epochs = len(order), self.config.epochs
+        progress = tqdm(total=epochs * (2 * T - 1), unit="epoch", leave=False,
                         desc=f"{self.benchmark}:{strat.name}",
                         disable=True if self.quiet else None)
         rng = random.Random(strat.rng_seed(self.seed))
-        timings: dict[str, float] = {}
-        state = SequenceState(JointNet(self.template).to(self.device))
+        run = Run(self.experiment, strat, order, steps)
+        state = SequenceState(JointNet(self.template).to(self.device), run.records)
+        pending: list[Callable[[], JointNet]] = []  # the last restored task's JointNet loader
+
+        def net() -> JointNet:
+            """The JointNet after the tasks so far (loaded now if the last one was restored)."""
+            if pending:
+                state.net = pending.pop()()
+            return state.net
+
+        result = None
         start = time.perf_counter()
         try:
+            for p in self.plugins:
+                p.before_run(run)
             for pos in range(T):
                 spec = steps[pos - 1] if pos else GrowStep()
-                ctx = self.step.context(order, pos, spec, rng, self._scorer(state, order, pos,
-                                                                            timings))
-                for h in self.hooks:
-                    h.before_task(ctx)
+                ctx = self.step.context(order, pos, spec, rng, None)
+                ctx.scorer = partial(self._scores, ctx, order, net, run.timings)
+                for p in self.plugins:
+                    p.before_task(ctx)
                 decision = self.step.decide(strat, ctx)
-                record = self.step.apply(state, order, pos, decision, timings, progress)
-                if pos > 0 and decision.bind_to is None:
-                    progress.update(self.config.epochs)  # nothing trained inside the JointNet
-                for h in self.hooks:
-                    h.after_task(ctx, record, time.perf_counter() - start)
+                found = restored(self.plugins, run.decisions, decision)
+                if found is None:
+                    net()
+                    record = self.step.apply(state, order, pos, decision, run.timings, progress)
+                    for p in self.plugins:
+                        p.after_apply(ctx, record, state)
+                    trained_inside = pos > 0 and decision.bind_to is not None
+                    progress.update(0 if pos == 0 or trained_inside else epochs)
+                else:
+                    record = found.record
+                    state.records.append(record)
+                    pending[:] = [found.net]
+                    progress.update(epochs if pos == 0 or decision.bind_to is None
+                                    else 2 * epochs)
+                for p in self.plugins:
+                    p.after_task(ctx, record, time.perf_counter() - start)
+            wall = time.perf_counter() - start
+            record = self.run_record(strat, state.records, run.timings, wall)
+            result = RunResult(record=record, records=state.records, load_net=net,
+                               load_independent=partial(self._independents, order))
         finally:
             progress.close()
-        wall = time.perf_counter() - start
-        record = self.run_record(strat, state.records, timings, wall)
-        return RunResult(net=state.net, record=record, records=state.records,
-                         independent=[self.independent(j) for j in order])
+            for p in self.plugins:
+                p.after_run(run, result)
+        return result
 
-    def _scorer(self, state: SequenceState, order: list[int], pos: int,
-                timings: dict[str, float]):
-        return lambda candidates, similarity: self.step.score(state.net, order, pos, candidates,
-                                                              timings, similarity)
+    def _scores(self, ctx: StepContext, order: list[int], net: Callable[[], JointNet],
+                timings: dict[str, float], candidates: Sequence[str], similarity: str
+                ) -> tuple[dict[str, CandidateScore], str | None]:
+        """The conflict scores of ``ctx``'s task, through the plugins' ``provide_scores``."""
+        def compute() -> tuple[dict[str, CandidateScore], str | None]:
+            return self.step.score(net(), order, ctx.position, candidates, timings, similarity)
+
+        return provided_scores(self.plugins, ctx, candidates, similarity, compute)
+
+    def _independents(self, order: Sequence[int]) -> list[IndependentNet]:
+        return [self.independent(j) for j in order]
 
     def run_record(self, strategy: strategies.Strategy, records: Sequence[TaskRecord],
                    timings: dict[str, float], wall: float) -> dict[str, Any]:

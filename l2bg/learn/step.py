@@ -7,9 +7,11 @@
 * :meth:`BindGrowStep.apply` carries a decision out on a JointNet (bind, grow by copy, train the
   task, evaluate every learned task) and returns a typed :class:`TaskRecord`.
 
-:class:`l2bg.learn.learner.Learner` loops over the tasks with one step; the search's memo runner
-wraps the same step, skipping ``apply`` for decisions whose result it has stored. Terms and
-formulas: docs/design.md.
+The step reads a plain :class:`l2bg.learn.experiment.Experiment` (tasks, template, training
+recipe, seed, RSA settings, independent nets), never the learner.
+:meth:`l2bg.learn.learner.Learner.run` is the one loop over the tasks; its plugins
+(:mod:`l2bg.learn.plugins`, such as the search's memo) may serve scores or restore a stored
+decision instead of ``apply``. Terms and formulas: docs/design.md.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from l2bg.learn.training import evaluate_all, fit
 from l2bg.net.jointnet import JointNet, copy_task_net
 
 if TYPE_CHECKING:  # pragma: no cover
-    from l2bg.learn.learner import Learner
+    from l2bg.learn.experiment import Experiment
     from l2bg.learn.strategies import Strategy
 
 __all__ = [
@@ -288,20 +290,20 @@ def activations(net: JointNet, tasks: Sequence[str], x: Tensor, batch_size: int 
 
 
 class BindGrowStep:
-    """Decide and apply one task of a grow sequence with a learner's data and recipe."""
+    """Decide and apply one task of a grow sequence in an experiment (its data and recipe)."""
 
-    def __init__(self, learner: Learner) -> None:
-        self.learner = learner
+    def __init__(self, experiment: Experiment) -> None:
+        self.experiment = experiment
 
     # ------------------------------------------------------------------ decide
     def context(self, order: Sequence[int], position: int, spec: GrowStep, rng: random.Random,
                 scorer: Scorer) -> StepContext:
-        lr = self.learner
-        names = [lr.tasks[j].name for j in order]
+        ex = self.experiment
+        names = ex.names(order)
         return StepContext(position=position, index=order[position], task=names[position],
                            learned=names[:position], spec=spec, rng=rng,
-                           expandable=list(lr.template.expandable_slots),
-                           slot_index=lr.template.slot_index, scorer=scorer)
+                           expandable=list(ex.template.expandable_slots),
+                           slot_index=ex.template.slot_index, scorer=scorer)
 
     def decide(self, strategy: Strategy, ctx: StepContext) -> Decision:
         """The decision for the task of ``ctx``: no bind for the first task, else the
@@ -330,15 +332,15 @@ class BindGrowStep:
         """Conflict scores of the task at ``position`` against every candidate task-net of
         ``net``: activations of its independent net and of all candidates on the same m
         validation inputs, then one batched pass of the similarity measure per slot."""
-        lr = self.learner
+        ex = self.experiment
         index = order[position]
-        task = lr.tasks[index]
+        task = ex.tasks[index]
         with timer(timings, "independent"):
-            indep = lr.independent(index)
-        idx = conflict.sample_indices(task.x_val.shape[0], lr.rsa_samples,
-                                      task_seed(lr.seed, position))
+            indep = ex.independent(index)
+        idx = conflict.sample_indices(task.x_val.shape[0], ex.rsa_samples,
+                                      task_seed(ex.seed, position))
         x = task.x_val[idx]
-        expandable = lr.template.expandable_slots
+        expandable = ex.template.expandable_slots
         with timer(timings, "activations"):
             acts_t = activations(indep.net, [indep.task], x)[indep.task]
             acts_b = activations(net, candidates, x)
@@ -346,7 +348,7 @@ class BindGrowStep:
             layers, backend = conflict.layer_conflicts(
                 [acts_t[s] for s in expandable],
                 {b: [acts_b[b][s] for s in expandable] for b in candidates},
-                similarity=similarity, backend=lr.rsa_backend)
+                similarity=similarity, backend=ex.rsa_backend)
         return {b: CandidateScore.of(layers[b]) for b in candidates}, backend
 
     # ------------------------------------------------------------------ apply
@@ -354,23 +356,23 @@ class BindGrowStep:
               decision: Decision, timings: dict[str, float], progress: Any = None
               ) -> TaskRecord:
         """Carry ``decision`` out on ``state`` (in place): bind, grow, train, evaluate."""
-        lr = self.learner
+        ex = self.experiment
         index = order[position]
-        task = lr.tasks[index]
+        task = ex.tasks[index]
         net = state.net
         with timer(timings, "independent"):
-            indep = lr.independent(index, progress)
+            indep = ex.independent(index, progress)
         train_loss = None
         if decision.bind_to is None:
             copy_task_net(indep.net, indep.task, net, as_task=task.name)
         else:
-            seed = task_seed(lr.seed, position) + 1
+            seed = task_seed(ex.seed, position) + 1
             torch.manual_seed(seed)
             net.bind(task.name, decision.bind_to, task.num_classes)
             net.grow(task.name, list(decision.slots), init="copy")
             with timer(timings, "training"):
                 train_loss = fit(net, task.name, task.x_train, task.y_train,
-                                 lr.config.replace(seed=seed), progress)
+                                 ex.config.replace(seed=seed), progress)
         with timer(timings, "evaluation"):
             val_row, test_row = self.evaluate(net, order, position)
         record = _record(decision, indep, val_row, test_row, net.num_parameters(), train_loss)
@@ -380,7 +382,7 @@ class BindGrowStep:
     def evaluate(self, net: JointNet, order: Sequence[int], position: int
                  ) -> tuple[list[float | None], list[float | None]]:
         """Row ``position`` of the accuracy matrices (validation, test): every learned task."""
-        learned = [self.learner.tasks[j] for j in order[:position + 1]]
+        learned = [self.experiment.tasks[j] for j in order[:position + 1]]
         val = evaluate_all(net, {t.name: (t.x_val, t.y_val) for t in learned})
         test = evaluate_all(net, {t.name: (t.x_test, t.y_test) for t in learned})
         pad: list[float | None] = [None] * (len(order) - position - 1)

@@ -19,13 +19,11 @@ through ``Learner.run``, ``l2bg run --strategy NAME`` and ``l2bg search --strate
 from __future__ import annotations
 
 import copy
-import importlib.metadata
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from l2bg.base.errors import L2BGError, ParamError
-from l2bg.base.registry import Registry
+from l2bg.base.registry import Registry, load_entry_points
 from l2bg.conflict.rules import BIND_RULES, DEFAULT_BIND_RULE, DEFAULT_GROW_RULE, GROW_RULES
 from l2bg.conflict.similarity import DEFAULT_SIMILARITY, MEASURES
 from l2bg.learn.step import CandidateScore, Decision, GrowStep, StepContext
@@ -274,22 +272,18 @@ def unregister(name: str) -> Strategy:
 
 def _load_entry_points() -> None:
     global _ENTRY_POINTS_LOADED
-    if _ENTRY_POINTS_LOADED:
-        return
-    _ENTRY_POINTS_LOADED = True
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            obj: Any = ep.load()
-            if not isinstance(obj, Strategy):
-                obj = obj()
-            if ep.name != obj.name:
-                raise L2BGError(f"entry point {ep.name!r} gives a strategy named {obj.name!r}")
-            if obj.name not in _REGISTRY:
-                register(obj)
-        except Exception as exc:  # noqa: BLE001 - a broken plug-in must not break l2bg
-            warnings.warn(f"l2bg: strategy entry point {ep.name} = {ep.value} failed to load "
-                          f"({type(exc).__name__}: {exc}); it is skipped", RuntimeWarning,
-                          stacklevel=2)
+    if not _ENTRY_POINTS_LOADED:
+        _ENTRY_POINTS_LOADED = True
+        load_entry_points(_REGISTRY, ENTRY_POINT_GROUP, _from_entry_point)
+
+
+def _from_entry_point(name: str, obj: Any) -> Strategy:
+    """A strategy from an entry point's object: a Strategy, or a callable returning one."""
+    strategy = obj if isinstance(obj, Strategy) else obj()
+    if not isinstance(strategy, Strategy):
+        raise L2BGError(f"it gives a {type(strategy).__name__}, not an "
+                        "l2bg.learn.strategies.Strategy")
+    return strategy
 
 
 def names() -> list[str]:

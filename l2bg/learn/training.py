@@ -120,20 +120,6 @@ def fit(net: JointNet, task: str, x: Tensor, y: Tensor, config: TrainConfig,
 
 
 @torch.no_grad()
-def predict(net: JointNet, task: str, x: Tensor, batch_size: int = 4096) -> Tensor:
-    """Predicted class of every row of x (eval mode)."""
-    was_training = net.training
-    net.eval()
-    device = next(net.parameters()).device
-    try:
-        out = [net(x[i:i + batch_size].to(device), task).argmax(1)
-               for i in range(0, x.shape[0], batch_size)]
-    finally:
-        net.train(was_training)
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.long, device=device)
-
-
-@torch.no_grad()
 def evaluate_all(net: JointNet, split: dict[str, tuple[Tensor, Tensor]],
                  batch_size: int = 4096) -> dict[str, float]:
     """Accuracy of every task on its own inputs, each node run once on the rows of all the tasks

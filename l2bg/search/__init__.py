@@ -3,7 +3,7 @@
 One concept per module:
 
 * :mod:`~l2bg.search.space`: which parts of a grow sequence are searched (Optuna parameters);
-* :mod:`~l2bg.search.memo`: the memo runner, the Bind-Grow-Step with decision memoisation;
+* :mod:`~l2bg.search.memo`: the decision memo, a plugin of ``Learner.run``;
 * :mod:`~l2bg.search.samplers`: the samplers and the start-up design;
 * :mod:`~l2bg.search.storage`: journal file or RDB storages;
 * :mod:`~l2bg.search.journal`: the journal file backend that sets a torn tail aside;
@@ -25,7 +25,7 @@ from typing import Any
 
 _EXPORTS = {
     "SPACES": "space", "DELTA_STEP": "space", "SearchSpace": "space",
-    "MemoRunner": "memo", "Outcome": "memo",
+    "Memo": "memo", "Outcome": "memo",
     "SAMPLERS": "samplers", "make_sampler": "samplers", "initial_design": "samplers",
     "nsga2_population": "samplers",
     "open_storage": "storage", "redact_url": "storage",

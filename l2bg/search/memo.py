@@ -1,18 +1,18 @@
-"""Decision memoisation: the search's runner of grow sequences.
+"""Decision memoisation: the search's memo, a plugin of :meth:`l2bg.learn.learner.Learner.run`.
 
 A δ only matters through the discrete decision it maps to (bind target, grown slots), so every
 evaluated prefix of decisions is a *node*: the JointNet after those tasks and their task records,
 stored under a key that hashes the context (data, template, training recipe, seed, RSA settings)
-and the decisions. :class:`MemoRunner` runs the same :class:`l2bg.learn.step.BindGrowStep` as
-:meth:`l2bg.learn.learner.Learner.run`, deciding every task in order (so seeded draws replay
-exactly), and wraps it with the memo and nothing else: before ``apply`` it looks the child node up
-(a hit costs a JSON read and, the first time in a process, hashing the node's files to check its
-seal), after it saves the node; the parent's JointNet is loaded only when a task must
-be scored or trained. Conflict scores are kept per node, task and candidate set. Nodes and scores
-live on disk (shared by trials, workers and machines, under file locks) or in memory. On disk they
-are sealed (:func:`l2bg.base.fileio.seal`: ``node.json`` holds the sha256 of itself, with the
-outcomes, and of the JointNet's files; a scores file of itself): a node or scores file that does
-not match is moved aside (renamed, never deleted) and computed again, with one warning.
+and the decisions. :class:`Memo` plugs into the one loop over tasks, which decides every task in
+order (so seeded draws replay exactly): its ``restore`` looks the child node up before the
+decision is carried out (a hit costs a JSON read and, the first time in a process, hashing the
+node's files to check its seal; the task is not trained), its ``after_apply`` saves the node; the
+parent's JointNet is loaded only when a task must be scored or trained. Its ``provide_scores``
+keeps conflict scores per node, task and candidate set. Nodes and scores live on disk (shared by
+trials, workers and machines, under file locks) or in memory. On disk they are sealed
+(:func:`l2bg.base.fileio.seal`: ``node.json`` holds the sha256 of itself, with the outcomes, and
+of the JointNet's files; a scores file of itself): a node or scores file that does not match is
+moved aside (renamed, never deleted) and computed again, with one warning.
 """
 
 from __future__ import annotations
@@ -20,25 +20,27 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import random
 import time
-from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from l2bg.base.errors import L2BGError
 from l2bg.base.fileio import atomic_dir, read_sealed, seal, set_aside, sweep_stale_temps, write_json
 from l2bg.base.locks import FileLocks, worker_id
-from l2bg.learn.step import CandidateScore, Decision, GrowStep, SequenceState, TaskRecord, timer
+from l2bg.learn.plugins import Plugin, Restored, Run
+from l2bg.learn.step import CandidateScore, Decision, SequenceState, TaskRecord, timer
 
 if TYPE_CHECKING:  # pragma: no cover
-    from l2bg.learn.learner import Learner
-    from l2bg.learn.strategies import Strategy
+    from l2bg.learn.experiment import Experiment
+    from l2bg.learn.learner import Learner, RunResult
+    from l2bg.learn.step import StepContext
     from l2bg.net.jointnet import JointNet
 
-__all__ = ["MEMO_FORMAT", "MemoRunner", "MemoStore", "Outcome", "sha"]
+__all__ = ["MEMO_FORMAT", "Memo", "MemoStore", "Outcome", "sha"]
 
 MEMO_FORMAT = 5  # 3: sealed nodes and scores (checksums); 4: scores keyed by similarity measure;
 # 5: RSA conflicts stored as the dissimilarities themselves (not 1 - (1 - d))
@@ -52,7 +54,8 @@ def sha(obj: Any, n: int = 20) -> str:
 @dataclass
 class Outcome:
     """One evaluated grow sequence: its run record (as ``Learner.run`` builds it, plus ``order``,
-    ``decisions`` and ``memo``), its typed task records, and where its JointNet lies."""
+    ``decisions`` and ``memo``), its typed task records, its node key, where its JointNet lies
+    (None for an in-memory memo) and the memo counters."""
 
     record: dict[str, Any]
     records: list[TaskRecord]
@@ -153,142 +156,142 @@ class MemoStore:
             write_json(self.root / "scores" / f"{name}.json", seal(obj), indent=None)
 
 
-class MemoRunner:
-    """Runs grow sequences of ``strategy`` over the tasks of ``learner`` with the memo.
+class Memo(Plugin):
+    """The memo as a plugin of ``Learner.run`` on ``experiment`` (the learner's): a run with it
+    gives the record the run gives without it (timings and cache counters aside), training only
+    the decisions no node holds yet.
 
-    The record of ``run(order, steps)`` equals ``learner.run(strategy, steps, order=order)``
-    (timings and cache counters aside). ``memo_dir=None`` keeps nodes in memory (one process); a
-    directory shares them between trials, workers and machines (``<memo_dir>/memo/<context>/``:
-    runs with the same data, template, training recipe, seed and RSA sample count share nodes,
-    whatever the strategy, rules or similarity measure, since a node depends only on its
-    decisions; conflict scores are kept per similarity measure).
+    ``memo_dir=None`` keeps nodes in memory (one process); a directory shares them between
+    trials, workers and machines (``<memo_dir>/memo/<context>/``: runs with the same data,
+    template, training recipe, seed and RSA sample count share nodes, whatever the strategy,
+    rules or similarity measure, since a node depends only on its decisions; conflict scores are
+    kept per similarity measure). :attr:`stats` counts the last run's hits and misses;
+    :meth:`outcome` turns its result into the search's :class:`Outcome`.
     """
 
-    def __init__(self, learner: Learner, strategy: str | Strategy = "l2bg", *,
-                 memo_dir: str | Path | None = None, locks: FileLocks | None = None) -> None:
-        from l2bg.data import task_fingerprint
-        from l2bg.learn import strategies
+    name = "memo"
 
-        self.learner = learner
-        self.strategy = strategies.get(strategy)
-        self.locks = locks if locks is not None else learner.cache.locks
-        lr = learner
-        self.context = sha({"format": MEMO_FORMAT, "benchmark": lr.benchmark,
-                            "tasks": [[t.name, task_fingerprint(t)] for t in lr.tasks],
-                            "seed": lr.seed, "template": lr.template.to_dict(),
-                            "train": lr.config.to_dict(), "rsa_samples": lr.rsa_samples})
+    def __init__(self, experiment: Experiment, *, memo_dir: str | Path | None = None,
+                 locks: FileLocks | None = None) -> None:
+        from l2bg.data import task_fingerprint
+
+        self.experiment = ex = experiment
+        self.locks = locks if locks is not None else ex.cache.locks
+        self.context = sha({"format": MEMO_FORMAT, "benchmark": ex.benchmark,
+                            "tasks": [[t.name, task_fingerprint(t)] for t in ex.tasks],
+                            "seed": ex.seed, "template": ex.template.to_dict(),
+                            "train": ex.config.to_dict(), "rsa_samples": ex.rsa_samples})
         root = Path(memo_dir) / "memo" / self.context if memo_dir is not None else None
         self.store = MemoStore(root, self.locks.lease_s)
+        self.stats: dict[str, Any] = {}
+        self._run: Run | None = None
+        self._held = ExitStack()  # the lock of the node being computed
+        self._pending: tuple[str, float] | None = None
+        self._leading = True
+
+    @classmethod
+    def attach(cls, learner: Learner, *, memo_dir: str | Path | None = None,
+               locks: FileLocks | None = None) -> Memo:
+        """A memo of ``learner``'s experiment, put first among its plugins."""
+        memo = cls(learner.experiment, memo_dir=memo_dir, locks=locks)
+        learner.plugins.insert(0, memo)
+        return memo
 
     def node_key(self, decisions: Sequence[Decision]) -> str:
         return sha([self.context, [d.key for d in decisions]])
 
-    def _load(self, key: str | None, decisions: Sequence[Decision], stats: dict[str, Any],
-              timings: dict[str, float]) -> SequenceState:
-        from l2bg.net.jointnet import JointNet
+    # ------------------------------------------------------------------ the extension points
+    def before_run(self, run: Run) -> None:
+        self._run = None
+        if run.experiment is not self.experiment:
+            raise L2BGError("this memo was made for another experiment; make a Memo with the "
+                            "learner's experiment (learner.experiment)")
+        self._run, self._pending, self._leading = run, None, True
+        self.stats = dict(memo_hits=0, memo_misses=0, prefix_len=0, full_hit=False,
+                          scores_hits=0, scores_misses=0, indep_trained=0, node_loads=0,
+                          lock_waits=0)
+        self._counts0 = (self.locks.waits, self.experiment.cache.misses)
 
-        lr = self.learner
-        if key is None:
-            return SequenceState(JointNet(lr.template).to(lr.device))
-        stats["node_loads"] += 1
-        with timer(timings, "memo_load"):
-            net = self.store.load_net(key, lr.device)
-            outcomes = self.store.read_meta(key)["outcomes"]
-        return SequenceState(net, [TaskRecord.from_outcome(d, o)
-                                   for d, o in zip(decisions, outcomes, strict=True)])
+    def provide_scores(self, ctx: StepContext, candidates: Sequence[str], similarity: str,
+                       compute: Callable[[], Any]) -> tuple[dict[str, CandidateScore], str | None]:
+        """Scores kept with the parent node: computed once (activations of both nets, RSA)."""
+        key = self.node_key(self._run.decisions)
+        name = f"{key}-{ctx.task}-{sha([similarity, list(candidates)], 10)}"
+        found = self.store.read_scores(name)
+        if found is not None:
+            self.stats["scores_hits"] += 1
+            return _scores_from_json(found)
+        self.stats["scores_misses"] += 1
+        scores, backend = compute()
+        self.store.write_scores(name, {"scores": {c: s.to_json() for c, s in scores.items()},
+                                       "rsa_backend": backend})
+        return scores, backend
 
-    def run(self, order: Sequence[int] | None = None,
-            steps: Sequence[GrowStep] | None = None,
-            strategy: str | Strategy | None = None) -> Outcome:
-        """Evaluate the grow sequence ``steps`` (one per task after the first) over the tasks in
-        ``order`` (stream indices; default the stream order) with ``strategy`` (default the
-        runner's), reusing memo nodes. Nodes depend only on decisions, so strategies, rules
-        and similarity measures share them."""
-        lr = self.learner
-        strat, steps, order = lr.prepare(self.strategy if strategy is None else strategy, steps,
-                                         None, order)
-        T = len(order)
-        start = time.perf_counter()
-        stats: dict[str, Any] = dict(memo_hits=0, memo_misses=0, prefix_len=0, full_hit=False,
-                                     scores_hits=0, scores_misses=0, indep_trained=0,
-                                     node_loads=0, lock_waits=0)
-        waits0, misses0 = self.locks.waits, lr.cache.misses
-        timings: dict[str, float] = {}
-        rng = random.Random(strat.rng_seed(lr.seed))
-        decisions: list[Decision] = []
-        key: str | None = None
-        state: SequenceState | None = None
-        leading = True
-
-        def state_fn() -> SequenceState:
-            nonlocal state
-            if state is None:
-                state = self._load(key, decisions, stats, timings)
-            return state
-
-        for pos in range(T):
-            spec = steps[pos - 1] if pos else GrowStep()
-            scorer = self._scorer(key, order, pos, state_fn, stats, timings)
-            ctx = lr.step.context(order, pos, spec, rng, scorer)
-            with timer(timings, "decide"):
-                d = lr.step.decide(strat, ctx)
-            child = self.node_key([*decisions, d])
-            hit = self.store.exists(child)
+    def restore(self, prefix: Sequence[Decision], decision: Decision) -> Restored | None:
+        """The stored node of ``prefix + [decision]``; when there is none, its lock is held
+        until :meth:`after_apply` saves it (or the run ends)."""
+        child = self.node_key([*prefix, decision])
+        hit = self.store.exists(child)
+        if not hit:
+            self._held.enter_context(self.store.lock(self.locks, child))
+            hit = self.store.exists(child, repair=True)
             if not hit:
-                with self.store.lock(self.locks, child):
-                    hit = self.store.exists(child, repair=True)
-                    if not hit:
-                        st = state_fn()
-                        t0 = time.perf_counter()
-                        lr.step.apply(st, order, pos, d, timings)
-                        self.store.save(child, {
-                            "format": MEMO_FORMAT, "context": self.context,
-                            "decisions": [x.key for x in (*decisions, d)],
-                            "outcomes": [r.outcome_json() for r in st.records],
-                            "step_s": time.perf_counter() - t0, "worker": worker_id(),
-                            "created": time.time()}, st.net)
-                        stats["memo_misses"] += 1
-            if hit:
-                stats["memo_hits"] += 1
-                state = None
-            leading = leading and hit
-            stats["prefix_len"] += int(leading)
-            decisions.append(d)
-            key = child
-        stats["full_hit"] = stats["memo_hits"] == T
-        stats["lock_waits"] = self.locks.waits - waits0
-        stats["indep_trained"] = lr.cache.misses - misses0
-        outcomes = self.store.read_meta(key)["outcomes"]
-        records = [TaskRecord.from_outcome(d, o)
-                   for d, o in zip(decisions, outcomes, strict=True)]
-        record = lr.run_record(strat, records, timings, time.perf_counter() - start)
-        record["order"] = [lr.tasks[j].name for j in order]
-        record["decisions"] = [d.key for d in decisions]
-        record["memo"] = dict(stats)
-        return Outcome(record=record, records=records, order=order, key=key,
-                       net_dir=self.store.node_dir(key), stats=stats)
+                self._pending = (child, time.perf_counter())
+                self._leading = False
+                return None
+            self._held.close()
+        self.stats["memo_hits"] += 1
+        self.stats["prefix_len"] += int(self._leading)
+        outcome = self.store.read_meta(child)["outcomes"][-1]
+        return Restored(TaskRecord.from_outcome(decision, outcome), partial(self._load, child))
 
-    def _scorer(self, key: str | None, order: list[int], pos: int, state_fn: Any,
-                stats: dict[str, Any], timings: dict[str, float]):
-        """Conflict scores of the task at ``pos`` in the JointNet of node ``key``: computed once
-        (activations of both nets, RSA) and kept with the node."""
-        task = self.learner.tasks[order[pos]].name
+    def after_apply(self, ctx: StepContext, record: TaskRecord, state: SequenceState) -> None:
+        if self._pending is None:
+            return
+        child, t0 = self._pending
+        self._pending = None
+        try:
+            self.store.save(child, {
+                "format": MEMO_FORMAT, "context": self.context,
+                "decisions": [r.decision.key for r in state.records],
+                "outcomes": [r.outcome_json() for r in state.records],
+                "step_s": time.perf_counter() - t0, "worker": worker_id(),
+                "created": time.time()}, state.net)
+        finally:
+            self._held.close()
+        self.stats["memo_misses"] += 1
 
-        def score(candidates: Sequence[str], similarity: str
-                  ) -> tuple[dict[str, CandidateScore], str | None]:
-            name = f"{key}-{task}-{sha([similarity, list(candidates)], 10)}"
-            found = self.store.read_scores(name)
-            if found is not None:
-                stats["scores_hits"] += 1
-                return _scores_from_json(found)
-            stats["scores_misses"] += 1
-            scores, backend = self.learner.step.score(state_fn().net, order, pos, candidates,
-                                                      timings, similarity)
-            self.store.write_scores(name, {"scores": {c: s.to_json() for c, s in scores.items()},
-                                           "rsa_backend": backend})
-            return scores, backend
+    def after_task(self, ctx: StepContext, record: TaskRecord, elapsed_s: float) -> None:
+        if self._pending is not None:  # another plugin restored the task: nothing to save
+            self._pending = None
+            self._held.close()
 
-        return score
+    def after_run(self, run: Run, result: RunResult | None) -> None:
+        self._held.close()
+        self._pending = None
+        if self._run is not run:  # the run stopped before this memo's before_run passed
+            return
+        s = self.stats
+        s["full_hit"] = s["memo_hits"] == len(run.order)
+        s["lock_waits"] = self.locks.waits - self._counts0[0]
+        s["indep_trained"] = self.experiment.cache.misses - self._counts0[1]
+
+    # ------------------------------------------------------------------ helpers
+    def _load(self, key: str) -> JointNet:
+        self.stats["node_loads"] += 1
+        with timer(self._run.timings, "memo_load"):
+            return self.store.load_net(key, self.experiment.device)
+
+    def outcome(self, result: RunResult) -> Outcome:
+        """The search's view of a run with this memo: its record (plus ``order``,
+        ``decisions`` and the ``memo`` counters), the node of its whole sequence."""
+        run = self._run
+        decisions = [r.decision for r in result.records]
+        key = self.node_key(decisions)
+        record = {**result.record, "order": self.experiment.names(run.order),
+                  "decisions": [d.key for d in decisions], "memo": dict(self.stats)}
+        return Outcome(record=record, records=result.records, order=run.order, key=key,
+                       net_dir=self.store.node_dir(key), stats=dict(self.stats))
 
 
 def _scores_from_json(obj: Mapping[str, Any]) -> tuple[dict[str, CandidateScore], str | None]:

@@ -3,7 +3,8 @@ accuracy) ↑ and parameters ↓ (paper §3, "Grow Sequences" and "Global Optimi
 
 :func:`run_search` creates (or resumes) an Optuna study in the storage, then runs workers (this
 process, ``--workers`` processes, or other machines on the same storage) that ask for a trial,
-decode its parameters into a grow sequence, evaluate it with the memo runner, and tell the
+decode its parameters into a grow sequence, evaluate it with ``Learner.run`` and the memo
+plugin (:class:`l2bg.search.memo.Memo`, with every registered plugin), and tell the
 values, until ``trials`` trials have completed in total. Trials that die are retried
 (:mod:`l2bg.search.heartbeat`). Each completed trial's run record is written to
 ``OUT/trials/N/results.json`` (``l2bg explain OUT --trial N``); the outputs are written by
@@ -37,7 +38,7 @@ from l2bg.search.heartbeat import (
     taken_over,
     trial_by_number,
 )
-from l2bg.search.memo import MemoRunner, Outcome
+from l2bg.search.memo import Memo, Outcome
 from l2bg.search.report import (
     IDENTITY,
     OUTPUTS,
@@ -53,6 +54,7 @@ from l2bg.search.storage import open_storage, redact_url
 
 if TYPE_CHECKING:  # pragma: no cover
     from l2bg.learn.learner import Learner
+    from l2bg.learn.strategies import Strategy
 
 __all__ = ["SearchConfig", "run_search"]
 
@@ -62,7 +64,8 @@ DELAY_ENV = "L2BG_SEARCH_TRIAL_DELAY"
 
 @dataclass
 class _Setup:
-    """What a worker needs: the built experiment, the space, where things go, and the runner."""
+    """What a worker needs: the built experiment, the space, where things go, and the learner
+    with its memo plugin."""
 
     cfg: SearchConfig
     built: Built
@@ -71,28 +74,37 @@ class _Setup:
     out: Path
     storage_url: str
     study_name: str
-    runner: MemoRunner | None = None
+    learner: Learner | None = None
+    memo: Memo | None = None
+    strategy: Strategy | None = None
     locks: FileLocks = field(default_factory=FileLocks)
 
-    def make_runner(self) -> MemoRunner:
+    def make_learner(self) -> Learner:
+        """The learner of every trial: the registered plugins and, first, the memo."""
         from l2bg.learn.independent import IndependentCache
+        from l2bg.learn.plugins import registered
 
-        if self.runner is None:
+        if self.learner is None:
             self.locks = FileLocks(self.cfg.lease_s)
             learner: Learner = self.cfg.settings.learner(
-                self.built, IndependentCache(self.cache_dir, self.locks))
-            self.runner = MemoRunner(learner, self.cfg.settings.strategy(self.cfg.strategy),
-                                     memo_dir=self.cache_dir, locks=self.locks)
-        return self.runner
+                self.built, IndependentCache(self.cache_dir, self.locks), hooks=registered())
+            self.memo = Memo.attach(learner, memo_dir=self.cache_dir, locks=self.locks)
+            self.strategy = self.cfg.settings.strategy(self.cfg.strategy)
+            self.learner = learner
+        return self.learner
+
+    def evaluate(self, order: list[int] | None, steps: Any, strategy: Any) -> Outcome:
+        """One grow sequence through ``Learner.run`` with the memo."""
+        return self.memo.outcome(self.make_learner().run(strategy, steps, order=order))
 
     def signature(self) -> dict[str, Any]:
-        runner = self.make_runner()
+        self.make_learner()
         cfg = self.cfg
         sig = {"version": 2, "benchmark": self.built.bench.name, "objective": cfg.objective,
                "strategy": cfg.strategy, "epochs": self.built.train.epochs,
                "seed": cfg.settings.seed, "rsa_samples": cfg.settings.rsa_samples,
-               "strategy_options": runner.strategy.options(),
-               "max_params": cfg.max_params, "context": runner.context,
+               "strategy_options": self.strategy.options(),
+               "max_params": cfg.max_params, "context": self.memo.context,
                **self.space.signature()}
         return sig
 
@@ -265,7 +277,7 @@ def _work(setup: _Setup, index: int) -> int:
     rank = register_worker(optuna.load_study(study_name=setup.study_name, storage=storage))
     sampler = make_sampler(cfg.sampler, seed + 1000 * rank, cfg.trials, cfg.startup_trials)
     study = optuna.load_study(study_name=setup.study_name, storage=storage, sampler=sampler)
-    runner = setup.make_runner()
+    setup.make_learner()
     delay = float(os.environ.get(DELAY_ENV, "0") or 0)
     done_here = 0
     start = time.perf_counter()
@@ -292,10 +304,10 @@ def _work(setup: _Setup, index: int) -> int:
                 trial.set_user_attr("retry_of", retry_of)
             params = setup.space.suggest(trial)
             order, steps = setup.space.decode(params)
-            strategy = runner.strategy.configured(**setup.space.strategy_options(params))
+            strategy = setup.strategy.configured(**setup.space.strategy_options(params))
             if delay > 0:
                 time.sleep(delay)
-            outcome = runner.run(order, steps, strategy)
+            outcome = setup.evaluate(order, steps, strategy)
             for k, v in trial_attrs(outcome).items():
                 trial.set_user_attr(k, v)
             if cfg.max_params is not None:
@@ -412,13 +424,9 @@ def _baselines(setup: _Setup, study: Any) -> None:
     """Store the independent and shared baselines (gain, params, accuracies) as study user
     attributes, for the plot; shared is evaluated through the memo (bind to the previous task,
     grow nothing), so it costs T − 1 trainings once per cache directory."""
-    from l2bg.learn import strategies
-
     if "baseline_shared" in study.user_attrs:
         return
-    runner = setup.make_runner()
-    r = MemoRunner(runner.learner, strategies.get("shared"), memo_dir=setup.cache_dir,
-                   locks=runner.locks).run().record
+    r = setup.evaluate(None, None, "shared").record
     keep = ("gain", "params", "avg_val_acc", "avg_test_acc", "params_independent")
     indep_val = [t["independent_val_acc"] for t in r["tasks"]]
     indep_test = [t["independent_test_acc"] for t in r["tasks"]]

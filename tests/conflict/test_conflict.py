@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from l2bg.base.errors import L2BGError
 from l2bg.conflict import scores as conflict
+from l2bg.conflict.rules import nucleus
 
 scores = st.lists(st.floats(0, 2, allow_nan=False, allow_infinity=False), min_size=1,
                   max_size=8)
@@ -14,46 +15,46 @@ deltas = st.floats(0, 1, allow_nan=False)
 
 
 def test_nucleus_edges():
-    assert conflict.nucleus([0.3, 0.9, 0.1], 0) == []
-    assert conflict.nucleus([0.3, 0.9, 0.1], 1) == [0, 1, 2]
-    assert conflict.nucleus([0.0, 0.0, 0.0], 1) == [0, 1, 2]
-    assert conflict.nucleus([], 0.5) == []
+    assert nucleus([0.3, 0.9, 0.1], 0) == []
+    assert nucleus([0.3, 0.9, 0.1], 1) == [0, 1, 2]
+    assert nucleus([0.0, 0.0, 0.0], 1) == [0, 1, 2]
+    assert nucleus([], 0.5) == []
 
 
 def test_nucleus_orders_by_conflict_and_breaks_ties_by_slot():
     c = [0.2, 0.5, 0.2, 0.1]  # total 1.0
-    assert conflict.nucleus(c, 0.5) == [1]
-    assert conflict.nucleus(c, 0.51) == [0, 1]  # tie 0.2/0.2 → the lower slot first
-    assert conflict.nucleus(c, 0.9) == [0, 1, 2]
-    assert conflict.nucleus(c, 0.91) == [0, 1, 2, 3]
+    assert nucleus(c, 0.5) == [1]
+    assert nucleus(c, 0.51) == [0, 1]  # tie 0.2/0.2 → the lower slot first
+    assert nucleus(c, 0.9) == [0, 1, 2]
+    assert nucleus(c, 0.91) == [0, 1, 2, 3]
 
 
 def test_nucleus_float_round_off_is_tolerated():
     c = [0.1] * 10
     # 0.7 * 1.0 computed in float64 is not exactly the sum of seven 0.1s; the 1e-12 slack decides
-    assert conflict.nucleus(c, 0.7) == list(range(7))
-    assert conflict.nucleus([1 / 3] * 3, 2 / 3) == [0, 1]
+    assert nucleus(c, 0.7) == list(range(7))
+    assert nucleus([1 / 3] * 3, 2 / 3) == [0, 1]
 
 
 def test_zero_scores_give_a_uniform_distribution():
     assert conflict.distribution([0.0, 0.0]) == [0.5, 0.5]
-    assert conflict.nucleus([0.0] * 4, 0.5) == [0, 1]
-    assert conflict.nucleus([0.0] * 4, 0.3) == [0, 1]
+    assert nucleus([0.0] * 4, 0.5) == [0, 1]
+    assert nucleus([0.0] * 4, 0.3) == [0, 1]
     # zero-conflict slots are grown only when δ = 1
-    assert conflict.nucleus([0.4, 0.0, 0.6], 0.999) == [0, 2]
+    assert nucleus([0.4, 0.0, 0.6], 0.999) == [0, 2]
 
 
 @settings(max_examples=200, deadline=None)
 @given(scores, deltas, deltas)
 def test_nucleus_is_monotone_in_delta(c, d1, d2):
     lo, hi = sorted((d1, d2))
-    assert set(conflict.nucleus(c, lo)) <= set(conflict.nucleus(c, hi))
+    assert set(nucleus(c, lo)) <= set(nucleus(c, hi))
 
 
 @settings(max_examples=200, deadline=None)
 @given(scores, deltas)
 def test_nucleus_is_the_shortest_prefix_reaching_delta(c, d):
-    chosen = conflict.nucleus(c, d)
+    chosen = nucleus(c, d)
     total = math.fsum(c) if math.fsum(c) > 0 else float(len(c))
     w = c if math.fsum(c) > 0 else [1.0] * len(c)
     target = d * total - 1e-12 * total
@@ -71,9 +72,9 @@ def test_nucleus_is_the_shortest_prefix_reaching_delta(c, d):
 def test_bad_delta_and_scores():
     for bad in (-0.1, 1.5, float("nan")):
         with pytest.raises(L2BGError, match=r"\[0, 1\]"):
-            conflict.nucleus([0.1], bad)
+            nucleus([0.1], bad)
     with pytest.raises(L2BGError, match="finite"):
-        conflict.nucleus([0.1, float("inf")], 0.5)
+        nucleus([0.1, float("inf")], 0.5)
 
 
 def test_choose_bind_least_score_and_earliest_on_ties():

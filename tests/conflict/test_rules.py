@@ -8,7 +8,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from l2bg.base.errors import L2BGError
-from l2bg.conflict import scores as conflict
 from l2bg.conflict.rules import BIND_RULES, GROW_RULES, BindRule, GrowRule, similarity_weights
 from l2bg.learn import strategies
 
@@ -28,12 +27,6 @@ def test_builtin_rules_and_defaults():
     s = strategies.get("l2bg")
     assert s.options() == {"grow_rule": "conflict", "bind_rule": "least-conflict",
                            "similarity": "rsa-spearman"}
-
-
-def test_conflict_rule_is_the_papers_nucleus():
-    c = [0.2, 0.5, 0.2, 0.1]
-    for d in (0, 0.3, 0.5, 0.51, 0.9, 0.91, 1):
-        assert grow("conflict", c, d) == conflict.nucleus(c, d)
 
 
 def test_similar_first_takes_the_least_conflicting_slots_first():

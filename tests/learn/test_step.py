@@ -1,6 +1,6 @@
-"""The Bind-Grow-Step is written once: a search trial's record equals ``Learner.run``'s for the
-same grow sequence, for every strategy, forced decisions, memo hits and prefix resumes; and a
-strategy registered from outside the package runs through both."""
+"""Strategies through the one loop: a strategy registered from outside the package runs through
+``Learner.run``, the search and the CLI; configured rules and similarity measures are recorded,
+and the memo keeps conflict scores per measure while sharing nodes across rules."""
 
 from __future__ import annotations
 
@@ -21,12 +21,9 @@ from l2bg.learn.learner import GrowStep, Learner
 from l2bg.learn.step import Decision, StepContext
 from l2bg.learn.training import default_config
 from l2bg.net.templates import mlp
-from l2bg.search import MemoRunner
+from l2bg.search import Memo
 
 ROOT = Path(__file__).resolve().parents[2]
-#: fields that legitimately differ between two evaluations of one grow sequence
-VOLATILE = {"timings", "wall_time_s", "cache"}
-TASK_VOLATILE = {"independent_cached"}
 
 
 @pytest.fixture(scope="module")
@@ -39,51 +36,6 @@ def _learner(tasks, cache_root=None):
     config = default_config("mlp", epochs=1)
     return Learner(tasks, template, config, benchmark="test", seed=0, rsa_samples=60,
                    cache=IndependentCache(cache_root))
-
-
-def _comparable(record: dict) -> dict:
-    out = {k: v for k, v in record.items() if k not in VOLATILE | {"order", "decisions", "memo"}}
-    out["tasks"] = [{k: v for k, v in t.items() if k not in TASK_VOLATILE}
-                    for t in record["tasks"]]
-    return out
-
-
-def _sequences(strategy: str, scenario: str) -> list[list[GrowStep]]:
-    """The grow sequences one memo runner evaluates in turn; the last is compared."""
-    d = 0.5 if strategies.get(strategy).takes_delta else None
-    plain = [GrowStep(delta=d), GrowStep(delta=d)]
-    if scenario == "plain":
-        return [plain]
-    if scenario == "forced-bind":
-        return [[GrowStep(delta=d), GrowStep(delta=d, bind_to="pmnist-0")]]
-    if scenario == "forced-slots":
-        return [[GrowStep(delta=d, slots=["fc2"]),
-                 GrowStep(delta=d, bind_to="pmnist-0", slots=["fc1", "head"])]]
-    if scenario == "memo-hit":
-        return [plain, plain]
-    assert scenario == "prefix-resume"
-    return [plain, [GrowStep(delta=d), GrowStep(delta=d, slots=["head"])]]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("scenario", ["plain", "forced-bind", "forced-slots", "memo-hit",
-                                      "prefix-resume"])
-@pytest.mark.parametrize("strategy", ["independent", "shared", "full", "random", "l2bg"])
-def test_search_trial_record_equals_learner_run(strategy, scenario, tasks, tmp_path):
-    torch.set_num_threads(1)
-    seqs = _sequences(strategy, scenario)
-    runner = MemoRunner(_learner(tasks, tmp_path / "c"), strategy, memo_dir=tmp_path / "c")
-    outcomes = [runner.run(None, s) for s in seqs]
-    got = outcomes[-1]
-    want = _learner(tasks).run(strategy, sequence=seqs[-1]).record
-    assert _comparable(got.record) == _comparable(want)
-    assert got.record["strategy"] == strategy
-    if scenario == "memo-hit":
-        assert got.stats["full_hit"] and "training" not in got.record["timings"]
-    if scenario == "prefix-resume":
-        assert got.stats["prefix_len"] >= 2 and got.stats["memo_misses"] <= 1
-    if strategy == "l2bg":
-        assert want["rsa_backend"] == "torch" and got.record["tasks"][2]["conflict"]
 
 
 # --------------------------------------------------------------------------- a user's strategy
@@ -183,18 +135,22 @@ def test_entry_point_strategy_through_the_cli(tmp_path):
 
 @pytest.mark.slow
 def test_configured_rules_and_measures_in_learner_and_memo(tasks, tmp_path):
-    """A trial with other rules and another measure equals Learner.run with the same configured
-    strategy; the memo keeps scores per measure (never mixed) and shares nodes across rules."""
+    """A run with other rules and another measure records them; the memo keeps scores per
+    measure (never mixed) and shares nodes across rules."""
     torch.set_num_threads(1)
     base = strategies.get("l2bg")
     cka = base.configured(grow_rule="released", bind_rule="released", similarity="linear-cka")
     seq = [GrowStep(delta=0.5), GrowStep(delta=0.5)]
-    runner = MemoRunner(_learner(tasks, tmp_path / "c"), base, memo_dir=tmp_path / "c")
-    rsa = runner.run(None, seq)
-    got = runner.run(None, seq, strategy=cka)
-    want = _learner(tasks).run(cka, sequence=seq).record
-    assert _comparable(got.record) == _comparable(want)
+    learner = _learner(tasks, tmp_path / "c")
+    memo = Memo.attach(learner, memo_dir=tmp_path / "c")
+
+    def trial(steps, strategy):
+        return memo.outcome(learner.run(strategy, steps))
+
+    rsa = trial(seq, base)
+    got = trial(seq, cka)
     assert got.stats["scores_misses"] == 2  # the RSA scores of the same nodes are not reused
+    want = got.record
     assert want["strategy_options"] == {"grow_rule": "released", "bind_rule": "released",
                                         "similarity": "linear-cka"}
     assert want["tasks"][1]["rules"] == {"bind": "released", "grow": "released",
@@ -212,8 +168,8 @@ def test_configured_rules_and_measures_in_learner_and_memo(tasks, tmp_path):
     assert forced["tasks"][2]["rules"]["grow"] is None
     # the same decisions under another grow rule are the same nodes: nothing is retrained
     every = [GrowStep(delta=1.0), GrowStep(delta=1.0)]
-    first = runner.run(None, every)
-    again = runner.run(None, every, strategy=base.configured(grow_rule="similar-first"))
+    first = trial(every, base)
+    again = trial(every, base.configured(grow_rule="similar-first"))
     assert [d.key for d in again.decisions] == [d.key for d in first.decisions]
     assert again.stats["full_hit"] and again.stats["scores_misses"] == 0
 

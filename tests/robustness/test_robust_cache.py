@@ -17,7 +17,7 @@ from l2bg.base.locks import FileLocks
 from l2bg.learn.independent import IndependentCache
 from l2bg.learn.learner import GrowStep
 from l2bg.learn.settings import Settings
-from l2bg.search.memo import MemoRunner
+from l2bg.search.memo import Memo
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +96,13 @@ def memo(tmp_path, setting):
     settings, built = setting
 
     def make():
-        learner = settings.learner(built, IndependentCache(tmp_path))
-        return MemoRunner(learner, "l2bg", memo_dir=tmp_path), learner
+        """The memo on a learner, a trial through them, and a plain learner."""
+        memoised = settings.learner(built, IndependentCache(tmp_path))
+        m = Memo.attach(memoised, memo_dir=tmp_path)
+
+        def trial(steps):
+            return m.outcome(memoised.run("l2bg", steps))
+        return m, trial, settings.learner(built, IndependentCache(tmp_path))
     return make
 
 
@@ -116,24 +121,24 @@ def _record_core(r):
 ])
 def test_a_damaged_memo_node_or_score_is_moved_aside_and_recomputed(memo, tmp_path, target,
                                                                      hurt):
-    runner, learner = memo()
-    first = runner.run(None, STEPS)
+    m, trial, learner = memo()
+    first = trial(STEPS)
     fresh = _record_core(learner.run("l2bg", sequence=STEPS).record)
     assert _record_core(first.record) == fresh
-    root = runner.store.root
+    root = m.store.root
     if target == "scores":
         files = sorted((root / "scores").glob("*.json"))
         victim = files[-1]
     else:
         victim = first.net_dir / target
         if target == "node.json":  # the node of the first task: every later one builds on it
-            victim = root / "nodes" / runner.node_key(first.decisions[:1]) / target
+            victim = root / "nodes" / m.node_key(first.decisions[:1]) / target
     before = victim.read_bytes()
     hurt(victim)
     assert victim.read_bytes() != before
-    runner2, _ = memo()
+    _, trial2, _ = memo()
     with pytest.warns(L2BGWarning, match="damaged") as rec:
-        again = runner2.run(None, STEPS)
+        again = trial2(STEPS)
     assert len(rec) == 1
     assert _record_core(again.record) == fresh
     aside = list(victim.parent.glob(f"{victim.name}.damaged-*")) or list(

@@ -23,7 +23,7 @@ from l2bg.learn.training import default_config
 from l2bg.net.templates import mlp
 from l2bg.search import (
     SAMPLERS,
-    MemoRunner,
+    Memo,
     SearchSpace,
     hypervolume_2d,
     initial_design,
@@ -151,22 +151,28 @@ def test_import_stays_light():
 
 
 def _small(tasks, cache_root, memo=True):
+    """A learner with the memo (what a search trial runs: ``run(order, steps)`` gives the
+    trial's outcome) and a plain learner on the same cache."""
     template = mlp(input_dim=784, hidden=(48, 48), num_classes=10, shared_head=True)
     config = default_config("mlp", epochs=1)
     kw = dict(benchmark="test", seed=0, rsa_samples=100)
-    runner = MemoRunner(Learner(tasks, template, config, cache=IndependentCache(cache_root), **kw),
-                        "l2bg", memo_dir=cache_root if memo else None)
+    memoised = Learner(tasks, template, config, cache=IndependentCache(cache_root), **kw)
+    m = Memo.attach(memoised, memo_dir=cache_root if memo else None)
+
+    def run(order, steps):
+        return m.outcome(memoised.run("l2bg", steps, order=order))
+
     learner = Learner(tasks, template, config, cache=IndependentCache(cache_root), **kw)
-    return runner, learner
+    return run, learner
 
 
 @pytest.mark.slow
 def test_memo_reuses_decisions_and_resumes_prefixes(tmp_path):
     torch.set_num_threads(1)
     tasks = build_benchmark("pmnist", num_tasks=3, seed=0).tasks
-    runner, learner = _small(tasks, tmp_path)
+    trial, learner = _small(tasks, tmp_path)
 
-    first = runner.run(None, [GrowStep(delta=0.5), GrowStep(delta=0.5)])
+    first = trial(None, [GrowStep(delta=0.5), GrowStep(delta=0.5)])
     ref = learner.run("l2bg", sequence=[GrowStep(delta=0.5), GrowStep(delta=0.5)]).record
     for key in ("gain", "gain_raw", "params", "acc_matrix", "acc_matrix_val", "avg_val_acc"):
         assert first.record[key] == ref[key], key
@@ -176,17 +182,18 @@ def test_memo_reuses_decisions_and_resumes_prefixes(tmp_path):
     assert first.stats["memo_misses"] == 3 and first.stats["memo_hits"] == 0
 
     # two δ values with the same nucleus: one decision sequence, trained once
-    again = runner.run(None, [GrowStep(delta=0.5 + 1e-9), GrowStep(delta=0.5 - 1e-9)])
+    again = trial(None, [GrowStep(delta=0.5 + 1e-9), GrowStep(delta=0.5 - 1e-9)])
     assert [d.key for d in again.decisions] == [d.key for d in first.decisions]
     assert again.key == first.key
     assert again.stats["memo_misses"] == 0 and again.stats["full_hit"]
+    assert again.stats["node_loads"] == 0  # nothing scored or trained: no JointNet loaded
     assert "training" not in again.record["timings"]
     assert again.record["gain"] == first.record["gain"]
     assert [t["delta"] for t in again.record["tasks"]] == [None, 0.5 + 1e-9, 0.5 - 1e-9]
 
     # same first decision, other second one: resumes from the saved prefix JointNet
     other = 1.0 if first.decisions[2].slots != tuple(range(3)) else 0.0
-    resumed = runner.run(None, [GrowStep(delta=0.5), GrowStep(delta=other)])
+    resumed = trial(None, [GrowStep(delta=0.5), GrowStep(delta=other)])
     assert resumed.decisions[1].key == first.decisions[1].key
     assert resumed.decisions[2].key != first.decisions[2].key
     assert resumed.stats["prefix_len"] == 2 and resumed.stats["memo_misses"] == 1
@@ -195,25 +202,25 @@ def test_memo_reuses_decisions_and_resumes_prefixes(tmp_path):
     assert resumed.record["acc_matrix"] == fresh["acc_matrix"]
     assert resumed.record["gain"] == fresh["gain"] and resumed.record["params"] == fresh["params"]
 
-    # a new process (new runner) finds everything on disk, and forced decisions work too
-    runner2, _ = _small(tasks, tmp_path)
-    assert runner2.run(None, [GrowStep(delta=0.5), GrowStep(delta=0.5)]).stats["full_hit"]
-    shared = runner2.run(None, [GrowStep(bind_to="pmnist-0", slots=[]),
-                                GrowStep(bind_to="pmnist-1", slots=[])])
+    # a new process (new memo) finds everything on disk, and forced decisions work too
+    trial2, _ = _small(tasks, tmp_path)
+    assert trial2(None, [GrowStep(delta=0.5), GrowStep(delta=0.5)]).stats["full_hit"]
+    shared = trial2(None, [GrowStep(bind_to="pmnist-0", slots=[]),
+                           GrowStep(bind_to="pmnist-1", slots=[])])
     assert shared.record["params"] == first.record["tasks"][0]["params"]
     # another order keeps every task's independent net (keyed by benchmark index)
-    reordered = runner2.run([2, 0, 1], [GrowStep(delta=0.5), GrowStep(delta=0.5)])
+    reordered = trial2([2, 0, 1], [GrowStep(delta=0.5), GrowStep(delta=0.5)])
     assert reordered.stats["indep_trained"] == 0
     assert reordered.record["order"] == ["pmnist-2", "pmnist-0", "pmnist-1"]
     with pytest.raises(L2BGError, match="permutation"):
-        runner2.run([0, 0, 1], [GrowStep(delta=0.5), GrowStep(delta=0.5)])
+        trial2([0, 0, 1], [GrowStep(delta=0.5), GrowStep(delta=0.5)])
     with pytest.raises(L2BGError, match="one step per task"):
-        runner2.run(None, [GrowStep(delta=0.5)])
+        trial2(None, [GrowStep(delta=0.5)])
 
     # in-memory memo (no directory) gives the same answer
     mem, _ = _small(tasks, tmp_path, memo=False)
-    assert mem.run(None, [GrowStep(delta=0.5)] * 2).record["gain"] == first.record["gain"]
-    assert mem.run(None, [GrowStep(delta=0.51)] * 2).stats["memo_misses"] == 0
+    assert mem(None, [GrowStep(delta=0.5)] * 2).record["gain"] == first.record["gain"]
+    assert mem(None, [GrowStep(delta=0.51)] * 2).stats["memo_misses"] == 0
 
 
 # ----------------------------------------------------------------------------- CLI studies

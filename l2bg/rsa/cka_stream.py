@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from l2bg.base.errors import L2BGError
 
-__all__ = ["CKAAccumulator", "debiased_cka", "gram", "minibatch_cka", "sources_cka",
+__all__ = ["SHARDS", "CKAAccumulator", "debiased_cka", "gram", "minibatch_cka", "sources_cka",
            "unbiased_hsic"]
 
 KERNELS = ("linear", "rbf")
@@ -163,6 +163,25 @@ class CKAAccumulator:
         self.n += n
         self.batches += 1
 
+    def state(self, p: int, q: int) -> Tensor:
+        """Every sum as one float64 vector (for ``p`` x ``q`` layers; zeros before the first
+        batch), which :mod:`l2bg.rsa.distributed` all-reduces."""
+        dev = self.xy.device if self.xy is not None else torch.device("cpu")
+        z = torch.zeros
+        parts = [self.xy if self.xy is not None else z((p, q), dtype=torch.float64, device=dev),
+                 self.xx if self.xx is not None else z(p, dtype=torch.float64, device=dev),
+                 self.yy if self.yy is not None else z(q, dtype=torch.float64, device=dev),
+                 torch.as_tensor(self.sx, dtype=torch.float64, device=dev).expand(p),
+                 torch.as_tensor(self.sy, dtype=torch.float64, device=dev).expand(q),
+                 torch.tensor([self.n, self.batches], dtype=torch.float64, device=dev)]
+        return torch.cat([t.reshape(-1) for t in parts])
+
+    def set_state(self, state: Tensor, p: int, q: int) -> None:
+        """The sums from a vector of :meth:`state`'s layout."""
+        xy, xx, yy, sx, sy, counts = state.split([p * q, p, q, p, q, 2])
+        self.xy, self.xx, self.yy, self.sx, self.sy = xy.reshape(p, q), xx, yy, sx, sy
+        self.n, self.batches = int(counts[0]), int(counts[1])
+
     def cka(self) -> Tensor:
         """Minibatch CKA (p, q), float64."""
         if self.xy is None or self.xx is None or self.yy is None:
@@ -190,13 +209,36 @@ def _modules(model: nn.Module, names: Sequence[str], which: str) -> list[nn.Modu
     return [mods[k] for k in names]
 
 
+SHARDS = ("split", "own")
+
+
+def _shard(shard: str) -> tuple[int, int]:
+    """(rank, world) of the batches this process takes: under torch.distributed with ``split``
+    every world-th batch of the same batches, else (0, 1): all of them."""
+    from l2bg.rsa import distributed
+
+    if shard not in SHARDS:
+        raise L2BGError(f"shard {shard!r} is unknown; use split (each rank takes every W-th "
+                        "batch) or own (each rank's loader or source holds its own samples)")
+    return distributed.rank_world() if shard == "split" else (0, 1)
+
+
 def minibatch_cka(model_a: nn.Module, model_b: nn.Module, loader: Iterable[Any],
                   layers_a: Sequence[str], layers_b: Sequence[str], *, kernel: str = "linear",
-                  sigma: float = 1.0, device: str | torch.device | None = None) -> Any:
+                  sigma: float = 1.0, device: str | torch.device | None = None,
+                  shard: str = "split") -> Any:
     """Minibatch CKA of every (``layers_a`` of model_a, ``layers_b`` of model_b) pair over the
     batches of ``loader`` (a tensor, or a tuple/list whose first item is the input), through
     forward hooks; no activation outlives its batch. Returns a
-    :class:`l2bg.rsa.layers.LayerMatrix`."""
+    :class:`l2bg.rsa.layers.LayerMatrix`.
+
+    Under torch.distributed (:mod:`l2bg.rsa.distributed`) the sums are all-reduced, so every
+    rank returns the one-process result: with ``shard='split'`` every rank iterates the same
+    loader and runs batch k when k % world == rank; with ``shard='own'`` each rank's loader
+    yields its own samples (e.g. a DistributedSampler without padding) and all are used."""
+    from l2bg.rsa import distributed
+
+    rank, world = _shard(shard)
     mods_a = _modules(model_a, layers_a, "layers_a")
     mods_b = _modules(model_b, layers_b, "layers_b")
     seen: dict[tuple[int, int], Tensor] = {}
@@ -215,7 +257,9 @@ def minibatch_cka(model_a: nn.Module, model_b: nn.Module, loader: Iterable[Any],
     dev = None if device is None else torch.device(device)
     try:
         with torch.no_grad():
-            for batch in loader:
+            for k, batch in enumerate(loader):
+                if k % world != rank:
+                    continue
                 x = batch[0] if isinstance(batch, tuple | list) else batch
                 if dev is not None:
                     x = x.to(dev)
@@ -235,15 +279,20 @@ def minibatch_cka(model_a: nn.Module, model_b: nn.Module, loader: Iterable[Any],
     finally:
         for h in handles:
             h.remove()
+    distributed.reduce_cka(acc, len(mods_a), len(mods_b))
     return _result(acc, list(layers_a), list(layers_b), {"kernel": kernel})
 
 
 def sources_cka(sources: Sequence[Any], layers: Sequence[Sequence[str] | None], *,
                 measure: str = "cka-minibatch", batch_size: int = 256, kernel: str = "linear",
-                sigma: float = 1.0, device: str | torch.device = "cpu") -> Any:
+                sigma: float = 1.0, device: str | torch.device = "cpu",
+                shard: str = "split") -> Any:
     """CKA of the layers of one or two on-disk sources (:mod:`l2bg.rsa.ondisk`): ``linear-cka``
     (biased, all samples in memory, :func:`l2bg.rsa.cka.linear_cka`) or ``cka-minibatch`` (samples
-    read in batches of ``batch_size``). One source is compared with itself."""
+    read in batches of ``batch_size``). One source is compared with itself. Under
+    torch.distributed, ``cka-minibatch`` runs sharded as :func:`minibatch_cka` (``own``: each
+    rank's sources hold its own samples)."""
+    from l2bg.rsa import distributed
     from l2bg.rsa.ondisk import Source, open_source
 
     if not 1 <= len(sources) <= 2:
@@ -272,14 +321,20 @@ def sources_cka(sources: Sequence[Any], layers: Sequence[Sequence[str] | None], 
         raise L2BGError(f"measure {measure!r} is not a CKA; use linear-cka or cka-minibatch")
     if batch_size < 4:
         raise L2BGError(f"--batch-size must be at least 4 (the unbiased HSIC), got {batch_size}")
+    rank, world = _shard(shard)
+    distributed.same_on_all_ranks([len(la), len(lb)] + ([n] if shard == "split" else []),
+                                  "the layers or samples of the sources")
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] < 4:  # a short tail cannot be estimated: say so
+        info["dropped_tail"] = int(n - starts.pop())
     acc = CKAAccumulator(kernel=kernel, sigma=sigma)
-    for start in range(0, n, batch_size):
+    for k, start in enumerate(starts):
+        if k % world != rank:
+            continue
         idx = np.arange(start, min(n, start + batch_size))
-        if len(idx) < 4 and acc.batches:  # a short tail cannot be estimated: say so, keep going
-            info["dropped_tail"] = int(len(idx))
-            break
         acc.update([x.read(idx, 0, x.d).to(dev) for x in la],
                    [y.read(idx, 0, y.d).to(dev) for y in lb])
+    distributed.reduce_cka(acc, len(la), len(lb))
     info["batch_size"] = batch_size
     return _result(acc, rows, cols, info)
 

@@ -65,9 +65,10 @@ def _median_distance(d2: Tensor) -> Tensor:
     return (lo.sqrt() + hi.sqrt()) / 2
 
 
-def _parts(grams: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(flattened zero-diagonal Grams (p, n²), their row sums (p, n), totals (p,))."""
-    k = grams.clone()
+def _parts(grams: Tensor, inplace: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """(flattened zero-diagonal Grams (p, n²), their row sums (p, n), totals (p,));
+    ``inplace``: the diagonals of ``grams`` itself are zeroed (no copy)."""
+    k = grams if inplace else grams.clone()
     k.diagonal(dim1=-2, dim2=-1).zero_()
     rows = k.sum(-1)
     return k.flatten(-2), rows, rows.sum(-1)
@@ -87,11 +88,32 @@ def _hsic_pairs(a: tuple[Tensor, Tensor, Tensor], b: tuple[Tensor, Tensor, Tenso
     return t / (n * (n - 3))
 
 
-def _hsic_self(a: tuple[Tensor, Tensor, Tensor], n: int) -> Tensor:
-    """HSIC1(K_i, K_i) for each i (p,)."""
+def _sq_norms(f: Tensor) -> Tensor:
+    """‖row‖² of each row of f (p, m), as batched dot products (no (p, m) temporary)."""
+    return (f.unsqueeze(-2) @ f.unsqueeze(-1)).reshape(f.shape[:-1])
+
+
+def _hsic_self(a: tuple[Tensor, Tensor, Tensor], n: int, ff: Tensor | None = None) -> Tensor:
+    """HSIC1(K_i, K_i) for each i (p,); ``ff``: :func:`_sq_norms` of the flattened Grams."""
     f, r, t = a
-    out = f.square().sum(-1) + t.square() / ((n - 1) * (n - 2)) - 2 / (n - 2) * r.square().sum(-1)
+    ff = _sq_norms(f) if ff is None else ff
+    out = ff + t.square() / ((n - 1) * (n - 2)) - 2 / (n - 2) * r.square().sum(-1)
     return out / (n * (n - 3))
+
+
+def _checked_gram(t: Tensor, kernel: str, sigma: float) -> Tensor:
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise L2BGError("a layer has NaN or inf activations; fix the network or its inputs")
+    return gram(t, kernel, sigma)
+
+
+def _grams(feats: Sequence[Tensor], kernel: str, sigma: float) -> Tensor:
+    """The Grams (p, n, n) of p layers' activations, formed one at a time into one tensor."""
+    n = int(feats[0].shape[0])
+    out = torch.empty((len(feats), n, n), dtype=torch.float64, device=feats[0].device)
+    for i, t in enumerate(feats):
+        out[i] = _checked_gram(t, kernel, sigma)
+    return out
 
 
 def unbiased_hsic(k: Tensor, l: Tensor) -> Tensor:  # noqa: E741
@@ -145,21 +167,27 @@ class CKAAccumulator:
         if len(ns) != 1:
             raise L2BGError(f"one batch has layers with different sample counts {sorted(ns)}; "
                             "every layer must see the same inputs")
-        n = ns.pop()
+        _check_n(ns.pop())
+        self.add_grams(_grams(feats_a, self.kernel, self.sigma),
+                       _grams(feats_b, self.kernel, self.sigma))
+
+    def add_grams(self, grams_a: Tensor, grams_b: Tensor) -> None:
+        """Add one batch as float64 Grams (p, n, n) of A's layers and (q, n, n) of B's under
+        this accumulator's kernel; they are consumed (their diagonals zeroed in place)."""
+        n = int(grams_a.shape[-1])
+        if grams_a.shape[1:] != (n, n) or grams_b.shape[1:] != (n, n):
+            raise L2BGError(f"one batch has Grams of shapes {tuple(grams_a.shape)} and "
+                            f"{tuple(grams_b.shape)}; every layer must see the same n inputs")
         _check_n(n)
-        for t in [*feats_a, *feats_b]:
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                raise L2BGError("a layer has NaN or inf activations; fix the network or its "
-                                "inputs")
-        pa = _parts(torch.stack([gram(t, self.kernel, self.sigma) for t in feats_a]))
-        pb = _parts(torch.stack([gram(t, self.kernel, self.sigma) for t in feats_b]))
-        xy, xx, yy = _hsic_pairs(pa, pb, n), _hsic_self(pa, n), _hsic_self(pb, n)
+        pa, pb = _parts(grams_a, inplace=True), _parts(grams_b, inplace=True)
+        fa, fb = _sq_norms(pa[0]), _sq_norms(pb[0])
+        xy, xx, yy = _hsic_pairs(pa, pb, n), _hsic_self(pa, n, fa), _hsic_self(pb, n, fb)
         if self.xy is None:
             self.xy, self.xx, self.yy = xy, xx, yy
         else:
             self.xy, self.xx, self.yy = self.xy + xy, self.xx + xx, self.yy + yy
-        self.sx = self.sx + pa[0].square().sum(-1) / (n * (n - 3))
-        self.sy = self.sy + pb[0].square().sum(-1) / (n * (n - 3))
+        self.sx = self.sx + fa / (n * (n - 3))
+        self.sy = self.sy + fb / (n * (n - 3))
         self.n += n
         self.batches += 1
 
@@ -241,14 +269,23 @@ def minibatch_cka(model_a: nn.Module, model_b: nn.Module, loader: Iterable[Any],
     rank, world = _shard(shard)
     mods_a = _modules(model_a, layers_a, "layers_a")
     mods_b = _modules(model_b, layers_b, "layers_b")
-    seen: dict[tuple[int, int], Tensor] = {}
+    sizes = (len(mods_a), len(mods_b))
+    bufs: list[Tensor | None] = [None, None]  # this batch's Grams of each side, reused
+    seen: set[tuple[int, int]] = set()
 
     def hook(key: tuple[int, int]):
         def fn(_m: nn.Module, _inp: Any, out: Any) -> None:
             if not isinstance(out, Tensor):
                 raise L2BGError(f"layer {key} returns {type(out).__name__}, not a tensor; hook "
                                 "a module whose output is a tensor")
-            seen[key] = out.detach()
+            g = _checked_gram(out.detach(), kernel, sigma)  # the activations are not kept
+            side, i = key
+            buf = bufs[side]
+            if buf is None or buf.shape[-1] != g.shape[-1] or buf.device != g.device:
+                buf = bufs[side] = torch.empty((sizes[side], *g.shape), dtype=g.dtype,
+                                               device=g.device)
+            buf[i] = g
+            seen.add(key)
         return fn
 
     handles = [m.register_forward_hook(hook((0, i))) for i, m in enumerate(mods_a)]
@@ -273,8 +310,7 @@ def minibatch_cka(model_a: nn.Module, model_b: nn.Module, loader: Iterable[Any],
                 if silent:
                     raise L2BGError(f"layer {silent[0]!r} did not run in the forward pass; "
                                     "name a module the model calls")
-                acc.update([seen[(0, i)] for i in range(len(mods_a))],
-                           [seen[(1, j)] for j in range(len(mods_b))])
+                acc.add_grams(bufs[0], bufs[1])
                 seen.clear()
     finally:
         for h in handles:

@@ -98,6 +98,30 @@ def test_cli_two_ranks_equal_one_process(tmp_path, extra):
         p.name for p in (tmp_path / "one").iterdir())
 
 
+def test_torchrun_launches_the_cli(tmp_path):
+    """The documented command, ``torchrun --nproc-per-node 2 -m l2bg rsa ...`` (rendezvous on
+    127.0.0.1), writes one process's result."""
+    import subprocess
+    import sys
+
+    a, b = _sources(tmp_path)
+    common = ["rsa", str(a), str(b), "--measure", "cka-minibatch", "--batch-size", "8",
+              "--device", "cpu", "--quiet"]
+    assert main([*common, "--out", str(tmp_path / "one")]) == 0
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
+                        "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+                        "--master-port", str(_port()), "-m", "l2bg", *common,
+                        "--out", str(tmp_path / "two")], env={**env, "L2BG_DIST_TIMEOUT": "60"},
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    two = _json(tmp_path / "two")
+    np.testing.assert_allclose(two["values"], _json(tmp_path / "one")["values"], rtol=0,
+                               atol=1e-6)
+    assert two["config"]["world_size"] == 2
+
+
 def test_cli_own_feature_files_equal_one_process(tmp_path):
     """--shard own: rank r reads its own files ('{rank}' in the path), disjoint feature columns
     of the same samples; the RDMs and their comparison are one process's on the whole files."""

@@ -8,16 +8,17 @@ CPU:
   (:func:`l2bg.rsa.cka.linear_cka`) of every pair: time alternated in one run, best of
   ``ROUNDS``, with the ratio and the load; the peak extra memory of each in a fresh process,
   against the goal "one batch's Grams plus the model";
-* distributed, 2 ranks against 1 (subprocesses, start-up included, with the machine's core count
-  and the load): (a) the same minibatch CKA, batches split over ``torchrun --nproc-per-node 2``
-  ranks (1 thread each) against one plain process (2 threads); (b) ``l2bg rsa`` (two RDMs +
-  Pearson) of two layers on disk, n = 1000, d = 8192, features split over the ranks.
+* distributed, 2 ranks against 1, with the machine's core count and the load: one plain
+  process (2 threads) against ``torchrun --nproc-per-node 2`` gloo ranks (1 thread each), for
+  (a) the same minibatch CKA, batches split, and (b) layer x layer RSA (two RDMs + Pearson) of
+  two layers on disk, n = 1000, d = 8192, features split; compute time from a start all ranks
+  agree on, and wall time with the start-up; rank 0's result checked against one process's.
 
 The minibatch and full-data estimators differ: those rows compare cost, not values.
 
 CUDA (marked ``cuda``, run by ``make gpu-check``; skipped without a GPU): minibatch CKA on CUDA
-tensors, and the distributed path at world size 1 on NCCL (``torchrun --nproc-per-node 1 ...
---device cuda``, both schemes), each checked against one process.
+tensors, and the distributed path at world size 1 on NCCL (``torchrun --nproc-per-node 1``
+on a CUDA device, both schemes), each checked against one process.
 """
 
 from __future__ import annotations
@@ -120,12 +121,17 @@ def fresh_peak(fn: str, threads: int) -> int:
     return int(out.stdout.split()[-1])
 
 
+def _threads() -> int:
+    """torch threads of one process: ``$L2BG_BENCH_THREADS``, default min(2, cores)."""
+    return int(os.environ.get("L2BG_BENCH_THREADS") or min(2, os.cpu_count() or 1))
+
+
 def _load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def test_cpu_minibatch_against_stored():
-    threads = min(2, os.cpu_count() or 1)
+    threads = _threads()
     torch.set_num_threads(threads)
     mini, stored = [], []
     for _ in range(ROUNDS):  # alternated, so both see the same load
@@ -149,7 +155,9 @@ def test_cpu_minibatch_against_stored():
     print(f"\nminibatch CKA best {min(mini):.3f} s, store + linear CKA best {min(stored):.3f} s: "
           f"ratio {ratio:.2f}; peak extra memory {mem_mini / 2**20:.1f} MiB against "
           f"{mem_stored / 2**20:.1f} MiB (goal <= one batch's Grams + models = "
-          f"{goal / 2**20:.1f} MiB: {'met' if mem_mini <= goal else 'MISSED'}); {threads} "
+          f"{goal / 2**20:.1f} MiB: {'met' if mem_mini <= goal else 'MISSED'}, "
+          f"{mem_mini / goal:.2f}x; the rest is one layer's activations, a Gram's "
+          f"temporaries and the allocator); {threads} "
           f"threads; load average {_load()}; {os.cpu_count()} cores")
 
 
@@ -162,39 +170,52 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-_RANK = """
-import sys, numpy as np, torch
+_WORKER = """
+import json, sys, time
 sys.path.insert(0, {bench!r})
-from l2bg.rsa import distributed
 import bench_cka
-rank, world, device = distributed.init_from_env({device!r})
-m = bench_cka.run_minibatch(str(device))
+from l2bg.rsa import distributed
+scheme, out, device, *sources = sys.argv[1:]
+rank, world, dev = distributed.init_from_env(device)
+distributed.agree(True)  # every rank has started: the clocks start together
+start = time.perf_counter()
+if scheme == "a":
+    values = bench_cka.run_minibatch(str(dev)).values
+else:
+    from l2bg.rsa.layers import layer_similarity
+    values = layer_similarity(sources, method="pearson", device=dev).values
+distributed.agree(True)
+took = time.perf_counter() - start
 if rank == 0:
-    np.save({out!r}, m.values)
+    with open(out, "w") as f:
+        json.dump({{"values": values.tolist(), "seconds": took, "world": world}}, f)
 distributed.shutdown()
 """
 
 
-def _launch(world: int | None, args: list[str], threads: int, timeout: float = 600) -> float:
-    """Wall time of ``python ARGS`` (world None: one plain process) or of ``torchrun
-    --nproc-per-node world`` on 127.0.0.1."""
+def _launch(world: int | None, script: Path, args: list[str], threads: int,
+            timeout: float = 600) -> tuple[float, dict]:
+    """(wall time, what rank 0 wrote) of ``python script ARGS`` (world None: one plain
+    process) or of ``torchrun --nproc-per-node world script ARGS`` on 127.0.0.1."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
-    cmd = [sys.executable, *args]
+    cmd = [sys.executable, str(script), *args]
     if world is not None:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
                "--nproc-per-node", str(world), "--master-addr", "127.0.0.1",
-               "--master-port", str(_port()), *args]
+               "--master-port", str(_port()), str(script), *args]
     start = time.perf_counter()
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     took = time.perf_counter() - start
     assert r.returncode == 0, r.stderr[-3000:]
-    return took
+    return took, json.loads(Path(args[1]).read_text())
 
 
-def _cka_args(out: Path, device: str = "cpu") -> list[str]:
-    return ["-c", _RANK.format(bench=str(BENCH), out=str(out), device=device)]
+def _worker(tmp_path: Path) -> Path:
+    script = tmp_path / "worker.py"
+    script.write_text(_WORKER.format(bench=str(BENCH)))
+    return script
 
 
 @pytest.fixture(scope="module")
@@ -210,39 +231,43 @@ def rdm_sources(tmp_path_factory) -> list[Path]:
     return out
 
 
-def _rsa_args(sources: list[Path], out: Path, device: str = "cpu") -> list[str]:
-    return ["-m", "l2bg", "rsa", *map(str, sources), "--method", "pearson", "--quiet",
-            "--device", device, "--out", str(out)]
-
-
-@pytest.mark.parametrize("scheme", ["a: minibatch CKA, batches split",
-                                    "b: rsa, features split"])
+@pytest.mark.parametrize("scheme", ["a", "b"])
 def test_cpu_two_ranks_against_one(tmp_path, rdm_sources, scheme):
+    """Scheme (a) minibatch CKA, batches split, or (b) layer x layer RSA, features split: one
+    process (2 threads, and 1) against 2 gloo ranks (1 thread each), alternated, best of 2;
+    compute time (from a start all ranks agree on to the result) and wall time (start-up
+    included); rank 0's values against one process's."""
     cores = os.cpu_count() or 1
-    threads = min(2, cores)
-    one, two, runs = [], [], 0
-
-    def args(tag: str) -> list[str]:
-        nonlocal runs
-        runs += 1
-        out = tmp_path / f"{tag}{runs}"
-        if scheme.startswith("a"):
-            return _cka_args(out.with_suffix(".npy"))
-        return _rsa_args(rdm_sources, out)
-
-    for _ in range(2):  # alternated
-        one.append(_launch(None, args("one"), threads))
-        two.append(_launch(2, args("two"), max(1, threads // 2)))
-    shape = (f"n={N}, batch={BATCH}, 2 convnets x 5 layers" if scheme.startswith("a")
+    threads = _threads()
+    script = _worker(tmp_path)
+    sources = [str(s) for s in rdm_sources] if scheme == "b" else []
+    configs = [(1, threads), (1, 1), (2, 1)] if threads > 1 else [(1, 1), (2, 1)]
+    times: dict[tuple[int, int], list[tuple[float, float]]] = {c: [] for c in configs}
+    for k in range(2):  # alternated
+        for world, th in configs:
+            out = tmp_path / f"{world}-{th}-{k}.json"
+            wall, got = _launch(None if world == 1 else world, script,
+                                [scheme, str(out), "cpu", *sources], th)
+            times[(world, th)].append((got["seconds"], wall))
+            want = json.loads((tmp_path / f"1-1-{k}.json").read_text())["values"]
+            np.testing.assert_allclose(got["values"], want, rtol=0, atol=1e-6)
+    what = ("a: minibatch CKA, batches split" if scheme == "a"
+            else "b: layer x layer RSA, features split")
+    shape = (f"n={N}, batch={BATCH}, 2 convnets x 5 layers" if scheme == "a"
              else f"2 layers, n={N_RDM}, d={D_RDM}, pearson")
-    for world, times in ((1, one), (2, two)):
-        record(suite=SUITE, op=f"{scheme} ({world} rank{'s' if world > 1 else ''})",
+    best = {c: min(t for t, _ in ts) for c, ts in times.items()}
+    wall = {c: min(t for _, t in ts) for c, ts in times.items()}
+    two = best[(2, 1)]
+    for (world, th), ts in times.items():
+        record(suite=SUITE, op=f"{what} ({world} rank{'s' if world > 1 else ''}, {th} thr)",
                backend="gloo" if world > 1 else "torch", shape=shape, dtype="float64",
-               timing=Timing(times), threads=threads // world or 1, cores=cores, load=_load(),
-               speedup=f"{min(one) / min(two):.2f}")
-    print(f"\n{scheme}: 1 process best {min(one):.2f} s, 2 gloo ranks best {min(two):.2f} s "
-          f"(start-up included): speed-up {min(one) / min(two):.2f}x on {cores} cores; "
-          f"load average {_load()}")
+               timing=Timing([t for t, _ in ts]), threads=th, cores=cores, load=_load(),
+               wall_s=f"{wall[(world, th)]:.2f}",
+               two_ranks_speedup=f"{best[(world, th)] / two:.2f}")
+    parts = ", ".join(f"1 process x {th} thread(s) {best[(1, th)]:.2f} s (wall {wall[(1, th)]:.2f}"
+                      f" s): {best[(1, th)] / two:.2f}x" for w, th in configs if w == 1)
+    print(f"\n{what}: 2 gloo ranks x 1 thread best {two:.2f} s (wall with start-up "
+          f"{wall[(2, 1)]:.2f} s); against {parts}; {cores} cores; load average {_load()}")
 
 
 # ---------------------------------------------------------------------------------------- CUDA
@@ -268,18 +293,16 @@ def test_cuda_minibatch_cka():
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("scheme", ["a", "b"])
 def test_cuda_nccl_world_size_one(tmp_path, rdm_sources, scheme):
-    """torchrun --nproc-per-node 1 on NCCL (a group of one, every collective run) gives the
-    result of one process without a group."""
-    if scheme == "a":
-        t = _launch(1, _cka_args(tmp_path / "nccl.npy", "cuda"), 1)
-        want = run_minibatch("cuda").values
-        got = np.load(tmp_path / "nccl.npy")
-    else:
-        t = _launch(1, _rsa_args(rdm_sources, tmp_path / "nccl", "cuda"), 1)
-        assert _launch(None, _rsa_args(rdm_sources, tmp_path / "one", "cuda"), 1) > 0
-        read = lambda p: json.loads((p / "similarity.json").read_text())  # noqa: E731
-        got, want = read(tmp_path / "nccl")["values"], read(tmp_path / "one")["values"]
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    """torchrun --nproc-per-node 1 on NCCL (a group of one: every collective runs) gives one
+    process's result on the same GPU."""
+    from l2bg.rsa.layers import layer_similarity
+
+    sources = [str(s) for s in rdm_sources] if scheme == "b" else []
+    out = tmp_path / "nccl.json"
+    wall, got = _launch(1, _worker(tmp_path), [scheme, str(out), "cuda", *sources], 1)
+    want = (run_minibatch("cuda").values if scheme == "a"
+            else layer_similarity(sources, method="pearson", device="cuda").values)
+    np.testing.assert_allclose(got["values"], want, rtol=0, atol=1e-5)
     record(suite=SUITE, op=f"{scheme}: torchrun world 1", backend="nccl", device="cuda",
            shape=f"n={N}" if scheme == "a" else f"n={N_RDM}, d={D_RDM}", dtype="float64",
-           timing=Timing([t]), equal_to_one_process=True)
+           timing=Timing([got["seconds"]]), wall_s=f"{wall:.2f}", equal_to_one_process=True)

@@ -17,6 +17,7 @@ __all__ = ["add_rsa_parser", "cmd_rsa"]
 
 def add_rsa_parser(sub: Any) -> argparse.ArgumentParser:
     from l2bg.rsa import methods
+    from l2bg.rsa.distributed import SHARDS
 
     r = sub.add_parser(
         "rsa", formatter_class=HelpFormatter,
@@ -57,7 +58,7 @@ def add_rsa_parser(sub: Any) -> argparse.ArgumentParser:
                    help="RDM backend (auto: Triton on CUDA, torch otherwise)")
     r.add_argument("--slice-width", type=int, default=4096,
                    help="features read and accumulated at a time")
-    r.add_argument("--shard", default="split", choices=["split", "own"],
+    r.add_argument("--shard", default="split", choices=SHARDS,
                    help="under torchrun (several processes or machines): split: every rank "
                         "reads its share of the same SOURCEs (rsa: a slice of every layer's "
                         "feature columns; cka-minibatch: every W-th batch); own: each rank's "

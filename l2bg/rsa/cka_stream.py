@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from l2bg.base.errors import L2BGError
 
-__all__ = ["SHARDS", "CKAAccumulator", "debiased_cka", "gram", "minibatch_cka", "sources_cka",
+__all__ = ["CKAAccumulator", "debiased_cka", "gram", "minibatch_cka", "sources_cka",
            "unbiased_hsic"]
 
 KERNELS = ("linear", "rbf")
@@ -237,15 +237,12 @@ def _modules(model: nn.Module, names: Sequence[str], which: str) -> list[nn.Modu
     return [mods[k] for k in names]
 
 
-SHARDS = ("split", "own")
-
-
 def _shard(shard: str) -> tuple[int, int]:
     """(rank, world) of the batches this process takes: under torch.distributed with ``split``
     every world-th batch of the same batches, else (0, 1): all of them."""
     from l2bg.rsa import distributed
 
-    if shard not in SHARDS:
+    if shard not in distributed.SHARDS:
         raise L2BGError(f"shard {shard!r} is unknown; use split (each rank takes every W-th "
                         "batch) or own (each rank's loader or source holds its own samples)")
     return distributed.rank_world() if shard == "split" else (0, 1)

@@ -31,11 +31,16 @@ from torch import Tensor
 
 from l2bg.base.errors import L2BGError
 
-__all__ = ["TIMEOUT_ENV", "active", "agree", "all_reduce_", "feature_shard", "init_from_env",
-           "rank_world", "reduce_cka", "same_on_all_ranks", "sharded_rdm", "shutdown"]
+__all__ = ["SHARDS", "TIMEOUT_ENV", "active", "agree", "all_reduce_", "feature_shard",
+           "init_from_env", "rank_world", "reduce_cka", "same_on_all_ranks", "sharded_rdm",
+           "shutdown"]
 
 TIMEOUT_ENV = "L2BG_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 300.0
+#: How the ranks share the work: ``split``, each reads its share of the same sources or loader
+#: (CKA: every W-th batch; RDMs: a slice of the feature columns); ``own``, each rank's sources or
+#: loader hold its own samples (CKA) or features (RDMs).
+SHARDS = ("split", "own")
 
 
 def active() -> bool:
@@ -210,7 +215,7 @@ def sharded_rdm(read: Callable[[int, int], Tensor], n: int, d: int, *, unit: int
     ``read(start, stop)``; ``own=True``: its ``read`` covers its own d features (its own file).
     The partial co-moments are merged over all ranks; every rank returns the RDM (float32,
     or float64 for float64 activations, as one process's stream)."""
-    from l2bg.rsa.reference import _UNSEEN, acc_dtype, scale_pow2
+    from l2bg.rsa.reference import acc_dtype
     from l2bg.rsa.stream import TorchRDMStream, check_accumulator
 
     rank, world = rank_world()
@@ -233,25 +238,16 @@ def sharded_rdm(read: Callable[[int, int], Tensor], n: int, d: int, *, unit: int
     dtype = torch.float64 if wide_any else torch.float32  # float64 on one rank: on all
     if acc is None or acc.dtype != dtype:
         acc = _restart(acc, n, device, dtype)
-    # one power-of-two scale per row across ranks: each rank's rows brought to 2^max(k)
-    k_own = acc._scale.k[0]
-    k_all = all_reduce_(k_own.clone(), "max")
-    shift = torch.where(k_own == _UNSEEN, 0, k_all - k_own)  # >= 0; an unseen row holds zeros
-    if bool((shift != 0).any()):
-        f = scale_pow2(torch.ones((n, 1), dtype=dtype, device=device), shift).squeeze(-1)[None]
-        acc.mean.mul_(f)
-        for (a, b), g in zip(acc._blocks, acc.gram, strict=True):
-            g.mul_(f[:, a:b, None]).mul_(f[:, None, a:])
+    # one power-of-two scale per row across ranks (max), then Chan's merge about the union's
+    # row means: sum d_r mu_r and d_r give them, each rank re-centres, the co-moments are summed
+    acc.rescale_rows(all_reduce_(acc.row_exponents().clone(), "max"))
     d_r = float(acc.d_seen)
     sums = all_reduce_(torch.cat([acc.mean[0].to(torch.float64) * d_r,
                                   torch.tensor([d_r], dtype=torch.float64, device=device)]))
     total = float(sums[-1])
-    mu = (sums[:n] / total if total else sums[:n]).to(dtype)
-    delta = (acc.mean[0] - mu)[None]
-    for (a, b), g in zip(acc._blocks, acc.gram, strict=True):
-        g.add_(d_r * delta[:, a:b, None] * delta[:, None, a:])  # Chan: d_r (mu_r-mu)(mu_r-mu)^T
+    acc.centre_about((sums[:n] / total if total else sums[:n])[None])
+    for g in acc.gram:
         all_reduce_(g)
-    acc.mean = mu[None].clone()
     acc.d_seen = int(total)
     return acc.result(triu=True)
 
@@ -262,9 +258,9 @@ def _restart(acc: Any, n: int, device: torch.device, dtype: torch.dtype) -> Any:
 
     fresh = TorchRDMStream(n, device=device, dtype=dtype)
     if acc is not None:
+        fresh.rescale_rows(acc.row_exponents())
         fresh.mean.copy_(acc.mean)
         for g_new, g in zip(fresh.gram, acc.gram, strict=True):
             g_new.copy_(g)
-        fresh._scale.k = acc._scale.k.clone()
         fresh.d_seen = acc.d_seen
     return fresh

@@ -189,8 +189,10 @@ def layer_similarity(sources: Sequence[Activations], *,
     Under torch.distributed (torchrun) every on-disk layer's RDM is sharded by features: with
     ``shard='split'`` each rank reads its slice of the columns of the same sources, with
     ``'own'`` its sources hold its own features; every rank returns the same matrix."""
-    if shard not in ("split", "own"):
-        raise L2BGError(f"shard {shard!r} is unknown; use split or own")
+    from l2bg.rsa.distributed import SHARDS
+
+    if shard not in SHARDS:
+        raise L2BGError(f"shard {shard!r} is unknown; use one of {', '.join(SHARDS)}")
     if isinstance(sources, str | Path | Source | Mapping) or not sources:
         raise L2BGError("layer_similarity: pass a list of one or more sources")
     spec = methods.get(method)

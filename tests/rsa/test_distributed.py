@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from forking import forked_all
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from l2bg.base.errors import L2BGError
@@ -260,3 +260,38 @@ def test_outside_torchrun_nothing_is_joined(monkeypatch):
     monkeypatch.delenv("RANK", raising=False)
     with pytest.raises(L2BGError, match="RANK is not set; launch with torchrun"):
         distributed.init_from_env()
+
+
+@settings(deadline=None, max_examples=60)
+@given(seed=st.integers(0, 2**16), n=st.integers(3, 9), d=st.integers(2, 14),
+       cut=st.floats(0.0, 1.0), big=st.sampled_from([1.0, 1e-30, 1e30]),
+       dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_merging_streams_of_disjoint_features_is_one_stream(seed, n, d, cut, big, dtype):
+    """Two streams over disjoint feature columns, brought to common row scales, re-centred about
+    the union's row means and summed (what the ranks do), give one stream's RDM; rows scaled
+    differently in the two parts, zero and constant rows included."""
+    from l2bg.rsa.stream import TorchRDMStream
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    k = int(cut * d)
+    x[0] = 0.0
+    x[1 % n] = 3.0
+    x[2 % n, :k] *= big
+    x = x.to(dtype)
+    one = TorchRDMStream(n, dtype=dtype).update(x).result(triu=True)
+    parts = [TorchRDMStream(n, dtype=dtype).update(x[:, :k]),
+             TorchRDMStream(n, dtype=dtype).update(x[:, k:])]
+    top = torch.maximum(parts[0].row_exponents(), parts[1].row_exponents())
+    for p in parts:
+        p.rescale_rows(top)
+    total = sum(p.d_seen for p in parts)
+    mean = sum(p.mean.double() * p.d_seen for p in parts) / total
+    for p in parts:
+        p.centre_about(mean)
+    merged = parts[0]
+    for g0, g1 in zip(merged.gram, parts[1].gram, strict=True):
+        g0.add_(g1)
+    merged.d_seen = total
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(merged.result(triu=True), one, rtol=0, atol=tol)

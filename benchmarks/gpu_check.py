@@ -14,7 +14,8 @@ use synthetic data and skip the rows that need what is missing.
 Steps, each under a time limit so the whole run stays inside ``--budget`` (default 450 s):
 1. the CUDA tests: every test module that has a test marked ``cuda`` (its other tests run on
    CUDA too where they can);
-2. the GPU benchmarks (``-m cuda``): RSA kernels, whole trials, forward_all, one pytest process
+2. the GPU benchmarks (``-m cuda``): RSA kernels, whole trials, forward_all, the rsatoolbox
+   drop-in, minibatch CKA on CUDA and ``torchrun`` at world size 1 on NCCL, one pytest process
    each.
 It writes ``report.md`` (device, versions, test results, the benchmark table, goals met or
 missed) and ``report.csv`` (every benchmark row, with the device name) to
@@ -48,10 +49,12 @@ NEEDED = ("torch", "triton", "numpy", "tqdm", "safetensors", "pytest", "pytest_b
           "hypothesis")  # fmt: skip
 # (name, module, seconds at most): the RSA kernels first (this issue's goals), then the whole
 # trial (split-CIFAR-100 before pmnist), then forward_all, then the rsatoolbox drop-in's CUDA
-# rows (its bootstraps included); later steps get what is left.
+# rows (its bootstraps included), then minibatch CKA on CUDA and torchrun at world size 1 on
+# NCCL; later steps get what is left.
 BENCH_STAGES = (("rsa", "bench_rsa.py", 100), ("trial", "bench_trial.py", 150),
                 ("executor", "bench_executor.py", 60),
-                ("rsatoolbox", "bench_rsatoolbox.py", 90))  # fmt: skip
+                ("rsatoolbox", "bench_rsatoolbox.py", 90),
+                ("cka", "bench_cka.py", 60))  # fmt: skip
 TEST_CAP_S = 160
 RESERVE_S = 15  # kept back for the report
 

@@ -30,6 +30,27 @@ class Child:
 def forked(fn: Callable[[], int | None], *, uid: int | None = None, umask: int | None = None,
            timeout: float = 300.0) -> Child:
     """Run ``fn`` in a child process; its return value is the exit status."""
+    return _wait(*_start(fn, uid, umask), timeout)
+
+
+def forked_all(fns: list[Callable[[], int | None]], *, timeout: float = 300.0) -> list[Child]:
+    """Run every ``fn`` in a child process of its own, all at once (ranks of a process group);
+    a child still running ``timeout`` seconds after the start is killed and reported hung."""
+    started = [_start(fn, None, None) for fn in fns]
+    deadline = time.monotonic() + timeout
+    try:
+        return [_wait(pid, log, max(0.0, deadline - time.monotonic())) for pid, log in started]
+    except AssertionError:  # one hung: the others must not outlive the test either
+        for pid, _ in started:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+        raise
+
+
+def _start(fn: Callable[[], int | None], uid: int | None, umask: int | None) -> tuple[int, str]:
     fd, log = tempfile.mkstemp(prefix="l2bg-child-", suffix=".log")
     os.close(fd)
     sys.stdout.flush()
@@ -59,6 +80,10 @@ def forked(fn: Callable[[], int | None], *, uid: int | None = None, umask: int |
                 sys.stdout.flush()
             finally:
                 os._exit(code)
+    return pid, log
+
+
+def _wait(pid: int, log: str, timeout: float) -> Child:
     deadline = time.monotonic() + timeout
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)

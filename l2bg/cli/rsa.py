@@ -4,6 +4,7 @@ more networks fed the same inputs); writes similarity.json, similarity.csv and s
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ def add_rsa_parser(sub: Any) -> argparse.ArgumentParser:
                     "features. Writes similarity.json, similarity.csv and\n"
                     "similarity.png to --out.")
     from l2bg.rsa import methods  # after add_parser: `l2bg --help` lists rsa without torch
+    from l2bg.rsa.distributed import SHARDS
     from l2bg.rsa.stream import RDMS
 
     r.add_argument("sources", nargs="+", type=Path, metavar="SOURCE",
@@ -61,6 +63,12 @@ def add_rsa_parser(sub: Any) -> argparse.ArgumentParser:
                    help="RDM backend (auto: Triton on CUDA, torch otherwise)")
     r.add_argument("--slice-width", type=int, default=4096,
                    help="features read and accumulated at a time")
+    r.add_argument("--shard", default="split", choices=SHARDS,
+                   help="under torchrun (several processes or machines): split: every rank "
+                        "reads its share of the same SOURCEs (rsa: a slice of every layer's "
+                        "feature columns; cka-minibatch: every W-th batch); own: each rank's "
+                        "SOURCEs ('{rank}' in a path becomes the rank) hold its own features "
+                        "(rsa) or samples (cka-minibatch)")
     r.add_argument("--out", required=True,
                    help="output directory (may hold other files; none is replaced)")
     r.add_argument("--quiet", action="store_true", help="no progress bar and no table")
@@ -69,9 +77,10 @@ def add_rsa_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def cmd_rsa(args: argparse.Namespace) -> int:
-    from l2bg.base.outdir import OutDir
+    """Under torchrun every rank joins the process group (:mod:`l2bg.rsa.distributed`), works
+    on its shard and only rank 0 claims and writes ``--out``; one process otherwise."""
     from l2bg.learn.training import resolve_device
-    from l2bg.rsa.layers import OUTPUTS, layer_similarity
+    from l2bg.rsa import distributed
 
     if args.layers_b is not None and len(args.sources) < 2:
         raise L2BGError("--layers-b names the second source's layers; give two sources")
@@ -86,33 +95,79 @@ def cmd_rsa(args: argparse.Namespace) -> int:
         raise L2BGError(f"--kernel and --sigma apply to --measure cka-minibatch only, not "
                         f"{args.measure}")
     if args.measure != "rsa":
-        return _cmd_cka(args, layers, device)
-    if args.method is None:
+        _check_cka(args)
+    elif args.method is None:
         args.method = "spearman"
-    rdm = args.rdm or "correlation"
-    with OutDir(args.out, OUTPUTS, "rsa") as target:  # claimed and checked before the work
+    rank, world, device = distributed.init_from_env(device)
+    if args.shard == "own":  # each rank's own files; '{rank}' in a path names them
+        args.sources = [Path(str(s).replace("{rank}", str(rank))) for s in args.sources]
+    ok = False
+    try:
+        code = _claim_compute_write(args, layers, device, rank, world)
+        ok = True
+        return code
+    finally:
+        distributed.shutdown(ok)
+
+
+def _compute(args: argparse.Namespace, layers: list[Any], device: Any) -> tuple[Any, dict, str]:
+    """(LayerMatrix, its config, what the first printed line calls it)."""
+    config = {"sources": [str(s) for s in args.sources], "layers": layers,
+              "measure": args.measure, "device": str(device)}
+    if args.measure == "rsa":
+        from l2bg.rsa.layers import layer_similarity
+
+        rdm = args.rdm or "correlation"
         result = layer_similarity(args.sources, layers=layers, method=args.method,
                                   samples=args.samples, seed=args.seed, device=device,
                                   backend=args.backend, slice_width=args.slice_width,
-                                  progress=False if args.quiet else None, rdm=rdm)
-        result.info["config"] = {"sources": [str(s) for s in args.sources], "layers": layers,
-                                 "method": args.method, "rdm": rdm, "samples": args.samples,
-                                 "seed": args.seed, "device": str(device),
-                                 "backend": args.backend, "slice_width": args.slice_width}
+                                  progress=False if args.quiet else None, rdm=rdm,
+                                  shard=args.shard)
+        config.update(method=args.method, rdm=rdm, samples=args.samples, seed=args.seed,
+                      backend=args.backend, slice_width=args.slice_width)
+        return result, config, f"similarity of {rdm}-distance RDMs"
+    from l2bg.rsa.cka_stream import sources_cka
+
+    result = sources_cka(args.sources, layers, measure=args.measure,
+                         batch_size=args.batch_size, kernel=args.kernel or "linear",
+                         sigma=1.0 if args.sigma is None else args.sigma, device=device,
+                         shard=args.shard)
+    config.update(batch_size=args.batch_size, kernel=args.kernel, sigma=args.sigma)
+    return result, config, "of activations"
+
+
+def _claim_compute_write(args: argparse.Namespace, layers: list[Any], device: Any, rank: int,
+                         world: int) -> int:
+    """Rank 0 claims --out before the work (the others learn whether it could), every rank
+    computes its share, rank 0 publishes."""
+    from l2bg.base.outdir import OutDir
+    from l2bg.rsa import distributed
+    from l2bg.rsa.layers import OUTPUTS
+
+    with contextlib.ExitStack() as stack:
+        target, refused = None, None
+        if rank == 0:
+            try:
+                target = stack.enter_context(OutDir(args.out, OUTPUTS, "rsa"))
+            except L2BGError as exc:
+                refused = exc
+        if not distributed.agree(refused is None):
+            raise refused or L2BGError(f"rank 0 could not claim --out {args.out}; see its error")
+        result, config, what = _compute(args, layers, device)
+        if target is None:
+            return 0
+        result.info["config"] = {**config, "shard": args.shard, "world_size": world}
         result.save(target.staging)
         target.publish()
     if not args.quiet:
-        print(f"{result.method} similarity of {rdm}-distance RDMs over {result.n} samples")
+        print(f"{result.method} {what} over {result.n} samples")
         print(_finished(result, target.path))
     return 0
 
 
-def _cmd_cka(args: argparse.Namespace, layers: list[Any], device: Any) -> int:
-    """``--measure linear-cka | cka-minibatch`` (:mod:`l2bg.rsa.cka_stream`)."""
-    from l2bg.base.outdir import OutDir
-    from l2bg.rsa.cka_stream import sources_cka
-    from l2bg.rsa.layers import OUTPUTS
-
+def _check_cka(args: argparse.Namespace) -> None:
+    """``--measure linear-cka | cka-minibatch`` (:mod:`l2bg.rsa.cka_stream`): the options of
+    the other measure are one-line errors."""
     if args.method is not None:
         raise L2BGError(f"--method compares RDMs and applies to --measure rsa only, not "
                         f"{args.measure}; drop --method")
@@ -124,20 +179,6 @@ def _cmd_cka(args: argparse.Namespace, layers: list[Any], device: Any) -> int:
     if args.measure == "cka-minibatch" and args.batch_size < 4:
         raise L2BGError(f"--batch-size must be at least 4 (the unbiased HSIC divides by "
                         f"n(n-3)), got {args.batch_size}")
-    with OutDir(args.out, OUTPUTS, "rsa") as target:
-        result = sources_cka(args.sources, layers, measure=args.measure,
-                             batch_size=args.batch_size, kernel=args.kernel or "linear",
-                             sigma=1.0 if args.sigma is None else args.sigma, device=device)
-        result.info["config"] = {"sources": [str(s) for s in args.sources], "layers": layers,
-                                 "measure": args.measure, "batch_size": args.batch_size,
-                                 "kernel": args.kernel, "sigma": args.sigma,
-                                 "device": str(device)}
-        result.save(target.staging)
-        target.publish()
-    if not args.quiet:
-        print(f"{result.method} over {result.n} samples")
-        print(_finished(result, target.path))
-    return 0
 
 
 def _finished(result: Any, out: Path) -> str:

@@ -65,9 +65,10 @@ def _median_distance(d2: Tensor) -> Tensor:
     return (lo.sqrt() + hi.sqrt()) / 2
 
 
-def _parts(grams: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(flattened zero-diagonal Grams (p, n²), their row sums (p, n), totals (p,))."""
-    k = grams.clone()
+def _parts(grams: Tensor, inplace: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """(flattened zero-diagonal Grams (p, n²), their row sums (p, n), totals (p,));
+    ``inplace``: the diagonals of ``grams`` itself are zeroed (no copy)."""
+    k = grams if inplace else grams.clone()
     k.diagonal(dim1=-2, dim2=-1).zero_()
     rows = k.sum(-1)
     return k.flatten(-2), rows, rows.sum(-1)
@@ -87,11 +88,32 @@ def _hsic_pairs(a: tuple[Tensor, Tensor, Tensor], b: tuple[Tensor, Tensor, Tenso
     return t / (n * (n - 3))
 
 
-def _hsic_self(a: tuple[Tensor, Tensor, Tensor], n: int) -> Tensor:
-    """HSIC1(K_i, K_i) for each i (p,)."""
+def _sq_norms(f: Tensor) -> Tensor:
+    """‖row‖² of each row of f (p, m), as batched dot products (no (p, m) temporary)."""
+    return (f.unsqueeze(-2) @ f.unsqueeze(-1)).reshape(f.shape[:-1])
+
+
+def _hsic_self(a: tuple[Tensor, Tensor, Tensor], n: int, ff: Tensor | None = None) -> Tensor:
+    """HSIC1(K_i, K_i) for each i (p,); ``ff``: :func:`_sq_norms` of the flattened Grams."""
     f, r, t = a
-    out = f.square().sum(-1) + t.square() / ((n - 1) * (n - 2)) - 2 / (n - 2) * r.square().sum(-1)
+    ff = _sq_norms(f) if ff is None else ff
+    out = ff + t.square() / ((n - 1) * (n - 2)) - 2 / (n - 2) * r.square().sum(-1)
     return out / (n * (n - 3))
+
+
+def _checked_gram(t: Tensor, kernel: str, sigma: float) -> Tensor:
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise L2BGError("a layer has NaN or inf activations; fix the network or its inputs")
+    return gram(t, kernel, sigma)
+
+
+def _grams(feats: Sequence[Tensor], kernel: str, sigma: float) -> Tensor:
+    """The Grams (p, n, n) of p layers' activations, formed one at a time into one tensor."""
+    n = int(feats[0].shape[0])
+    out = torch.empty((len(feats), n, n), dtype=torch.float64, device=feats[0].device)
+    for i, t in enumerate(feats):
+        out[i] = _checked_gram(t, kernel, sigma)
+    return out
 
 
 def unbiased_hsic(k: Tensor, l: Tensor) -> Tensor:  # noqa: E741
@@ -145,23 +167,48 @@ class CKAAccumulator:
         if len(ns) != 1:
             raise L2BGError(f"one batch has layers with different sample counts {sorted(ns)}; "
                             "every layer must see the same inputs")
-        n = ns.pop()
+        _check_n(ns.pop())
+        self.add_grams(_grams(feats_a, self.kernel, self.sigma),
+                       _grams(feats_b, self.kernel, self.sigma))
+
+    def add_grams(self, grams_a: Tensor, grams_b: Tensor) -> None:
+        """Add one batch as float64 Grams (p, n, n) of A's layers and (q, n, n) of B's under
+        this accumulator's kernel; they are consumed (their diagonals zeroed in place)."""
+        n = int(grams_a.shape[-1])
+        if grams_a.shape[1:] != (n, n) or grams_b.shape[1:] != (n, n):
+            raise L2BGError(f"one batch has Grams of shapes {tuple(grams_a.shape)} and "
+                            f"{tuple(grams_b.shape)}; every layer must see the same n inputs")
         _check_n(n)
-        for t in [*feats_a, *feats_b]:
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                raise L2BGError("a layer has NaN or inf activations; fix the network or its "
-                                "inputs")
-        pa = _parts(torch.stack([gram(t, self.kernel, self.sigma) for t in feats_a]))
-        pb = _parts(torch.stack([gram(t, self.kernel, self.sigma) for t in feats_b]))
-        xy, xx, yy = _hsic_pairs(pa, pb, n), _hsic_self(pa, n), _hsic_self(pb, n)
+        pa, pb = _parts(grams_a, inplace=True), _parts(grams_b, inplace=True)
+        fa, fb = _sq_norms(pa[0]), _sq_norms(pb[0])
+        xy, xx, yy = _hsic_pairs(pa, pb, n), _hsic_self(pa, n, fa), _hsic_self(pb, n, fb)
         if self.xy is None:
             self.xy, self.xx, self.yy = xy, xx, yy
         else:
             self.xy, self.xx, self.yy = self.xy + xy, self.xx + xx, self.yy + yy
-        self.sx = self.sx + pa[0].square().sum(-1) / (n * (n - 3))
-        self.sy = self.sy + pb[0].square().sum(-1) / (n * (n - 3))
+        self.sx = self.sx + fa / (n * (n - 3))
+        self.sy = self.sy + fb / (n * (n - 3))
         self.n += n
         self.batches += 1
+
+    def state(self, p: int, q: int) -> Tensor:
+        """Every sum as one float64 vector (for ``p`` x ``q`` layers; zeros before the first
+        batch), which :mod:`l2bg.rsa.distributed` all-reduces."""
+        dev = self.xy.device if self.xy is not None else torch.device("cpu")
+        z = torch.zeros
+        parts = [self.xy if self.xy is not None else z((p, q), dtype=torch.float64, device=dev),
+                 self.xx if self.xx is not None else z(p, dtype=torch.float64, device=dev),
+                 self.yy if self.yy is not None else z(q, dtype=torch.float64, device=dev),
+                 torch.as_tensor(self.sx, dtype=torch.float64, device=dev).expand(p),
+                 torch.as_tensor(self.sy, dtype=torch.float64, device=dev).expand(q),
+                 torch.tensor([self.n, self.batches], dtype=torch.float64, device=dev)]
+        return torch.cat([t.reshape(-1) for t in parts])
+
+    def set_state(self, state: Tensor, p: int, q: int) -> None:
+        """The sums from a vector of :meth:`state`'s layout."""
+        xy, xx, yy, sx, sy, counts = state.split([p * q, p, q, p, q, 2])
+        self.xy, self.xx, self.yy, self.sx, self.sy = xy.reshape(p, q), xx, yy, sx, sy
+        self.n, self.batches = int(counts[0]), int(counts[1])
 
     def cka(self) -> Tensor:
         """Minibatch CKA (p, q), float64."""
@@ -190,23 +237,52 @@ def _modules(model: nn.Module, names: Sequence[str], which: str) -> list[nn.Modu
     return [mods[k] for k in names]
 
 
+def _shard(shard: str) -> tuple[int, int]:
+    """(rank, world) of the batches this process takes: under torch.distributed with ``split``
+    every world-th batch of the same batches, else (0, 1): all of them."""
+    from l2bg.rsa import distributed
+
+    if shard not in distributed.SHARDS:
+        raise L2BGError(f"shard {shard!r} is unknown; use split (each rank takes every W-th "
+                        "batch) or own (each rank's loader or source holds its own samples)")
+    return distributed.rank_world() if shard == "split" else (0, 1)
+
+
 def minibatch_cka(model_a: nn.Module, model_b: nn.Module, loader: Iterable[Any],
                   layers_a: Sequence[str], layers_b: Sequence[str], *, kernel: str = "linear",
-                  sigma: float = 1.0, device: str | torch.device | None = None) -> Any:
+                  sigma: float = 1.0, device: str | torch.device | None = None,
+                  shard: str = "split") -> Any:
     """Minibatch CKA of every (``layers_a`` of model_a, ``layers_b`` of model_b) pair over the
     batches of ``loader`` (a tensor, or a tuple/list whose first item is the input), through
     forward hooks; no activation outlives its batch. Returns a
-    :class:`l2bg.rsa.layers.LayerMatrix`."""
+    :class:`l2bg.rsa.layers.LayerMatrix`.
+
+    Under torch.distributed (:mod:`l2bg.rsa.distributed`) the sums are all-reduced, so every
+    rank returns the one-process result: with ``shard='split'`` every rank iterates the same
+    loader and runs batch k when k % world == rank; with ``shard='own'`` each rank's loader
+    yields its own samples (e.g. a DistributedSampler without padding) and all are used."""
+    from l2bg.rsa import distributed
+
+    rank, world = _shard(shard)
     mods_a = _modules(model_a, layers_a, "layers_a")
     mods_b = _modules(model_b, layers_b, "layers_b")
-    seen: dict[tuple[int, int], Tensor] = {}
+    sizes = (len(mods_a), len(mods_b))
+    bufs: list[Tensor | None] = [None, None]  # this batch's Grams of each side, reused
+    seen: set[tuple[int, int]] = set()
 
     def hook(key: tuple[int, int]):
         def fn(_m: nn.Module, _inp: Any, out: Any) -> None:
             if not isinstance(out, Tensor):
                 raise L2BGError(f"layer {key} returns {type(out).__name__}, not a tensor; hook "
                                 "a module whose output is a tensor")
-            seen[key] = out.detach()
+            g = _checked_gram(out.detach(), kernel, sigma)  # the activations are not kept
+            side, i = key
+            buf = bufs[side]
+            if buf is None or buf.shape[-1] != g.shape[-1] or buf.device != g.device:
+                buf = bufs[side] = torch.empty((sizes[side], *g.shape), dtype=g.dtype,
+                                               device=g.device)
+            buf[i] = g
+            seen.add(key)
         return fn
 
     handles = [m.register_forward_hook(hook((0, i))) for i, m in enumerate(mods_a)]
@@ -215,7 +291,9 @@ def minibatch_cka(model_a: nn.Module, model_b: nn.Module, loader: Iterable[Any],
     dev = None if device is None else torch.device(device)
     try:
         with torch.no_grad():
-            for batch in loader:
+            for k, batch in enumerate(loader):
+                if k % world != rank:
+                    continue
                 x = batch[0] if isinstance(batch, tuple | list) else batch
                 if dev is not None:
                     x = x.to(dev)
@@ -229,21 +307,25 @@ def minibatch_cka(model_a: nn.Module, model_b: nn.Module, loader: Iterable[Any],
                 if silent:
                     raise L2BGError(f"layer {silent[0]!r} did not run in the forward pass; "
                                     "name a module the model calls")
-                acc.update([seen[(0, i)] for i in range(len(mods_a))],
-                           [seen[(1, j)] for j in range(len(mods_b))])
+                acc.add_grams(bufs[0], bufs[1])
                 seen.clear()
     finally:
         for h in handles:
             h.remove()
+    distributed.reduce_cka(acc, len(mods_a), len(mods_b))
     return _result(acc, list(layers_a), list(layers_b), {"kernel": kernel})
 
 
 def sources_cka(sources: Sequence[Any], layers: Sequence[Sequence[str] | None], *,
                 measure: str = "cka-minibatch", batch_size: int = 256, kernel: str = "linear",
-                sigma: float = 1.0, device: str | torch.device = "cpu") -> Any:
+                sigma: float = 1.0, device: str | torch.device = "cpu",
+                shard: str = "split") -> Any:
     """CKA of the layers of one or two on-disk sources (:mod:`l2bg.rsa.ondisk`): ``linear-cka``
     (biased, all samples in memory, :func:`l2bg.rsa.cka.linear_cka`) or ``cka-minibatch`` (samples
-    read in batches of ``batch_size``). One source is compared with itself."""
+    read in batches of ``batch_size``). One source is compared with itself. Under
+    torch.distributed, ``cka-minibatch`` runs sharded as :func:`minibatch_cka` (``own``: each
+    rank's sources hold its own samples)."""
+    from l2bg.rsa import distributed
     from l2bg.rsa.ondisk import Source, open_source
 
     if not 1 <= len(sources) <= 2:
@@ -273,14 +355,20 @@ def sources_cka(sources: Sequence[Any], layers: Sequence[Sequence[str] | None], 
     if batch_size < 4:
         raise ParamError(f"{{batch_size}} must be at least 4 (the unbiased HSIC), got "
                          f"{batch_size}", "batch_size")
+    rank, world = _shard(shard)
+    distributed.same_on_all_ranks([len(la), len(lb)] + ([n] if shard == "split" else []),
+                                  "the layers or samples of the sources")
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] < 4:  # a short tail cannot be estimated: say so
+        info["dropped_tail"] = int(n - starts.pop())
     acc = CKAAccumulator(kernel=kernel, sigma=sigma)
-    for start in range(0, n, batch_size):
+    for k, start in enumerate(starts):
+        if k % world != rank:
+            continue
         idx = np.arange(start, min(n, start + batch_size))
-        if len(idx) < 4 and acc.batches:  # a short tail cannot be estimated: say so, keep going
-            info["dropped_tail"] = int(len(idx))
-            break
         acc.update([x.read(idx, 0, x.d).to(dev) for x in la],
                    [y.read(idx, 0, y.d).to(dev) for y in lb])
+    distributed.reduce_cka(acc, len(la), len(lb))
     info["batch_size"] = batch_size
     return _result(acc, rows, cols, info)
 

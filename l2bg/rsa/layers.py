@@ -164,8 +164,10 @@ def sample_rows(n: int, samples: int | Sequence[int] | None, seed: int = 0) -> n
 
 def _layer_rdms(act: Activations, names: list[str] | None, rows: np.ndarray | None, *,
                 slice_width: int, device: torch.device, backend: str,
-                progress: bool | None, rdm: str) -> tuple[list[str], list[Tensor], set[str]]:
-    """(layer names, packed RDM per layer, backends that ran) of one network."""
+                progress: bool | None, rdm: str = "correlation", shard: str = "split",
+                ) -> tuple[list[str], list[Tensor], set[str]]:
+    """(layer names, packed RDM per layer, backends that ran) of one network; on-disk layers
+    under torch.distributed: sharded by features (:func:`l2bg.rsa.distributed.sharded_rdm`)."""
     from l2bg import rsa
     from l2bg.rsa.distances import euclidean
     from l2bg.rsa.reference import acc_dtype
@@ -191,6 +193,18 @@ def _layer_rdms(act: Activations, names: list[str] | None, rows: np.ndarray | No
     source = act if isinstance(act, Source) else open_source(act)
     layers = source.select(names)
     out = []
+    from l2bg.rsa import distributed
+
+    if distributed.active():  # torchrun: every layer's features sharded across the ranks
+        distributed.same_on_all_ranks([len(layers)], f"the number of layers of {source.path}")
+        for layer in layers:
+            n = layer.n if rows is None else len(rows)
+            unit = layer.d // layer.shape[0] if layer.shape and layer.shape[0] else 1
+            out.append(distributed.sharded_rdm(
+                lambda a, b, layer=layer: layer.read(rows, a, b), n, layer.d, unit=unit,
+                slice_width=slice_width, device=device, own=shard == "own", name=layer.name,
+                rdm=rdm))
+        return [layer.name for layer in layers], out, {"torch-distributed"}
     for layer in layers:
         n = layer.n if rows is None else len(rows)
         t, r = stream_rdm(lambda a, b, layer=layer: layer.read(rows, a, b), n, layer.d,
@@ -217,13 +231,20 @@ def layer_similarity(sources: Sequence[Activations], *,
                      samples: int | Sequence[int] | None = None, seed: int = 0,
                      device: str | torch.device = "cpu", backend: str = "auto",
                      slice_width: int = 4096, progress: bool | None = None,
-                     rdm: str = "correlation") -> LayerMatrix:
+                     rdm: str = "correlation", shard: str = "split") -> LayerMatrix:
     """Layer x layer similarity of one or more networks fed the same inputs.
 
     ``sources``: on-disk sources (paths or ``Source``) or mappings layer -> tensor (n, ...);
     ``layers``: per source, the layer names to use (None: all); ``names``: labels of the
     sources (three or more); ``samples``: a number of samples drawn with ``seed``, or indices;
-    ``rdm``: 'correlation' (l2bg's) or 'euclidean' (rsatoolbox's, on the torch backend)."""
+    ``rdm``: 'correlation' (l2bg's) or 'euclidean' (rsatoolbox's, on the torch backend).
+    Under torch.distributed (torchrun) every on-disk layer's RDM is sharded by features: with
+    ``shard='split'`` each rank reads its slice of the columns of the same sources, with
+    ``'own'`` its sources hold its own features; every rank returns the same matrix."""
+    from l2bg.rsa.distributed import SHARDS
+
+    if shard not in SHARDS:
+        raise L2BGError(f"shard {shard!r} is unknown; use one of {', '.join(SHARDS)}")
     if isinstance(sources, str | Path | Source | Mapping) or not sources:
         raise L2BGError("layer_similarity: pass a list of one or more sources")
     if rdm not in RDMS:
@@ -253,7 +274,7 @@ def layer_similarity(sources: Sequence[Activations], *,
     for act, names_k in zip(opened, per_source, strict=True):
         got_names, got, r = _layer_rdms(act, None if names_k is None else list(names_k), rows,
                                         slice_width=slice_width, device=device, backend=backend,
-                                        progress=progress, rdm=rdm)
+                                        progress=progress, rdm=rdm, shard=shard)
         labels.append(got_names)
         rdms.append(got)
         ran |= r

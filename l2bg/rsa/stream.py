@@ -31,7 +31,15 @@ from torch import Tensor
 
 from l2bg.base.errors import L2BGError
 from l2bg.rsa.distances import pack_blocks, row_blocks
-from l2bg.rsa.reference import RowScale, acc_dtype, check_slice, distances_, inverse_norms
+from l2bg.rsa.reference import (
+    _UNSEEN,
+    RowScale,
+    acc_dtype,
+    check_slice,
+    distances_,
+    inverse_norms,
+    scale_pow2,
+)
 
 __all__ = ["RDMS", "TorchRDMStream", "progress_bar", "stream_rdm"]
 
@@ -98,6 +106,36 @@ class TorchRDMStream:
         self.mean += (d_c / total) * (nu - self.mean)
         self.d_seen = total
         return self
+
+    # Merging streams of the same rows over disjoint features (l2bg.rsa.distributed): bring
+    # every part to common row scales (rescale_rows), re-centre each about the union's row
+    # means (centre_about), sum their co-moments, then set d_seen to the union's count.
+
+    def row_exponents(self) -> Tensor:
+        """The per-row exponents k (B, n): the state is held in units of 2^k per row (a row
+        with no nonzero value yet has a k below every float's)."""
+        return self._scale.k
+
+    def rescale_rows(self, k: Tensor) -> None:
+        """Hold the state in units of 2^k per row, k >= :meth:`row_exponents` (exact: powers
+        of two)."""
+        own = self._scale.k
+        shift = torch.where(own == _UNSEEN, 0, k - own)  # a row never seen holds zeros
+        if bool((shift != 0).any()):
+            ones = torch.ones((*shift.shape, 1), dtype=self.dtype, device=self.device)
+            f = scale_pow2(ones, shift).squeeze(-1)
+            self.mean.mul_(f)
+            for (lo, hi), g in zip(self._blocks, self.gram, strict=True):
+                g.mul_(f[:, lo:hi, None]).mul_(f[:, None, lo:])
+        self._scale.k = k.clone()
+
+    def centre_about(self, mean: Tensor) -> None:
+        """Hold the co-moments about the row means ``mean`` (B, n) instead of this stream's
+        own (Chan et al.: C + d_seen (mu - mean)(mu - mean)^T)."""
+        delta = self.mean - mean.to(self.dtype)
+        for (lo, hi), g in zip(self._blocks, self.gram, strict=True):
+            g.add_(self.d_seen * delta[:, lo:hi, None] * delta[:, None, lo:])
+        self.mean = mean.to(self.dtype).clone()
 
     def result(self, *, triu: bool = False, rdm: str = "correlation") -> Tensor:
         """RDMs of all features seen so far: (B,) n x n, or packed strict upper triangles;

@@ -212,9 +212,10 @@ def sharded_rdm(read: Callable[[int, int], Tensor], n: int, d: int, *, unit: int
                 own: bool = False, name: str = "", rdm: str = "correlation") -> Tensor:
     """The packed RDM (``rdm``: correlation or euclidean distance) of n samples whose
     features are split across the ranks. ``own=False``: this rank reads columns
-    :func:`feature_shard` of [0, d) through ``read(start, stop)``; ``own=True``: its ``read`` covers its own d features (its own file).
-    The partial co-moments are merged over all ranks; every rank returns the RDM (float32,
-    or float64 for float64 activations, as one process's stream)."""
+    :func:`feature_shard` of [0, d) through ``read(start, stop)``; ``own=True``: its ``read``
+    covers its own d features (its own file). The partial co-moments are merged over all
+    ranks; every rank returns the RDM (float32, or float64 for float64 activations, as one
+    process's stream)."""
     from l2bg.rsa.reference import acc_dtype
     from l2bg.rsa.stream import TorchRDMStream, check_accumulator
 

@@ -77,6 +77,7 @@ def _json(out: Path) -> dict:
 
 @pytest.mark.parametrize("extra", [
     ["--measure", "rsa", "--method", "pearson"], ["--measure", "rsa", "--method", "spearman"],
+    ["--measure", "rsa", "--method", "pearson", "--rdm", "euclidean"],
     ["--measure", "cka-minibatch", "--batch-size", "8"],
     ["--measure", "cka-minibatch", "--batch-size", "10", "--kernel", "rbf"]])
 def test_cli_two_ranks_equal_one_process(tmp_path, extra):

@@ -19,6 +19,8 @@ FLAGS: dict[str, str] = {
     "num_tasks": "--tasks",
     "data_root": "--data-root",
     "angles": "--angles",
+    "domains": "--domains",
+    "max_per_class": "--max-per-class",
     "class_order_seed": "--class-order-seed",
     "seed": "--seed",
     # training, RSA, device, cache (Settings, TrainConfig)

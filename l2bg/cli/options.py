@@ -47,18 +47,27 @@ def add_experiment_options(p: argparse.ArgumentParser, *, benchmark_required: bo
                    help="pmnist: permuted MNIST, one shared softmax slot; split-mnist: 5 tasks "
                         "of 2 digits; split-cifar100: T tasks of 100/T classes (convnet); "
                         "rotated-mnist: each task rotates the digits by its own angle, one "
-                        "shared softmax slot"
+                        "shared softmax slot; vdd: the Visual Decathlon, one task per domain "
+                        "(--data-root DIR holding decathlon-1.0)"
                         + ("" if benchmark_required else " (no default: required unless "
                                                          "--report)"))
     d.add_argument("--data-root", type=Path, default=None,
                    help="directory with MNIST IDX files (train-*/t10k-*, .gz or raw) or "
-                        "cifar-100-python/ (default: the embedded MNIST digits)")
+                        "cifar-100-python/ or decathlon-1.0 (annotations/, data/) (default: the "
+                        "embedded MNIST digits)")
     d.add_argument("--tasks", type=int, default=None,
                    help="number of tasks (default: pmnist 10, split-mnist 5, split-cifar100 10, "
-                        "rotated-mnist 10 or one per --angles value)")
+                        "rotated-mnist 10 or one per --angles value, vdd one per --domains "
+                        "value or domain present)")
     d.add_argument("--angles", type=floats, default=None,
                    help="rotated-mnist: comma-separated rotation of each task in degrees, "
                         "counter-clockwise (default: T angles evenly spaced over [0, 180))")
+    d.add_argument("--domains", type=names, default=None,
+                   help="vdd: comma-separated decathlon domains in task order (default: every "
+                        "domain present, in the decathlon's order)")
+    d.add_argument("--max-per-class", type=int, default=None,
+                   help="vdd: read at most this many images per class and split, a seeded "
+                        "choice (default: all)")
     d.add_argument("--class-order-seed", type=int, default=None,
                    help="shuffle the class order of split benchmarks with this seed (default: "
                         "natural order)")

@@ -6,6 +6,8 @@
 * ``split-cifar100``: ``T`` tasks of ``100/T`` classes, per-task heads, template ``"convnet"``.
 * ``rotated-mnist``: task t rotates every digit by its own angle (default: T angles evenly
   spaced over [0°, 180°), task 0 unrotated), all 10 classes, one shared head like pmnist.
+* ``vdd``: the Visual Decathlon, one task per domain (:mod:`l2bg.data.decathlon`), 64×64 RGB,
+  per-task heads, template ``"convnet"``.
 
 :func:`register` adds a benchmark; ``BENCHMARKS`` lists them (the CLI's choices).
 """
@@ -26,6 +28,7 @@ from torch import Tensor
 from l2bg.base.bounds import MAX_TASKS, check_size, memory_bytes
 from l2bg.base.errors import L2BGError, ParamError
 from l2bg.base.registry import Registry
+from l2bg.data.decathlon import DOMAINS, build_vdd
 from l2bg.data.sources import CIFAR_URL, load_cifar100, load_mnist
 from l2bg.data.splits import derive_seed, seeded_generator
 from l2bg.data.tasks import Benchmark, DataSplits, Task
@@ -40,14 +43,15 @@ SPLIT_MNIST_CLASSES_PER_TASK = 2
 class BenchmarkSpec:
     """A benchmark: ``build(num_tasks, seed, data_root, class_order_seed, **options)`` returns
     the tasks and a ``source`` record; ``default_tasks`` and ``max_tasks`` bound the task count,
-    checked before any data is read; ``options`` names the extra keyword arguments it takes
-    (``angles`` for rotated-mnist)."""
+    checked before any data is read (``default_tasks`` None: the builder decides, e.g. one task
+    per domain present); ``options`` names the extra keyword arguments it takes (``angles`` for
+    rotated-mnist, ``domains`` and ``max_per_class`` for vdd)."""
 
     name: str
     help: str
     template: str
     shared_head: bool
-    default_tasks: int
+    default_tasks: int | None
     max_tasks: int | None
     build: Callable[..., tuple[list[Task], dict[str, Any]]]
     options: tuple[str, ...] = ()
@@ -68,7 +72,7 @@ def register(spec: BenchmarkSpec, *, replace: bool = False) -> BenchmarkSpec:
 
 
 
-def _check_num_tasks(name: str, num_tasks: Any, limit: int | None) -> int:
+def _check_num_tasks(name: str, num_tasks: Any, limit: int | None) -> int | None:
     if num_tasks is None:
         return _REGISTRY.get(name).default_tasks
     if isinstance(num_tasks, bool) or not isinstance(num_tasks, (int, np.integer)):
@@ -276,6 +280,9 @@ register(BenchmarkSpec("split-cifar100", "T tasks of 100/T classes (convnet)", "
 register(BenchmarkSpec("rotated-mnist", "each task rotates the digits by its own angle, one "
                        "shared softmax slot", "mlp", True, 10, None, _build_rotated_mnist,
                        options=("angles",)))
+register(BenchmarkSpec("vdd", "the Visual Decathlon: one task per domain, 64x64 (convnet)",
+                       "convnet", False, None, len(DOMAINS), build_vdd,
+                       options=("domains", "max_per_class")))
 
 
 def build_benchmark(
@@ -286,12 +293,16 @@ def build_benchmark(
     data_root: str | Path | None = None,
     class_order_seed: int | None = None,
     angles: Sequence[float] | None = None,
+    domains: Sequence[str] | None = None,
+    max_per_class: int | None = None,
 ) -> Benchmark:
     """Build a benchmark's task stream (see ``BENCHMARKS``) from data already on disk.
 
     ``seed`` draws the train/val(/test) split and the pmnist permutations; ``class_order_seed``
     shuffles the class order of split benchmarks (None: classes in natural order; ignored by
-    pmnist). ``angles`` (rotated-mnist only) gives each task's rotation in degrees.
+    pmnist). ``angles`` (rotated-mnist only) gives each task's rotation in degrees; ``domains``
+    and ``max_per_class`` (vdd only) the decathlon domains in task order and a cap on the
+    images read per class.
     Deterministic: the same arguments give bit-identical tensors.
     """
     key = str(name).strip().lower().replace("_", "-")
@@ -308,17 +319,19 @@ def build_benchmark(
             raise ParamError(f"{{class_order_seed}} must be an int or None, got "
                              f"{class_order_seed!r}", "class_order_seed")
         class_order_seed = int(class_order_seed)
-    options = {"angles": angles}
+    options = {"angles": angles, "domains": domains, "max_per_class": max_per_class}
     given = [k for k, v in options.items() if v is not None and k not in spec.options]
     if given:
-        raise ParamError(f"{{{given[0]}}} applies to rotated-mnist, not {key}; drop it",
+        takers = [n for n in _REGISTRY.names() if given[0] in _REGISTRY.get(n).options]
+        raise ParamError(f"{{{given[0]}}} applies to {', '.join(takers)}, not {key}; drop it",
                          given[0])
-    if angles is not None and num_tasks is None:
-        num_tasks = len(angles)
+    for listed in (angles, domains):
+        if listed is not None and num_tasks is None:
+            num_tasks = len(listed)
     num_tasks = _check_num_tasks(key, num_tasks, spec.max_tasks)
     kwargs = {k: v for k, v in options.items() if k in spec.options}
     tasks, source = spec.build(num_tasks, seed, data_root, class_order_seed, **kwargs)
-    source.update(benchmark=key, num_tasks=num_tasks, seed=seed,
+    source.update(benchmark=key, num_tasks=len(tasks), seed=seed,
                   split_generator_seed=derive_seed(seed, "split"))
     return Benchmark(name=key, tasks=tasks, seed=seed, template=spec.template,
                      shared_head=spec.shared_head, source=source)

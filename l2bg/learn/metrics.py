@@ -93,6 +93,27 @@ def gain_raw(final_err: Sequence[float], independent_err: Sequence[float],
     return sum((e - b) / b for e, b in zip(final_err, base, strict=True))
 
 
+#: The decathlon score's exponent γ and the score of a perfect domain (Rebuffi et al., 2017).
+DECATHLON_GAMMA = 2.0
+DECATHLON_MAX = 1000.0
+
+
+def decathlon_scores(errors: Sequence[float], baseline_err: Sequence[float],
+                     n: Sequence[int]) -> list[float]:
+    """The Visual Decathlon score of each domain d (Rebuffi et al., 2017):
+    α_d · max(0, E_d^max − E_d)^γ with γ = 2, E_d^max = 2 × the baseline's error (floored at
+    1/(2|V_d|) as the gain floors it, so a perfect baseline never divides by zero) and
+    α_d = 1000 / (E_d^max)^γ, so that a perfect domain scores 1000. Their sum is the score S."""
+    if len(errors) != len(baseline_err):
+        raise L2BGError("need one error and one baseline error per domain")
+    base = _floored_errors(baseline_err, n)
+    out = []
+    for e, b in zip(errors, base, strict=True):
+        e_max = 2.0 * b
+        out.append(DECATHLON_MAX * (max(0.0, e_max - e) / e_max) ** DECATHLON_GAMMA)
+    return out
+
+
 def nondominated(points: Sequence[tuple[float, float]]) -> list[bool]:
     """For (accuracy, size) points, whether each is on the Pareto front: no other point has
     accuracy >= and size <= with one of them strict (accuracy maximised, size minimised). Equal

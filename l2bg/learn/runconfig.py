@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from l2bg.learn.settings import Built
     from l2bg.learn.strategies import Strategy
 
-__all__ = ["PreparedRun", "RunConfig", "grow_steps"]
+__all__ = ["PreparedRun", "RunConfig", "decathlon_record", "grow_steps"]
 
 
 @dataclass
@@ -47,7 +47,27 @@ class PreparedRun:
     def __call__(self) -> RunResult:
         result = self.learner.run(self.strategy, sequence=self.steps)
         result.record["config"] = self.config.record(self.built, self.cache, self.strategy)
+        if self.built.bench.source.get("decathlon"):
+            result.record.update(decathlon_record(result.record, self.built.bench))
         return result
+
+
+def decathlon_record(record: dict[str, Any], bench: Any) -> dict[str, Any]:
+    """``decathlon_score`` (S, the sum) and ``decathlon_scores`` (per domain) of a run's record:
+    its final test errors against the independent nets' test errors
+    (:func:`l2bg.learn.metrics.decathlon_scores`)."""
+    from l2bg.learn.metrics import decathlon_scores
+
+    sizes = {t.name: int(t.y_test.numel()) for t in bench.tasks}
+    names = [t["name"] for t in record["tasks"]]
+    final = record["acc_matrix"][-1]
+    errors = [1.0 - final[j] for j in range(len(names))]
+    base = [1.0 - t["independent_test_acc"] for t in record["tasks"]]
+    scores = decathlon_scores(errors, base, [sizes[n] for n in names])
+    return {"decathlon_score": sum(scores),
+            "decathlon_scores": dict(zip(names, scores, strict=True)),
+            "decathlon_score_of": "final test error (the official val split) against the "
+                                  "independent nets' test error, Rebuffi et al. 2017"}
 
 
 @dataclass

@@ -59,6 +59,8 @@ class Settings:
     device: str = "auto"
     cache_dir: str | None = None
     angles: list[float] | None = None
+    domains: list[str] | None = None
+    max_per_class: int | None = None
     grow_rule: str | None = None
     bind_rule: str | None = None
     similarity: str | None = None
@@ -90,6 +92,10 @@ class Settings:
         _int("epochs", self.epochs, 1, None)
         _int("batch_size", self.batch_size, 1, None)
         _int("rsa_samples", self.rsa_samples, 3, None)
+        _int("max_per_class", self.max_per_class, 1, None)
+        from l2bg.data.decathlon import check_domains
+
+        check_domains(self.domains)
         _real("lr", self.lr, positive=True)
         _real("shared_lr_scale", self.shared_lr_scale, positive=False)
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith(
@@ -126,7 +132,8 @@ class Settings:
         device = resolve_device(self.device)
         bench = build_benchmark(self.benchmark, num_tasks=self.tasks, seed=self.seed,
                                 data_root=self.data_root, class_order_seed=self.class_order_seed,
-                                angles=self.angles)
+                                angles=self.angles, domains=self.domains,
+                                max_per_class=self.max_per_class)
         template = template_for(bench)
         train = default_config(template.name, epochs=self.epochs, lr=self.lr,
                                batch_size=self.batch_size, shared_lr_scale=self.shared_lr_scale,

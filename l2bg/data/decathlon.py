@@ -172,8 +172,8 @@ def _domain_task(root: Path, domain: str, seed: int, max_per_class: int | None
     paths = {s: _annotation_path(root, domain, s) for s in ("train", "val")}
     for p in paths.values():
         if not _is_file(p):
-            raise L2BGError(f"{p} is missing: the decathlon root has no {domain}; {_HOW}, or "
-                            f"leave {domain} out of --domains")
+            raise ParamError(f"{p} is missing: the decathlon root has no {domain}; {_HOW}, or "
+                             f"leave {domain} out of {{domains}}", "domains")
     names_tr, cats_tr, categories = _read_annotations(paths["train"])
     names_te, cats_te, categories_te = _read_annotations(paths["val"])
     if categories_te != categories:

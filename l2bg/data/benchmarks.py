@@ -166,16 +166,22 @@ def check_task_memory(name: str, data: DataSplits, num_tasks: int) -> None:
 
 
 def _build_split_cifar100(num_tasks: int, seed: int, data_root: str | Path | None,
-                          class_order_seed: int | None) -> tuple[list[Task], dict[str, Any]]:
+                          class_order_seed: int | None, datasets: tuple[Any, Any] | None = None
+                          ) -> tuple[list[Task], dict[str, Any]]:
     if 100 % num_tasks:
         divisors = [d for d in range(1, 101) if 100 % d == 0]
         raise ParamError(f"split-cifar100 needs {{num_tasks}} dividing 100 (tasks of 100/T "
                          f"classes), got {num_tasks}; choose one of {divisors}", "num_tasks")
-    if data_root is None:
+    if datasets is not None:  # torchvision.datasets.CIFAR100 train and test sets
+        from l2bg.data.vision import cifar100_splits
+
+        data = cifar100_splits(*datasets, seed=seed)
+    elif data_root is None:
         raise ParamError(f"split-cifar100 needs {{data_root}} DIR holding cifar-100-python/ "
                          f"(download and extract {CIFAR_URL}); there is no embedded CIFAR",
                          "data_root")
-    data = load_cifar100(data_root, seed=seed)
+    else:
+        data = load_cifar100(data_root, seed=seed)
     tasks, info = _split_tasks("split-cifar100", data, num_tasks, 100 // num_tasks, 100,
                                class_order_seed)
     return tasks, {**data.source, **info}
@@ -276,7 +282,7 @@ register(BenchmarkSpec("pmnist", "permuted MNIST, one shared softmax slot", "mlp
 register(BenchmarkSpec("split-mnist", "5 tasks of 2 digits, per-task heads", "mlp", False, 5,
                        10 // SPLIT_MNIST_CLASSES_PER_TASK, _build_split_mnist))
 register(BenchmarkSpec("split-cifar100", "T tasks of 100/T classes (convnet)", "convnet", False,
-                       10, 100, _build_split_cifar100))
+                       10, 100, _build_split_cifar100, options=("datasets",)))
 register(BenchmarkSpec("rotated-mnist", "each task rotates the digits by its own angle, one "
                        "shared softmax slot", "mlp", True, 10, None, _build_rotated_mnist,
                        options=("angles",)))
@@ -295,6 +301,7 @@ def build_benchmark(
     angles: Sequence[float] | None = None,
     domains: Sequence[str] | None = None,
     max_per_class: int | None = None,
+    datasets: tuple[Any, Any] | None = None,
 ) -> Benchmark:
     """Build a benchmark's task stream (see ``BENCHMARKS``) from data already on disk.
 
@@ -302,7 +309,8 @@ def build_benchmark(
     shuffles the class order of split benchmarks (None: classes in natural order; ignored by
     pmnist). ``angles`` (rotated-mnist only) gives each task's rotation in degrees; ``domains``
     and ``max_per_class`` (vdd only) the decathlon domains in task order and a cap on the
-    images read per class.
+    images read per class; ``datasets`` (split-cifar100 only) its (train, test) sets as
+    torchvision-style data sets (``torchvision.datasets.CIFAR100``) instead of ``data_root``.
     Deterministic: the same arguments give bit-identical tensors.
     """
     key = str(name).strip().lower().replace("_", "-")
@@ -319,7 +327,8 @@ def build_benchmark(
             raise ParamError(f"{{class_order_seed}} must be an int or None, got "
                              f"{class_order_seed!r}", "class_order_seed")
         class_order_seed = int(class_order_seed)
-    options = {"angles": angles, "domains": domains, "max_per_class": max_per_class}
+    options = {"angles": angles, "domains": domains, "max_per_class": max_per_class,
+               "datasets": datasets}
     given = [k for k, v in options.items() if v is not None and k not in spec.options]
     if given:
         takers = [n for n in _REGISTRY.names() if given[0] in _REGISTRY.get(n).options]

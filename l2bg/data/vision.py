@@ -15,10 +15,11 @@ import torch
 from torch import Tensor
 
 from l2bg.base.errors import L2BGError
+from l2bg.data.sources import CIFAR_VAL_FRACTION, cifar_split
 from l2bg.data.splits import seeded_generator, stratified_split
-from l2bg.data.tasks import Benchmark, Task
+from l2bg.data.tasks import Benchmark, DataSplits, Task
 
-__all__ = ["benchmark_from_datasets", "task_from_dataset", "to_tensor"]
+__all__ = ["benchmark_from_datasets", "cifar100_splits", "task_from_dataset", "to_tensor"]
 
 
 def to_tensor(image: Any) -> Tensor:
@@ -117,3 +118,40 @@ def benchmark_from_datasets(name: str, train: Any, test: Any,
               "seed": seed, "benchmark": name, "num_tasks": len(tasks)}
     return Benchmark(name=name, tasks=tasks, seed=seed, template=template, shared_head=False,
                      source=source)
+
+
+def _cifar_images(dataset: Any, what: str) -> Tensor:
+    """uint8 (N, 3, 32, 32): torchvision's ``CIFAR100.data`` (N, 32, 32, 3), else every item's
+    image (a Pillow image or HWC array, before any transform)."""
+    data = getattr(dataset, "data", None)
+    arr = (np.asarray(data) if data is not None else
+           np.stack([np.asarray(dataset[i][0]) for i in range(len(dataset))]))
+    if arr.dtype != np.uint8 or arr.shape[1:] != (32, 32, 3):
+        raise L2BGError(f"{what}: expected uint8 images of shape (32, 32, 3) as "
+                        f"torchvision.datasets.CIFAR100 holds them, got {arr.dtype} "
+                        f"{arr.shape[1:]}; pass CIFAR100(root, train=..., transform=None)")
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(0, 3, 1, 2)))
+
+
+def cifar100_splits(train: Any, test: Any, *, seed: int = 0) -> DataSplits:
+    """CIFAR-100 from torchvision-style ``train`` and ``test`` sets (``torchvision.datasets.
+    CIFAR100(root, train=True/False)``), split and normalised exactly as
+    :func:`l2bg.data.sources.load_cifar100` does the pickles: the same files give bit-identical
+    tensors."""
+    x_all, y_all = _cifar_images(train, "CIFAR-100 train"), _labels(train, "CIFAR-100 train")
+    x_test, y_test = _cifar_images(test, "CIFAR-100 test"), _labels(test, "CIFAR-100 test")
+    for y, what in ((y_all, "train"), (y_test, "test")):
+        if y.numel() == 0 or int(y.min()) < 0 or int(y.max()) > 99:
+            raise L2BGError(f"CIFAR-100 {what}: labels must be 0..99 fine labels; pass "
+                            "torchvision.datasets.CIFAR100")
+    (x_tr, y_tr), (x_va, y_va), x_te, mean, std = cifar_split(x_all, y_all, x_test, seed)
+    source = {"kind": "torchvision-cifar100", "dataset": type(train).__name__,
+              "root": str(getattr(train, "root", "")) or None, "input_shape": [3, 32, 32],
+              "num_classes": 100,
+              "sizes": {"train": len(y_tr), "val": len(y_va), "test": len(y_test)},
+              "split": {"val_fraction_of_train": CIFAR_VAL_FRACTION, "stratified": True,
+                        "seed": seed, "test": "official test set"},
+              "normalisation": {"mean": [float(v) for v in mean],
+                                "std": [float(v) for v in std], "of": "train split, pixels/255"},
+              "notes": "torchvision-style CIFAR-100 split and normalised as the pickles are"}
+    return DataSplits(source, (x_tr, y_tr), (x_va, y_va), (x_te, y_test))

@@ -77,3 +77,58 @@ def test_with_torchvision_datasets():
                               transform=tv.transforms.PILToTensor())
     task = task_from_dataset("tv", ds, ds, [0, 1])
     assert task.input_shape == (3, 8, 8)
+
+
+class FakeCIFAR100:
+    """What torchvision.datasets.CIFAR100 holds: ``data`` uint8 (N, 32, 32, 3), ``targets``."""
+
+    def __init__(self, data, targets):
+        self.data, self.targets = data, targets
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        return self.data[i], self.targets[i]
+
+
+def _cifar_pickles(root, rng):
+    import pickle
+
+    d = root / "cifar-100-python"
+    d.mkdir(parents=True)
+    sets = {}
+    for split, k in (("train", 3), ("test", 1)):
+        labels = np.repeat(np.arange(100), k)
+        data = rng.integers(0, 256, size=(labels.size, 3072), dtype=np.uint8)
+        with open(d / split, "wb") as f:
+            pickle.dump({b"data": data, b"fine_labels": labels.tolist()}, f)
+        sets[split] = FakeCIFAR100(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1),
+                                   labels.tolist())
+    return sets
+
+
+@pytest.mark.parametrize("seed, class_order_seed", [(0, None), (3, 7)])
+def test_split_cifar100_from_torchvision_style_sets_equals_the_pickles(tmp_path, seed,
+                                                                       class_order_seed):
+    from l2bg.data import build_benchmark
+
+    sets = _cifar_pickles(tmp_path, np.random.default_rng(seed))
+    a = build_benchmark("split-cifar100", num_tasks=5, seed=seed, data_root=tmp_path,
+                        class_order_seed=class_order_seed)
+    b = build_benchmark("split-cifar100", num_tasks=5, seed=seed, class_order_seed=class_order_seed,
+                        datasets=(sets["train"], sets["test"]))
+    assert b.source["kind"] == "torchvision-cifar100"
+    for ta, tb in zip(a.tasks, b.tasks, strict=True):
+        for f in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
+            assert getattr(ta, f).equal(getattr(tb, f)), f
+
+
+def test_datasets_apply_to_split_cifar100_only():
+    from l2bg.base.errors import ParamError
+    from l2bg.data import build_benchmark
+
+    with pytest.raises(ParamError, match="applies to split-cifar100, not pmnist"):
+        build_benchmark("pmnist", datasets=(FakeImages(), FakeImages()))
+    with pytest.raises(L2BGError, match=r"\(32, 32, 3\)"):
+        build_benchmark("split-cifar100", datasets=(FakeImages(), FakeImages()))

@@ -122,6 +122,10 @@ def _summary(r: dict[str, Any], out: Path) -> str:
                  f"BWT {_pct(r['bwt'])}  FWT {_pct(r['fwt'])}")
     lines.append(f"gain Δ {r['gain']:+.2f}%  params {r['params']:,} "
                  f"(independent {r['params_independent']:,})  wall {r['wall_time_s']:.1f}s")
+    if r.get("decathlon_score") is not None:
+        per = "  ".join(f"{k} {v:.0f}" for k, v in r["decathlon_scores"].items())
+        lines.append(f"decathlon score {r['decathlon_score']:.0f} "
+                     f"(of {1000 * len(r['decathlon_scores'])}): {per}")
     picture = out / "acc_matrix.png"
     lines.append(f"results: {out / 'results.json'}"
                  + (f"; accuracy matrix and forgetting: {picture}" if picture.is_file() else ""))

@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from l2bg.base.errors import L2BGError, ParamError
 from l2bg.data import build_benchmark
@@ -35,8 +37,11 @@ def write_decathlon(root, domains=DOMAINS3, classes=4, train=5, val=2, seed=0):
                     iid = len(images) + 1
                     h, w = int(rng.integers(12, 30)), int(rng.integers(12, 30))
                     px = np.clip(rng.normal(40 + 50 * k, 20, (h, w, 3)), 0, 255).astype(np.uint8)
-                    name = f"{k}_{i}.png"
-                    PIL.fromarray(px).save(folder / name)
+                    img = PIL.fromarray(px)
+                    if i % 3 == 2:  # grayscale, as omniglot's are: read as RGB
+                        img = img.convert("L")
+                    name = f"{k}_{i}.{'jpg' if i % 2 else 'png'}"  # the decathlon ships JPEGs
+                    img.save(folder / name)
                     images.append({"id": iid, "file_name": f"data/{domain}/{split}/{name}",
                                    "width": w, "height": h})
                     anns.append({"id": iid, "image_id": iid, "category_id": cats[k]["id"]})
@@ -139,7 +144,7 @@ def _broken(tmp_path, edit):
     (lambda o, r: o["annotations"].pop(), "has no annotation"),
     (lambda o, r: o["annotations"][0].update(category_id=5), "category_id 5 is not in"),
     (lambda o, r: o["images"][0].pop("file_name"), "lacks or mistypes"),
-    (lambda o, r: (r / "data" / "dtd" / "train" / "0_0.png").unlink(), "is missing"),
+    (lambda o, r: (r / "data" / "dtd" / "train" / "0_1.jpg").unlink(), "is missing"),
     (lambda o, r: (r / "data" / "dtd" / "train" / "0_0.png").write_bytes(b"junk"),
      "not a readable image"),
 ])
@@ -157,6 +162,18 @@ def test_decathlon_score_definition():
     assert s == pytest.approx([1000.0, 0.0, 250.0, 0.0])
     floored = decathlon_scores([0.0, 0.005, 0.01], [0.0] * 3, [100] * 3)  # floor 1/200
     assert floored == pytest.approx([1000.0, 250.0, 0.0])
+
+
+@given(st.lists(st.tuples(st.floats(0, 1), st.floats(0, 1), st.integers(1, 10_000)),
+                min_size=1, max_size=10))
+def test_decathlon_scores_are_bounded_and_fall_with_the_error(rows):
+    """0 <= score <= 1000; a lower error never scores less; 0 error scores 1000."""
+    err, base, n = map(list, zip(*rows, strict=True))
+    s = decathlon_scores(err, base, n)
+    assert all(0.0 <= v <= 1000.0 + 1e-9 for v in s)
+    assert decathlon_scores([0.0] * len(err), base, n) == pytest.approx([1000.0] * len(err))
+    lower = decathlon_scores([e / 2 for e in err], base, n)
+    assert all(a >= b - 1e-9 for a, b in zip(lower, s, strict=True))
 
 
 def test_run_vdd_end_to_end(tree, tmp_path, capsys):

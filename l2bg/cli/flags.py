@@ -60,6 +60,7 @@ FLAGS: dict[str, str] = {
     "layers": "--layers",
     "samples": "--samples",
     "sigma": "--sigma",
+    "backend": "--backend",
 }
 
 

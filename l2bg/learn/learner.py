@@ -107,6 +107,11 @@ class Learner:
             for t in self.tasks:
                 conflict.sample_indices(t.x_val.shape[0], rsa_samples, 0)
 
+    @property
+    def hooks(self) -> list[Plugin]:
+        """The plugins (their former name)."""
+        return self.plugins
+
     def independent(self, index: int, progress: Any = None) -> IndependentNet:
         """The independent net of stream task ``index`` (trained once per cache)."""
         return self.experiment.independent(index, progress)

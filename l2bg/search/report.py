@@ -223,8 +223,7 @@ def summary_text(s: Mapping[str, Any], out: Path) -> str:
                      + (f"  [{opts}]" if (opts := format_options(p.get("strategy_options")))
                         else ""))
     lines += baseline_lines(s.get("baselines") or {})
-    lines.append(f"each trial's run record: {out / TRIALS_DIR}/N/results.json (l2bg explain "
-                 f"{out} --trial N)")
+    lines.append(f"each trial's run record: {out / TRIALS_DIR}/N/results.json")
     lines.append(f"outputs: {out / 'pareto.json'}, trials.csv, pareto.png, hypervolume.png")
     return "\n".join(lines)
 

@@ -35,6 +35,7 @@ from l2bg.learn.step import CandidateScore, Decision, GrowStep, SequenceState, T
 
 if TYPE_CHECKING:  # pragma: no cover
     from l2bg.learn.learner import Learner
+    from l2bg.learn.record import RunRecord
     from l2bg.learn.strategies import Strategy
     from l2bg.net.jointnet import JointNet
 
@@ -54,7 +55,7 @@ class Outcome:
     """One evaluated grow sequence: its run record (as ``Learner.run`` builds it, plus ``order``,
     ``decisions`` and ``memo``), its typed task records, and where its JointNet lies."""
 
-    record: dict[str, Any]
+    record: RunRecord
     records: list[TaskRecord]
     order: list[int]
     key: str
@@ -262,9 +263,8 @@ class MemoRunner:
         records = [TaskRecord.from_outcome(d, o)
                    for d, o in zip(decisions, outcomes, strict=True)]
         record = lr.run_record(strat, records, timings, time.perf_counter() - start)
-        record["order"] = [lr.tasks[j].name for j in order]
-        record["decisions"] = [d.key for d in decisions]
-        record["memo"] = dict(stats)
+        record.order = [lr.tasks[j].name for j in order]  # decisions: from the task records
+        record.memo = dict(stats)
         return Outcome(record=record, records=records, order=order, key=key,
                        net_dir=self.store.node_dir(key), stats=stats)
 

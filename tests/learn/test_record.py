@@ -246,3 +246,16 @@ def test_learner_run_returns_the_record_with_its_environment(tiny_mnist):
     assert r["environment"] == r.environment.to_json() and r["gain"] == r.gain
     text = json.dumps(r.to_json())
     assert json.dumps(RunRecord.from_json(json.loads(text)).to_json()) == text
+
+
+def test_a_results_json_of_0_2_reads_back_key_for_key():
+    """tests/golden/results-0.2.0.json: ``l2bg run --benchmark pmnist --tasks 3 --epochs 1
+    --rsa-samples 60 --strategy l2bg --delta 0.5 --no-cache`` under l2bg 0.2.0 (version 1)."""
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "golden" / "results-0.2.0.json"
+    old = json.loads(path.read_text())
+    assert "record_version" not in old
+    new = RunRecord.from_json(old).to_json()
+    assert list(new) == [*old, "environment", "record_version"]
+    assert json.dumps({k: new[k] for k in old}) == json.dumps(old)  # bit for bit, in order

@@ -307,6 +307,14 @@ class RunRecord(Mapping[str, Any]):
         """A results.json of any version (:func:`upgrade`); a malformed one is one line that
         names the first bad key (``where`` names the file)."""
         r = upgrade(obj, where)
+        try:
+            return cls._from_upgraded(r)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise L2BGError(f"{where}: a value of the wrong type or shape ({exc!r}); it was "
+                            "edited or is not the results.json of `l2bg run`") from None
+
+    @classmethod
+    def _from_upgraded(cls, r: dict[str, Any]) -> RunRecord:
         slots = list(r.get("slots") or [])
         T = len(r["tasks"])
         rows_val, rows_test = r.get("acc_matrix_val"), r.get("acc_matrix")

@@ -178,6 +178,7 @@ def test_a_record_version_this_l2bg_does_not_know_is_one_line(version):
     (lambda r: r.pop("tasks"), "tasks must be a list"),
     (lambda r: r["tasks"][1].update(grown_slots=[7]), "tasks[1].grown_slots"),
     (lambda r: r.update(benchmark=3), "benchmark must be a string"),
+    (lambda r: r["tasks"][1].update(train_loss=5), "wrong type or shape"),
 ])
 def test_a_malformed_record_is_one_line_naming_the_key(edit, words):
     r = json.loads(json.dumps(OLDEST))

@@ -346,6 +346,15 @@ class RunRecord(Mapping[str, Any]):
     def __len__(self) -> int:
         return len(self.to_json())
 
+    def keys(self):  # type: ignore[override]  # one to_json, not one per key
+        return self.to_json().keys()
+
+    def items(self):  # type: ignore[override]
+        return self.to_json().items()
+
+    def values(self):  # type: ignore[override]
+        return self.to_json().values()
+
 
 #: what a table of runs averages over seeds (keys of :meth:`RunRecord.summary`)
 SEED_KEYS = ("test_acc", "val_acc", "params_ratio", "gain", "bwt")

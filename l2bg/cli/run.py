@@ -63,9 +63,9 @@ def add_run_parser(sub: Any) -> argparse.ArgumentParser:
                    help="output directory (default: a fresh directory under runs/)")
     o.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     o.add_argument("--seeds", type=ints, default=None,
-                   help="comma-separated seeds (instead of --seed): one run per seed into "
-                        "--out/seed-N/, then summary.md and summary.json with mean ± sd over "
-                        "the seeds")
+                   help="comma-separated seeds: one run per seed into --out/seed-N/, then "
+                        "summary.md and summary.json with mean ± sd over the seeds (default: "
+                        "one run, with --seed)")
     r.set_defaults(func=cmd_run)
     return r
 

@@ -35,7 +35,7 @@ __all__ = ["PreparedRun", "RunConfig", "grow_steps"]
 @dataclass
 class PreparedRun:
     """A checked run whose data is built and whose learner is ready: calling it learns the
-    tasks and returns the result, ``record["config"]`` filled in (:meth:`RunConfig.record`)."""
+    tasks and returns the result, ``record.config`` filled in (:meth:`RunConfig.record`)."""
 
     config: RunConfig
     built: Built
@@ -46,7 +46,7 @@ class PreparedRun:
 
     def __call__(self) -> RunResult:
         result = self.learner.run(self.strategy, sequence=self.steps)
-        result.record["config"] = self.config.record(self.built, self.cache, self.strategy)
+        result.record.config = self.config.record(self.built, self.cache, self.strategy)
         return result
 
 

@@ -323,10 +323,10 @@ def _work(setup: _Setup, index: int) -> int:
     return done_here
 
 
-def write_trial_record(out: Path, number: int, record: dict[str, Any]) -> Path:
+def write_trial_record(out: Path, number: int, record: RunRecord) -> Path:
     """The run record of completed trial ``number`` (as ``l2bg run`` writes results.json);
     a refused write is one line (:func:`l2bg.base.fileio.atomic_write`)."""
-    return write_json(trial_record_path(out, number), record)
+    return write_json(trial_record_path(out, number), record.to_json())
 
 
 def _surplus(study: Any, trial: Any, frozen: Any, trials: int) -> bool:

@@ -10,7 +10,7 @@ import torch
 from l2bg.learn.independent import IndependentCache
 from l2bg.learn.learner import GrowStep
 from l2bg.learn.settings import Settings
-from l2bg.search import MemoRunner
+from l2bg.search import Memo
 from l2bg.search.attrs import TrialAttrs
 from l2bg.search.study import trial_attrs
 
@@ -28,7 +28,8 @@ def test_trial_attributes_come_from_the_run_record(tiny_mnist, tmp_path):
     settings = Settings("pmnist", data_root=str(tiny_mnist), tasks=3, epochs=1, batch_size=32,
                         rsa_samples=10)
     learner = settings.learner(settings.build(), IndependentCache(None))
-    outcome = MemoRunner(learner, "l2bg", memo_dir=tmp_path).run(None, [GrowStep(delta=0.5)] * 2)
+    memo = Memo.attach(learner, memo_dir=tmp_path)
+    outcome = memo.outcome(learner.run("l2bg", [GrowStep(delta=0.5)] * 2))
     r = outcome.record
     attrs = trial_attrs(outcome)
     assert set(attrs) == KEYS | {"environment"}

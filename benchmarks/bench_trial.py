@@ -169,14 +169,14 @@ def test_trial(benchmark_name, scale, device):
     start = time.perf_counter()
     result = run_trial(tasks, template, config, device)
     wall = time.perf_counter() - start
-    timings = result.record["timings"]
+    timings = result.record.timings
     gemm_rate = max(gemm_rate, calibrate("after"))  # the machine's rate: best of both
     label = (f"{benchmark_name} T={size.tasks} n={size.train}/{size.val}/{size.test} "
              f"ep={config.epochs}")  # fmt: skip
     goal = GOAL_S.get(benchmark_name) if device == "cuda" else None
     extra = {"goal_s": goal, "ratio_to_goal": round(wall / goal, 2)} if goal else {}
     record(suite=SUITE, op="trial", backend="l2bg δ=0.5", device=device, shape=label,
-           dtype="float32", timing=Timing([wall]), params=result.record["params"],
+           dtype="float32", timing=Timing([wall]), params=result.record.params,
            **extra)  # fmt: skip
     per_sample = train_flops_per_sample(template, shape)
     trainings = {"independent": size.tasks, "training": size.tasks - 1}

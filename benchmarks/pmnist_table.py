@@ -23,17 +23,18 @@ from pathlib import Path
 from l2bg.data import build_benchmark
 from l2bg.learn.independent import IndependentCache
 from l2bg.learn.learner import GrowStep, Learner
+from l2bg.learn.record import RunRecord
 from l2bg.learn.training import default_config, resolve_device
 from l2bg.net.templates import template_for
 
 
-def run_one(learner: Learner, spec: str) -> dict:
+def run_one(learner: Learner, spec: str) -> RunRecord:
     if spec.startswith("l2bg:"):
         return learner.run("l2bg", delta=float(spec.split(":", 1)[1])).record
     return learner.run(spec).record
 
 
-def run_matched_random(learner: Learner, ref: dict | None, seed: int) -> dict:
+def run_matched_random(learner: Learner, ref: RunRecord | None, seed: int) -> RunRecord:
     """The random-growth control matched to an l2bg run: every task grows as many slots as l2bg
     grew for it, but the slots and the bind target are drawn at random (seeded)."""
     if ref is None:
@@ -42,7 +43,7 @@ def run_matched_random(learner: Learner, ref: dict | None, seed: int) -> dict:
     names = [t.name for t in learner.tasks]
     slots = learner.template.expandable_slots
     seq = [GrowStep(bind_to=rng.choice(names[:i]),
-                    slots=sorted(rng.sample(slots, len(ref["tasks"][i]["grown_slots"]))))
+                    slots=sorted(rng.sample(slots, len(ref.tasks[i].decision.slots))))
            for i in range(1, len(names))]
     return learner.run("random", sequence=seq).record
 
@@ -83,15 +84,15 @@ def main(argv: list[str] | None = None) -> int:
             row = {
                 "run": spec,
                 "seed": seed,
-                "avg_test_acc": rec["avg_test_acc"],
-                "gain": rec["gain"],
-                "bwt": rec["bwt"],
-                "fwt": rec["fwt"],
-                "params": rec["params"],
+                "avg_test_acc": rec.avg_test_acc,
+                "gain": rec.gain,
+                "bwt": rec.bwt,
+                "fwt": rec.fwt,
+                "params": rec.params,
                 "wall_s": time.perf_counter() - t0,
-                "timings": rec["timings"],
-                "grown": [t["grown_slots"] for t in rec["tasks"]],
-                "bind": [t["bind_to"] for t in rec["tasks"]],
+                "timings": rec.timings,
+                "grown": [g["grown_slots"] for g in rec.grow_sequence()],
+                "bind": [d.bind_to for d in rec.decisions],
             }
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)

@@ -24,7 +24,6 @@ import csv
 import io
 import json
 import math
-import statistics
 import sys
 import time
 from collections import Counter
@@ -36,9 +35,11 @@ from l2bg.base.figures import figure, param_axes, place_labels, save
 from l2bg.base.fileio import atomic_write, write_json
 from l2bg.conflict.rules import DEFAULT_BIND_RULE
 from l2bg.conflict.similarity import DEFAULT_SIMILARITY
+from l2bg.learn.environment import Environment
 from l2bg.learn.independent import IndependentCache
 from l2bg.learn.learner import GrowStep
 from l2bg.learn.metrics import nondominated
+from l2bg.learn.record import over_seeds
 from l2bg.learn.settings import Settings, resolve_cache_dir
 from l2bg.search import Memo
 
@@ -103,25 +104,19 @@ def run_all(args: argparse.Namespace, specs: list[RunSpec]) -> list[dict[str, An
                 strategy = settings.strategy(spec.strategy).configured(**spec.options)
                 steps = [GrowStep(delta=spec.delta)] * (T - 1) if strategy.takes_delta else None
                 record = memo.outcome(learner.run(strategy, steps)).record
-                record["config"] = {**settings.to_dict(), "tasks": T, "strategy": spec.strategy,
-                                    "strategy_options": strategy.options(),
-                                    "delta": spec.delta, "data": built.bench.source,
-                                    "train": built.train.to_dict()}
+                record.config = {**settings.to_dict(), "tasks": T, "strategy": spec.strategy,
+                                 "strategy_options": strategy.options(),
+                                 "delta": spec.delta, "data": built.bench.source,
+                                 "train": built.train.to_dict()}
                 write_json(args.out / "runs" / bench / f"s{seed}" / spec.label / "results.json",
-                           record)
+                           record.to_json())
                 row = {"benchmark": bench, "run": spec.label, "seed": seed,
                        "strategy": spec.strategy, **_options(spec), "delta": spec.delta,
-                       "test_acc": 100 * record["avg_test_acc"],
-                       "val_acc": 100 * record["avg_val_acc"],
-                       "params_ratio": record["params"] / record["params_independent"],
-                       "params": record["params"],
-                       "params_independent": record["params_independent"],
-                       "gain": record["gain"],
-                       "bwt": None if record["bwt"] is None else 100 * record["bwt"],
-                       "grown": " ".join(",".join(map(str, t["grown_slots"])) or "-"
-                                         for t in record["tasks"][1:]),
-                       "bind": " ".join(str(t["bind_to"]) for t in record["tasks"][1:]),
-                       "trained": record["memo"]["memo_misses"],
+                       **record.summary(), "params_independent": record.params_independent,
+                       "grown": " ".join(",".join(record.slots[s] for s in d.slots) or "-"
+                                         for d in record.decisions[1:]),
+                       "bind": " ".join(str(d.bind_to) for d in record.decisions[1:]),
+                       "trained": record.memo["memo_misses"],
                        "wall_s": round(time.perf_counter() - t0, 2)}
                 rows.append(row)
                 print(f"{bench} s{seed} {spec.label:<34} test {row['test_acc']:6.2f}%  val "
@@ -132,13 +127,6 @@ def run_all(args: argparse.Namespace, specs: list[RunSpec]) -> list[dict[str, An
 
 def _options(spec: RunSpec) -> dict[str, Any]:
     return {k: spec.options.get(k) for k in ("grow_rule", "bind_rule", "similarity")}
-
-
-def _ms(values: list[float]) -> tuple[float, float]:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return math.nan, math.nan
-    return statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
 
 
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -152,8 +140,7 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                                      "similarity", "delta")}
         out["seeds"] = len(rs)
         out["params_independent"] = rs[0].get("params_independent")  # the x axis' unit
-        for key in ("test_acc", "val_acc", "params_ratio", "gain", "bwt"):
-            out[f"{key}_mean"], out[f"{key}_sd"] = _ms([r[key] for r in rs])
+        out.update(over_seeds(rs))
         table.append(out)
     for bench in dict.fromkeys(r["benchmark"] for r in table):
         group = [r for r in table if r["benchmark"] == bench]
@@ -343,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"benchmarks": args.benchmarks, "tasks_label": f"{args.tasks} tasks",
             "epochs_label": f"{args.epochs or 'default'} epochs", "seeds": args.seeds,
             "data_root": args.data_root, "wall_s": round(time.perf_counter() - t0, 1),
-            "argv": sys.argv[1:] if argv is None else argv}
+            "argv": sys.argv[1:] if argv is None else argv,
+            "environment": Environment.current().to_json()}
     write_csv(args.out / "runs.csv", rows)
     write_csv(args.out / "table.csv", table)
     md = markdown(table, meta)

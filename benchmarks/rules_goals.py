@@ -68,10 +68,10 @@ def hv_goal(args: argparse.Namespace, bench: str, seed: int) -> dict[str, Any]:
     random_pts, random_runs = [], []
     for k in range(args.trials):
         r = learner.run(strategies.get("random").configured(draw_seed=k)).record
-        point = (100 * r["avg_val_acc"], r["params"] / r["params_independent"])
+        point = (100 * r.avg_val_acc, r.params_ratio)
         random_pts.append(point)
         random_runs.append({"draw_seed": k, "val_acc": point[0], "params_ratio": point[1],
-                            "test_acc": 100 * r["avg_test_acc"]})
+                            "test_acc": 100 * r.avg_test_acc})
     random_s = time.perf_counter() - t0
     close = [p for p in summary["pareto"]
              if 100 * p["avg_val_acc"] >= indep - args.within

@@ -67,6 +67,8 @@ def _search(args: argparse.Namespace, out: Path, cache: Path, sampler: str, tria
 def timing(args: argparse.Namespace, out: Path, space: str) -> dict:
     import optuna
 
+    from l2bg.search.attrs import TrialAttrs
+
     cache = out / f"timing-cache-{space}"  # fresh: the first trial trains everything
     rep = _search(args, out / "timing", cache, "gp", args.timing_trials, 0, space, [])
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
@@ -75,13 +77,14 @@ def timing(args: argparse.Namespace, out: Path, space: str) -> dict:
     trials = sorted((t for t in study.trials if t.state.name == "COMPLETE"),
                     key=lambda t: t.number)
     dur = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials]
-    wall = [t.user_attrs["wall_s"] for t in trials]
+    attrs = [TrialAttrs.read(t.user_attrs) for t in trials]
+    wall = [a.wall_s for a in attrs]
     res = {"space": space, "trials": len(trials), "first_trial_s": dur[0],
            "first_runner_s": wall[0], "median_later_s": statistics.median(dur[1:]),
            "median_later_runner_s": statistics.median(wall[1:]),
-           "full_hits": sum(bool(t.user_attrs.get("memo_full_hit")) for t in trials[1:]),
-           "steps_reused": sum(t.user_attrs.get("memo_hits", 0) for t in trials[1:]),
-           "steps_trained": sum(t.user_attrs.get("memo_misses", 0) for t in trials[1:]),
+           "full_hits": sum(bool(a.memo_full_hit) for a in attrs[1:]),
+           "steps_reused": sum(a.memo_hits or 0 for a in attrs[1:]),
+           "steps_trained": sum(a.memo_misses or 0 for a in attrs[1:]),
            "durations_s": [round(d, 3) for d in dur]}
     res["ratio"] = res["median_later_s"] / res["first_trial_s"]
     res["ratio_runner"] = res["median_later_runner_s"] / res["first_runner_s"]

@@ -33,8 +33,9 @@ _EXPORTS = {
     "fit": "l2bg.learn.training",
     "evaluate_all": "l2bg.learn.training",
     "GrowStep": "l2bg.learn.step",
-    "Decision": "l2bg.learn.step",
-    "TaskRecord": "l2bg.learn.step",
+    "Decision": "l2bg.learn.record",
+    "TaskRecord": "l2bg.learn.record",
+    "RunRecord": "l2bg.learn.record",
     "BindGrowStep": "l2bg.learn.step",
     "StepContext": "l2bg.learn.step",
     "Strategy": "l2bg.learn.strategies",
@@ -102,7 +103,10 @@ __all__ = [
     "JointNet",
     "L2BGError",
     "Learner",
+    "ParamError",
     "Plugin",
+    "RunConfig",
+    "RunRecord",
     "RunResult",
     "Settings",
     "StepContext",
@@ -142,8 +146,9 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from l2bg.learn.independent import IndependentCache
     from l2bg.learn.learner import Hook, Learner, RunResult
     from l2bg.learn.plugins import Plugin
+    from l2bg.learn.record import Decision, RunRecord, TaskRecord
     from l2bg.learn.settings import Settings
-    from l2bg.learn.step import BindGrowStep, Decision, GrowStep, StepContext, TaskRecord
+    from l2bg.learn.step import BindGrowStep, GrowStep, StepContext
     from l2bg.learn.strategies import Strategy
     from l2bg.learn.training import TrainConfig, default_config, evaluate_all, fit
     from l2bg.net import executor

@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from l2bg.base.errors import L2BGError
 from l2bg.cli.options import HelpFormatter
 
-__all__ = ["LEGEND", "add_explain_parser", "check_record", "cmd_explain", "explain",
-           "record_path"]
+if TYPE_CHECKING:  # pragma: no cover
+    from l2bg.learn.record import RunRecord
+
+__all__ = ["LEGEND", "add_explain_parser", "cmd_explain", "explain", "record_path"]
+
+
+def __getattr__(name: str) -> Any:
+    """``check_record`` lives with the run record (:mod:`l2bg.learn.record`); loaded on use so
+    that the CLI's parser does not import torch."""
+    if name == "check_record":
+        from l2bg.learn.record import check_record
+
+        return check_record
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def add_explain_parser(sub: Any) -> argparse.ArgumentParser:
@@ -50,78 +62,63 @@ Legend
 Definitions: docs/design.md, "Definitions" (rules: "Conflict rules in use")."""
 
 
-def _slot_name(names: list[str], s: Any) -> str:
-    """A slot as its name (results.json from older versions gives indices)."""
-    if isinstance(s, int) and 0 <= s < len(names):
-        return names[s]
-    return str(s)
-
-
-def _rules_of(task: dict[str, Any]) -> dict[str, str | None]:
-    """The rules and measure behind a task's decision (records older than the rules: the
-    defaults, which were the only rules then)."""
-    from l2bg.conflict.rules import DEFAULT_BIND_RULE, DEFAULT_GROW_RULE
-    from l2bg.conflict.similarity import DEFAULT_SIMILARITY
-
-    if "rules" in task:
-        return dict(task["rules"] or {"bind": None, "grow": None, "similarity": None})
-    scored = bool(task.get("conflict"))
-    return {"bind": DEFAULT_BIND_RULE if scored else None,
-            "grow": DEFAULT_GROW_RULE if scored and task.get("delta") is not None else None,
-            "similarity": DEFAULT_SIMILARITY if scored else None}
-
-
 def _registered(registry: Any, name: str | None, default: str) -> Any:
     """The rule ``name``, or the default when it is not registered in this process (a plug-in
     rule of another installation): explain still shows the scores."""
     return registry.get(name if name in registry else default)
 
 
-def explain(r: dict[str, Any]) -> list[dict[str, Any]]:
+def explain(r: RunRecord | Mapping[str, Any]) -> list[dict[str, Any]]:
     """Per task: the decision, the rules and measure that made it, every candidate's task score
     and bind key, and the bound candidate's slots in the order of the grow rule with their
-    weight, share and cumulative share (the data behind ``l2bg explain``)."""
+    weight, share and cumulative share (the data behind ``l2bg explain``). ``r``: a run record,
+    or a results.json of any version as a dict."""
     from l2bg.conflict.rules import BIND_RULES, DEFAULT_BIND_RULE, DEFAULT_GROW_RULE, GROW_RULES
+    from l2bg.learn.record import RunRecord
 
-    slots = list(r.get("slots") or [])
-    expandable = list(r.get("expandable_slots") or slots)
+    if not isinstance(r, RunRecord):
+        r = RunRecord.from_json(r)
     out = []
-    for t in r["tasks"]:
-        rules = _rules_of(t)
+    for t in r.tasks:
+        d = t.decision
+        rules = dict(d.rules or {"bind": None, "grow": None, "similarity": None})
         entry: dict[str, Any] = {
-            "task": t["name"], "bind_to": t["bind_to"], "delta": t["delta"],
-            "reason": t.get("reason", ""), "rules": rules,
-            "grown_slots": [_slot_name(slots, s) for s in t["grown_slots"]], "candidates": []}
+            "task": d.task, "bind_to": d.bind_to, "delta": d.delta, "reason": d.reason,
+            "rules": rules, "grown_slots": [r.slots[s] for s in d.slots], "candidates": []}
         bind = _registered(BIND_RULES, rules.get("bind"), DEFAULT_BIND_RULE)
         grow = _registered(GROW_RULES, rules.get("grow"), DEFAULT_GROW_RULE)
-        for cand, sc in (t.get("conflict") or {}).items():
-            rows = [{"slot": _slot_name(expandable, row["position"]),
+        for cand, sc in d.conflict.items():
+            rows = [{"slot": _slot_name(r.expandable_slots, row["position"]),
                      "conflict": row["conflict"], "weight": row["weight"],
                      "share": row["share"], "cumulative": row["cumulative"]}
-                    for row in grow.table(sc["layers"])]
+                    for row in grow.table(list(sc.layers))]
             entry["candidates"].append({
-                "task": cand, "score": sc["score"], "bind_key": bind.key(sc["layers"]),
+                "task": cand, "score": sc.score, "bind_key": bind.key(list(sc.layers)),
                 "bind_symbol": bind.symbol, "grow_rule": grow.name, "weight": grow.symbol,
                 "slots": rows})
         out.append(entry)
     return out
 
 
+def _slot_name(names: list[str], position: int) -> str:
+    """An expandable slot by name (its position when the record names fewer slots)."""
+    return names[position] if 0 <= position < len(names) else str(position)
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     from l2bg.base.fileio import read_json_or_fail
+    from l2bg.learn.record import RunRecord
 
     path = record_path(args.dir, args.trial)
-    r = read_json_or_fail(path)
-    check_record(r, str(path))
+    r = RunRecord.from_json(read_json_or_fail(path), str(path))
     expl = explain(r)
     if args.json:
-        print(json.dumps({"benchmark": r["benchmark"], "strategy": r["strategy"],
-                          "strategy_options": r.get("strategy_options") or {}, "tasks": expl},
-                         indent=2))
+        print(json.dumps({"benchmark": r.benchmark, "strategy": r.strategy,
+                          "strategy_options": r.strategy_options, "tasks": expl}, indent=2))
         return 0
-    opts = r.get("strategy_options") or {}
+    opts = r.strategy_options
     shown = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in opts.items() if v is not None)
-    print(f"{r['benchmark']} · strategy {r['strategy']}{f' ({shown})' if shown else ''} · "
+    print(f"{r.benchmark} · strategy {r.strategy}{f' ({shown})' if shown else ''} · "
           f"{len(expl)} tasks")
     if any(e["candidates"] for e in expl):
         print()
@@ -135,7 +132,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             continue
         head = f"{e['task']}: bound to {e['bind_to']}"
         if not e["candidates"]:
-            why = e["reason"] or f"strategy {r['strategy']}"
+            why = e["reason"] or f"strategy {r.strategy}"
             print(f"{head} ({why}; no conflict scores), grew {grew}")
             continue
         rules = e["rules"]
@@ -199,71 +196,3 @@ def _ranges(numbers: list[int]) -> str:
         else:
             spans.append([n, n])
     return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans)
-
-
-def _number(v: Any) -> bool:
-    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
-
-
-def _names(v: Any) -> bool:
-    return isinstance(v, list) and all(isinstance(x, str) for x in v)
-
-
-def check_record(r: Any, where: str = "results.json") -> None:
-    """Check what ``explain`` reads of a run record (a hand-edited results.json): one line naming
-    the first key that is missing or of the wrong type."""
-    def bad(key: str, want: str) -> L2BGError:
-        return L2BGError(f"{where}: {key} must be {want}; it was edited or is not the "
-                         "results.json of `l2bg run`")
-
-    if not isinstance(r, dict):
-        raise bad("the file", "a JSON object")
-    for key in ("benchmark", "strategy"):
-        if not isinstance(r.get(key), str):
-            raise bad(key, "a string")
-    for key in ("slots", "expandable_slots"):
-        if r.get(key) is not None and not _names(r[key]):
-            raise bad(key, "a list of slot names")
-    if r.get("strategy_options") is not None and not isinstance(r["strategy_options"], dict):
-        raise bad("strategy_options", "an object")
-    slots = r.get("slots") or []
-    if not isinstance(r.get("tasks"), list):
-        raise bad("tasks", "a list")
-    for i, t in enumerate(r["tasks"]):
-        at = f"tasks[{i}]"
-        if not isinstance(t, dict):
-            raise bad(at, "an object")
-        for key in ("name", "bind_to", "delta", "grown_slots"):
-            if key not in t:
-                raise bad(f"{at}.{key}", "present (null where it does not apply)")
-        if not isinstance(t["name"], str):
-            raise bad(f"{at}.name", "a string")
-        if t["bind_to"] is not None and not isinstance(t["bind_to"], str):
-            raise bad(f"{at}.bind_to", "a task name or null")
-        if t["delta"] is not None and not _number(t["delta"]):
-            raise bad(f"{at}.delta", "a number or null")
-        if t.get("reason") is not None and not isinstance(t["reason"], str):
-            raise bad(f"{at}.reason", "a string")
-        rules = t.get("rules")
-        if rules is not None and (not isinstance(rules, dict) or not all(
-                v is None or isinstance(v, str) for v in rules.values())):
-            raise bad(f"{at}.rules", "an object of rule names (or null)")
-        grown = t["grown_slots"]
-        if not isinstance(grown, list) or not all(
-                (isinstance(g, str) and g in slots) or (
-                    isinstance(g, int) and not isinstance(g, bool) and 0 <= g < len(slots))
-                for g in grown):
-            raise bad(f"{at}.grown_slots", "a list of the record's slot names")
-        conflict = t.get("conflict") or {}
-        if not isinstance(conflict, dict):
-            raise bad(f"{at}.conflict", "an object")
-        for cand, sc in conflict.items():
-            key = f"{at}.conflict[{cand!r}]"
-            if not isinstance(sc, dict) or not _number(sc.get("score")):
-                raise bad(key, "{\"layers\": [...], \"score\": number}")
-            layers = sc.get("layers")
-            if not isinstance(layers, list) or not layers or not all(
-                    _number(c) and 0 <= c <= 2 for c in layers):  # C = 1 - similarity
-                raise bad(f"{key}.layers", "a list of conflict scores in [0, 2], one per slot")
-        if conflict and t["bind_to"] not in conflict:
-            raise bad(f"{at}.bind_to", "one of the candidates it was scored against")

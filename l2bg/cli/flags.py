@@ -62,6 +62,7 @@ FLAGS: dict[str, str] = {
     "layers": "--layers",
     "samples": "--samples",
     "sigma": "--sigma",
+    "backend": "--backend",
 }
 
 

@@ -33,6 +33,15 @@ def floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
 
 
+def ints(text: str) -> list[int]:
+    """``--seeds 0,1,2`` and the like."""
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}"
+                                         ) from exc
+
+
 def names(text: str) -> list[str]:
     """``--bind-targets a,b`` and the like."""
     return [v.strip() for v in text.split(",") if v.strip()]

@@ -15,10 +15,19 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from l2bg.cli.options import HelpFormatter, add_experiment_options, add_strategy_option, floats
+from l2bg.cli.options import (
+    HelpFormatter,
+    add_experiment_options,
+    add_strategy_option,
+    floats,
+    ints,
+)
 from l2bg.search.format import format_options
+
+if TYPE_CHECKING:  # pragma: no cover
+    from l2bg.learn.record import RunRecord
 
 __all__ = ["CLAIM", "OUTPUTS", "STAGING", "add_run_parser", "cmd_run"]
 
@@ -52,6 +61,10 @@ def add_run_parser(sub: Any) -> argparse.ArgumentParser:
     o.add_argument("--out", default=None,
                    help="output directory (default: a fresh directory under runs/)")
     o.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    o.add_argument("--seeds", type=ints, default=None,
+                   help="comma-separated seeds: one run per seed into --out/seed-N/, then "
+                        "summary.md and summary.json with mean ± sd over the seeds (default: "
+                        "one run, with --seed)")
     r.set_defaults(func=cmd_run)
     return r
 
@@ -68,6 +81,10 @@ def _fresh_out(benchmark: str, strategy: str) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if getattr(args, "seeds", None) is not None:
+        from l2bg.cli.seeds import cmd_run_seeds
+
+        return cmd_run_seeds(args, cmd_run, _fresh_out)
     from l2bg.base.fileio import write_json
     from l2bg.base.outdir import OutDir
     from l2bg.learn.figures import plot_acc_matrix
@@ -86,7 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         result.net.save(target.staging)
         if "acc_matrix.png" in outputs:
             plot_acc_matrix(record, target.staging / "acc_matrix.png")
-        write_json(target.staging / "results.json", record)
+        write_json(target.staging / "results.json", record.to_json())
         target.publish()
     if not args.quiet:
         print(_summary(record, target.path))
@@ -108,24 +125,25 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}%"
 
 
-def _summary(r: dict[str, Any], out: Path) -> str:
-    opts = format_options(r.get("strategy_options"))
-    lines = [f"{r['benchmark']} · {r['strategy']}{f' ({opts})' if opts else ''} · "
-             f"{len(r['tasks'])} tasks · seed {r['seed']}",
+def _summary(r: RunRecord, out: Path) -> str:
+    opts = format_options(r.strategy_options)
+    lines = [f"{r.benchmark} · {r.strategy}{f' ({opts})' if opts else ''} · "
+             f"{len(r.tasks)} tasks · seed {r.seed}",
              f"{'task':<18}{'bind_to':<18}{'grown':<22}{'val':>9}{'test':>9}{'indep test':>12}"]
-    for t in r["tasks"]:
-        grown = ",".join(t["grown_slots"]) or "-"
-        lines.append(f"{t['name']:<18}{t['bind_to'] or '-':<18}{grown:<22}"
-                     f"{_pct(t['val_acc']):>9}{_pct(t['test_acc']):>9}"
-                     f"{_pct(t['independent_test_acc']):>12}")
-    lines.append(f"avg test acc {_pct(r['avg_test_acc'])}  avg val acc {_pct(r['avg_val_acc'])}  "
-                 f"BWT {_pct(r['bwt'])}  FWT {_pct(r['fwt'])}")
-    lines.append(f"gain Δ {r['gain']:+.2f}%  params {r['params']:,} "
-                 f"(independent {r['params_independent']:,})  wall {r['wall_time_s']:.1f}s")
-    if r.get("decathlon_score") is not None:
-        per = "  ".join(f"{k} {v:.0f}" for k, v in r["decathlon_scores"].items())
-        lines.append(f"decathlon score {r['decathlon_score']:.0f} "
-                     f"(of {1000 * len(r['decathlon_scores'])}): {per}")
+    for t in r.tasks:
+        d = t.decision
+        grown = ",".join(r.slots[s] for s in d.slots) or "-"
+        lines.append(f"{d.task:<18}{d.bind_to or '-':<18}{grown:<22}"
+                     f"{_pct(t.val_acc):>9}{_pct(t.test_acc):>9}"
+                     f"{_pct(t.independent_test_acc):>12}")
+    lines.append(f"avg test acc {_pct(r.avg_test_acc)}  avg val acc {_pct(r.avg_val_acc)}  "
+                 f"BWT {_pct(r.bwt)}  FWT {_pct(r.fwt)}")
+    lines.append(f"gain Δ {r.gain:+.2f}%  params {r.params:,} "
+                 f"(independent {r.params_independent:,})  wall {r.wall_time_s:.1f}s")
+    if r.decathlon is not None:
+        per = "  ".join(f"{k} {v:.0f}" for k, v in r.decathlon["decathlon_scores"].items())
+        lines.append(f"decathlon score {r.decathlon['decathlon_score']:.0f} "
+                     f"(of {1000 * len(r.decathlon['decathlon_scores'])}): {per}")
     picture = out / "acc_matrix.png"
     lines.append(f"results: {out / 'results.json'}"
                  + (f"; accuracy matrix and forgetting: {picture}" if picture.is_file() else ""))

@@ -116,6 +116,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             raise L2BGError("--report DIR only rewrites outputs; drop --benchmark/--trials")
         report_dir(args.report, storage=args.storage, study_name=args.study_name,
                    quiet=args.quiet)
+        _explain_hint(args.report, args.quiet)
         return 0
     if args.benchmark is None:
         raise L2BGError("l2bg search needs --benchmark B and --trials N (or --report DIR)")
@@ -133,4 +134,12 @@ def cmd_search(args: argparse.Namespace) -> int:
         quiet=args.quiet, search_rules=args.search_rules,
         search_similarity=args.search_similarity)
     run_search(cfg, describe=message)
+    _explain_hint(args.out, args.quiet)
     return 0
+
+
+def _explain_hint(out: Any, quiet: bool) -> None:
+    """The command that explains one trial (the core's summary names the record files only)."""
+    if not quiet:
+        where = out if out is not None else "OUT (the directory above)"
+        print(f"explain trial N: l2bg explain {where} --trial N")

@@ -25,14 +25,15 @@ import torch
 
 from l2bg.base.errors import L2BGError
 from l2bg.conflict import scores as conflict
-from l2bg.learn import metrics, strategies
+from l2bg.learn import strategies
+from l2bg.learn.environment import Environment
 from l2bg.learn.experiment import Experiment
 from l2bg.learn.independent import IndependentCache, IndependentNet, open_cache
 from l2bg.learn.plugins import Hook, LogLines, Plugin, Run, provided_scores, restored
+from l2bg.learn.record import RunRecord
 from l2bg.learn.step import (
     BindGrowStep,
     CandidateScore,
-    Decision,
     GrowStep,
     SequenceState,
     StepContext,
@@ -44,16 +45,17 @@ from l2bg.net.executor import default_backend
 from l2bg.net.jointnet import JointNet
 from l2bg.net.templates import Template
 
-__all__ = ["GrowStep", "Hook", "Learner", "LogLines", "Plugin", "RunResult"]
+__all__ = ["GrowStep", "Hook", "Learner", "LogLines", "Plugin", "RunRecord", "RunResult"]
 
 
 @dataclass
 class RunResult:
-    """A learned task stream: the run record (``results.json`` as a dict) and the typed task
-    records; the JointNet and the independent nets (learning order) are loaded on first use
-    (after a run whose tasks a plugin restored, nothing is loaded unless they are read)."""
+    """A learned task stream: the run record (:class:`RunRecord`; read as a mapping it is
+    ``results.json``) and the typed task records; the JointNet and the independent nets
+    (learning order) are loaded on first use (after a run whose tasks a plugin restored,
+    nothing is loaded unless they are read)."""
 
-    record: dict[str, Any]
+    record: RunRecord
     records: list[TaskRecord]
     load_net: Callable[[], JointNet] = field(repr=False)
     load_independent: Callable[[], list[IndependentNet]] = field(repr=False)
@@ -106,6 +108,11 @@ class Learner:
         if rsa_samples is not None:
             for t in self.tasks:
                 conflict.sample_indices(t.x_val.shape[0], rsa_samples, 0)
+
+    @property
+    def hooks(self) -> list[Plugin]:
+        """The plugins (their former name)."""
+        return self.plugins
 
     def independent(self, index: int, progress: Any = None) -> IndependentNet:
         """The independent net of stream task ``index`` (trained once per cache)."""
@@ -205,41 +212,15 @@ class Learner:
         return [self.independent(j) for j in order]
 
     def run_record(self, strategy: strategies.Strategy, records: Sequence[TaskRecord],
-                   timings: dict[str, float], wall: float) -> dict[str, Any]:
-        """``results.json`` of ``records`` (one per learned task, in learning order): the
-        decisions, accuracy matrices and the metrics of docs/design.md (``config`` is added by
-        the caller)."""
-        R_val = [r.val_row for r in records]
-        R_test = [r.test_row for r in records]
-        final_err = [1.0 - a for a in R_val[-1]]
-        indep_err = [1.0 - r.independent_val_acc for r in records]
-        n_val = [r.independent_n_val for r in records]
-        decisions: list[Decision] = [r.decision for r in records]
-        backends = [d.rsa_backend for d in decisions if d.rsa_backend is not None]
-        slots = self.template.slot_names
-        return {
-            "benchmark": self.benchmark,
-            "strategy": strategy.name,
-            "strategy_options": strategy.options(),
-            "seed": self.seed,
-            "tasks": [r.to_json(slots) for r in records],
-            "grow_sequence": [{"task": d.task, "bind_to": d.bind_to, "delta": d.delta,
-                               "grown_slots": [slots[s] for s in d.slots]} for d in decisions],
-            "acc_matrix": R_test,
-            "acc_matrix_val": R_val,
-            "avg_val_acc": metrics.average_accuracy(R_val),
-            "avg_test_acc": metrics.average_accuracy(R_test),
-            "bwt": metrics.bwt(R_test),
-            "fwt": metrics.fwt(R_test, [r.independent_test_acc for r in records]),
-            "gain": metrics.gain(final_err, indep_err, n_val),
-            "gain_raw": metrics.gain_raw(final_err, indep_err, n_val),
-            "params": records[-1].params,
-            "params_independent": sum(r.independent_params for r in records),
-            "slots": slots,
-            "expandable_slots": [slots[s] for s in self.template.expandable_slots],
-            "timings": {k: round(v, 4) for k, v in sorted(timings.items())},
-            "rsa_backend": backends[-1] if backends else None,
-            "executor_backend": default_backend(),
-            "cache": {"hits": self.cache.hits, "misses": self.cache.misses},
-            "wall_time_s": wall,
-        }
+                   timings: dict[str, float], wall: float) -> RunRecord:
+        """The run record of ``records`` (one per learned task, in learning order): the
+        decisions, accuracy matrices, the metrics of docs/design.md and the environment
+        (``config`` is set by the caller)."""
+        return RunRecord.build(
+            records, benchmark=self.benchmark, strategy=strategy.name,
+            strategy_options=strategy.options(), seed=self.seed,
+            slots=self.template.slot_names,
+            expandable_slots=[self.template.slot_names[s] for s in self.template.expandable_slots],
+            timings=timings, wall_s=wall, executor_backend=default_backend(),
+            cache={"hits": self.cache.hits, "misses": self.cache.misses},
+            environment=Environment.current(self.device))

@@ -7,6 +7,8 @@ formulas map one to one.
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Sequence
 
 from l2bg.base.errors import L2BGError
@@ -122,3 +124,13 @@ def nondominated(points: Sequence[tuple[float, float]]) -> list[bool]:
         not any(a2 >= a and p2 <= p and (a2 > a or p2 < p) for a2, p2 in points)
         for a, p in points
     ]
+
+
+def mean_sd(values: Sequence[float | None]) -> tuple[float, float]:
+    """Mean and sample standard deviation over seeds of the values that are not None (sd 0 for
+    one value; both NaN for none): the one aggregation of the quality table and
+    ``l2bg run --seeds``."""
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return math.nan, math.nan
+    return statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0

@@ -35,7 +35,7 @@ __all__ = ["PreparedRun", "RunConfig", "decathlon_record", "grow_steps"]
 @dataclass
 class PreparedRun:
     """A checked run whose data is built and whose learner is ready: calling it learns the
-    tasks and returns the result, ``record["config"]`` filled in (:meth:`RunConfig.record`)."""
+    tasks and returns the result, ``record.config`` filled in (:meth:`RunConfig.record`)."""
 
     config: RunConfig
     built: Built
@@ -46,9 +46,9 @@ class PreparedRun:
 
     def __call__(self) -> RunResult:
         result = self.learner.run(self.strategy, sequence=self.steps)
-        result.record["config"] = self.config.record(self.built, self.cache, self.strategy)
+        result.record.config = self.config.record(self.built, self.cache, self.strategy)
         if self.built.bench.source.get("decathlon"):
-            result.record.update(decathlon_record(result.record, self.built.bench))
+            result.record.decathlon = decathlon_record(result.record, self.built.bench)
         return result
 
 

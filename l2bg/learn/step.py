@@ -11,14 +11,16 @@ The step reads a plain :class:`l2bg.learn.experiment.Experiment` (tasks, templat
 recipe, seed, RSA settings, independent nets), never the learner.
 :meth:`l2bg.learn.learner.Learner.run` is the one loop over the tasks; its plugins
 (:mod:`l2bg.learn.plugins`, such as the search's memo) may serve scores or restore a stored
-decision instead of ``apply``. Terms and formulas: docs/design.md.
+decision instead of ``apply``. The decision and the task record are part of
+the run record (:mod:`l2bg.learn.record`, which owns them); they are importable from here as
+before. Terms and formulas: docs/design.md.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -30,6 +32,7 @@ from l2bg.base.errors import L2BGError, ParamError
 from l2bg.conflict import scores as conflict
 from l2bg.conflict.similarity import DEFAULT_SIMILARITY
 from l2bg.learn.independent import IndependentNet, task_seed
+from l2bg.learn.record import CandidateScore, Decision, TaskRecord
 from l2bg.learn.training import evaluate_all, fit
 from l2bg.net.jointnet import JointNet, copy_task_net
 
@@ -89,119 +92,6 @@ def grow_steps(num_tasks: int, delta: float | None = None,
         except ParamError as exc:  # the same rule, named for where the value came from
             raise ParamError(exc.template.replace("{delta}", "{deltas}"), "deltas") from None
     return steps
-
-
-@dataclass(frozen=True)
-class CandidateScore:
-    """Conflict of the new task with one bind candidate: C(l) per expandable slot and the task
-    score ‖C‖₂."""
-
-    layers: tuple[float, ...]
-    score: float
-
-    @classmethod
-    def of(cls, layers: Sequence[float]) -> CandidateScore:
-        layers = tuple(float(c) for c in layers)
-        return cls(layers, conflict.task_score(layers))
-
-    def to_json(self) -> dict[str, Any]:
-        return {"layers": list(self.layers), "score": self.score}
-
-    @classmethod
-    def from_json(cls, obj: Mapping[str, Any]) -> CandidateScore:
-        return cls(tuple(float(c) for c in obj["layers"]), float(obj["score"]))
-
-
-@dataclass(frozen=True)
-class Decision:
-    """Where a task binds and what grows. ``bind_to=None``: the task-net is the task's own
-    independent net (first task, or strategy ``independent``). ``slots``: template slot indices,
-    sorted. ``delta``: the grow coefficient that chose the slots (None when none did).
-    ``conflict``: the scores of every bind candidate that was scored. ``reason``: why, in words.
-    ``rules``: what decided, ``{"bind": rule, "grow": rule, "similarity": measure}`` (None for a
-    part that was forced or a strategy without the conflict model). Two decisions with the same
-    :attr:`key` give the same network, whatever δ or rules led to them."""
-
-    task: str
-    bind_to: str | None
-    slots: tuple[int, ...] = ()
-    delta: float | None = None
-    conflict: Mapping[str, CandidateScore] = field(default_factory=dict)
-    reason: str = ""
-    rsa_backend: str | None = None
-    rules: Mapping[str, str | None] | None = None
-
-    @property
-    def key(self) -> list[Any]:
-        """The identity of the network this decision builds (JSON): task, bind target, slots."""
-        return [self.task, self.bind_to, list(self.slots)]
-
-
-@dataclass
-class TaskRecord:
-    """A decision carried out: the task's row of the accuracy matrix (validation and test), the
-    JointNet's size after it, the training losses, and its independent net's accuracies."""
-
-    decision: Decision
-    val_row: list[float | None]
-    test_row: list[float | None]
-    params: int
-    independent_val_acc: float
-    independent_test_acc: float
-    independent_n_val: int
-    independent_params: int
-    independent_cached: bool
-    train_loss: list[float] | None = None
-
-    @property
-    def position(self) -> int:
-        return sum(v is not None for v in self.val_row) - 1
-
-    @property
-    def val_acc(self) -> float:
-        return self.val_row[self.position]
-
-    @property
-    def test_acc(self) -> float:
-        return self.test_row[self.position]
-
-    def to_json(self, slot_names: Sequence[str]) -> dict[str, Any]:
-        """The task's entry of ``results.json`` (grown slots by name)."""
-        d = self.decision
-        out: dict[str, Any] = {
-            "name": d.task, "bind_to": d.bind_to,
-            "grown_slots": [slot_names[s] for s in d.slots], "delta": d.delta,
-            "conflict": {c: s.to_json() for c, s in d.conflict.items()},
-            "rules": None if d.rules is None else dict(d.rules),
-            "reason": d.reason,
-            "independent_val_acc": self.independent_val_acc,
-            "independent_test_acc": self.independent_test_acc,
-            "independent_cached": self.independent_cached,
-        }
-        if self.train_loss is not None:
-            out["train_loss"] = list(self.train_loss)
-        out.update(val_acc=self.val_acc, test_acc=self.test_acc, params=self.params)
-        return out
-
-    def outcome_json(self) -> dict[str, Any]:
-        """Everything but the decision (what a memo node stores for the step)."""
-        return {"val_row": self.val_row, "test_row": self.test_row, "params": self.params,
-                "independent_val_acc": self.independent_val_acc,
-                "independent_test_acc": self.independent_test_acc,
-                "independent_n_val": self.independent_n_val,
-                "independent_params": self.independent_params,
-                "independent_cached": self.independent_cached, "train_loss": self.train_loss}
-
-    @classmethod
-    def from_outcome(cls, decision: Decision, obj: Mapping[str, Any]) -> TaskRecord:
-        return cls(decision=decision, val_row=list(obj["val_row"]),
-                   test_row=list(obj["test_row"]), params=int(obj["params"]),
-                   independent_val_acc=float(obj["independent_val_acc"]),
-                   independent_test_acc=float(obj["independent_test_acc"]),
-                   independent_n_val=int(obj["independent_n_val"]),
-                   independent_params=int(obj["independent_params"]),
-                   independent_cached=bool(obj["independent_cached"]),
-                   train_loss=None if obj["train_loss"] is None else list(obj["train_loss"]))
 
 
 @dataclass

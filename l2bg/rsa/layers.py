@@ -251,8 +251,8 @@ def layer_similarity(sources: Sequence[Activations], *,
         raise L2BGError(f"layer_similarity: unknown rdm {rdm!r}; choose one of: "
                         f"{', '.join(RDMS)}")
     if rdm != "correlation" and backend == "triton":
-        raise L2BGError(f"the Triton backend computes correlation RDMs only, not {rdm}; use "
-                        "backend 'torch' or 'auto' (--backend)")
+        raise ParamError(f"the Triton backend computes correlation RDMs only, not {rdm}; use "
+                         "{backend} 'torch' or 'auto'", "backend")
     spec = methods.get(method)
     opened = [s if isinstance(s, Mapping | Source) else open_source(s) for s in sources]
     counts = [_count(s) for s in opened]

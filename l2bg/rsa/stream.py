@@ -29,7 +29,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from l2bg.base.errors import L2BGError
+from l2bg.base.errors import L2BGError, ParamError
 from l2bg.rsa.distances import pack_blocks, row_blocks
 from l2bg.rsa.reference import (
     _UNSEEN,
@@ -232,8 +232,8 @@ def stream_rdm(read: Callable[[int, int], Tensor], n: int, d: int, *, slice_widt
     if slice_width < 1:
         raise L2BGError(f"slice width must be >= 1, got {slice_width}")
     if _rdm_name(rdm) != "correlation" and backend == "triton":
-        raise L2BGError(f"the Triton stream computes correlation RDMs only, not {rdm}; use "
-                        "backend 'torch' or 'auto' (--backend)")
+        raise ParamError(f"the Triton stream computes correlation RDMs only, not {rdm}; use "
+                         "{backend} 'torch' or 'auto'", "backend")
     device = torch.device(device)
     first = read(0, min(d, slice_width)) if d else torch.zeros((n, 0))
     dtype = acc_dtype(first.dtype)

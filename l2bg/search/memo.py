@@ -37,6 +37,7 @@ from l2bg.learn.step import CandidateScore, Decision, SequenceState, TaskRecord,
 if TYPE_CHECKING:  # pragma: no cover
     from l2bg.learn.experiment import Experiment
     from l2bg.learn.learner import Learner, RunResult
+    from l2bg.learn.record import RunRecord
     from l2bg.learn.step import StepContext
     from l2bg.net.jointnet import JointNet
 
@@ -57,7 +58,7 @@ class Outcome:
     ``decisions`` and ``memo``), its typed task records, its node key, where its JointNet lies
     (None for an in-memory memo) and the memo counters."""
 
-    record: dict[str, Any]
+    record: RunRecord
     records: list[TaskRecord]
     order: list[int]
     key: str
@@ -288,8 +289,9 @@ class Memo(Plugin):
         run = self._run
         decisions = [r.decision for r in result.records]
         key = self.node_key(decisions)
-        record = {**result.record, "order": self.experiment.names(run.order),
-                  "decisions": [d.key for d in decisions], "memo": dict(self.stats)}
+        record = result.record
+        record.order = self.experiment.names(run.order)  # decisions: from the task records
+        record.memo = dict(self.stats)
         return Outcome(record=record, records=result.records, order=run.order, key=key,
                        net_dir=self.store.node_dir(key), stats=dict(self.stats))
 

@@ -17,6 +17,7 @@ from typing import Any
 from l2bg.base.errors import ParamError
 from l2bg.base.fileio import atomic_write, read_json_or_fail, sweep_stale_temps, write_json
 from l2bg.learn.metrics import nondominated
+from l2bg.search.attrs import TrialAttrs
 from l2bg.search.format import delta_label, format_options, format_sequence
 from l2bg.search.plots import plot_hypervolume, plot_pareto
 from l2bg.search.storage import open_storage, redact_url
@@ -61,11 +62,10 @@ def hypervolume_2d(points: Sequence[Sequence[float]],
 
 
 def _hv_point(t: Any) -> tuple[float, float] | None:
-    gain = t.user_attrs.get("gain")
-    ratio = t.user_attrs.get("params_ratio")
-    if gain is None or ratio is None:
+    u = TrialAttrs.read(t.user_attrs)
+    if u.gain is None or u.params_ratio is None:
         return None
-    return (-float(gain), float(ratio))
+    return (-float(u.gain), float(u.params_ratio))
 
 
 def _feasible(t: Any) -> bool:
@@ -87,7 +87,8 @@ class FrontPoint:
 
 def network_key(t: Any) -> str:
     """Trials with equal keys built the same JointNet (same decisions)."""
-    return str(t.user_attrs.get("decisions_key", f"trial-{t.number}"))
+    key = TrialAttrs.read(t.user_attrs).decisions_key
+    return str(f"trial-{t.number}" if key is None else key)
 
 
 def pareto_front(trials: Sequence[Any]) -> list[FrontPoint]:
@@ -130,18 +131,20 @@ def write_report(study: Any, out: str | os.PathLike, storage_label: str = "") ->
         hist.append({"trials": k, "number": t.number, "hypervolume": hypervolume_2d(pts)})
     points = []
     for f in front:
-        u = f.trial.user_attrs
+        u = TrialAttrs.read(f.trial.user_attrs)
         points.append({
             "number": f.number, "trials": f.trials, "values": list(f.trial.values),
-            **{k: u.get(k) for k in ("gain", "gain_raw", "params", "params_ratio",
-                                     "avg_val_acc", "avg_test_acc", "bwt", "fwt", "order",
-                                     "strategy_options", "grow_sequence", "net_dir")},
-            "search_params": _rounded(f.trial.params), "baseline": u.get("baseline")})
+            "gain": u.gain, "gain_raw": u.gain_raw, "params": u.params,
+            "params_ratio": u.params_ratio, "avg_val_acc": u.avg_val_acc,
+            "avg_test_acc": u.avg_test_acc, "bwt": u.bwt, "fwt": u.fwt, "order": u.order,
+            "strategy_options": u.strategy_options, "grow_sequence": u.grow_sequence,
+            "net_dir": u.net_dir, "search_params": _rounded(f.trial.params),
+            "baseline": u.baseline})
     counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
     baselines = {k[len("baseline_"):]: v for k, v in study.user_attrs.items()
                  if k.startswith("baseline_")}
     if "independent" not in baselines and complete:
-        pi = complete[0].user_attrs.get("params_independent")
+        pi = TrialAttrs.read(complete[0].user_attrs).params_independent
         if pi:
             baselines["independent"] = {"gain": 0.0, "params": pi, "params_independent": pi}
     summary = {
@@ -183,19 +186,18 @@ def _write_trials_csv(path: Path, trials: Sequence[Any], front: set[int], object
     w = csv.writer(buf)
     w.writerow(cols)
     for t in sorted(trials, key=lambda t: t.number):
-        u = t.user_attrs
+        u = TrialAttrs.read(t.user_attrs)
         dur = (t.datetime_complete - t.datetime_start).total_seconds() if (
             t.datetime_complete and t.datetime_start) else None
         vals = list(t.values) if t.values else [None, None]
-        w.writerow([t.number, t.state.name, vals[0], vals[1], u.get("gain"),
-                    u.get("avg_val_acc"), u.get("avg_test_acc"), u.get("params_ratio"),
-                    _feasible(t) if t.values else None, t.number in front,
-                    _same_as(t, first), u.get("baseline"),
-                    format_options(u.get("strategy_options")), delta_label(u.get("grow_sequence")),
-                    format_sequence(u.get("grow_sequence")),
-                    json.dumps(_rounded(t.params), sort_keys=True), dur, u.get("worker"),
-                    u.get("memo_hits"), u.get("memo_misses"), u.get("memo_prefix_len"),
-                    u.get("memo_full_hit"), u.get("indep_trained"), u.get("retry_of")])
+        w.writerow([t.number, t.state.name, vals[0], vals[1], u.gain, u.avg_val_acc,
+                    u.avg_test_acc, u.params_ratio, _feasible(t) if t.values else None,
+                    t.number in front, _same_as(t, first), u.baseline,
+                    format_options(u.strategy_options), delta_label(u.grow_sequence),
+                    format_sequence(u.grow_sequence),
+                    json.dumps(_rounded(t.params), sort_keys=True), dur, u.worker,
+                    u.memo_hits, u.memo_misses, u.memo_prefix_len, u.memo_full_hit,
+                    u.indep_trained, u.retry_of])
     atomic_write(path, buf.getvalue())
 
 
@@ -223,8 +225,7 @@ def summary_text(s: Mapping[str, Any], out: Path) -> str:
                      + (f"  [{opts}]" if (opts := format_options(p.get("strategy_options")))
                         else ""))
     lines += baseline_lines(s.get("baselines") or {})
-    lines.append(f"each trial's run record: {out / TRIALS_DIR}/N/results.json (l2bg explain "
-                 f"{out} --trial N)")
+    lines.append(f"each trial's run record: {out / TRIALS_DIR}/N/results.json")
     lines.append(f"outputs: {out / 'pareto.json'}, trials.csv, pareto.png, hypervolume.png")
     return "\n".join(lines)
 

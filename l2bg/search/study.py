@@ -28,6 +28,7 @@ from l2bg.base.fileio import refused, write_json
 from l2bg.base.locks import FileLocks
 from l2bg.base.outdir import claim_shared, release_shared
 from l2bg.learn.settings import Built, resolve_cache_dir
+from l2bg.search.attrs import TrialAttrs
 from l2bg.search.config import SearchConfig
 from l2bg.search.format import format_sequence
 from l2bg.search.heartbeat import (
@@ -54,6 +55,7 @@ from l2bg.search.storage import open_storage, redact_url
 
 if TYPE_CHECKING:  # pragma: no cover
     from l2bg.learn.learner import Learner
+    from l2bg.learn.record import RunRecord
     from l2bg.learn.strategies import Strategy
 
 __all__ = ["SearchConfig", "run_search"]
@@ -228,30 +230,15 @@ def _enqueue_initial(setup: _Setup, study: Any) -> None:
 
 
 def trial_attrs(outcome: Outcome) -> dict[str, Any]:
-    """The user attributes of a trial: the run record's metrics and grow sequence, and the
-    memo counters (what optuna-dashboard shows, what the reports read)."""
-    r = outcome.record
-    ratio = r["params"] / r["params_independent"] if r["params_independent"] else None
-    attrs = {
-        "gain": r["gain"], "gain_raw": r["gain_raw"], "avg_val_acc": r["avg_val_acc"],
-        "avg_test_acc": r["avg_test_acc"], "bwt": r["bwt"], "fwt": r["fwt"],
-        "params": r["params"], "params_independent": r["params_independent"],
-        "params_ratio": ratio, "order": r["order"], "strategy": r["strategy"],
-        "strategy_options": r["strategy_options"],
-        "grow_sequence": r["grow_sequence"], "decisions_key": outcome.key,
-        "net_dir": None if outcome.net_dir is None else str(outcome.net_dir),
-        "wall_s": round(r["wall_time_s"], 4),
-        "independent_val_acc": [t["independent_val_acc"] for t in r["tasks"]],
-        "independent_test_acc": [t["independent_test_acc"] for t in r["tasks"]],
-    }
-    attrs.update({f"memo_{k}" if not k.startswith(("memo", "indep")) else k: v
-                  for k, v in outcome.stats.items()})
-    return attrs
+    """The user attributes of a trial: the run record's metrics, grow sequence and environment,
+    and the memo counters (what optuna-dashboard shows, what the reports read;
+    :class:`l2bg.search.attrs.TrialAttrs`)."""
+    return TrialAttrs.of(outcome).to_attrs()
 
 
-def _objective_values(cfg: SearchConfig, record: dict[str, Any]) -> list[float]:
-    first = record["gain"] if cfg.objective == "gain" else record["avg_val_acc"]
-    return [float(first), float(record["params"])]
+def _objective_values(cfg: SearchConfig, record: RunRecord) -> list[float]:
+    first = record.gain if cfg.objective == "gain" else record.avg_val_acc
+    return [float(first), float(record.params)]
 
 
 def _counts(study: Any) -> dict[str, int]:
@@ -312,7 +299,7 @@ def _work(setup: _Setup, index: int) -> int:
                 trial.set_user_attr(k, v)
             if cfg.max_params is not None:
                 trial.set_constraint("max_params",
-                                     float(outcome.record["params"] - cfg.max_params))
+                                     float(outcome.record.params - cfg.max_params))
             alive.stop()
             study.tell(trial, _objective_values(cfg, outcome.record))
         except KeyboardInterrupt:
@@ -336,10 +323,10 @@ def _work(setup: _Setup, index: int) -> int:
     return done_here
 
 
-def write_trial_record(out: Path, number: int, record: dict[str, Any]) -> Path:
+def write_trial_record(out: Path, number: int, record: RunRecord) -> Path:
     """The run record of completed trial ``number`` (as ``l2bg run`` writes results.json);
     a refused write is one line (:func:`l2bg.base.fileio.atomic_write`)."""
-    return write_json(trial_record_path(out, number), record)
+    return write_json(trial_record_path(out, number), record.to_json())
 
 
 def _surplus(study: Any, trial: Any, frozen: Any, trials: int) -> bool:
@@ -364,12 +351,11 @@ def _print_trial(index: int, number: int, outcome: Outcome, setup: _Setup,
                  elapsed: float) -> None:
     """One line per finished trial (also when the output is not a terminal)."""
     r, s = outcome.record, outcome.stats
-    ratio = r["params"] / r["params_independent"]
     T = len(setup.space.tasks)
-    print(f"[w{index} {elapsed:7.1f}s] trial {number}: gain {r['gain']:+.2f}%  params "
-          f"{r['params']:,} ({ratio:.2f}x independent)  val acc {100 * r['avg_val_acc']:.2f}%  "
-          f"memo {s['memo_hits']}/{T} reused  {r['wall_time_s']:.1f}s  "
-          f"{format_sequence(r['grow_sequence'])}", flush=True)
+    print(f"[w{index} {elapsed:7.1f}s] trial {number}: gain {r.gain:+.2f}%  params "
+          f"{r.params:,} ({r.params_ratio:.2f}x independent)  val acc "
+          f"{100 * r.avg_val_acc:.2f}%  memo {s['memo_hits']}/{T} reused  "
+          f"{r.wall_time_s:.1f}s  {format_sequence(r.grow_sequence())}", flush=True)
 
 
 def _worker_entry(cfg_dict: dict[str, Any], index: int,
@@ -427,15 +413,16 @@ def _baselines(setup: _Setup, study: Any) -> None:
     if "baseline_shared" in study.user_attrs:
         return
     r = setup.evaluate(None, None, "shared").record
-    keep = ("gain", "params", "avg_val_acc", "avg_test_acc", "params_independent")
-    indep_val = [t["independent_val_acc"] for t in r["tasks"]]
-    indep_test = [t["independent_test_acc"] for t in r["tasks"]]
-    study.set_user_attr("baseline_shared", {k: r[k] for k in keep})
+    indep_val = [t.independent_val_acc for t in r.tasks]
+    indep_test = [t.independent_test_acc for t in r.tasks]
+    study.set_user_attr("baseline_shared", {
+        "gain": r.gain, "params": r.params, "avg_val_acc": r.avg_val_acc,
+        "avg_test_acc": r.avg_test_acc, "params_independent": r.params_independent})
     study.set_user_attr("baseline_independent", {
-        "gain": 0.0, "params": r["params_independent"],
+        "gain": 0.0, "params": r.params_independent,
         "avg_val_acc": sum(indep_val) / len(indep_val),
         "avg_test_acc": sum(indep_test) / len(indep_test),
-        "params_independent": r["params_independent"]})
+        "params_independent": r.params_independent})
 
 
 def run_search(cfg: SearchConfig,

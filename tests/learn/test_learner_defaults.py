@@ -63,7 +63,7 @@ def test_progress_is_one_line_per_task_without_a_terminal(quiet, tty, lines, bui
                                                           monkeypatch, capsys):
     monkeypatch.setattr(sys.stderr, "isatty", lambda: tty, raising=False)
     learner = _learner(built, cache=False, quiet=quiet)
-    assert sum(isinstance(h, LogLines) for h in learner.hooks) == (lines > 0)
+    assert sum(isinstance(h, LogLines) for h in learner.plugins) == (lines > 0)
     learner.run("shared")
     out = capsys.readouterr().out
     assert len([ln for ln in out.splitlines() if "] task " in ln]) == lines

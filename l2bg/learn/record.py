@@ -1,0 +1,494 @@
+"""The run record (``results.json``) and the task record: typed, versioned, one upgrade path.
+
+* :class:`Decision` (with its :class:`CandidateScore` per bind candidate): where a task bound and
+  what grew.
+* :class:`TaskRecord`: a decision carried out (accuracy rows, sizes, losses, the independent net).
+* :class:`RunRecord`: a learned task stream, what ``Learner.run`` returns as ``.record`` and what
+  ``l2bg run``, ``l2bg explain``, the search and the benchmark scripts read and write.
+
+``RunRecord.to_json`` gives results.json key for key (order included) as every l2bg since 0.1
+wrote it, plus ``environment`` (:class:`l2bg.learn.environment.Environment`) and
+``record_version``. ``RunRecord.from_json`` reads any results.json: :func:`upgrade` brings a file
+of an older version to the current one (the only place that knows older layouts), then the typed
+record is built; a file of a newer version is refused with one line. Reading back what
+``to_json`` wrote gives the same JSON. Key by key: docs/design.md §4.2.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from l2bg.base.errors import L2BGError
+from l2bg.conflict import scores as conflict
+from l2bg.conflict.rules import DEFAULT_BIND_RULE, DEFAULT_GROW_RULE
+from l2bg.conflict.similarity import DEFAULT_SIMILARITY
+from l2bg.learn import metrics
+from l2bg.learn.environment import Environment
+
+__all__ = ["RECORD_VERSION", "SEED_KEYS", "CandidateScore", "Decision", "Environment",
+           "RunRecord", "TaskRecord", "check_record", "over_seeds", "upgrade"]
+
+RECORD_VERSION = 2
+"""2: ``record_version`` and ``environment`` (l2bg 0.3). 1: every results.json before, which has
+no ``record_version`` (its older forms: grown slots as indices, no ``rules``, ``reason``,
+``strategy_options``, ``expandable_slots`` or ``executor_backend``)."""
+
+
+@dataclass(frozen=True)
+class CandidateScore:
+    """Conflict of the new task with one bind candidate: C(l) per expandable slot and the task
+    score ‖C‖₂."""
+
+    layers: tuple[float, ...]
+    score: float
+
+    @classmethod
+    def of(cls, layers: Sequence[float]) -> CandidateScore:
+        layers = tuple(float(c) for c in layers)
+        return cls(layers, conflict.task_score(layers))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"layers": list(self.layers), "score": self.score}
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> CandidateScore:
+        return cls(tuple(float(c) for c in obj["layers"]), float(obj["score"]))
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Where a task binds and what grows. ``bind_to=None``: the task-net is the task's own
+    independent net (first task, or strategy ``independent``). ``slots``: template slot indices,
+    sorted. ``delta``: the grow coefficient that chose the slots (None when none did).
+    ``conflict``: the scores of every bind candidate that was scored. ``reason``: why, in words.
+    ``rules``: what decided, ``{"bind": rule, "grow": rule, "similarity": measure}`` (None for a
+    part that was forced or a strategy without the conflict model). Two decisions with the same
+    :attr:`key` give the same network, whatever δ or rules led to them."""
+
+    task: str
+    bind_to: str | None
+    slots: tuple[int, ...] = ()
+    delta: float | None = None
+    conflict: Mapping[str, CandidateScore] = field(default_factory=dict)
+    reason: str = ""
+    rsa_backend: str | None = None
+    rules: Mapping[str, str | None] | None = None
+
+    @property
+    def key(self) -> list[Any]:
+        """The identity of the network this decision builds (JSON): task, bind target, slots."""
+        return [self.task, self.bind_to, list(self.slots)]
+
+
+@dataclass
+class TaskRecord:
+    """A decision carried out: the task's row of the accuracy matrix (validation and test), the
+    JointNet's size after it, the training losses, and its independent net's accuracies.
+    ``position``: the task's place in the learning order (by default read from the rows). Read
+    back from a results.json, ``independent_n_val`` and ``independent_params`` are None (the
+    file does not hold them)."""
+
+    decision: Decision
+    val_row: list[float | None]
+    test_row: list[float | None]
+    params: int | None
+    independent_val_acc: float | None
+    independent_test_acc: float | None
+    independent_n_val: int | None
+    independent_params: int | None
+    independent_cached: bool | None
+    train_loss: list[float] | None = None
+    position: int = -1
+
+    def __post_init__(self) -> None:
+        if self.position < 0:
+            self.position = sum(v is not None for v in self.val_row) - 1
+
+    @property
+    def val_acc(self) -> float | None:
+        return self.val_row[self.position]
+
+    @property
+    def test_acc(self) -> float | None:
+        return self.test_row[self.position]
+
+    def to_json(self, slot_names: Sequence[str]) -> dict[str, Any]:
+        """The task's entry of ``results.json`` (grown slots by name)."""
+        d = self.decision
+        out: dict[str, Any] = {
+            "name": d.task, "bind_to": d.bind_to,
+            "grown_slots": [slot_names[s] for s in d.slots], "delta": d.delta,
+            "conflict": {c: s.to_json() for c, s in d.conflict.items()},
+            "rules": None if d.rules is None else dict(d.rules),
+            "reason": d.reason,
+            "independent_val_acc": self.independent_val_acc,
+            "independent_test_acc": self.independent_test_acc,
+            "independent_cached": self.independent_cached,
+        }
+        if self.train_loss is not None:
+            out["train_loss"] = list(self.train_loss)
+        out.update(val_acc=self.val_acc, test_acc=self.test_acc, params=self.params)
+        return out
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any], slot_names: Sequence[str], position: int,
+                  val_row: list[float | None], test_row: list[float | None]) -> TaskRecord:
+        """A task entry of a results.json of the current version (see :func:`upgrade`), with
+        its rows of the two accuracy matrices."""
+        index = {s: i for i, s in enumerate(slot_names)}
+        d = Decision(task=obj["name"], bind_to=obj["bind_to"],
+                     slots=tuple(s if isinstance(s, int) else index[s]
+                                 for s in obj["grown_slots"]), delta=obj["delta"],
+                     conflict={c: CandidateScore.from_json(s)
+                               for c, s in (obj.get("conflict") or {}).items()},
+                     reason=obj.get("reason") or "", rules=obj.get("rules"))
+        loss = obj.get("train_loss")
+        return cls(decision=d, val_row=list(val_row), test_row=list(test_row),
+                   params=obj.get("params"),
+                   independent_val_acc=obj.get("independent_val_acc"),
+                   independent_test_acc=obj.get("independent_test_acc"),
+                   independent_n_val=None, independent_params=None,
+                   independent_cached=obj.get("independent_cached"),
+                   train_loss=None if loss is None else list(loss), position=position)
+
+    def outcome_json(self) -> dict[str, Any]:
+        """Everything but the decision (what a memo node stores for the step)."""
+        return {"val_row": self.val_row, "test_row": self.test_row, "params": self.params,
+                "independent_val_acc": self.independent_val_acc,
+                "independent_test_acc": self.independent_test_acc,
+                "independent_n_val": self.independent_n_val,
+                "independent_params": self.independent_params,
+                "independent_cached": self.independent_cached, "train_loss": self.train_loss}
+
+    @classmethod
+    def from_outcome(cls, decision: Decision, obj: Mapping[str, Any]) -> TaskRecord:
+        return cls(decision=decision, val_row=list(obj["val_row"]),
+                   test_row=list(obj["test_row"]), params=int(obj["params"]),
+                   independent_val_acc=float(obj["independent_val_acc"]),
+                   independent_test_acc=float(obj["independent_test_acc"]),
+                   independent_n_val=int(obj["independent_n_val"]),
+                   independent_params=int(obj["independent_params"]),
+                   independent_cached=bool(obj["independent_cached"]),
+                   train_loss=None if obj["train_loss"] is None else list(obj["train_loss"]))
+
+
+@dataclass(eq=False)
+class RunRecord(Mapping[str, Any]):
+    """A learned task stream: what ran, one :class:`TaskRecord` per task in learning order, the
+    metrics of docs/design.md, sizes, timings, and where it ran (:class:`Environment`).
+
+    The accuracy matrices and the grow sequence are the task records' rows and decisions.
+    ``config`` is set by ``l2bg run`` and the quality table; ``order`` and ``memo`` (with the
+    ``decisions`` derived from the tasks) by a search trial. Read as a mapping (``record["gain"]``)
+    it is the results.json it writes: read-only, for code written against the dict of 0.2."""
+
+    benchmark: str
+    strategy: str
+    strategy_options: dict[str, Any]
+    seed: int | None
+    tasks: list[TaskRecord]
+    slots: list[str]
+    expandable_slots: list[str]
+    avg_val_acc: float | None = None
+    avg_test_acc: float | None = None
+    bwt: float | None = None
+    fwt: float | None = None
+    gain: float | None = None
+    gain_raw: float | None = None
+    params: int | None = None
+    params_independent: int | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    rsa_backend: str | None = None
+    executor_backend: str | None = None
+    cache: dict[str, int] | None = None
+    wall_time_s: float | None = None
+    order: list[str] | None = None
+    memo: dict[str, Any] | None = None
+    config: dict[str, Any] | None = None
+    decathlon: dict[str, Any] | None = None  # a vdd run's decathlon_score(s) (§2.11)
+    environment: Environment | None = None
+
+    @classmethod
+    def build(cls, tasks: Sequence[TaskRecord], *, benchmark: str, strategy: str,
+              strategy_options: dict[str, Any], seed: int, slots: Sequence[str],
+              expandable_slots: Sequence[str], timings: Mapping[str, float], wall_s: float,
+              executor_backend: str | None, cache: dict[str, int],
+              environment: Environment | None) -> RunRecord:
+        """The record of ``tasks`` (one per learned task, in learning order): the metrics of
+        docs/design.md from their accuracy rows and independent nets."""
+        R_val = [r.val_row for r in tasks]
+        R_test = [r.test_row for r in tasks]
+        final_err = [1.0 - a for a in R_val[-1]]
+        indep_err = [1.0 - r.independent_val_acc for r in tasks]
+        n_val = [r.independent_n_val for r in tasks]
+        backends = [r.decision.rsa_backend for r in tasks if r.decision.rsa_backend is not None]
+        return cls(
+            benchmark=benchmark, strategy=strategy, strategy_options=strategy_options,
+            seed=seed, tasks=list(tasks), slots=list(slots),
+            expandable_slots=list(expandable_slots),
+            avg_val_acc=metrics.average_accuracy(R_val),
+            avg_test_acc=metrics.average_accuracy(R_test),
+            bwt=metrics.bwt(R_test),
+            fwt=metrics.fwt(R_test, [r.independent_test_acc for r in tasks]),
+            gain=metrics.gain(final_err, indep_err, n_val),
+            gain_raw=metrics.gain_raw(final_err, indep_err, n_val),
+            params=tasks[-1].params,
+            params_independent=sum(r.independent_params for r in tasks),
+            timings={k: round(v, 4) for k, v in sorted(timings.items())},
+            rsa_backend=backends[-1] if backends else None,
+            executor_backend=executor_backend, cache=dict(cache), wall_time_s=wall_s,
+            environment=environment)
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def decisions(self) -> list[Decision]:
+        return [t.decision for t in self.tasks]
+
+    @property
+    def acc_matrix(self) -> list[list[float | None]]:
+        """R on test: row i after learning task i (§2.11)."""
+        return [list(t.test_row) for t in self.tasks]
+
+    @property
+    def acc_matrix_val(self) -> list[list[float | None]]:
+        return [list(t.val_row) for t in self.tasks]
+
+    @property
+    def params_ratio(self) -> float | None:
+        """Parameters of the JointNet per parameter of the independent nets."""
+        if not self.params_independent or self.params is None:
+            return None
+        return self.params / self.params_independent
+
+    def grow_sequence(self) -> list[dict[str, Any]]:
+        """``{task, bind_to, delta, grown_slots}`` per task: the grow sequence that ran."""
+        return [{"task": d.task, "bind_to": d.bind_to, "delta": d.delta,
+                 "grown_slots": [self.slots[s] for s in d.slots]} for d in self.decisions]
+
+    def summary(self) -> dict[str, Any]:
+        """The numbers a table of runs shows (accuracies and BWT in percent): what the quality
+        table and ``l2bg run --seeds`` average over seeds."""
+        return {"test_acc": _pct(self.avg_test_acc), "val_acc": _pct(self.avg_val_acc),
+                "params_ratio": self.params_ratio, "params": self.params, "gain": self.gain,
+                "bwt": _pct(self.bwt)}
+
+    # ------------------------------------------------------------------ JSON
+    def to_json(self) -> dict[str, Any]:
+        """results.json: the keys of every earlier version in their order, then
+        ``environment`` and ``record_version``."""
+        out: dict[str, Any] = {
+            "benchmark": self.benchmark, "strategy": self.strategy,
+            "strategy_options": self.strategy_options, "seed": self.seed,
+            "tasks": [t.to_json(self.slots) for t in self.tasks],
+            "grow_sequence": self.grow_sequence(),
+            "acc_matrix": self.acc_matrix, "acc_matrix_val": self.acc_matrix_val,
+            "avg_val_acc": self.avg_val_acc, "avg_test_acc": self.avg_test_acc,
+            "bwt": self.bwt, "fwt": self.fwt, "gain": self.gain, "gain_raw": self.gain_raw,
+            "params": self.params, "params_independent": self.params_independent,
+            "slots": list(self.slots), "expandable_slots": list(self.expandable_slots),
+            "timings": dict(self.timings), "rsa_backend": self.rsa_backend,
+            "executor_backend": self.executor_backend,
+            "cache": None if self.cache is None else dict(self.cache),
+            "wall_time_s": self.wall_time_s,
+        }
+        if self.order is not None:
+            out.update(order=list(self.order), decisions=[d.key for d in self.decisions],
+                       memo=None if self.memo is None else dict(self.memo))
+        if self.config is not None:
+            out["config"] = self.config
+        out.update(self.decathlon or {})
+        out["environment"] = None if self.environment is None else self.environment.to_json()
+        out["record_version"] = RECORD_VERSION
+        return out
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str = "results.json") -> RunRecord:
+        """A results.json of any version (:func:`upgrade`); a malformed one is one line that
+        names the first bad key (``where`` names the file)."""
+        r = upgrade(obj, where)
+        try:
+            return cls._from_upgraded(r)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise L2BGError(f"{where}: a value of the wrong type or shape ({exc!r}); it was "
+                            "edited or is not the results.json of `l2bg run`") from None
+
+    @classmethod
+    def _from_upgraded(cls, r: dict[str, Any]) -> RunRecord:
+        slots = list(r.get("slots") or [])
+        T = len(r["tasks"])
+        rows_val, rows_test = r.get("acc_matrix_val"), r.get("acc_matrix")
+        tasks = []
+        for i, t in enumerate(r["tasks"]):
+            own = ([None] * i + [t.get("val_acc")] + [None] * (T - i - 1),
+                   [None] * i + [t.get("test_acc")] + [None] * (T - i - 1))
+            tasks.append(TaskRecord.from_json(
+                t, slots, i, _row(rows_val, i, T) or own[0], _row(rows_test, i, T) or own[1]))
+        env = r.get("environment")
+        return cls(
+            benchmark=r["benchmark"], strategy=r["strategy"],
+            strategy_options=r.get("strategy_options") or {}, seed=r.get("seed"), tasks=tasks,
+            slots=slots, expandable_slots=list(r.get("expandable_slots") or slots),
+            **{k: r.get(k) for k in ("avg_val_acc", "avg_test_acc", "bwt", "fwt", "gain",
+                                     "gain_raw", "params", "params_independent", "rsa_backend",
+                                     "executor_backend", "cache", "wall_time_s", "order",
+                                     "memo", "config")},
+            timings=r.get("timings") or {},
+            decathlon={k: v for k, v in r.items() if k.startswith("decathlon_")} or None,
+            environment=Environment.from_json(env) if isinstance(env, Mapping) else None)
+
+    # ------------------------------------------------------------------ mapping (read-only)
+    def __getitem__(self, key: str) -> Any:
+        return self.to_json()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_json())
+
+    def __len__(self) -> int:
+        return len(self.to_json())
+
+    def keys(self):  # type: ignore[override]  # one to_json, not one per key
+        return self.to_json().keys()
+
+    def items(self):  # type: ignore[override]
+        return self.to_json().items()
+
+    def values(self):  # type: ignore[override]
+        return self.to_json().values()
+
+
+#: what a table of runs averages over seeds (keys of :meth:`RunRecord.summary`)
+SEED_KEYS = ("test_acc", "val_acc", "params_ratio", "gain", "bwt")
+
+
+def over_seeds(summaries: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """``{key}_mean`` and ``{key}_sd`` over the seeds' :meth:`RunRecord.summary` for every key
+    of :data:`SEED_KEYS`: the quality table's aggregation and ``l2bg run --seeds``'."""
+    out: dict[str, float] = {}
+    for key in SEED_KEYS:
+        out[f"{key}_mean"], out[f"{key}_sd"] = metrics.mean_sd([s[key] for s in summaries])
+    return out
+
+
+def _pct(x: float | None) -> float | None:
+    return None if x is None else 100 * x
+
+
+def _row(rows: Any, i: int, T: int) -> list[float | None] | None:
+    """Row i of an accuracy matrix of a file, when it has one of the right length."""
+    if isinstance(rows, list) and len(rows) == T and isinstance(rows[i], list) \
+            and len(rows[i]) == T:
+        return rows[i]
+    return None
+
+
+# ---------------------------------------------------------------------- reading older files
+def upgrade(obj: Any, where: str = "results.json") -> dict[str, Any]:
+    """``obj`` (a results.json of any version, checked by :func:`check_record`) in the layout
+    of :data:`RECORD_VERSION`, as a new dict. Version 1 → 2: grown slots given as indices become
+    names; a missing ``rules`` becomes the defaults, which were the only rules then (none for a
+    task that was not scored); a missing ``reason`` is empty, ``strategy_options`` ``{}``,
+    ``expandable_slots`` every slot; what the file never held (accuracy matrices, metrics,
+    timings, environment) is null."""
+    check_record(obj, where)
+    version = obj.get("record_version", 1)
+    if version != RECORD_VERSION and (not isinstance(version, int) or isinstance(version, bool)
+                                      or not 1 <= version <= RECORD_VERSION):
+        raise L2BGError(f"{where}: record_version {version!r} is not one this l2bg reads "
+                        f"(1..{RECORD_VERSION}); a newer l2bg wrote it: upgrade l2bg")
+    r = dict(obj)
+    if version < 2:
+        r = _upgrade_1_to_2(r)
+    return r
+
+
+def _upgrade_1_to_2(r: dict[str, Any]) -> dict[str, Any]:
+    slots = list(r.get("slots") or [])
+    r["slots"] = slots
+    r["expandable_slots"] = list(r.get("expandable_slots") or slots)
+    r["strategy_options"] = dict(r.get("strategy_options") or {})
+    tasks = []
+    for t in r["tasks"]:
+        t = dict(t)
+        t["grown_slots"] = [slots[s] if isinstance(s, int) else s for s in t["grown_slots"]]
+        if "rules" not in t:
+            scored = bool(t.get("conflict"))
+            t["rules"] = {"bind": DEFAULT_BIND_RULE if scored else None,
+                          "grow": DEFAULT_GROW_RULE if scored and t["delta"] is not None
+                          else None,
+                          "similarity": DEFAULT_SIMILARITY if scored else None}
+        t.setdefault("reason", "")
+        tasks.append(t)
+    r["tasks"] = tasks
+    r["record_version"] = RECORD_VERSION
+    return r
+
+
+def _number(v: Any) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _names(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def check_record(r: Any, where: str = "results.json") -> None:
+    """Check a run record read from disk (a hand-edited results.json): one line naming the
+    first key that is missing or of the wrong type."""
+    def bad(key: str, want: str) -> L2BGError:
+        return L2BGError(f"{where}: {key} must be {want}; it was edited or is not the "
+                         "results.json of `l2bg run`")
+
+    if not isinstance(r, dict):
+        raise bad("the file", "a JSON object")
+    for key in ("benchmark", "strategy"):
+        if not isinstance(r.get(key), str):
+            raise bad(key, "a string")
+    for key in ("slots", "expandable_slots"):
+        if r.get(key) is not None and not _names(r[key]):
+            raise bad(key, "a list of slot names")
+    if r.get("strategy_options") is not None and not isinstance(r["strategy_options"], dict):
+        raise bad("strategy_options", "an object")
+    slots = r.get("slots") or []
+    if not isinstance(r.get("tasks"), list):
+        raise bad("tasks", "a list")
+    for i, t in enumerate(r["tasks"]):
+        at = f"tasks[{i}]"
+        if not isinstance(t, dict):
+            raise bad(at, "an object")
+        for key in ("name", "bind_to", "delta", "grown_slots"):
+            if key not in t:
+                raise bad(f"{at}.{key}", "present (null where it does not apply)")
+        if not isinstance(t["name"], str):
+            raise bad(f"{at}.name", "a string")
+        if t["bind_to"] is not None and not isinstance(t["bind_to"], str):
+            raise bad(f"{at}.bind_to", "a task name or null")
+        if t["delta"] is not None and not _number(t["delta"]):
+            raise bad(f"{at}.delta", "a number or null")
+        if t.get("reason") is not None and not isinstance(t["reason"], str):
+            raise bad(f"{at}.reason", "a string")
+        rules = t.get("rules")
+        if rules is not None and (not isinstance(rules, dict) or not all(
+                v is None or isinstance(v, str) for v in rules.values())):
+            raise bad(f"{at}.rules", "an object of rule names (or null)")
+        grown = t["grown_slots"]
+        if not isinstance(grown, list) or not all(
+                (isinstance(g, str) and g in slots) or (
+                    isinstance(g, int) and not isinstance(g, bool) and 0 <= g < len(slots))
+                for g in grown):
+            raise bad(f"{at}.grown_slots", "a list of the record's slot names")
+        conflict = t.get("conflict") or {}
+        if not isinstance(conflict, dict):
+            raise bad(f"{at}.conflict", "an object")
+        for cand, sc in conflict.items():
+            key = f"{at}.conflict[{cand!r}]"
+            if not isinstance(sc, dict) or not _number(sc.get("score")):
+                raise bad(key, "{\"layers\": [...], \"score\": number}")
+            layers = sc.get("layers")
+            if not isinstance(layers, list) or not layers or not all(
+                    _number(c) and 0 <= c <= 2 for c in layers):  # C = 1 - similarity
+                raise bad(f"{key}.layers", "a list of conflict scores in [0, 2], one per slot")
+        if conflict and t["bind_to"] not in conflict:
+            raise bad(f"{at}.bind_to", "one of the candidates it was scored against")

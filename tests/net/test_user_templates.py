@@ -252,3 +252,33 @@ def test_shared_tensor_and_bad_expandable_are_refused():
     net.bind("b", "a")
     with pytest.raises(L2BGError, match="not expandable"):
         net.grow("b", [1])
+
+
+@pytest.mark.skipif(not NATIVE, reason="needs the native extension")
+def test_mixed_native_equals_reference_in_train_mode_with_gradients():
+    """In train mode the mixed native plan and the reference run the same plan: equal logits,
+    equal batch-norm running statistics afterwards and equal gradients."""
+    import copy
+
+    torch.manual_seed(1)
+    net = JointNet(factory())
+    net.add_task("a", 3)
+    net.bind("b", "a", 3)
+    net.grow("b", ["stem", "fc"])
+    net.train()
+    twin = copy.deepcopy(net)
+    x = {"a": torch.randn(3, 1, 4, 4), "b": torch.randn(2, 1, 4, 4)}
+    out = {}
+    for backend, n in (("native", net), ("reference", twin)):
+        logits = n.forward_all(x, backend=backend)
+        sum(v.square().sum() for v in logits.values()).backward()
+        out[backend] = logits
+    for t in x:
+        torch.testing.assert_close(out["native"][t], out["reference"][t], rtol=1e-5, atol=1e-6)
+    for (k, v), (k2, v2) in zip(net.state_dict().items(), twin.state_dict().items(), strict=True):
+        assert k == k2
+        torch.testing.assert_close(v, v2, rtol=1e-5, atol=1e-6)
+    for (k, p), (_, p2) in zip(net.named_parameters(), twin.named_parameters(), strict=True):
+        assert p.grad is not None, k
+        torch.testing.assert_close(p.grad, p2.grad, rtol=1e-4, atol=1e-5)
+

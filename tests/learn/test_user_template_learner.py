@@ -28,7 +28,6 @@ def factory():
                            head=lambda n: nn.Linear(3, n), input_shape=(1, 4, 4))
 
 
-
 def test_learner_runs_a_user_template_and_reloads_cached_nets(tmp_path):
     """A user template trains through Learner with the user's TrainConfig; a second Learner on
     the same cache directory loads the independent nets (saved from the user template) instead

@@ -100,7 +100,7 @@ def test_forward_all_equals_per_task_forward(backend, net, per_task, rows):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("per_task", [False, True])
-def test_plan_runs_each_shared_node_once(backend, per_task):
+def test_plan_runs_each_shared_node_once(backend, per_task, monkeypatch):
     """The plan of a user template dedups like a built-in one: a bound task adds no node
     evaluations for the slots it shares, and the PyTorch module of a shared block runs once;
     the native plan runs the block in PyTorch and the rest in C++."""
@@ -118,10 +118,17 @@ def test_plan_runs_each_shared_node_once(backend, per_task):
     calls = []
     block = net.nodes[net.routes()["a"][1]]
     block.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    from l2bg.net import executor
+
+    native_evals = []
+    one_node = executor._one_node_program
+    monkeypatch.setattr(executor, "_one_node_program",
+                        lambda n: native_evals.append(n) or one_node(n))
     x = {t: torch.randn(2, 1, 4, 4) for t in net.tasks} if per_task else torch.randn(2, 1, 4, 4)
     with torch.no_grad():
         net.forward_all(x, backend=backend)
     assert calls == [6 if per_task else 2]
+    assert len(native_evals) == (4 if backend == "native" else 0)  # stem, pool, fc twice in C++
 
 
 @SETTINGS

@@ -24,6 +24,7 @@ _EXPORTS = {
     "mlp": "l2bg.net.templates",
     "convnet": "l2bg.net.templates",
     "template_for": "l2bg.net.templates",
+    "module_template": "l2bg.net.modules",
     "Task": "l2bg.data",
     "Benchmark": "l2bg.data",
     "BENCHMARKS": "l2bg.data",
@@ -128,6 +129,7 @@ __all__ = [
     "fit",
     "metrics",
     "mlp",
+    "module_template",
     "rsa",
     "rules",
     "search",
@@ -153,6 +155,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from l2bg.learn.training import TrainConfig, default_config, evaluate_all, fit
     from l2bg.net import executor
     from l2bg.net.jointnet import JointNet, copy_task_net
+    from l2bg.net.modules import module_template
     from l2bg.net.templates import Template, convnet, mlp, template_for
 
 

@@ -82,10 +82,11 @@ class IndependentCache:
         tseed = task_seed(seed, index)
         cfg = config.replace(seed=tseed)
         key = self.key(benchmark, task_fingerprint(task), tseed, template, cfg)
-        found = self._memory.get(key) or self._read(key, task.name, device)
+        found = self._memory.get(key) or self._read(key, task.name, device, template=template)
         if found is None and self.root is not None:
             with self.locks.hold(self.root / "independent" / f".{key}.lock"):
-                found = self._read(key, task.name, device, repair=True)
+                found = self._read(key, task.name, device, repair=True,
+                                   template=template)
                 if found is None:
                     return self._train(key, task, tseed, template, cfg, device, progress)
         elif found is None:
@@ -114,8 +115,8 @@ class IndependentCache:
         self._memory[key] = result
         return result
 
-    def _read(self, key: str, task: str, device: torch.device, repair: bool = False
-              ) -> IndependentNet | None:
+    def _read(self, key: str, task: str, device: torch.device, repair: bool = False,
+              template: Template | None = None) -> IndependentNet | None:
         """The entry ``key``, or None when it is absent or damaged; with ``repair`` (under the
         entry's lock) a damaged entry is moved aside."""
         if self.root is None:
@@ -127,7 +128,9 @@ class IndependentCache:
         found = None
         if problem is None:
             try:
-                net = JointNet.load(entry, map_location=device)
+                net = JointNet.load(entry, map_location=device,
+                                    template=template if template is not None and template.is_user
+                                    else None)
                 found = IndependentNet(net=net, task=task, val_acc=float(meta["val_acc"]),
                                        test_acc=float(meta["test_acc"]),
                                        n_val=int(meta["n_val"]), train_s=float(meta["train_s"]),

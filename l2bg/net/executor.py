@@ -24,7 +24,7 @@ topology, parameter storages and inference mode stay the same (``l2bg.net.cuda_g
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -106,16 +106,45 @@ def _extension():
 
 
 def run_native(plan: Plan, inputs: list[Tensor]) -> list[Tensor]:
-    """Run a plan with the C++ executor (``torch.ops.l2bg.run_plan``)."""
-    if plan.native_error is not None:
-        raise L2BGError(plan.native_error)
-    return torch.ops.l2bg.run_plan.default(
-        plan.program, plan.layers, plan.fargs, plan.flags(), inputs, plan.params
-    )
+    """Run a plan with the C++ executor (``torch.ops.l2bg.run_plan``). A plan with nodes C++
+    does not know (any user module) runs its steps here instead: each node once, in C++ when
+    C++ knows its layers, else through its own PyTorch module."""
+    if plan.native_error is None:
+        return torch.ops.l2bg.run_plan.default(
+            plan.program, plan.layers, plan.fargs, plan.flags(), inputs, plan.params
+        )
+    params, flags = plan.params, plan.flags()
+
+    def evaluate(node: int, x: Tensor) -> Tensor:
+        layers = plan.node_layers[node]
+        if layers is None:
+            return plan.modules[node](x)
+        first, count = plan.node_params[node]
+        return torch.ops.l2bg.run_plan.default(
+            _one_node_program(count), layers, plan.node_fargs, flags[node : node + 1] if flags
+            else [], [x], params[first : first + count])[0]
+
+    return run_reference(plan, inputs, evaluate)
 
 
-def run_reference(plan: Plan, inputs: list[Tensor]) -> list[Tensor]:
-    """Run a plan in pure PyTorch with the JointNet's own modules (the spec of run_native)."""
+_ONE_NODE: dict[int, list[int]] = {}
+
+
+def _one_node_program(slot_params: int) -> list[int]:
+    """The plan of one node on one input, no head (its output is the node's output)."""
+    if slot_params not in _ONE_NODE:
+        _ONE_NODE[slot_params] = compile_plan_reference([[0]], [slot_params], 0, False)
+    return _ONE_NODE[slot_params]
+
+
+def run_reference(plan: Plan, inputs: list[Tensor],
+                  evaluate: Callable[[int, Tensor], Tensor] | None = None) -> list[Tensor]:
+    """Run a plan in pure PyTorch with the JointNet's own modules (the spec of run_native);
+    ``evaluate(node, x)`` replaces how one node runs (default: its module)."""
+    if evaluate is None:
+        def evaluate(node: int, x: Tensor) -> Tensor:
+            return plan.modules[node](x)
+
     program = plan.program
     n_buffers = program[H_BUFFERS]
     buffers: list[Tensor | None] = [None] * n_buffers
@@ -147,7 +176,7 @@ def run_reference(plan: Plan, inputs: list[Tensor]) -> list[Tensor]:
             _, node, out, segs = step
             parts = [view(*seg) for seg in segs]
             x = parts[0] if len(parts) == 1 else torch.cat(parts)
-            buffers[out] = plan.modules[node](x)
+            buffers[out] = evaluate(node, x)
         elif op == RELEASE:
             buffers[step[1]] = None
         elif op == CAPTURE:

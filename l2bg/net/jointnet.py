@@ -272,11 +272,13 @@ class JointNet(nn.Module):
         return directory
 
     @classmethod
-    def from_topology(cls, topo: Any, where: str = "topology") -> JointNet:
+    def from_topology(cls, topo: Any, where: str = "topology", template: Any = None
+                      ) -> JointNet:
         """An untrained JointNet with the given topology (weights freshly initialised), checked
         against the schema of its ``format_version`` (:func:`check_topology`); ``where`` names
-        the source in errors."""
-        net = cls(_build_template(topo, where))
+        the source in errors. ``template``: the user template (or its factory) a topology saved
+        from user modules needs; it must match the saved one."""
+        net = cls(_build_template(topo, where, template))
         spec = check_topology(topo, net.template, where)
         for node in spec["nodes"]:
             nid, s = node["id"], node["slot"]
@@ -300,9 +302,11 @@ class JointNet(nn.Module):
         return net
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu"
-             ) -> JointNet:
-        """Load a JointNet saved with :meth:`save`; topology and weights must agree exactly."""
+    def load(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu",
+             template: Any = None) -> JointNet:
+        """Load a JointNet saved with :meth:`save`; topology and weights must agree exactly. A
+        JointNet of a user template (:func:`l2bg.net.modules.module_template`) loads only with
+        ``template=`` that template or the factory that makes it."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -320,7 +324,7 @@ class JointNet(nn.Module):
         except OSError as exc:
             raise L2BGError(f"cannot read {files[0]} ({exc.strerror or exc})") from exc
         with torch.device("meta"):  # shapes only: a hand-edited size allocates nothing
-            expected = cls.from_topology(topo, where=str(files[0])).state_dict()
+            expected = cls.from_topology(topo, str(files[0]), template).state_dict()
         try:
             state = load_file(str(files[1]), device=str(map_location))
         except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as exc:
@@ -336,7 +340,7 @@ class JointNet(nn.Module):
                                          ("shape or dtype mismatch", bad)) if keys]
             raise L2BGError(f"{TOPOLOGY_FILE} and {WEIGHTS_FILE} in {directory} disagree "
                             f"({'; '.join(parts)}); save both from the same JointNet")
-        net = cls.from_topology(topo, where=str(files[0]))
+        net = cls.from_topology(topo, str(files[0]), template)
         net.load_state_dict(state)
         return net.to(map_location)
 

@@ -234,6 +234,13 @@ class Plan:
     stateful: list[list[nn.Module]] = field(default_factory=list)
     steps: list[tuple] = field(default_factory=list)
     native_error: str | None = None
+    node_layers: list[list[int] | None] = field(default_factory=list)
+    """With ``native_error`` (a slot the one-shot C++ program cannot run): per node, its own
+    one-slot program (``[1, *slot program]``) when C++ knows its layers, else None (it runs its
+    PyTorch module); the plan's steps stay the same (:func:`l2bg.net.executor.run_native`)."""
+    node_fargs: list[float] = field(default_factory=list)
+    node_params: list[tuple[int, int]] = field(default_factory=list)
+    """Per node: (offset, count) of its entries in :attr:`params`."""
 
     @property
     def node_evals(self) -> int:
@@ -378,6 +385,14 @@ def build_plan(
         if _node_signature(m) != _node_signature(modules[first_at[net.node_slot[n]]]):
             native_error = f"node {n!r} differs from the other nodes of its slot"
     head_params = 2 if net.heads is not None else 0
+    node_fargs: list[float] = []
+    node_layers: list[list[int] | None] = []
+    if native_error is not None:  # mixed: C++ per node where it knows the layers, else PyTorch
+        for m in modules:
+            try:
+                node_layers.append([1, *_encode_slot(m, node_fargs)])
+            except L2BGError:
+                node_layers.append(None)
 
     ext = load_extension()
     if ext is not None:
@@ -398,13 +413,16 @@ def build_plan(
 
     sources: list[tuple[dict, str]] = []
     stateful: list[list[nn.Module]] = []
-    for m in [*modules, *(h for h in heads if h is not None)]:
+    node_params: list[tuple[int, int]] = []
+    for k, m in enumerate([*modules, *(h for h in heads if h is not None)]):
         sub = list(m) if isinstance(m, nn.Sequential) else [m]
+        first = len(sources)
         for layer in sub:
             for a in _PARAMS.get(_layer_kind(layer), ()):
                 sources.append((layer._buffers if a in layer._buffers else layer._parameters, a))
-        if m not in heads:
+        if k < len(modules):
             stateful.append([x for x in sub if _layer_kind(x) in (BATCH_NORM, DROPOUT)])
+            node_params.append((first, len(sources) - first))
     return Plan(
         program=program,
         version=net.version,
@@ -421,4 +439,7 @@ def build_plan(
         stateful=stateful,
         steps=decode_steps(program),
         native_error=native_error,
+        node_layers=node_layers,
+        node_fargs=node_fargs,
+        node_params=node_params,
     )

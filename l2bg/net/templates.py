@@ -3,14 +3,16 @@ shares (the paper's bijective layer mapping), plus how heads are made.
 
 A slot is a short chain of primitive layers (linear, conv2d, relu, max_pool2d, flatten,
 batch_norm, dropout). Templates are plain data so a JointNet's topology can be saved as JSON and
-the C++ executor can run the same chain.
+the C++ executor can run the same chain. A user template (:func:`l2bg.net.modules.module_template`)
+holds a prototype module per slot instead.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,14 +52,31 @@ class Layer:
 
 @dataclass(frozen=True)
 class SlotSpec:
-    """A slot of the template: a named chain of layers, expandable (may be grown) or not."""
+    """A slot of the template: a named chain of layers, expandable (may be grown) or not; or,
+    in a user template, a prototype ``module`` (then ``layers`` is empty)."""
 
     name: str
     layers: tuple[Layer, ...]
     expandable: bool = True
+    module: nn.Module | None = None
 
-    def build(self) -> nn.Sequential:
-        return nn.Sequential(*(layer.build() for layer in self.layers))
+    def build(self) -> nn.Module:
+        """A fresh node: the chain's layers, or a deep copy of the prototype module with every
+        submodule that has ``reset_parameters`` re-initialised (from torch's global RNG)."""
+        if self.module is None:
+            return nn.Sequential(*(layer.build() for layer in self.layers))
+        return fresh_copy(self.module)
+
+
+def fresh_copy(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` re-initialised where its submodules know how
+    (``reset_parameters``: linear, conv, batch norm weights and running statistics)."""
+    out = copy.deepcopy(module)
+    for m in out.modules():
+        reset = getattr(m, "reset_parameters", None)
+        if callable(reset):
+            reset()
+    return out
 
 
 @dataclass(frozen=True)
@@ -73,6 +92,17 @@ class Template:
     input_shape: tuple[int, ...] | None = None
     """Shape of one input sample (None: not known; inputs are then not checked). Defaults to
     the first layer's input features when that layer is linear."""
+    head_factory: Callable[[int], nn.Module] | None = None
+    """User templates with per-task heads: ``head_factory(num_classes)`` makes a task's head."""
+    modules: dict[str, Any] | None = None
+    """User templates: what the saved topology records of the modules (slot names, expandable
+    slots, head kind and a signature of the module types and tensor shapes) so that loading
+    with another template is an error, never a silent mismatch."""
+
+    @property
+    def is_user(self) -> bool:
+        """Made from user modules (saved files load only with the template passed in)."""
+        return self.modules is not None
 
     def __post_init__(self) -> None:
         if self.input_shape is None and self.slots and self.slots[0].layers:
@@ -104,17 +134,28 @@ class Template:
             )
         return slot
 
-    def build_head(self, num_classes: int) -> nn.Linear:
+    def build_head(self, num_classes: int) -> nn.Module:
         if not self.per_task_heads:
             raise L2BGError(f"template {self.name} has a shared head slot, not per-task heads")
         from l2bg.base.bounds import MAX_PARAMETERS, check_size
 
         num_classes = _size(self.name, "num_classes", num_classes)
+        if self.head_factory is not None:
+            head = self.head_factory(num_classes)
+            if not isinstance(head, nn.Module):
+                raise L2BGError(f"{self.name}: the head factory returned "
+                                f"{type(head).__name__}, not an nn.Module; return the head")
+            check_size(f"{self.name}: a head of {num_classes} classes has parameters, which",
+                       sum(p.numel() for p in head.parameters()), MAX_PARAMETERS,
+                       fix="use fewer classes")
+            return head
         check_size(f"{self.name}: a head of {num_classes} classes has parameters, which",
                    (self.head_in + 1) * num_classes, MAX_PARAMETERS, fix="use fewer classes")
         return nn.Linear(self.head_in, num_classes)
 
     def to_dict(self) -> dict[str, Any]:
+        if self.modules is not None:
+            return {"name": self.name, "kwargs": self.kwargs, "modules": self.modules}
         return {"name": self.name, "kwargs": self.kwargs}
 
 
@@ -151,6 +192,8 @@ def _check_parameters(template: Template) -> Template:
 
     count = 0
     for slot in template.slots:
+        if slot.module is not None:
+            count += sum(p.numel() for p in slot.module.parameters())
         for layer in slot.layers:
             a = layer.args
             if layer.kind == "linear":

@@ -27,7 +27,9 @@ def _canon(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True)
 
 
-def _build_template(topo: Any, where: str) -> Template:
+def _build_template(topo: Any, where: str, given: Any = None) -> Template:
+    """The template of a topology: a built-in one rebuilt from its name and kwargs, or the
+    ``given`` user template (a Template or a factory), which must match what was saved."""
     fix = "re-save the JointNet with JointNet.save"
     if not isinstance(topo, dict):
         raise L2BGError(f"{where}: not a JointNet topology (a JSON object is expected, got "
@@ -43,9 +45,11 @@ def _build_template(topo: Any, where: str) -> Template:
         raise L2BGError(f"{where}: format_version {version} was written by a newer l2bg (this "
                         f"one reads version {FORMAT_VERSION}); upgrade l2bg")
     tpl = topo.get("template")
-    if (not isinstance(tpl, dict) or set(tpl) != {"name", "kwargs"}
+    if (not isinstance(tpl, dict) or set(tpl) - {"modules"} != {"name", "kwargs"}
             or not isinstance(tpl["name"], str) or not isinstance(tpl["kwargs"], dict)):
         raise L2BGError(f"{where}: template must be {{\"name\": str, \"kwargs\": {{...}}}}; {fix}")
+    if given is not None or "modules" in tpl:
+        return _given_template(tpl, where, given)
     try:
         template = make_template(tpl["name"], **tpl["kwargs"])
     except L2BGError as exc:
@@ -56,6 +60,22 @@ def _build_template(topo: Any, where: str) -> Template:
     if _canon(template.to_dict()) != _canon(tpl):  # 784.5 read as 784: say what it builds
         raise L2BGError(f"{where}: template kwargs {tpl['kwargs']} are not in the form "
                         f"{tpl['name']!r} writes them ({template.kwargs}); {fix}")
+    return template
+
+
+def _given_template(tpl: dict[str, Any], where: str, given: Any) -> Template:
+    from l2bg.net.modules import resolve_template
+
+    if given is None:
+        raise L2BGError(f"{where}: saved from the user template {tpl['name']!r}; load it with "
+                        "JointNet.load(dir, template=<the factory that built it>)")
+    template = resolve_template(given, where)
+    if _canon(template.to_dict()) != _canon(tpl):
+        have, want = template.to_dict(), tpl
+        diff = sorted(k for k in {*have, *want} if _canon(have.get(k)) != _canon(want.get(k)))
+        raise L2BGError(f"{where}: the template passed ({template.name!r}) does not match the "
+                        f"saved one {tpl['name']!r} (differs in {', '.join(diff)}); pass the "
+                        "template factory that built the saved JointNet")
     return template
 
 

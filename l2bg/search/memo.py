@@ -110,12 +110,13 @@ class MemoStore:
             raise L2BGError(f"memo node {key} vanished or is damaged; rerun to compute it again")
         return self._meta[key]
 
-    def load_net(self, key: str, device: Any) -> JointNet:
+    def load_net(self, key: str, device: Any, template: Any = None) -> JointNet:
+        """The JointNet of node ``key``; ``template``: the user template it was made from."""
         from l2bg.net.jointnet import JointNet
 
         if self.root is None:
             return copy.deepcopy(self._nets[key])
-        return JointNet.load(self.node_dir(key), map_location=device)
+        return JointNet.load(self.node_dir(key), map_location=device, template=template)
 
     def save(self, key: str, meta: dict[str, Any], net: JointNet) -> None:
         from l2bg.net.jointnet import TOPOLOGY_FILE, WEIGHTS_FILE
@@ -281,7 +282,9 @@ class Memo(Plugin):
     def _load(self, key: str) -> JointNet:
         self.stats["node_loads"] += 1
         with timer(self._run.timings, "memo_load"):
-            return self.store.load_net(key, self.experiment.device)
+            tpl = self.experiment.template
+            return self.store.load_net(key, self.experiment.device,
+                                       tpl if tpl.is_user else None)
 
     def outcome(self, result: RunResult) -> Outcome:
         """The search's view of a run with this memo: its record (plus ``order``,

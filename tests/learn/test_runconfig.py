@@ -126,7 +126,7 @@ def test_run_config_run_gives_the_record_l2bg_run_writes(tiny_mnist, tmp_path, c
     settings = Settings("pmnist", data_root=str(tiny_mnist), tasks=3, epochs=1, rsa_samples=10,
                         grow_rule="released", cache_dir=str(cache))
     api = RunConfig(settings, "l2bg", deltas=[0.5, 0.25]).run(quiet=True).record
-    api = json.loads(json.dumps(api))
+    api = json.loads(json.dumps(api.to_json()))
     for record in (api, cli):
         for task in record["tasks"]:
             task.pop("independent_cached")  # trained by the CLI, read from the cache here

@@ -236,7 +236,10 @@ def test_cli_rsa_table_of_short_layer_names(tmp_path, capsys):
     np.save(tmp_path / "a.npy", x)
     np.save(tmp_path / "b.npy", -x[::-1].copy())
     assert main(["rsa", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
-    rows = capsys.readouterr().out.splitlines()[2:4]
+    lines = capsys.readouterr().out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split() == ["a", "b"])
+    rows = lines[header + 1:header + 3]
+    assert [r.split()[0] for r in rows] == ["a", "b"]
     assert [len(r.split()) for r in rows] == [3, 3]
 
 

@@ -4,26 +4,15 @@ nets cached on disk that load back with the template."""
 from __future__ import annotations
 
 import torch
+from activations import Block
 from torch import nn
 
 from l2bg.net.modules import module_template
 
 
-class Residual(nn.Module):
-    """A module the native executor does not know."""
-
-    def __init__(self, c: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(c, c, 3, padding=1)
-        self.bn = nn.BatchNorm2d(c)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(x + self.bn(self.conv(x)))
-
-
 def factory():
     slots = {"stem": nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU()),
-             "block": Residual(3), "pool": nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())}
+             "block": Block(3), "pool": nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())}
     return module_template(slots, name="tiny", expandable=["stem", "block"],
                            head=lambda n: nn.Linear(3, n), input_shape=(1, 4, 4))
 

@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 import torch
+from activations import Block
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -23,18 +24,6 @@ with warnings.catch_warnings():
 BACKENDS = ["reference", "native"] if NATIVE else ["reference"]
 SETTINGS = settings(max_examples=20, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-
-
-class Block(nn.Module):
-    """A small residual block: a module the native executor does not know."""
-
-    def __init__(self, c: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(c, c, 3, padding=1)
-        self.bn = nn.BatchNorm2d(c)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(x + self.bn(self.conv(x)))
 
 
 def factory(shared_head: bool = False):

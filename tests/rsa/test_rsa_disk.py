@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from activations import activation_batches
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,23 +23,8 @@ from l2bg.rsa.stream import TorchRDMStream, stream_rdm
 FEW = settings(max_examples=25, deadline=None)
 
 
-@st.composite
-def streamed(draw):
-    """Activations (B, n, d) with offsets, ties and constant rows, and a slice width that need
-    not divide d."""
-    b, n, d = draw(st.integers(1, 3)), draw(st.integers(1, 12)), draw(st.integers(0, 40))
-    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
-    x = torch.randn(b, n, d, generator=gen, dtype=torch.float64)
-    if draw(st.booleans()):
-        x = x.round()
-    x += draw(st.sampled_from([0.0, 50.0]))
-    for row in draw(st.lists(st.integers(0, n - 1), max_size=2)):
-        x[:, row] = draw(st.sampled_from([0.0, 1.5]))
-    return x, draw(st.integers(1, max(1, d + 3)))
-
-
 @FEW
-@given(streamed(), st.sampled_from([torch.float32, torch.float64]))
+@given(activation_batches(), st.sampled_from([torch.float32, torch.float64]))
 def test_torch_stream_equals_in_memory_rdm(case, dtype):
     x, width = case
     x = x.to(dtype)
@@ -55,7 +41,7 @@ def test_torch_stream_equals_in_memory_rdm(case, dtype):
 
 
 @settings(max_examples=8, deadline=None)
-@given(streamed())
+@given(activation_batches())
 def test_torch_stream_equals_triton_stream(case):
     pytest.importorskip("triton")
     from l2bg.kernels import rdm as krdm

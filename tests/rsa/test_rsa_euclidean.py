@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from activations import activation_batches
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -33,25 +34,8 @@ def streamed_rdm(x: torch.Tensor, width: int, dtype: torch.dtype, triu: bool = T
     return stream.result(triu=triu, rdm="euclidean")
 
 
-@st.composite
-def patterns(draw):
-    """(B, n, d) activations with a common offset, ties, repeated and constant rows, and a
-    slice width that need not divide d."""
-    b, n, d = draw(st.integers(1, 3)), draw(st.integers(1, 12)), draw(st.integers(1, 40))
-    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
-    x = torch.randn(b, n, d, generator=gen, dtype=torch.float64)
-    if draw(st.booleans()):
-        x = x.round()
-    x += draw(st.sampled_from([0.0, 50.0]))
-    for row in draw(st.lists(st.integers(0, n - 1), max_size=2)):
-        x[:, row] = draw(st.sampled_from([0.0, 1.5]))
-    if n > 1 and draw(st.booleans()):
-        x[:, 1] = x[:, 0]  # a distance of exactly 0 off the diagonal
-    return x, draw(st.integers(1, d + 3))
-
-
 @FEW
-@given(patterns(), st.sampled_from([torch.float32, torch.float64]))
+@given(activation_batches(min_d=1, twin_rows=True), st.sampled_from([torch.float32, torch.float64]))
 def test_streamed_euclidean_equals_in_memory(case, dtype):
     """Packed and full, in any slicing: the in-memory euclidean RDM, within the dtype's rounding
     of the squared norms; the full matrix is symmetric with a zero diagonal, never negative."""

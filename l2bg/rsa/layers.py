@@ -29,7 +29,7 @@ from l2bg.base.errors import L2BGError, ParamError
 from l2bg.rsa import methods
 from l2bg.rsa.blas import one_torch_thread
 from l2bg.rsa.ondisk import Source, open_source
-from l2bg.rsa.stream import RDMS, stream_rdm
+from l2bg.rsa.stream import check_rdm, stream_rdm
 
 __all__ = ["OUTPUTS", "LayerMatrix", "layer_similarity", "sample_rows", "source_names"]
 
@@ -247,12 +247,7 @@ def layer_similarity(sources: Sequence[Activations], *,
         raise L2BGError(f"shard {shard!r} is unknown; use one of {', '.join(SHARDS)}")
     if isinstance(sources, str | Path | Source | Mapping) or not sources:
         raise L2BGError("layer_similarity: pass a list of one or more sources")
-    if rdm not in RDMS:
-        raise L2BGError(f"layer_similarity: unknown rdm {rdm!r}; choose one of: "
-                        f"{', '.join(RDMS)}")
-    if rdm != "correlation" and backend == "triton":
-        raise ParamError(f"the Triton backend computes correlation RDMs only, not {rdm}; use "
-                         "{backend} 'torch' or 'auto'", "backend")
+    check_rdm(rdm, backend)  # before any source is read
     spec = methods.get(method)
     opened = [s if isinstance(s, Mapping | Source) else open_source(s) for s in sources]
     counts = [_count(s) for s in opened]

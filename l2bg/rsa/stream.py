@@ -41,7 +41,7 @@ from l2bg.rsa.reference import (
     scale_pow2,
 )
 
-__all__ = ["RDMS", "TorchRDMStream", "progress_bar", "stream_rdm"]
+__all__ = ["RDMS", "TorchRDMStream", "check_rdm", "progress_bar", "stream_rdm"]
 
 RDMS = ("correlation", "euclidean")
 """The RDMs a stream gives: l2bg's correlation distance (docs/design.md, "RDM") and rsatoolbox's
@@ -143,7 +143,8 @@ class TorchRDMStream:
         b, n = self.batch, self.n
         ss = torch.cat([g[:, :, : hi - lo].diagonal(dim1=-2, dim2=-1)
                         for (lo, hi), g in zip(self._blocks, self.gram, strict=True)], -1)
-        finish = self._euclidean(ss) if _rdm_name(rdm) == "euclidean" else self._correlation(ss)
+        euclid = check_rdm(rdm, "torch") == "euclidean"
+        finish = self._euclidean(ss) if euclid else self._correlation(ss)
 
         def blocks():
             for (lo, hi), g in zip(self._blocks, self.gram, strict=True):
@@ -188,9 +189,14 @@ class TorchRDMStream:
         return finish
 
 
-def _rdm_name(rdm: str) -> str:
+def check_rdm(rdm: str, backend: str) -> str:
+    """``rdm`` is one of :data:`RDMS` and ``backend`` computes it (Triton: correlation only);
+    checked once, before any slice is read."""
     if rdm not in RDMS:
         raise L2BGError(f"unknown RDM {rdm!r}; choose one of: {', '.join(RDMS)}")
+    if rdm != "correlation" and backend == "triton":
+        raise ParamError(f"the Triton backend computes correlation RDMs only, not {rdm}; use "
+                         "{backend} 'torch' or 'auto'", "backend")
     return rdm
 
 
@@ -231,9 +237,7 @@ def stream_rdm(read: Callable[[int, int], Tensor], n: int, d: int, *, slice_widt
 
     if slice_width < 1:
         raise L2BGError(f"slice width must be >= 1, got {slice_width}")
-    if _rdm_name(rdm) != "correlation" and backend == "triton":
-        raise ParamError(f"the Triton stream computes correlation RDMs only, not {rdm}; use "
-                         "{backend} 'torch' or 'auto'", "backend")
+    check_rdm(rdm, backend)
     device = torch.device(device)
     first = read(0, min(d, slice_width)) if d else torch.zeros((n, 0))
     dtype = acc_dtype(first.dtype)

@@ -101,9 +101,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         result = run()
         record = result.record
         result.net.save(target.staging)
+        results = record.to_json()  # built once: the figure reads it too
         if "acc_matrix.png" in outputs:
-            plot_acc_matrix(record, target.staging / "acc_matrix.png")
-        write_json(target.staging / "results.json", record.to_json())
+            plot_acc_matrix(results, target.staging / "acc_matrix.png")
+        write_json(target.staging / "results.json", results)
         target.publish()
     if not args.quiet:
         print(_summary(record, target.path))

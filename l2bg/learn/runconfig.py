@@ -26,6 +26,7 @@ from l2bg.learn.step import GrowStep, grow_steps
 if TYPE_CHECKING:  # pragma: no cover
     from l2bg.learn.independent import IndependentCache
     from l2bg.learn.learner import Hook, Learner, RunResult
+    from l2bg.learn.record import RunRecord
     from l2bg.learn.settings import Built
     from l2bg.learn.strategies import Strategy
 
@@ -52,17 +53,17 @@ class PreparedRun:
         return result
 
 
-def decathlon_record(record: dict[str, Any], bench: Any) -> dict[str, Any]:
+def decathlon_record(record: RunRecord, bench: Any) -> dict[str, Any]:
     """``decathlon_score`` (S, the sum) and ``decathlon_scores`` (per domain) of a run's record:
     its final test errors against the independent nets' test errors
     (:func:`l2bg.learn.metrics.decathlon_scores`)."""
     from l2bg.learn.metrics import decathlon_scores
 
     sizes = {t.name: int(t.y_test.numel()) for t in bench.tasks}
-    names = [t["name"] for t in record["tasks"]]
-    final = record["acc_matrix"][-1]
+    names = [t.decision.task for t in record.tasks]
+    final = record.acc_matrix[-1]
     errors = [1.0 - final[j] for j in range(len(names))]
-    base = [1.0 - t["independent_test_acc"] for t in record["tasks"]]
+    base = [1.0 - t.independent_test_acc for t in record.tasks]
     scores = decathlon_scores(errors, base, [sizes[n] for n in names])
     return {"decathlon_score": sum(scores),
             "decathlon_scores": dict(zip(names, scores, strict=True)),

@@ -164,9 +164,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def record_path(directory: Path, trial: int | None) -> Path:
     """The results.json that ``explain`` reads: DIR's own (``l2bg run``) or, with ``--trial``,
     that of a search's trial; one line naming what to pass when it is not there."""
-    from l2bg.search.report import TRIALS_DIR, trial_record_path
+    from l2bg.search.report import META_FILE, TRIALS_DIR, trial_record_path
 
-    search = (directory / "search.json").is_file()
+    search = (directory / META_FILE).is_file()
     if trial is None:
         path = directory / "results.json"
         if not path.is_file():

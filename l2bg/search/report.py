@@ -22,9 +22,9 @@ from l2bg.search.format import delta_label, format_options, format_sequence
 from l2bg.search.plots import plot_hypervolume, plot_pareto
 from l2bg.search.storage import open_storage, redact_url
 
-__all__ = ["IDENTITY", "OBJECTIVES", "OUTPUTS", "REFERENCE_POINT", "SIGNATURE_ATTR", "FrontPoint",
-           "TRIALS_DIR", "baseline_lines", "hypervolume_2d", "pareto_front", "report_dir",
-           "search_meta", "summary_text", "trial_record_path", "write_report"]
+__all__ = ["IDENTITY", "META_FILE", "OBJECTIVES", "OUTPUTS", "REFERENCE_POINT", "SIGNATURE_ATTR",
+           "TRIALS_DIR", "FrontPoint", "baseline_lines", "hypervolume_2d", "pareto_front",
+           "report_dir", "search_meta", "summary_text", "trial_record_path", "write_report"]
 
 #: The files a report writes (any of them left half-written by a killed writer is swept).
 OUTPUTS = ("pareto.json", "trials.csv", "pareto.png", "hypervolume.png")
@@ -34,6 +34,8 @@ REFERENCE_POINT = (100.0, 1.1)
 OBJECTIVES = ("gain", "acc")
 #: What names a search in its search.json: two searches with one --out must agree on it.
 IDENTITY = ("study_name", "storage")
+#: The file that claims a search's --out and names its study and storage.
+META_FILE = "search.json"
 #: Study user attribute holding what the study was created for (benchmark, space, objective…).
 SIGNATURE_ATTR = "l2bg_search"
 #: Where a search keeps the run record of each completed trial, ``OUT/trials/N/results.json``
@@ -281,7 +283,7 @@ def report_dir(directory: str | os.PathLike, storage: str | None = None,
     import optuna
 
     directory = Path(directory)
-    meta_file = directory / "search.json"
+    meta_file = directory / META_FILE
     if not meta_file.is_file():
         raise ParamError(f"{meta_file} not found; point {{report}} at the {{out}} directory of a "
                          "search", "report", "out")

@@ -42,6 +42,7 @@ from l2bg.search.heartbeat import (
 from l2bg.search.memo import Memo, Outcome
 from l2bg.search.report import (
     IDENTITY,
+    META_FILE,
     OUTPUTS,
     SIGNATURE_ATTR,
     search_meta,
@@ -440,7 +441,7 @@ def run_search(cfg: SearchConfig,
                        setup.cache_dir)
     # before any work: --out is this search's (l2bg.base.outdir's claim rule), the storage opens,
     # the cache is writable; a failure takes the claim back
-    created = claim_shared(setup.out, "search.json", meta, IDENTITY, OUTPUTS)
+    created = claim_shared(setup.out, META_FILE, meta, IDENTITY, OUTPUTS)
     try:
         storage = open_storage(setup.storage_url, lease_s=cfg.lease_s, max_retry=cfg.max_retry)
         try:
@@ -450,9 +451,9 @@ def run_search(cfg: SearchConfig,
                           ("cache_dir",)) from exc
         study = _open_study(setup, storage, create=True)
     except BaseException:
-        release_shared(setup.out, "search.json", created)
+        release_shared(setup.out, META_FILE, created)
         raise
-    write_json(setup.out / "search.json", meta)  # ours: this run's config
+    write_json(setup.out / META_FILE, meta)  # ours: this run's config
     problems: list[str] = []
     if cfg.workers == 1:
         _work(setup, 0)

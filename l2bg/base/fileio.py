@@ -65,6 +65,9 @@ def refused(exc: OSError, path: str | os.PathLike, fix: str = "",
     """The one-line error for a write the file system refused (``params``: the parameters
     ``fix`` names as ``{param}``)."""
     why = exc.strerror or one_line(exc, 120)
+    other = exc.filename
+    if other is not None and Path(os.fsdecode(other)).parent != Path(path).parent:
+        why = f"{why} on {os.fsdecode(other)}"  # a file the writer read, not the one it wrote
     if not fix:
         fix = ("free some space on its file system (or choose another directory) and run again"
                if exc.errno in _FULL else "check its permissions and free space")

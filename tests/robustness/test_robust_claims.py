@@ -176,6 +176,22 @@ def test_atomic_write_on_a_full_disk_is_one_line_and_leaves_no_temporary(disk, c
     TALLY["full disk: atomic_write"] += 1
 
 
+def test_a_writer_refused_another_file_names_that_file(tmp_path):
+    """A writer that cannot read a file of its own (matplotlib's fonts, for another user) is
+    one line naming that file, not only the one being written; nothing is left behind."""
+    font = tmp_path / "fonts" / "DejaVuSans.ttf"
+
+    def drawing(p):
+        Path(p).write_bytes(b"half")
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(font))
+    target = tmp_path / "out" / "acc_matrix.png"
+    with pytest.raises(L2BGError) as info:
+        atomic_write(target, drawing)
+    msg = str(info.value)
+    assert msg.startswith(f"cannot write {target}: ") and f"on {font}" in msg and "\n" not in msg
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 def test_a_writer_that_fails_otherwise_keeps_its_error_and_leaves_nothing(tmp_path):
     def bad(p):
         Path(p).write_text("half")

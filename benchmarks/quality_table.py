@@ -5,8 +5,10 @@ independent nets, and the Pareto front (CSV, markdown and an accuracy-against-pa
         --data-root DIR --tasks 5 --epochs 5 --seeds 0 1 2 --out runs/quality
 
 Runs are ``independent``, ``shared``, ``full``, ``random`` or
-``l2bg:GROW_RULE:DELTA[:BIND_RULE[:SIMILARITY]]``; ``--baselines`` and the grid
-``--grow-rules × --deltas`` add to ``--runs``. Every run of a (benchmark, seed) shares the
+``l2bg:GROW_RULE:DELTA[:BIND_RULE[:SIMILARITY]]``, each l2bg run optionally followed by
+``@GRANULARITY`` and ``~MODE`` (``l2bg:conflict:0.5@group:4~adapt``); ``--baselines`` and the grid
+``--grow-rules × --deltas × --granularities × --grow-modes`` add to ``--runs``. ``--task-bn``
+gives every task its own batch norm in every run. Every run of a (benchmark, seed) shares the
 independent nets (``--cache-dir``, the same cache rule as ``l2bg run``) and one in-memory decision
 memo, so a decision sequence that two runs share (two δ with the same nucleus) is trained once.
 
@@ -35,6 +37,7 @@ from l2bg.base.figures import figure, param_axes, place_labels, save
 from l2bg.base.fileio import atomic_write, write_json
 from l2bg.conflict.rules import DEFAULT_BIND_RULE
 from l2bg.conflict.similarity import DEFAULT_SIMILARITY
+from l2bg.conflict.units import format_units
 from l2bg.learn.environment import Environment
 from l2bg.learn.independent import IndependentCache
 from l2bg.learn.learner import GrowStep
@@ -54,11 +57,14 @@ class RunSpec:
     strategy: str
     options: dict[str, Any] = field(default_factory=dict)
     delta: float | None = None
+    mode: str = "copy"
 
     @classmethod
     def parse(cls, text: str) -> RunSpec:
         if text in BASELINES:
             return cls(text, text)
+        text, _, mode = text.partition("~")
+        text, _, granularity = text.partition("@")
         parts = text.split(":")
         if parts[0] != "l2bg" or not 3 <= len(parts) <= 5:
             raise SystemExit(f"run {text!r}: use one of {', '.join(BASELINES)} or "
@@ -69,13 +75,19 @@ class RunSpec:
         label = f"l2bg-{grow}-{delta:g}"
         label += f"-bind-{bind}" if bind != DEFAULT_BIND_RULE else ""
         label += f"-{sim}" if sim != DEFAULT_SIMILARITY else ""
-        return cls(label, "l2bg", {"grow_rule": grow, "bind_rule": bind, "similarity": sim},
-                   delta)
+        options = {"grow_rule": grow, "bind_rule": bind, "similarity": sim}
+        if granularity and granularity != "layer":
+            label += f"-{granularity.replace(':', '')}"
+            options["granularity"] = granularity
+        if mode and mode != "copy":
+            label += f"-{mode}"
+        return cls(label, "l2bg", options, delta, mode or "copy")
 
 
 def run_specs(args: argparse.Namespace) -> list[RunSpec]:
-    texts = list(args.baselines) + [f"l2bg:{g}:{d:g}" for g in args.grow_rules
-                                    for d in args.deltas] + list(args.runs)
+    texts = list(args.baselines) + [f"l2bg:{g}:{d:g}@{u}~{m}" for g in args.grow_rules
+                                    for d in args.deltas for u in args.granularities
+                                    for m in args.grow_modes] + list(args.runs)
     specs = [RunSpec.parse(t) for t in dict.fromkeys(texts)]
     if not specs:
         raise SystemExit("nothing to run: give --baselines, --grow-rules with --deltas, or --runs")
@@ -94,7 +106,7 @@ def run_all(args: argparse.Namespace, specs: list[RunSpec]) -> list[dict[str, An
         for seed in args.seeds:
             settings = Settings(bench, data_root=args.data_root, tasks=args.tasks, seed=seed,
                                 epochs=args.epochs, cache_dir=args.cache_dir,
-                                rsa_samples=args.rsa_samples)
+                                rsa_samples=args.rsa_samples, task_bn=args.task_bn)
             built = settings.build()
             learner = settings.learner(built, cache)
             memo = Memo.attach(learner, memo_dir=None)
@@ -102,19 +114,26 @@ def run_all(args: argparse.Namespace, specs: list[RunSpec]) -> list[dict[str, An
             for spec in specs:
                 t0 = time.perf_counter()
                 strategy = settings.strategy(spec.strategy).configured(**spec.options)
-                steps = [GrowStep(delta=spec.delta)] * (T - 1) if strategy.takes_delta else None
+                steps = ([GrowStep(delta=spec.delta, mode=spec.mode)] * (T - 1)
+                         if strategy.takes_delta else None)
                 record = memo.outcome(learner.run(strategy, steps)).record
                 record.config = {**settings.to_dict(), "tasks": T, "strategy": spec.strategy,
                                  "strategy_options": strategy.options(),
-                                 "delta": spec.delta, "data": built.bench.source,
+                                 "granularity": spec.options.get("granularity", "layer"),
+                                 "grow_mode": spec.mode, "delta": spec.delta,
+                                 "data": built.bench.source,
                                  "train": built.train.to_dict()}
                 write_json(args.out / "runs" / bench / f"s{seed}" / spec.label / "results.json",
                            record.to_json())
                 row = {"benchmark": bench, "run": spec.label, "seed": seed,
                        "strategy": spec.strategy, **_options(spec), "delta": spec.delta,
                        **record.summary(), "params_independent": record.params_independent,
-                       "grown": " ".join(",".join(record.slots[s] for s in d.slots) or "-"
-                                         for d in record.decisions[1:]),
+                       "granularity": spec.options.get("granularity", "layer"),
+                       "grow_mode": spec.mode, "task_bn": args.task_bn,
+                       "grown": " ".join(",".join(format_units(
+                           [record.slots[s] for s in d.slots],
+                           {record.slots[s]: g for s, g in d.groups.items()})) or "-"
+                           for d in record.decisions[1:]),
                        "bind": " ".join(str(d.bind_to) for d in record.decisions[1:]),
                        "trained": record.memo["memo_misses"],
                        "wall_s": round(time.perf_counter() - t0, 2)}
@@ -136,8 +155,9 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     keys = list(dict.fromkeys((r["benchmark"], r["run"]) for r in rows))
     for bench, run in keys:
         rs = [r for r in rows if r["benchmark"] == bench and r["run"] == run]
-        out = {k: rs[0][k] for k in ("benchmark", "run", "strategy", "grow_rule", "bind_rule",
-                                     "similarity", "delta")}
+        out = {k: rs[0].get(k) for k in ("benchmark", "run", "strategy", "grow_rule",
+                                         "bind_rule", "similarity", "granularity", "grow_mode",
+                                         "task_bn", "delta")}
         out["seeds"] = len(rs)
         out["params_independent"] = rs[0].get("params_independent")  # the x axis' unit
         out.update(over_seeds(rs))
@@ -310,8 +330,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=BASELINES)
     p.add_argument("--grow-rules", nargs="*", default=["conflict", "similar-first", "released"])
     p.add_argument("--deltas", type=float, nargs="*", default=[0.25, 0.5, 0.75])
+    p.add_argument("--granularities", nargs="+", default=["layer"],
+                   help="the l2bg grid's conflict-model units: layer, group:G (default layer)")
+    p.add_argument("--grow-modes", nargs="+", default=["copy"], choices=("copy", "adapt"),
+                   help="the l2bg grid's grow modes (default copy)")
+    p.add_argument("--task-bn", action="store_true",
+                   help="every task owns its batch norm, in every run")
     p.add_argument("--runs", nargs="*", default=[],
-                   help="more runs: l2bg:GROW_RULE:DELTA[:BIND_RULE[:SIMILARITY]]")
+                   help="more runs: l2bg:GROW_RULE:DELTA[:BIND_RULE[:SIMILARITY]]"
+                        "[@GRANULARITY][~MODE]")
     p.add_argument("--cache-dir", default=None,
                    help="independent-net cache (default: $L2BG_CACHE_DIR or ~/.cache/l2bg)")
     p.add_argument("--threads", type=int, default=1,

@@ -58,7 +58,9 @@ Legend
   share    the slot's share of the weight, w / Σw
   cum      running sum of the shares down the table (slots in the grow rule's order)
   grown    the slots from the top until cum ≥ δ (δ = 0 grows nothing, δ = 1 every slot); a
-           grown slot gets a copy of the bound task's layer
+           grown slot gets a copy of the bound task's layer (--grow-mode adapt: an adapter)
+  fc2[3]   a unit of --granularity group:G: channel group 3 of slot fc2, scored on its own
+           channels; fc2[0,3] in "grew" are its groups 0 and 3
 Definitions: docs/design.md, "Definitions" (rules: "Conflict rules in use")."""
 
 
@@ -74,6 +76,7 @@ def explain(r: RunRecord | Mapping[str, Any]) -> list[dict[str, Any]]:
     weight, share and cumulative share (the data behind ``l2bg explain``). ``r``: a run record,
     or a results.json of any version as a dict."""
     from l2bg.conflict.rules import BIND_RULES, DEFAULT_BIND_RULE, DEFAULT_GROW_RULE, GROW_RULES
+    from l2bg.conflict.units import format_units, unit_name
     from l2bg.learn.record import RunRecord
 
     if not isinstance(r, RunRecord):
@@ -82,13 +85,20 @@ def explain(r: RunRecord | Mapping[str, Any]) -> list[dict[str, Any]]:
     for t in r.tasks:
         d = t.decision
         rules = dict(d.rules or {"bind": None, "grow": None, "similarity": None})
+        grown_units = [r.slots[s] for s in d.slots] + [
+            unit_name(r.slots, (s, g)) for s, gs in d.groups.items() for g in gs]
         entry: dict[str, Any] = {
             "task": d.task, "bind_to": d.bind_to, "delta": d.delta, "reason": d.reason,
-            "rules": rules, "grown_slots": [r.slots[s] for s in d.slots], "candidates": []}
+            "rules": rules, "grown_slots": [r.slots[s] for s in d.slots],
+            "grown_units": grown_units, "grow_mode": d.mode,
+            "grown": format_units([r.slots[s] for s in d.slots],
+                                  {r.slots[s]: gs for s, gs in d.groups.items()}),
+            "candidates": []}
         bind = _registered(BIND_RULES, rules.get("bind"), DEFAULT_BIND_RULE)
         grow = _registered(GROW_RULES, rules.get("grow"), DEFAULT_GROW_RULE)
         for cand, sc in d.conflict.items():
-            rows = [{"slot": _slot_name(r.expandable_slots, row["position"]),
+            rows = [{"slot": _slot_name(r.expandable_slots, row["position"]) if sc.units is None
+                     else unit_name(r.slots, sc.units[row["position"]]),
                      "conflict": row["conflict"], "weight": row["weight"],
                      "share": row["share"], "cumulative": row["cumulative"]}
                     for row in grow.table(list(sc.layers))]
@@ -125,7 +135,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(LEGEND)
     for e in expl:
         print()
-        grew = ", ".join(e["grown_slots"]) or "nothing"
+        grew = ", ".join(e["grown"]) or "nothing"
+        if e["grown"] and e["grow_mode"] != "copy":
+            grew += f" ({e['grow_mode']}: adapters on the shared nodes)"
         if e["bind_to"] is None:
             why = e["reason"] or "its task-net is its independent net"
             print(f"{e['task']}: not bound ({why}); all its slots are its own")
@@ -149,12 +161,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
             print(f"  {c['task']:<18}{c['score']:>8.4f}{key}{mark}")
         bound = next(c for c in e["candidates"] if c["task"] == e["bind_to"])
         w = bound["weight"]
-        print(f"  slots of {e['bind_to']} in the order of grow rule {bound['grow_rule']} "
+        what = "units" if any("[" in row["slot"] for row in bound["slots"]) else "slots"
+        print(f"  {what} of {e['bind_to']} in the order of grow rule {bound['grow_rule']} "
               f"(w = {w}):")
         wcol = f"{w:>8}" if w != "C" else ""
-        print(f"  {'slot':<10}{'C':>8}{wcol}{'share':>8}{'cum':>8}  grown")
+        print(f"  {what[:-1]:<10}{'C':>8}{wcol}{'share':>8}{'cum':>8}  grown")
         for row in bound["slots"]:
-            g = "yes" if row["slot"] in e["grown_slots"] else ""
+            g = "yes" if row["slot"] in e["grown_units"] else ""
             wv = f"{row['weight']:>8.4f}" if wcol else ""
             print(f"  {row['slot']:<10}{row['conflict']:>8.4f}{wv}{row['share']:>8.3f}"
                   f"{row['cumulative']:>8.3f}  {g}".rstrip())

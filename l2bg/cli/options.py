@@ -110,6 +110,23 @@ def add_experiment_options(p: argparse.ArgumentParser, *, benchmark_required: bo
     c.add_argument("--similarity", default=None, metavar="MEASURE",
                    help=f"similarity of two nets' slots, conflict C = 1 − similarity: "
                         f"{MEASURES.help()} (default {DEFAULT_SIMILARITY})")
+    c.add_argument("--granularity", default="layer", metavar="layer|group:G",
+                   help="the conflict model's unit: layer (one per expandable slot) or group:G "
+                        "(each slot whose main layer is a conv or linear of C >= G channels cut "
+                        "into G contiguous channel groups; the nucleus runs over all of them) "
+                        "(default layer)")
+    g = p.add_argument_group("growth")
+    g.add_argument("--grow-mode", default="copy", choices=("copy", "adapt"),
+                   help="copy: a grown unit is the task's own copy of the bound task's; adapt: "
+                        "the bound node stays shared and the task gets a zero-initialised "
+                        "adapter on it (1x1 conv for conv slots, rank-r linear correction for "
+                        "linear ones) (default copy)")
+    g.add_argument("--adapter-rank", type=int, default=8, metavar="R",
+                   help="rank of the linear adapters of --grow-mode adapt, lowered so that an "
+                        "adapter never has more parameters than a copy of its unit (default 8)")
+    g.add_argument("--task-bn", action="store_true",
+                   help="every task owns the batch-norm parameters and running statistics at "
+                        "every slot, shared or not")
     t.add_argument("--cache-dir", default=None,
                    help="cache of independent nets (and the search's memo), shared by every "
                         "run and search (default $L2BG_CACHE_DIR, else ~/.cache/l2bg)")

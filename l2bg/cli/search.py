@@ -72,6 +72,13 @@ def add_search_parser(sub: Any) -> argparse.ArgumentParser:
     s.add_argument("--search-similarity", action="store_true",
                    help="search the similarity measure too (a categorical over every "
                         "registered measure)")
+    s.add_argument("--search-granularity", type=names, default=None,
+                   metavar="layer,group:G,...",
+                   help="search the conflict model's granularity too, a categorical over these "
+                        "values (e.g. layer,group:4,group:8; default: --granularity for every "
+                        "trial)")
+    s.add_argument("--search-grow-mode", action="store_true",
+                   help="search the grow mode too (copy or adapt, one per trial)")
     s.add_argument("--enqueue-baselines", action="store_true",
                    help="evaluate the no-growth (delta 0) and grow-all (delta 1) sequences "
                         "first, as trials (counted in --trials)")
@@ -132,7 +139,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         workers=args.workers, threads=args.threads,
         out=args.out, lease_s=args.lease_seconds,
         quiet=args.quiet, search_rules=args.search_rules,
-        search_similarity=args.search_similarity)
+        search_similarity=args.search_similarity,
+        search_granularity=args.search_granularity, search_grow_mode=args.search_grow_mode)
     run_search(cfg, describe=message)
     _explain_hint(args.out, args.quiet)
     return 0

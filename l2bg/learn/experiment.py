@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from l2bg.base.errors import ParamError
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
@@ -20,13 +22,33 @@ if TYPE_CHECKING:  # pragma: no cover
     from l2bg.learn.training import TrainConfig
     from l2bg.net.templates import Template
 
-__all__ = ["Experiment"]
+__all__ = ["GROW_MODES", "Experiment", "check_growth"]
+
+#: how a grown unit is given to the new task: its own copy, or an adapter on the shared node
+GROW_MODES = ("copy", "adapt")
+DEFAULT_ADAPTER_RANK = 8
+
+
+def check_growth(grow_mode: str = "copy", adapter_rank: int = DEFAULT_ADAPTER_RANK,
+                 task_bn: bool = False) -> None:
+    """The growth options of a run, one line naming the parameter at fault: ``grow_mode`` one of
+    :data:`GROW_MODES`, ``adapter_rank`` an integer >= 1, ``task_bn`` a bool."""
+    if grow_mode not in GROW_MODES:
+        raise ParamError(f"{{grow_mode}} {grow_mode!r} is not one of {', '.join(GROW_MODES)}",
+                         "grow_mode")
+    if isinstance(adapter_rank, bool) or not isinstance(adapter_rank, int) or adapter_rank < 1:
+        raise ParamError(f"{{adapter_rank}} must be an integer >= 1, got {adapter_rank!r}",
+                         "adapter_rank")
+    if not isinstance(task_bn, bool):
+        raise ParamError(f"{{task_bn}} must be true or false, got {task_bn!r}", "task_bn")
 
 
 @dataclass(frozen=True, eq=False)
 class Experiment:
     """Tasks (a tuple, stream order), template, training recipe, benchmark name, seed, device,
-    the RSA sample count (None: min(500, |V_t|)) and backend, and the cache of independent nets.
+    the RSA sample count (None: min(500, |V_t|)) and backend, the cache of independent nets, and
+    the growth options (:func:`check_growth`): the grow mode of every step that names none, the
+    adapters' rank, and task-specific batch norm.
     Compared by identity: two experiments are the same run set-up only when they are one
     object (tasks are tensors)."""
 
@@ -39,6 +61,18 @@ class Experiment:
     cache: IndependentCache
     rsa_samples: int | None = None
     rsa_backend: str = "auto"
+    grow_mode: str = "copy"
+    adapter_rank: int = DEFAULT_ADAPTER_RANK
+    task_bn: bool = False
+
+    def __post_init__(self) -> None:
+        check_growth(self.grow_mode, self.adapter_rank, self.task_bn)
+
+    def growth_options(self) -> dict[str, Any]:
+        """The growth options that differ from the defaults (what a memo's context adds, so
+        that a memo of default runs keeps its key)."""
+        defaults = {"grow_mode": "copy", "adapter_rank": DEFAULT_ADAPTER_RANK, "task_bn": False}
+        return {k: getattr(self, k) for k, v in defaults.items() if getattr(self, k) != v}
 
     def independent(self, index: int, progress: Any = None) -> IndependentNet:
         """The independent net of stream task ``index`` (trained once per cache)."""

@@ -27,7 +27,7 @@ from l2bg.base.errors import L2BGError
 from l2bg.conflict import scores as conflict
 from l2bg.learn import strategies
 from l2bg.learn.environment import Environment
-from l2bg.learn.experiment import Experiment
+from l2bg.learn.experiment import DEFAULT_ADAPTER_RANK, Experiment
 from l2bg.learn.independent import IndependentCache, IndependentNet, open_cache
 from l2bg.learn.plugins import Hook, LogLines, Plugin, Run, provided_scores, restored
 from l2bg.learn.record import RunRecord
@@ -77,13 +77,19 @@ class Learner:
                  cache: IndependentCache | bool | None = None,
                  cache_dir: str | os.PathLike | None = None, rsa_samples: int | None = None,
                  rsa_backend: str = "auto", quiet: bool = False,
-                 hooks: Sequence[Plugin] = (), plugins: Sequence[Plugin] = ()) -> None:
+                 hooks: Sequence[Plugin] = (), plugins: Sequence[Plugin] = (),
+                 grow_mode: str = "copy", adapter_rank: int = DEFAULT_ADAPTER_RANK,
+                 task_bn: bool = False) -> None:
         """``cache``: the independent nets' cache by the command line's rule (None:
         ``cache_dir``, else ``$L2BG_CACHE_DIR``, else the user cache directory; False: in
         memory only; or an :class:`IndependentCache`). Progress shows as a bar on a terminal
         and as one line per task otherwise (:class:`LogLines`); ``quiet=True`` silences it.
         ``plugins`` (``hooks``: their former name) fire at the loop's extension points
-        (:class:`l2bg.learn.plugins.Plugin`)."""
+        (:class:`l2bg.learn.plugins.Plugin`). ``grow_mode`` (``copy`` or ``adapt``, for
+        every step that names none), ``adapter_rank`` and ``task_bn`` (every task owns its
+        batch norm) shape how units grow (docs/design.md, "Units"); the granularity of the
+        conflict model is the strategy's (``strategies.get("l2bg").configured(granularity=
+        "group:4")``)."""
         if not tasks:
             raise L2BGError("the task stream is empty: give at least one task")
         names = [t.name for t in tasks]
@@ -103,7 +109,8 @@ class Learner:
         if not quiet and not sys.stderr.isatty():  # no bar in a log file: one line per task
             self.plugins.append(LogLines(template.slot_names))
         self.experiment = Experiment(tuple(self.tasks), template, config, benchmark, seed,
-                                     self.device, self.cache, rsa_samples, rsa_backend)
+                                     self.device, self.cache, rsa_samples, rsa_backend,
+                                     grow_mode, adapter_rank, task_bn)
         self.step = BindGrowStep(self.experiment)
         if rsa_samples is not None:
             for t in self.tasks:
@@ -152,7 +159,7 @@ class Learner:
                         disable=True if self.quiet else None)
         rng = random.Random(strat.rng_seed(self.seed))
         run = Run(self.experiment, strat, order, steps)
-        state = SequenceState(JointNet(self.template).to(self.device), run.records)
+        state = SequenceState(self.new_net(), run.records)
         pending: list[Callable[[], JointNet]] = []  # the last restored task's JointNet loader
 
         def net() -> JointNet:
@@ -169,6 +176,7 @@ class Learner:
             for pos in range(T):
                 spec = steps[pos - 1] if pos else GrowStep()
                 ctx = self.step.context(order, pos, spec, rng, None)
+                ctx.num_groups = strat.num_groups
                 ctx.scorer = partial(self._scores, ctx, order, net, run.timings)
                 for p in self.plugins:
                     p.before_task(ctx)
@@ -204,9 +212,17 @@ class Learner:
                 ) -> tuple[dict[str, CandidateScore], str | None]:
         """The conflict scores of ``ctx``'s task, through the plugins' ``provide_scores``."""
         def compute() -> tuple[dict[str, CandidateScore], str | None]:
-            return self.step.score(net(), order, ctx.position, candidates, timings, similarity)
+            return self.step.score(net(), order, ctx.position, candidates, timings, similarity,
+                                   ctx.num_groups)
 
         return provided_scores(self.plugins, ctx, candidates, similarity, compute)
+
+    def new_net(self) -> JointNet:
+        """An empty JointNet of this learner's template (task batch norm when asked) on its
+        device."""
+        if self.experiment.task_bn:
+            return JointNet(self.template, task_bn=True).to(self.device)
+        return JointNet(self.template).to(self.device)
 
     def _independents(self, order: Sequence[int]) -> list[IndependentNet]:
         return [self.independent(j) for j in order]

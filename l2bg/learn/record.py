@@ -16,46 +16,52 @@ record is built; a file of a newer version is refused with one line. Reading bac
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from l2bg.base.errors import L2BGError
 from l2bg.conflict import scores as conflict
-from l2bg.conflict.rules import DEFAULT_BIND_RULE, DEFAULT_GROW_RULE
-from l2bg.conflict.similarity import DEFAULT_SIMILARITY
 from l2bg.learn import metrics
 from l2bg.learn.environment import Environment
+from l2bg.learn.recordfile import RECORD_VERSION, check_record, upgrade
 
 __all__ = ["RECORD_VERSION", "SEED_KEYS", "CandidateScore", "Decision", "Environment",
            "RunRecord", "TaskRecord", "check_record", "over_seeds", "upgrade"]
 
-RECORD_VERSION = 2
-"""2: ``record_version`` and ``environment`` (l2bg 0.3). 1: every results.json before, which has
-no ``record_version`` (its older forms: grown slots as indices, no ``rules``, ``reason``,
-``strategy_options``, ``expandable_slots`` or ``executor_backend``)."""
-
 
 @dataclass(frozen=True)
 class CandidateScore:
-    """Conflict of the new task with one bind candidate: C(l) per expandable slot and the task
-    score ‖C‖₂."""
+    """Conflict of the new task with one bind candidate: C per unit and the task score ‖C‖₂.
+    ``units`` None: one unit per expandable slot (granularity ``layer``); else the ``(slot,
+    group)`` of each entry of ``layers`` (:mod:`l2bg.conflict.units`, group None: whole)."""
 
     layers: tuple[float, ...]
     score: float
+    units: tuple[tuple[int, int | None], ...] | None = None
 
     @classmethod
-    def of(cls, layers: Sequence[float]) -> CandidateScore:
+    def of(cls, layers: Sequence[float],
+           units: Sequence[Sequence[int | None]] | None = None) -> CandidateScore:
         layers = tuple(float(c) for c in layers)
-        return cls(layers, conflict.task_score(layers))
+        if units is not None:
+            units = tuple((int(s), None if g is None else int(g)) for s, g in units)
+            if len(units) != len(layers):
+                raise L2BGError(f"{len(layers)} conflict scores for {len(units)} units")
+        return cls(layers, conflict.task_score(layers), units)
 
     def to_json(self) -> dict[str, Any]:
-        return {"layers": list(self.layers), "score": self.score}
+        out: dict[str, Any] = {"layers": list(self.layers), "score": self.score}
+        if self.units is not None:
+            out["units"] = [list(u) for u in self.units]
+        return out
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> CandidateScore:
-        return cls(tuple(float(c) for c in obj["layers"]), float(obj["score"]))
+        units = obj.get("units")
+        return cls(tuple(float(c) for c in obj["layers"]), float(obj["score"]),
+                   None if units is None else tuple((int(s), None if g is None else int(g))
+                                                    for s, g in units))
 
 
 @dataclass(frozen=True)
@@ -65,8 +71,11 @@ class Decision:
     sorted. ``delta``: the grow coefficient that chose the slots (None when none did).
     ``conflict``: the scores of every bind candidate that was scored. ``reason``: why, in words.
     ``rules``: what decided, ``{"bind": rule, "grow": rule, "similarity": measure}`` (None for a
-    part that was forced or a strategy without the conflict model). Two decisions with the same
-    :attr:`key` give the same network, whatever δ or rules led to them."""
+    part that was forced or a strategy without the conflict model). ``groups``: ``{slot:
+    channel groups}`` grown of slots cut into ``num_groups`` groups (granularity ``group:G``;
+    a slot is in ``slots`` or in ``groups``, not both). ``mode``: how the units grow, ``copy``
+    or ``adapt`` (docs/design.md, "Units"). Two decisions with the same :attr:`key` give the
+    same network, whatever δ or rules led to them."""
 
     task: str
     bind_to: str | None
@@ -76,11 +85,33 @@ class Decision:
     reason: str = ""
     rsa_backend: str | None = None
     rules: Mapping[str, str | None] | None = None
+    groups: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
+    num_groups: int | None = None
+    mode: str = "copy"
+
+    def __post_init__(self) -> None:
+        both = sorted(set(self.slots) & set(self.groups))
+        if both:
+            raise L2BGError(f"slots {both} are grown whole and by groups; give one of the two")
+        if self.groups and self.num_groups is None:
+            raise L2BGError("grown channel groups need num_groups, the G they were cut by")
 
     @property
     def key(self) -> list[Any]:
-        """The identity of the network this decision builds (JSON): task, bind target, slots."""
-        return [self.task, self.bind_to, list(self.slots)]
+        """The identity of the network this decision builds (JSON): task, bind target, slots,
+        and (only when there are any) grown groups and a grow mode other than ``copy``."""
+        key: list[Any] = [self.task, self.bind_to, list(self.slots)]
+        if self.groups:
+            key.append({"groups": {str(s): list(g) for s, g in self.groups.items()},
+                        "num_groups": self.num_groups})
+        if self.mode != "copy":
+            key.append({"mode": self.mode})
+        return key
+
+    @property
+    def grows(self) -> bool:
+        """Whether anything grows (whole slots or groups)."""
+        return bool(self.slots or self.groups)
 
 
 @dataclass
@@ -124,6 +155,7 @@ class TaskRecord:
             "conflict": {c: s.to_json() for c, s in d.conflict.items()},
             "rules": None if d.rules is None else dict(d.rules),
             "reason": d.reason,
+            **_growth_json(d, slot_names),
             "independent_val_acc": self.independent_val_acc,
             "independent_test_acc": self.independent_test_acc,
             "independent_cached": self.independent_cached,
@@ -144,7 +176,10 @@ class TaskRecord:
                                  for s in obj["grown_slots"]), delta=obj["delta"],
                      conflict={c: CandidateScore.from_json(s)
                                for c, s in (obj.get("conflict") or {}).items()},
-                     reason=obj.get("reason") or "", rules=obj.get("rules"))
+                     reason=obj.get("reason") or "", rules=obj.get("rules"),
+                     groups={index[s]: tuple(int(g) for g in gs)
+                             for s, gs in (obj.get("grown_groups") or {}).items()},
+                     num_groups=obj.get("num_groups"), mode=obj.get("grow_mode") or "copy")
         loss = obj.get("train_loss")
         return cls(decision=d, val_row=list(val_row), test_row=list(test_row),
                    params=obj.get("params"),
@@ -264,9 +299,12 @@ class RunRecord(Mapping[str, Any]):
         return self.params / self.params_independent
 
     def grow_sequence(self) -> list[dict[str, Any]]:
-        """``{task, bind_to, delta, grown_slots}`` per task: the grow sequence that ran."""
+        """``{task, bind_to, delta, grown_slots}`` per task: the grow sequence that ran (plus
+        ``grown_groups``, ``num_groups`` and ``grow_mode`` where a task grew groups or
+        adapters)."""
         return [{"task": d.task, "bind_to": d.bind_to, "delta": d.delta,
-                 "grown_slots": [self.slots[s] for s in d.slots]} for d in self.decisions]
+                 "grown_slots": [self.slots[s] for s in d.slots],
+                 **_growth_json(d, self.slots)} for d in self.decisions]
 
     def summary(self) -> dict[str, Any]:
         """The numbers a table of runs shows (accuracies and BWT in percent): what the quality
@@ -372,6 +410,19 @@ def over_seeds(summaries: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     return out
 
 
+def _growth_json(d: Decision, slot_names: Sequence[str]) -> dict[str, Any]:
+    """What a decision grew beyond whole slots by copy, for results.json: ``grown_groups``
+    ``{slot name: [groups]}`` and ``num_groups`` when groups grew, ``grow_mode`` when not
+    ``copy``; nothing else (a granularity-``layer`` copy run writes the keys it always did)."""
+    out: dict[str, Any] = {}
+    if d.groups:
+        out["grown_groups"] = {slot_names[s]: list(g) for s, g in d.groups.items()}
+        out["num_groups"] = d.num_groups
+    if d.mode != "copy":
+        out["grow_mode"] = d.mode
+    return out
+
+
 def _pct(x: float | None) -> float | None:
     return None if x is None else 100 * x
 
@@ -382,113 +433,3 @@ def _row(rows: Any, i: int, T: int) -> list[float | None] | None:
             and len(rows[i]) == T:
         return rows[i]
     return None
-
-
-# ---------------------------------------------------------------------- reading older files
-def upgrade(obj: Any, where: str = "results.json") -> dict[str, Any]:
-    """``obj`` (a results.json of any version, checked by :func:`check_record`) in the layout
-    of :data:`RECORD_VERSION`, as a new dict. Version 1 → 2: grown slots given as indices become
-    names; a missing ``rules`` becomes the defaults, which were the only rules then (none for a
-    task that was not scored); a missing ``reason`` is empty, ``strategy_options`` ``{}``,
-    ``expandable_slots`` every slot; what the file never held (accuracy matrices, metrics,
-    timings, environment) is null."""
-    check_record(obj, where)
-    version = obj.get("record_version", 1)
-    if version != RECORD_VERSION and (not isinstance(version, int) or isinstance(version, bool)
-                                      or not 1 <= version <= RECORD_VERSION):
-        raise L2BGError(f"{where}: record_version {version!r} is not one this l2bg reads "
-                        f"(1..{RECORD_VERSION}); a newer l2bg wrote it: upgrade l2bg")
-    r = dict(obj)
-    if version < 2:
-        r = _upgrade_1_to_2(r)
-    return r
-
-
-def _upgrade_1_to_2(r: dict[str, Any]) -> dict[str, Any]:
-    slots = list(r.get("slots") or [])
-    r["slots"] = slots
-    r["expandable_slots"] = list(r.get("expandable_slots") or slots)
-    r["strategy_options"] = dict(r.get("strategy_options") or {})
-    tasks = []
-    for t in r["tasks"]:
-        t = dict(t)
-        t["grown_slots"] = [slots[s] if isinstance(s, int) else s for s in t["grown_slots"]]
-        if "rules" not in t:
-            scored = bool(t.get("conflict"))
-            t["rules"] = {"bind": DEFAULT_BIND_RULE if scored else None,
-                          "grow": DEFAULT_GROW_RULE if scored and t["delta"] is not None
-                          else None,
-                          "similarity": DEFAULT_SIMILARITY if scored else None}
-        t.setdefault("reason", "")
-        tasks.append(t)
-    r["tasks"] = tasks
-    r["record_version"] = RECORD_VERSION
-    return r
-
-
-def _number(v: Any) -> bool:
-    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
-
-
-def _names(v: Any) -> bool:
-    return isinstance(v, list) and all(isinstance(x, str) for x in v)
-
-
-def check_record(r: Any, where: str = "results.json") -> None:
-    """Check a run record read from disk (a hand-edited results.json): one line naming the
-    first key that is missing or of the wrong type."""
-    def bad(key: str, want: str) -> L2BGError:
-        return L2BGError(f"{where}: {key} must be {want}; it was edited or is not the "
-                         "results.json of `l2bg run`")
-
-    if not isinstance(r, dict):
-        raise bad("the file", "a JSON object")
-    for key in ("benchmark", "strategy"):
-        if not isinstance(r.get(key), str):
-            raise bad(key, "a string")
-    for key in ("slots", "expandable_slots"):
-        if r.get(key) is not None and not _names(r[key]):
-            raise bad(key, "a list of slot names")
-    if r.get("strategy_options") is not None and not isinstance(r["strategy_options"], dict):
-        raise bad("strategy_options", "an object")
-    slots = r.get("slots") or []
-    if not isinstance(r.get("tasks"), list):
-        raise bad("tasks", "a list")
-    for i, t in enumerate(r["tasks"]):
-        at = f"tasks[{i}]"
-        if not isinstance(t, dict):
-            raise bad(at, "an object")
-        for key in ("name", "bind_to", "delta", "grown_slots"):
-            if key not in t:
-                raise bad(f"{at}.{key}", "present (null where it does not apply)")
-        if not isinstance(t["name"], str):
-            raise bad(f"{at}.name", "a string")
-        if t["bind_to"] is not None and not isinstance(t["bind_to"], str):
-            raise bad(f"{at}.bind_to", "a task name or null")
-        if t["delta"] is not None and not _number(t["delta"]):
-            raise bad(f"{at}.delta", "a number or null")
-        if t.get("reason") is not None and not isinstance(t["reason"], str):
-            raise bad(f"{at}.reason", "a string")
-        rules = t.get("rules")
-        if rules is not None and (not isinstance(rules, dict) or not all(
-                v is None or isinstance(v, str) for v in rules.values())):
-            raise bad(f"{at}.rules", "an object of rule names (or null)")
-        grown = t["grown_slots"]
-        if not isinstance(grown, list) or not all(
-                (isinstance(g, str) and g in slots) or (
-                    isinstance(g, int) and not isinstance(g, bool) and 0 <= g < len(slots))
-                for g in grown):
-            raise bad(f"{at}.grown_slots", "a list of the record's slot names")
-        conflict = t.get("conflict") or {}
-        if not isinstance(conflict, dict):
-            raise bad(f"{at}.conflict", "an object")
-        for cand, sc in conflict.items():
-            key = f"{at}.conflict[{cand!r}]"
-            if not isinstance(sc, dict) or not _number(sc.get("score")):
-                raise bad(key, "{\"layers\": [...], \"score\": number}")
-            layers = sc.get("layers")
-            if not isinstance(layers, list) or not layers or not all(
-                    _number(c) and 0 <= c <= 2 for c in layers):  # C = 1 - similarity
-                raise bad(f"{key}.layers", "a list of conflict scores in [0, 2], one per slot")
-        if conflict and t["bind_to"] not in conflict:
-            raise bad(f"{at}.bind_to", "one of the candidates it was scored against")

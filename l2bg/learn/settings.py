@@ -43,8 +43,11 @@ class Built:
 
 @dataclass
 class Settings:
-    """Data, training, RSA and conflict-model settings shared by ``l2bg run`` and ``l2bg search``;
-    None means the template's, benchmark's or strategy's default (see ``--help``)."""
+    """Data, training, RSA, conflict-model and growth settings shared by ``l2bg run`` and
+    ``l2bg search``; None means the template's, benchmark's or strategy's default (see
+    ``--help``). ``granularity`` (``layer`` or ``group:G``) is the conflict model's unit,
+    ``grow_mode`` (``copy`` or ``adapt``), ``adapter_rank`` and ``task_bn`` how units grow
+    (docs/design.md, "Units")."""
 
     benchmark: str
     data_root: str | None = None
@@ -64,6 +67,10 @@ class Settings:
     grow_rule: str | None = None
     bind_rule: str | None = None
     similarity: str | None = None
+    granularity: str = "layer"
+    grow_mode: str = "copy"
+    adapter_rank: int = 8
+    task_bn: bool = False
 
     @classmethod
     def from_args(cls, args: Any, **overrides: Any) -> Settings:
@@ -109,11 +116,22 @@ class Settings:
                                 (MEASURES, self.similarity)):
             if value is not None:
                 registry.get(value)
+        from l2bg.conflict.units import check_granularity
+        from l2bg.learn.experiment import check_growth
+
+        check_granularity(self.granularity)
+        check_growth(self.grow_mode, self.adapter_rank, self.task_bn)
 
     def rules(self) -> dict[str, str | None]:
-        """The conflict-model options given (None: the strategy's default)."""
+        """The conflict-model options given (None: the strategy's default; a granularity
+        ``layer``, the default, is left to the strategy, so that strategies without the
+        conflict model take these settings)."""
+        from l2bg.conflict.units import check_granularity
+
+        granularity = check_granularity(self.granularity)
         return {"grow_rule": self.grow_rule, "bind_rule": self.bind_rule,
-                "similarity": self.similarity}
+                "similarity": self.similarity,
+                "granularity": None if granularity == "layer" else granularity}
 
     def strategy(self, name: str | Strategy) -> Strategy:
         """The strategy ``name`` configured with these settings' rules and similarity measure
@@ -146,7 +164,9 @@ class Settings:
 
         return Learner(built.bench.tasks, built.template, built.train,
                        benchmark=built.bench.name, seed=self.seed, device=built.device,
-                       cache=cache, rsa_samples=self.rsa_samples, quiet=quiet, hooks=hooks)
+                       cache=cache, rsa_samples=self.rsa_samples, quiet=quiet, hooks=hooks,
+                       grow_mode=self.grow_mode, adapter_rank=self.adapter_rank,
+                       task_bn=self.task_bn)
 
 
 def _int(name: str, value: Any, low: int, high: int | None) -> None:

@@ -4,8 +4,12 @@
   returns a typed :class:`Decision` (bind target, grown slots, the δ that chose them, the conflict
   scores and the reason). For the first task, and for ``independent``, the decision is "no bind":
   the task-net is the task's own independent net.
-* :meth:`BindGrowStep.apply` carries a decision out on a JointNet (bind, grow by copy, train the
-  task, evaluate every learned task) and returns a typed :class:`TaskRecord`.
+* :meth:`BindGrowStep.apply` carries a decision out on a JointNet (bind, grow its units by copy
+  or adapter, train the task, evaluate every learned task) and returns a typed
+  :class:`TaskRecord`.
+
+With a strategy of granularity ``group:G`` the conflict scores are per unit (slot, channel group:
+:mod:`l2bg.conflict.units`) instead of per slot.
 
 The step reads a plain :class:`l2bg.learn.experiment.Experiment` (tasks, template, training
 recipe, seed, RSA settings, independent nets), never the learner.
@@ -22,7 +26,7 @@ import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -31,6 +35,8 @@ from torch import Tensor
 from l2bg.base.errors import L2BGError, ParamError
 from l2bg.conflict import scores as conflict
 from l2bg.conflict.similarity import DEFAULT_SIMILARITY
+from l2bg.conflict.units import list_units, unit_activations
+from l2bg.learn.experiment import GROW_MODES
 from l2bg.learn.independent import IndependentNet, task_seed
 from l2bg.learn.record import CandidateScore, Decision, TaskRecord
 from l2bg.learn.training import evaluate_all, fit
@@ -59,16 +65,21 @@ class GrowStep:
     """What the user asks of one task of a grow sequence (t, b_t, δ_t): ``delta`` the grow
     coefficient; ``bind_to`` forces the bind target (None lets the strategy choose);
     ``candidates`` restricts the bind targets; ``slots`` forces the grown slots (names or
-    indices). δ is checked here, once, by the one rule (:func:`l2bg.conflict.check_delta`)."""
+    indices); ``mode`` how the grown units grow, ``copy`` or ``adapt`` (None: the run's grow
+    mode). δ is checked here, once, by the one rule (:func:`l2bg.conflict.check_delta`)."""
 
     delta: float | None = None
     bind_to: str | None = None
     candidates: Sequence[str] | None = None
     slots: Sequence[int | str] | None = None
+    mode: str | None = None
 
     def __post_init__(self) -> None:
         if self.delta is not None:
             conflict.check_delta(self.delta)
+        if self.mode is not None and self.mode not in GROW_MODES:
+            raise ParamError(f"{{grow_mode}} {self.mode!r} is not one of "
+                             f"{', '.join(GROW_MODES)}", "grow_mode")
 
 
 def grow_steps(num_tasks: int, delta: float | None = None,
@@ -122,7 +133,9 @@ class StepContext:
     ``index`` is the task's index in the learner's stream (it keys the independent net);
     ``learned`` the tasks learned so far, in order; ``spec`` the user's :class:`GrowStep`;
     ``rng`` the run's one ``Random``, drawn in task order; :meth:`scores` the conflict scores of
-    candidate task-nets under a similarity measure (computed once, possibly from a cache)."""
+    candidate task-nets under a similarity measure (computed once, possibly from a cache),
+    per unit when ``num_groups`` (the strategy's granularity ``group:G``) is set; ``mode`` the
+    grow mode of the step (the spec's, else the run's)."""
 
     position: int
     index: int
@@ -133,6 +146,8 @@ class StepContext:
     expandable: list[int]
     slot_index: Callable[[int | str], int]
     scorer: Scorer
+    num_groups: int | None = None
+    mode: str = "copy"
 
     @property
     def previous(self) -> str:
@@ -193,7 +208,8 @@ class BindGrowStep:
         return StepContext(position=position, index=order[position], task=names[position],
                            learned=names[:position], spec=spec, rng=rng,
                            expandable=list(ex.template.expandable_slots),
-                           slot_index=ex.template.slot_index, scorer=scorer)
+                           slot_index=ex.template.slot_index, scorer=scorer,
+                           mode=spec.mode or ex.grow_mode)
 
     def decide(self, strategy: Strategy, ctx: StepContext) -> Decision:
         """The decision for the task of ``ctx``: no bind for the first task, else the
@@ -203,6 +219,10 @@ class BindGrowStep:
                                                    "independent net")
         check_forced_bind(ctx.task, ctx.spec, ctx.learned)
         decision = strategy.decide(ctx)
+        if decision.grows and decision.mode != ctx.mode:
+            decision = replace(decision, mode=ctx.mode)
+        elif not decision.grows and decision.mode != "copy":
+            decision = replace(decision, mode="copy")
         if decision.task != ctx.task:
             raise L2BGError(f"strategy {strategy.name!r} decided for task {decision.task!r} "
                             f"while asked for {ctx.task!r}")
@@ -217,11 +237,12 @@ class BindGrowStep:
 
     def score(self, net: JointNet, order: Sequence[int], position: int,
               candidates: Sequence[str], timings: dict[str, float],
-              similarity: str = DEFAULT_SIMILARITY
+              similarity: str = DEFAULT_SIMILARITY, num_groups: int | None = None
               ) -> tuple[dict[str, CandidateScore], str | None]:
         """Conflict scores of the task at ``position`` against every candidate task-net of
         ``net``: activations of its independent net and of all candidates on the same m
-        validation inputs, then one batched pass of the similarity measure per slot."""
+        validation inputs, then one batched pass of the similarity measure per slot, or per
+        unit with ``num_groups`` (each slot's channel groups, :mod:`l2bg.conflict.units`)."""
         ex = self.experiment
         index = order[position]
         task = ex.tasks[index]
@@ -231,15 +252,25 @@ class BindGrowStep:
                                       task_seed(ex.seed, position))
         x = task.x_val[idx]
         expandable = ex.template.expandable_slots
+        if num_groups is None:
+            units, channels = None, None
+        else:
+            channels = net.unit_channels
+            units = list_units(expandable, channels, num_groups, ex.template.slot_names)
         with timer(timings, "activations"):
             acts_t = activations(indep.net, [indep.task], x)[indep.task]
             acts_b = activations(net, candidates, x)
         with timer(timings, "rsa"):
-            layers, backend = conflict.layer_conflicts(
-                [acts_t[s] for s in expandable],
-                {b: [acts_b[b][s] for s in expandable] for b in candidates},
-                similarity=similarity, backend=ex.rsa_backend)
-        return {b: CandidateScore.of(layers[b]) for b in candidates}, backend
+            if units is None:
+                ref = [acts_t[s] for s in expandable]
+                others = {b: [acts_b[b][s] for s in expandable] for b in candidates}
+            else:
+                ref = unit_activations(acts_t, units, channels, num_groups)
+                others = {b: unit_activations(acts_b[b], units, channels, num_groups)
+                          for b in candidates}
+            layers, backend = conflict.layer_conflicts(ref, others, similarity=similarity,
+                                                       backend=ex.rsa_backend)
+        return {b: CandidateScore.of(layers[b], units) for b in candidates}, backend
 
     # ------------------------------------------------------------------ apply
     def apply(self, state: SequenceState, order: Sequence[int], position: int,
@@ -259,7 +290,7 @@ class BindGrowStep:
             seed = task_seed(ex.seed, position) + 1
             torch.manual_seed(seed)
             net.bind(task.name, decision.bind_to, task.num_classes)
-            net.grow(task.name, list(decision.slots), init="copy")
+            grow(net, task.name, decision, ex.adapter_rank)
             with timer(timings, "training"):
                 train_loss = fit(net, task.name, task.x_train, task.y_train,
                                  ex.config.replace(seed=seed), progress)
@@ -277,6 +308,19 @@ class BindGrowStep:
         test = evaluate_all(net, {t.name: (t.x_test, t.y_test) for t in learned})
         pad: list[float | None] = [None] * (len(order) - position - 1)
         return [val[t.name] for t in learned] + pad, [test[t.name] for t in learned] + pad
+
+
+def grow(net: JointNet, task: str, decision: Decision, rank: int) -> None:
+    """Grow ``decision``'s units for ``task`` on ``net``: whole slots and channel groups, by
+    copy or adapter. A layer-granularity copy decision takes today's one call, unchanged."""
+    if decision.mode == "copy" and not decision.groups:
+        net.grow(task, list(decision.slots), init="copy")
+        return
+    kwargs: dict[str, Any] = {"mode": decision.mode, "rank": rank}
+    if decision.groups:
+        kwargs.update(groups={s: list(g) for s, g in decision.groups.items()},
+                      num_groups=decision.num_groups)
+    net.grow(task, list(decision.slots), init="copy", **kwargs)
 
 
 def _record(decision: Decision, indep: IndependentNet, val_row: list[float | None],

@@ -26,6 +26,12 @@ from l2bg.base.errors import L2BGError, ParamError
 from l2bg.base.registry import Registry, load_entry_points
 from l2bg.conflict.rules import BIND_RULES, DEFAULT_BIND_RULE, DEFAULT_GROW_RULE, GROW_RULES
 from l2bg.conflict.similarity import DEFAULT_SIMILARITY, MEASURES
+from l2bg.conflict.units import (
+    DEFAULT_GRANULARITY,
+    check_granularity,
+    parse_granularity,
+    split_units,
+)
 from l2bg.learn.step import CandidateScore, Decision, GrowStep, StepContext
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -59,6 +65,9 @@ class Strategy:
     takes_delta: bool = False
     #: constructor arguments that configure the strategy (``configured``, ``options``)
     option_names: tuple[str, ...] = ()
+    #: G of the conflict model's granularity ``group:G`` (None: whole slots); see
+    #: :mod:`l2bg.conflict.units`
+    num_groups: int | None = None
 
     def options(self) -> dict[str, Any]:
         """The options this strategy is configured with (``results.json``:
@@ -70,7 +79,7 @@ class Strategy:
         same object when nothing changes, else a configured copy."""
         given = {k: v for k, v in options.items() if v is not None}
         bad = sorted(set(given) - set(self.option_names))
-        if bad and set(bad) <= {"grow_rule", "bind_rule", "similarity"}:
+        if bad and set(bad) <= {"grow_rule", "bind_rule", "similarity", "granularity"}:
             named = ", ".join(f"{{{k}}}" for k in bad)
             raise ParamError(f"{named} {'applies' if len(bad) == 1 else 'apply'} to strategies "
                              f"that use the conflict model (such as l2bg), not {self.name}",
@@ -80,7 +89,7 @@ class Strategy:
             raise L2BGError(f"strategy {self.name} takes no option {', '.join(bad)}; its "
                             f"options: {takes}")
         current = self.options()
-        if all(current[k] == v for k, v in given.items()):
+        if all(getattr(self, k) == v for k, v in given.items()):
             return self
         other = copy.copy(self)
         other.__init__(**{**current, **given})  # type: ignore[misc]
@@ -202,13 +211,24 @@ class L2BG(Strategy):
     name = "l2bg"
     help = "bind by least conflict and grow the nucleus for δ (rules and measure are options)"
     takes_delta = True
-    option_names = ("grow_rule", "bind_rule", "similarity")
+    option_names = ("grow_rule", "bind_rule", "similarity", "granularity")
 
     def __init__(self, grow_rule: str = DEFAULT_GROW_RULE, bind_rule: str = DEFAULT_BIND_RULE,
-                 similarity: str = DEFAULT_SIMILARITY) -> None:
+                 similarity: str = DEFAULT_SIMILARITY,
+                 granularity: str = DEFAULT_GRANULARITY) -> None:
         self.grow_rule = GROW_RULES.get(grow_rule).name
         self.bind_rule = BIND_RULES.get(bind_rule).name
         self.similarity = MEASURES.get(similarity).name
+        self.granularity = check_granularity(granularity)
+        self.num_groups = parse_granularity(self.granularity)
+
+    def options(self) -> dict[str, Any]:
+        """The options; ``granularity`` only when it is not ``layer`` (so a default run records,
+        and a study signs, what it always did)."""
+        out = super().options()
+        if out["granularity"] == DEFAULT_GRANULARITY:
+            del out["granularity"]
+        return out
 
     def check(self, steps: Sequence[GrowStep], template: Template, config: TrainConfig) -> None:
         for spec in steps:  # each δ was checked when its GrowStep was made
@@ -241,10 +261,16 @@ class L2BG(Strategy):
             return Decision(ctx.task, b, forced, None, scores, f"{why}; forced slots", backend,
                             rules)
         picked = self.grow(scores[b].layers, spec.delta)
-        slots = tuple(ctx.expandable[p] for p in picked)
         rules["grow"] = self.grow_rule
+        units = scores[b].units
+        if units is None:
+            slots, groups = tuple(ctx.expandable[p] for p in picked), {}
+        else:  # one nucleus over the units of every expandable slot (slot, then group)
+            slots, groups = split_units(units, picked)
         return Decision(ctx.task, b, slots, float(spec.delta), scores,
-                        f"{why}; grow rule {self.grow_rule} for δ", backend, rules)
+                        f"{why}; grow rule {self.grow_rule} for δ", backend, rules,
+                        groups=groups, num_groups=self.num_groups if groups else None,
+                        mode=ctx.mode)
 
 
 # --------------------------------------------------------------------------------- registry

@@ -44,6 +44,8 @@ class SearchConfig:
     quiet: bool = False
     search_rules: bool = False
     search_similarity: bool = False
+    search_granularity: list[str] | None = None
+    search_grow_mode: bool = False
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SearchConfig:
@@ -75,6 +77,24 @@ class SearchConfig:
             flag = "search_rules" if fixed[0] != "similarity" else "search_similarity"
             raise ParamError(f"{{{fixed[0]}}} fixes what {{{flag}}} searches; give one of the two",
                              fixed[0], flag)
+        if self.search_granularity is not None:
+            from l2bg.conflict.units import check_granularity
+
+            if not self.search_granularity:
+                raise ParamError("{search_granularity} is empty; give layer,group:G,...",
+                                 "search_granularity")
+            for g in self.search_granularity:
+                check_granularity(g, "search_granularity")
+            if "granularity" not in strategy.option_names:
+                raise ParamError(f"{{search_granularity}} searches the conflict model of "
+                                 f"strategies such as l2bg, not {self.strategy}",
+                                 "search_granularity")
+            if self.settings.granularity != "layer":
+                raise ParamError("{granularity} fixes what {search_granularity} searches; give "
+                                 "one of the two", "granularity", "search_granularity")
+        if self.search_grow_mode and self.settings.grow_mode != "copy":
+            raise ParamError("{grow_mode} fixes what {search_grow_mode} searches; give one of "
+                             "the two", "grow_mode", "search_grow_mode")
         if self.workers < 1:
             raise ParamError(f"{{workers}} must be >= 1, got {self.workers}", "workers")
         if self.threads is not None and self.threads < 1:

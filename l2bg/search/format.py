@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from l2bg.conflict.units import format_units
+
 __all__ = ["delta_label", "format_options", "format_sequence"]
 
 
@@ -22,7 +24,8 @@ def delta_label(seq: Sequence[Mapping[str, Any]] | None) -> str:
 def format_sequence(seq: Sequence[Mapping[str, Any]] | None) -> str:
     """A grow sequence on one line: ``a b<a[fc3,head]@0.3 c<b[-]@0.3``: task ``b`` bound to
     ``a``, grew slots fc3 and head (``-``: nothing), chosen with δ = 0.3; a task alone is
-    unbound (its own independent net)."""
+    unbound (its own independent net). Grown channel groups read ``fc2[0,3]`` (groups 0 and 3
+    of fc2), adapters a trailing ``~adapt``: ``b<a[fc1,fc2[0,3]]~adapt@0.5``."""
     if not seq:
         return ""
     parts = []
@@ -30,9 +33,11 @@ def format_sequence(seq: Sequence[Mapping[str, Any]] | None) -> str:
         if g.get("bind_to") is None:
             parts.append(str(g["task"]))
         else:
-            slots = ",".join(str(s) for s in g.get("grown_slots") or []) or "-"
+            slots = ",".join(format_units([str(s) for s in g.get("grown_slots") or []],
+                                          g.get("grown_groups"))) or "-"
+            mode = "" if g.get("grow_mode", "copy") == "copy" else f"~{g['grow_mode']}"
             delta = "" if g.get("delta") is None else f"@{round(float(g['delta']), 4):g}"
-            parts.append(f"{g['task']}<{g['bind_to']}[{slots}]{delta}")
+            parts.append(f"{g['task']}<{g['bind_to']}[{slots}]{mode}{delta}")
     return " ".join(parts)
 
 

@@ -182,7 +182,8 @@ class Memo(Plugin):
         self.context = sha({"format": MEMO_FORMAT, "benchmark": ex.benchmark,
                             "tasks": [[t.name, task_fingerprint(t)] for t in ex.tasks],
                             "seed": ex.seed, "template": ex.template.to_dict(),
-                            "train": ex.config.to_dict(), "rsa_samples": ex.rsa_samples})
+                            "train": ex.config.to_dict(), "rsa_samples": ex.rsa_samples,
+                            **_growth(ex)})
         root = Path(memo_dir) / "memo" / self.context if memo_dir is not None else None
         self.store = MemoStore(root, self.locks.lease_s)
         self.stats: dict[str, Any] = {}
@@ -218,7 +219,10 @@ class Memo(Plugin):
                        compute: Callable[[], Any]) -> tuple[dict[str, CandidateScore], str | None]:
         """Scores kept with the parent node: computed once (activations of both nets, RSA)."""
         key = self.node_key(self._run.decisions)
-        name = f"{key}-{ctx.task}-{sha([similarity, list(candidates)], 10)}"
+        what: list[Any] = [similarity, list(candidates)]
+        if ctx.num_groups is not None:  # scores per unit; per slot keep their former name
+            what.append(ctx.num_groups)
+        name = f"{key}-{ctx.task}-{sha(what, 10)}"
         found = self.store.read_scores(name)
         if found is not None:
             self.stats["scores_hits"] += 1
@@ -297,6 +301,13 @@ class Memo(Plugin):
         record.memo = dict(self.stats)
         return Outcome(record=record, records=result.records, order=run.order, key=key,
                        net_dir=self.store.node_dir(key), stats=dict(self.stats))
+
+
+def _growth(ex: Experiment) -> dict[str, Any]:
+    """The growth options of the memo's context, only where they differ from the defaults, so
+    that the memo of a run with default options keeps its key (docs/design.md, "Units")."""
+    options = ex.growth_options()
+    return {"growth": options} if options else {}
 
 
 def _scores_from_json(obj: Mapping[str, Any]) -> tuple[dict[str, CandidateScore], str | None]:

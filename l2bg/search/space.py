@@ -5,7 +5,8 @@ Spaces: ``shared-delta`` (one δ for every task, the paper's), ``per-task-delta`
 keys, plus one δ). δ dimensions exist only for strategies that take δ (``takes_delta``); the
 low-budget restrictions of the paper (a fixed set of allowed bind targets, a curated δ set) apply
 to every space. Any space can also search the strategy's options as categoricals (``choices``:
-the grow rule, bind rule or similarity measure of l2bg), one per trial.
+the grow rule, bind rule, similarity measure or granularity of l2bg), one per trial, and the
+grow mode (``grow_modes``: copy or adapt, one per trial, given to every grow step).
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ class SearchSpace:
     ``delta`` (shared-delta, order), ``delta_<task>`` (per-task-delta, bind), ``bind_<task>``
     (bind: a categorical over the earlier tasks that are allowed targets; omitted when only one
     is possible), ``key_<task>`` (order: random keys in [0, 1], the order is their argsort),
-    and one categorical per entry of ``choices`` (``grow_rule``, ``bind_rule``, ``similarity``:
-    the strategy options of the trial, :meth:`strategy_options`).
+    one categorical per entry of ``choices`` (``grow_rule``, ``bind_rule``, ``similarity``,
+    ``granularity``: the strategy options of the trial, :meth:`strategy_options`), and
+    ``grow_mode`` (with ``grow_modes``: the grow mode of every step of the trial).
     """
 
     mode: str
@@ -46,6 +48,7 @@ class SearchSpace:
     delta_set: tuple[float, ...] | None = None
     takes_delta: bool = True
     choices: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    grow_modes: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in SPACES:
@@ -65,6 +68,12 @@ class SearchSpace:
                 check_delta(d, "delta_set")
             object.__setattr__(self, "delta_set", tuple(sorted({float(d)
                                                                 for d in self.delta_set})))
+        if self.grow_modes is not None:
+            from l2bg.learn.experiment import GROW_MODES
+
+            if not self.grow_modes or not set(self.grow_modes) <= set(GROW_MODES):
+                raise ParamError(f"searched grow modes {list(self.grow_modes)} must be some of "
+                                 f"{', '.join(GROW_MODES)}", "search_grow_mode")
         for name, values in self.choices:
             if not values or len(set(values)) != len(values):
                 raise L2BGError(f"searched option {name} needs distinct choices, got "
@@ -109,6 +118,8 @@ class SearchSpace:
             out[name] = delta
         for name, values in self.choices:
             out[name] = CategoricalDistribution(list(values))
+        if self.grow_modes is not None:
+            out["grow_mode"] = CategoricalDistribution(list(self.grow_modes))
         return out
 
     def strategy_options(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -148,7 +159,8 @@ class SearchSpace:
             candidates = None
             if self.bind_targets is not None and bind_to is None:
                 candidates = [t for t in learned if t in self.bind_targets] or None
-            steps.append(GrowStep(delta=delta, bind_to=bind_to, candidates=candidates))
+            steps.append(GrowStep(delta=delta, bind_to=bind_to, candidates=candidates,
+                                  mode=params.get("grow_mode")))
         return order, steps
 
     def baseline_params(self, grow_all: bool) -> tuple[dict[str, Any], str]:
@@ -159,6 +171,8 @@ class SearchSpace:
         params: dict[str, Any] = {}
         exact = self.mode == "bind"
         chosen = dict(self.choices)
+        if self.grow_modes is not None:
+            chosen["grow_mode"] = self.grow_modes
         for name, dist in dists.items():
             if name in chosen:
                 params[name] = chosen[name][0]  # δ = 0 / 1 grows the same for every grow rule
@@ -200,4 +214,5 @@ class SearchSpace:
                 "bind_targets": None if self.bind_targets is None else list(self.bind_targets),
                 "delta_set": None if self.delta_set is None else list(self.delta_set),
                 "choices": {name: list(values) for name, values in self.choices},
+                **({} if self.grow_modes is None else {"grow_modes": list(self.grow_modes)}),
                 "params": sorted(self.distributions())}

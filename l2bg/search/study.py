@@ -146,15 +146,23 @@ def _setup(cfg: SearchConfig) -> _Setup:
                     ("bind_rule", tuple(BIND_RULES.names()))]
     if cfg.search_similarity:
         choices.append(("similarity", tuple(MEASURES.names())))
+    if cfg.search_granularity:
+        from l2bg.conflict.units import check_granularity
+
+        choices.append(("granularity", tuple(dict.fromkeys(
+            check_granularity(g, "search_granularity") for g in cfg.search_granularity))))
     space = SearchSpace(cfg.space, names, bind_targets=targets,
                         delta_set=tuple(cfg.delta_set) if cfg.delta_set else None,
                         takes_delta=strategies.get(cfg.strategy).takes_delta,
-                        choices=tuple(choices))
+                        choices=tuple(choices),
+                        grow_modes=("copy", "adapt") if cfg.search_grow_mode else None)
     T = len(names)
     strategy = "" if cfg.strategy == "l2bg" else f"{cfg.strategy}-"
     tags = [v for v in cfg.settings.rules().values() if v is not None]
     tags += [name for name, on in (("rules", cfg.search_rules),
-                                   ("similarity", cfg.search_similarity)) if on]
+                                   ("similarity", cfg.search_similarity),
+                                   ("granularity", cfg.search_granularity),
+                                   ("grow-mode", cfg.search_grow_mode)) if on]
     tag = "".join(f"-{t}" for t in tags)
     study_name = cfg.study_name or (f"l2bg-{bench.name}-{T}t-{strategy}{cfg.space}{tag}-"
                                     f"{cfg.objective}-{cfg.sampler}-s{cfg.settings.seed}")

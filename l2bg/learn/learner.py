@@ -25,6 +25,7 @@ import torch
 
 from l2bg.base.errors import L2BGError
 from l2bg.conflict import scores as conflict
+from l2bg.conflict.units import list_units
 from l2bg.learn import strategies
 from l2bg.learn.environment import Environment
 from l2bg.learn.experiment import DEFAULT_ADAPTER_RANK, Experiment
@@ -141,6 +142,9 @@ class Learner:
             raise L2BGError(f"a grow sequence needs one step per task after the first "
                             f"({T - 1}), got {len(steps)}")
         strat.check(steps, self.template, self.config)
+        if strat.num_groups is not None:  # G <= C at every slot cut, before any training
+            list_units(self.template.expandable_slots, JointNet(self.template).unit_channels,
+                       strat.num_groups, self.template.slot_names)
         return strat, steps, order
 
     def run(self, strategy: str | strategies.Strategy = "l2bg",

@@ -312,15 +312,23 @@ class BindGrowStep:
 
 def grow(net: JointNet, task: str, decision: Decision, rank: int) -> None:
     """Grow ``decision``'s units for ``task`` on ``net``: whole slots and channel groups, by
-    copy or adapter. A layer-granularity copy decision takes today's one call, unchanged."""
+    copy or adapter. A layer-granularity copy decision takes today's one call, unchanged. With
+    mode ``adapt``, a whole slot that cannot take an adapter (no linear/conv2d main layer:
+    ``unit_channels`` None, such as a pooling slot) grows by copy."""
+    slots = list(decision.slots)
     if decision.mode == "copy" and not decision.groups:
-        net.grow(task, list(decision.slots), init="copy")
+        net.grow(task, slots, init="copy")
         return
+    if decision.mode == "adapt":
+        copied = [s for s in slots if net.unit_channels(s) is None]
+        if copied:
+            net.grow(task, copied, init="copy")
+            slots = [s for s in slots if s not in copied]
     kwargs: dict[str, Any] = {"mode": decision.mode, "rank": rank}
     if decision.groups:
         kwargs.update(groups={s: list(g) for s, g in decision.groups.items()},
                       num_groups=decision.num_groups)
-    net.grow(task, list(decision.slots), init="copy", **kwargs)
+    net.grow(task, slots, init="copy", **kwargs)
 
 
 def _record(decision: Decision, indep: IndependentNet, val_row: list[float | None],

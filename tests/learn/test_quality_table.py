@@ -30,6 +30,19 @@ def test_run_specs():
         qt.RunSpec.parse("l2bg:conflict")
 
 
+def test_run_specs_with_granularity_and_grow_mode():
+    s = qt.RunSpec.parse("l2bg:conflict:0.5@group:4~adapt")
+    assert s.label == "l2bg-conflict-0.5-group4-adapt" and s.mode == "adapt"
+    assert s.options["granularity"] == "group:4" and s.delta == 0.5
+    plain = qt.RunSpec.parse("l2bg:conflict:0.5@layer~copy")
+    assert plain == qt.RunSpec.parse("l2bg:conflict:0.5") and "granularity" not in plain.options
+    args = qt.parse_args(["--baselines", "--grow-rules", "conflict", "--deltas", "0.5",
+                          "--granularities", "layer", "group:4", "--grow-modes", "copy", "adapt"])
+    assert [r.label for r in qt.run_specs(args)] == [
+        "l2bg-conflict-0.5", "l2bg-conflict-0.5-adapt", "l2bg-conflict-0.5-group4",
+        "l2bg-conflict-0.5-group4-adapt"]
+
+
 def test_aggregate_means_and_front_on_validation():
     def row(run, seed, val, test, ratio):
         return {"benchmark": "b", "run": run, "seed": seed, "strategy": run, "grow_rule": None,

@@ -37,7 +37,6 @@ from l2bg.base.figures import figure, param_axes, place_labels, save
 from l2bg.base.fileio import atomic_write, write_json
 from l2bg.conflict.rules import DEFAULT_BIND_RULE
 from l2bg.conflict.similarity import DEFAULT_SIMILARITY
-from l2bg.conflict.units import format_units
 from l2bg.learn.environment import Environment
 from l2bg.learn.independent import IndependentCache
 from l2bg.learn.learner import GrowStep
@@ -130,10 +129,8 @@ def run_all(args: argparse.Namespace, specs: list[RunSpec]) -> list[dict[str, An
                        **record.summary(), "params_independent": record.params_independent,
                        "granularity": spec.options.get("granularity", "layer"),
                        "grow_mode": spec.mode, "task_bn": args.task_bn,
-                       "grown": " ".join(",".join(format_units(
-                           [record.slots[s] for s in d.slots],
-                           {record.slots[s]: g for s, g in d.groups.items()})) or "-"
-                           for d in record.decisions[1:]),
+                       "grown": " ".join(",".join(d.grown_names(record.slots)) or "-"
+                                         for d in record.decisions[1:]),
                        "bind": " ".join(str(d.bind_to) for d in record.decisions[1:]),
                        "trained": record.memo["memo_misses"],
                        "wall_s": round(time.perf_counter() - t0, 2)}

@@ -76,7 +76,7 @@ def explain(r: RunRecord | Mapping[str, Any]) -> list[dict[str, Any]]:
     weight, share and cumulative share (the data behind ``l2bg explain``). ``r``: a run record,
     or a results.json of any version as a dict."""
     from l2bg.conflict.rules import BIND_RULES, DEFAULT_BIND_RULE, DEFAULT_GROW_RULE, GROW_RULES
-    from l2bg.conflict.units import format_units, unit_name
+    from l2bg.conflict.units import unit_name
     from l2bg.learn.record import RunRecord
 
     if not isinstance(r, RunRecord):
@@ -91,8 +91,7 @@ def explain(r: RunRecord | Mapping[str, Any]) -> list[dict[str, Any]]:
             "task": d.task, "bind_to": d.bind_to, "delta": d.delta, "reason": d.reason,
             "rules": rules, "grown_slots": [r.slots[s] for s in d.slots],
             "grown_units": grown_units, "grow_mode": d.mode,
-            "grown": format_units([r.slots[s] for s in d.slots],
-                                  {r.slots[s]: gs for s, gs in d.groups.items()}),
+            "grown": d.grown_names(r.slots),
             "candidates": []}
         bind = _registered(BIND_RULES, rules.get("bind"), DEFAULT_BIND_RULE)
         grow = _registered(GROW_RULES, rules.get("grow"), DEFAULT_GROW_RULE)

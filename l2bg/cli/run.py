@@ -133,7 +133,7 @@ def _summary(r: RunRecord, out: Path) -> str:
              f"{'task':<18}{'bind_to':<18}{'grown':<22}{'val':>9}{'test':>9}{'indep test':>12}"]
     for t in r.tasks:
         d = t.decision
-        grown = ",".join(r.slots[s] for s in d.slots) or "-"
+        grown = ",".join(d.grown_names(r.slots)) or "-"
         lines.append(f"{d.task:<18}{d.bind_to or '-':<18}{grown:<22}"
                      f"{_pct(t.val_acc):>9}{_pct(t.test_acc):>9}"
                      f"{_pct(t.independent_test_acc):>12}")

@@ -139,7 +139,7 @@ class LogLines(Plugin):
 
     def after_task(self, ctx: StepContext, record: TaskRecord, elapsed_s: float) -> None:
         d = record.decision
-        grew = ",".join(self.slot_names[s] for s in d.slots) or "-"
+        grew = ",".join(d.grown_names(self.slot_names)) or "-"
         what = "own independent net" if d.bind_to is None else f"bound to {d.bind_to}, grew {grew}"
         print(f"[{elapsed_s:8.1f}s] task {ctx.position + 1} {ctx.task}: {what}; "
               f"val {100 * record.val_acc:.2f}% test {100 * record.test_acc:.2f}%",

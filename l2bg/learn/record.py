@@ -22,6 +22,7 @@ from typing import Any
 
 from l2bg.base.errors import L2BGError
 from l2bg.conflict import scores as conflict
+from l2bg.conflict.units import format_units
 from l2bg.learn import metrics
 from l2bg.learn.environment import Environment
 from l2bg.learn.recordfile import RECORD_VERSION, check_record, upgrade
@@ -107,6 +108,12 @@ class Decision:
         if self.mode != "copy":
             key.append({"mode": self.mode})
         return key
+
+    def grown_names(self, slot_names: Sequence[str]) -> list[str]:
+        """What grew, in the search's notation: whole slots by name, then each slot's grown
+        channel groups as ``fc2[0,3]`` (:func:`l2bg.conflict.units.format_units`)."""
+        return format_units([slot_names[s] for s in self.slots],
+                            {slot_names[s]: g for s, g in self.groups.items()})
 
     @property
     def grows(self) -> bool:

@@ -9,17 +9,19 @@ from l2bg.cli import main
 from l2bg.net.jointnet import JointNet
 
 
-def run(tmp_path, tiny_mnist, *extra, strategy=("--strategy", "l2bg", "--delta", "0.5")):
+def run(tmp_path, tiny_mnist, *extra, strategy=("--strategy", "l2bg", "--delta", "0.5"),
+        quiet=True):
     out = tmp_path / "out"
     code = main(["run", "--benchmark", "pmnist", "--data-root", str(tiny_mnist), "--tasks", "3",
                  *strategy, "--epochs", "1", "--rsa-samples", "20", "--out", str(out),
-                 "--cache-dir", str(tmp_path.parent / "units-cli-cache"), "--quiet", *extra])
+                 "--cache-dir", str(tmp_path.parent / "units-cli-cache"),
+                 *(["--quiet"] if quiet else []), *extra])
     assert code == 0
     return out, json.loads((out / "results.json").read_text())
 
 
 def test_run_and_explain_with_channel_groups(tmp_path, tiny_mnist, capsys):
-    out, r = run(tmp_path, tiny_mnist, "--granularity", "group:4")
+    out, r = run(tmp_path, tiny_mnist, "--granularity", "group:4", quiet=False)
     assert r["config"]["granularity"] == "group:4" and r["config"]["grow_mode"] == "copy"
     assert r["strategy_options"]["granularity"] == "group:4"
     net = JointNet.load(out)
@@ -32,11 +34,12 @@ def test_run_and_explain_with_channel_groups(tmp_path, tiny_mnist, capsys):
         assert not t["grown_slots"] and groups and t["num_groups"] == 4
         want = sorted((r["slots"].index(s), g) for s, gs in groups.items() for g in gs)
         assert net.grown_units(t["name"]) == want
-    capsys.readouterr()
-    assert main(["explain", str(out)]) == 0
-    text = capsys.readouterr().out
     t1 = r["tasks"][1]
     shown = ", ".join(f"{s}[{','.join(map(str, g))}]" for s, g in t1["grown_groups"].items())
+    printed = capsys.readouterr().out  # a log line per task and the summary table
+    assert f"bound to pmnist-0, grew {shown.replace(', ', ',')}" in printed
+    assert main(["explain", str(out)]) == 0
+    text = capsys.readouterr().out
     assert f"grew {shown}" in text and "units of pmnist-0 in the order of grow rule" in text
     assert "fc1[0]" in text and "granularity group:4" in text
     assert main(["explain", str(out), "--json"]) == 0

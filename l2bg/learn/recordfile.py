@@ -65,6 +65,15 @@ def _number(v: Any) -> bool:
     return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
 
 
+def _unit(u: Any, num_slots: int) -> bool:
+    """``[slot, group]``: a slot index of the record and a group index >= 0, or null."""
+    def index(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    return (isinstance(u, list) and len(u) == 2 and index(u[0]) and u[0] < num_slots
+            and (u[1] is None or index(u[1])))
+
+
 def _names(v: Any) -> bool:
     return isinstance(v, list) and all(isinstance(x, str) for x in v)
 
@@ -134,5 +143,9 @@ def check_record(r: Any, where: str = "results.json") -> None:
             if not isinstance(layers, list) or not layers or not all(
                     _number(c) and 0 <= c <= 2 for c in layers):  # C = 1 - similarity
                 raise bad(f"{key}.layers", "a list of conflict scores in [0, 2], one per slot")
+            units = sc.get("units")
+            if units is not None and (not isinstance(units, list) or len(units) != len(layers)
+                                      or not all(_unit(u, len(slots)) for u in units)):
+                raise bad(f"{key}.units", "a list of [slot index, group or null], one per score")
         if conflict and t["bind_to"] not in conflict:
             raise bad(f"{at}.bind_to", "one of the candidates it was scored against")

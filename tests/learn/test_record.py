@@ -33,15 +33,17 @@ KEYS = ["benchmark", "strategy", "strategy_options", "seed", "tasks", "grow_sequ
         "gain_raw", "params", "params_independent", "slots", "expandable_slots", "timings",
         "rsa_backend", "executor_backend", "cache", "wall_time_s"]
 TASK_KEYS = ["name", "bind_to", "grown_slots", "delta", "conflict", "rules", "reason",
-             "independent_val_acc", "independent_test_acc", "independent_cached", "train_loss",
-             "val_acc", "test_acc", "params"]
+             "grown_groups", "num_groups", "grow_mode", "independent_val_acc",
+             "independent_test_acc", "independent_cached", "train_loss", "val_acc", "test_acc",
+             "params"]
 
 acc = st.floats(0.0, 1.0, allow_nan=False)
 
 
 @st.composite
 def records(draw):
-    """A run record of 1-4 tasks with random decisions, accuracies and conflicts."""
+    """A run record of 1-4 tasks with random decisions, accuracies and conflicts: per slot, or
+    per unit (slot 0 cut into 2 channel groups) with grown groups and a grow mode."""
     T = draw(st.integers(1, 4))
     names = [f"t{i}" for i in range(T)]
     tasks = []
@@ -53,11 +55,21 @@ def records(draw):
             loss = None
         else:
             bind = draw(st.sampled_from(names[:i]))
-            slots = tuple(sorted(draw(st.sets(st.sampled_from([0, 1]), max_size=2))))
-            conflict = {c: CandidateScore.of([draw(st.floats(0, 2)) for _ in range(2)])
+            units = draw(st.none() | st.just(((0, 0), (0, 1), (1, None))))
+            if units is None:
+                slots = tuple(sorted(draw(st.sets(st.sampled_from([0, 1]), max_size=2))))
+                groups: dict[int, tuple[int, ...]] = {}
+            else:
+                slots = tuple(sorted(draw(st.sets(st.just(1)))))
+                grown = tuple(sorted(draw(st.sets(st.sampled_from([0, 1])))))
+                groups = {0: grown} if grown else {}
+            n = 2 if units is None else 3
+            conflict = {c: CandidateScore.of([draw(st.floats(0, 2)) for _ in range(n)], units)
                         for c in names[:i]}
+            mode = draw(st.sampled_from(["copy", "adapt"])) if slots or groups else "copy"
             d = Decision(names[i], bind, slots, draw(st.none() | acc), conflict, "why", "torch",
-                         {"bind": "least-conflict", "grow": None, "similarity": "rsa-spearman"})
+                         {"bind": "least-conflict", "grow": None, "similarity": "rsa-spearman"},
+                         groups=groups, num_groups=2 if groups else None, mode=mode)
             loss = [draw(st.floats(0, 10)) for _ in range(draw(st.integers(1, 3)))]
         tasks.append(TaskRecord(d, val, test, draw(st.integers(1, 10**7)), draw(acc), draw(acc),
                                 draw(st.integers(1, 1000)), draw(st.integers(1, 10**6)),
@@ -93,8 +105,9 @@ def test_keys_and_metrics_are_those_of_results_json(record):
     assert r["avg_val_acc"] == metrics.average_accuracy(R_val)
     assert r["bwt"] == metrics.bwt(R_test)
     assert r["params"] == record.tasks[-1].params
-    assert r["grow_sequence"] == [{k: t[k] for k in ("bind_to", "delta", "grown_slots")}
-                                  | {"task": t["name"]} for t in r["tasks"]]
+    growth = ("bind_to", "delta", "grown_slots", "grown_groups", "num_groups", "grow_mode")
+    assert r["grow_sequence"] == [{k: t[k] for k in growth if k in t} | {"task": t["name"]}
+                                  for t in r["tasks"]]
     assert all(set(t["grown_slots"]) <= set(SLOTS) for t in r["tasks"])
 
 
@@ -179,6 +192,11 @@ def test_a_record_version_this_l2bg_does_not_know_is_one_line(version):
     (lambda r: r["tasks"][1].update(grown_slots=[7]), "tasks[1].grown_slots"),
     (lambda r: r.update(benchmark=3), "benchmark must be a string"),
     (lambda r: r["tasks"][1].update(train_loss=5), "wrong type or shape"),
+    (lambda r: r["tasks"][1].update(grown_groups={"fc9": [0]}, num_groups=2),
+     "tasks[1].grown_groups"),
+    (lambda r: r["tasks"][1].update(grown_groups={"fc1": [0]}), "tasks[1].num_groups"),
+    (lambda r: r["tasks"][1]["conflict"]["a"].update(units=[[0, 0]]),
+     "tasks[1].conflict['a'].units"),
 ])
 def test_a_malformed_record_is_one_line_naming_the_key(edit, words):
     r = json.loads(json.dumps(OLDEST))

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from l2bg.base.errors import L2BGError
 from l2bg.base.native import load_extension
+from l2bg.net.overlay import SlotView, chain_of, node_stages
 from l2bg.net.plan import (
     CAPTURE,
     EVAL,
@@ -112,8 +113,6 @@ def get_plan(
 def _mark_views(plan: Plan) -> None:
     """``plan.view_base``: per node, for a virtual node the plan index of its node (-1 when the
     node itself is not in the plan), else None; ``plan.view_bases``: nodes some view reuses."""
-    from l2bg.net.overlay import SlotView
-
     index = {id(m): i for i, m in enumerate(plan.modules)}
     plan.view_base = [index.get(id(m.node), -1) if isinstance(m, SlotView) else None
                       for m in plan.modules]
@@ -201,15 +200,11 @@ def run_reference(plan: Plan, inputs: list[Tensor],
             if memo is None:
                 buffers[out] = evaluate(node, x)
                 continue
-            key, base = tuple(segs), bases[node]
-            if base is not None:  # a virtual node: its node's stages from the memo
-                shared = None if base < 0 else (lambda b=base, x=x: evaluate(b, x))
-                buffers[out] = plan.modules[node].run(x, memo, key, shared)
-            elif node in plan.view_bases:
-                k = (id(plan.modules[node]), key, "y")
-                if k not in memo:
-                    memo[k] = evaluate(node, x)
-                buffers[out] = memo[k]
+            key, module = tuple(segs), plan.modules[node]
+            if bases[node] is not None:  # a virtual node: its node's stages from the memo
+                buffers[out] = module.run(x, memo, key)
+            elif node in plan.view_bases and chain_of(module) is not None:
+                buffers[out] = node_stages(module, chain_of(module), x, memo, key)
             else:
                 buffers[out] = evaluate(node, x)
         elif op == RELEASE:

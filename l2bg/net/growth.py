@@ -72,6 +72,10 @@ def slot_module(net: JointNet, task: str, slot: int) -> tuple[str, nn.Module]:
     return vid, cache[vid]
 
 
+def route_of(net: JointNet, task: str, slot: int) -> str:
+    return net._routes[task][slot]
+
+
 def own_overlay(net: JointNet, task: str, slot: int) -> Overlay:
     """``task``'s own overlay at ``slot`` (made empty and put last in its stack if missing)."""
     key = overlay_key(net, slot, task)
@@ -148,14 +152,28 @@ def grow(net: JointNet, task: str, slots: Iterable[int | str], init: str,
     if init == "fresh" and (mode != "copy" or grp):
         raise L2BGError("grow init='fresh' makes whole new nodes; use it with mode='copy' and "
                         "slots=, not groups= or mode='adapt'")
-    for s in touched:
+    for s in touched:  # every check before anything changes
+        name = net.template.slots[s].name
         o = net.overlays[overlay_key(net, s, task)] if overlay_key(
             net, s, task) in net._stack[task][s] else None
         have = "copy" if s in net._grown[task] else (o.mode() if o is not None else None)
         if have is not None and have != mode and not (mode == "copy" and s in whole):
-            raise L2BGError(f"grow: task {task!r} already grew slot "
-                            f"{net.template.slots[s].name!r} in mode {have!r}; a slot grows "
-                            "in one mode per task")
+            raise L2BGError(f"grow: task {task!r} already grew slot {name!r} in mode {have!r}; "
+                            "a slot grows in one mode per task")
+        g = num_groups if s in grp else None
+        units = None if o is None else o.rows_units if mode == "copy" else o.adapt_units
+        if (s in grp or mode == "adapt") and units is not None and units[0] != g:
+            raise L2BGError(f"grow: task {task!r} grew slot {name!r} with num_groups="
+                            f"{units[0]} before; grow it the same way (num_groups={units[0]})")
+        if mode == "adapt" and o is not None and o.rank not in (None, rank):
+            raise L2BGError(f"grow: task {task!r} adapted slot {name!r} with rank={o.rank} "
+                            f"before; grow it the same way (rank={o.rank})")
+        if mode == "adapt" and slot_chain(net, s) is None:
+            raise L2BGError(f"grow: slot {name!r} cannot take an adapter (not a primitive "
+                            "chain whose main layer is linear or conv2d); use mode='copy'")
+        if mode == "adapt" and net._node_owner[route_of(net, task, s)] == task:
+            raise L2BGError(f"grow: task {task!r} owns its node at slot {name!r}; an adapter "
+                            "goes on a node it shares")
     route = net._routes[task]
     if mode == "copy":
         for s in whole:
@@ -186,9 +204,6 @@ def _grow_rows(net: JointNet, task: str, s: int, g: int, gs: list[int]) -> None:
     node = net.nodes[net._routes[task][s]]
     chain = chain_of(node)
     o = own_overlay(net, task, s)
-    if o.rows_units is not None and o.rows_units[0] != g:
-        raise L2BGError(f"grow: task {task!r} grew slot {net.template.slots[s].name!r} in "
-                        f"{o.rows_units[0]} groups before; grow it in the same G")
     have = o.rows_units[1] if o.rows_units else []
     units = sorted({*have, *gs})
     ranges = [channel_groups(chain.channels, g)[k] for k in units]
@@ -213,19 +228,9 @@ def _grow_rows(net: JointNet, task: str, s: int, g: int, gs: list[int]) -> None:
 
 def _grow_adapters(net: JointNet, task: str, s: int, g: int | None, gs: list[int],
                    rank: int) -> None:
-    name = net.template.slots[s].name
     node = net.nodes[net._routes[task][s]]
     chain = chain_of(node)
-    if chain is None:
-        raise L2BGError(f"grow: slot {name!r} cannot take an adapter (not a primitive chain "
-                        "whose main layer is linear or conv2d); grow it with mode='copy'")
-    if s in net._grown[task]:
-        raise L2BGError(f"grow: task {task!r} owns its node at slot {name!r}; an adapter "
-                        "goes on a shared node")
     o = own_overlay(net, task, s)
-    if o.adapt_units is not None and o.adapt_units[0] != g:
-        raise L2BGError(f"grow: task {task!r} adapted slot {name!r} with num_groups="
-                        f"{o.adapt_units[0]} before; adapt it the same way")
     main = node[chain.main]
     bn_layers = 0 if net.task_bn else len(chain.bn)
     keys = ["all"] if g is None else [str(k) for k in sorted({*o.units(), *gs})]

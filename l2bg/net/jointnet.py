@@ -274,10 +274,11 @@ class JointNet(nn.Module):
         out: dict[int, nn.Parameter] = {}
         for s, n in enumerate(route):
             stack = growth.stack_of(self, task, s)
+            bn = [o for o in stack if o.bn_paths]
             skip = set()
-            if any(o.bn_paths for o in stack):
-                skip = {id(p) for m in self.nodes[n].modules() if growth.is_bn(m)
-                        for p in m.parameters()}
+            if bn:  # the last batch norms of the stack replace the node's and earlier ones
+                skip = {id(p) for m in [*self.nodes[n].modules(), *(o.bn for o in bn[:-1])]
+                        if growth.is_bn(m) or isinstance(m, nn.ModuleDict) for p in m.parameters()}
             for m in [self.nodes[n], *stack]:
                 out.update((id(p), p) for p in m.parameters() if id(p) not in skip)
         if self.template.per_task_heads:

@@ -295,38 +295,31 @@ class SlotView(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.run(x)
 
-    def run(self, x: Tensor, memo: dict | None = None, key: Any = None,
-            shared: Any = None) -> Tensor:
+    def run(self, x: Tensor, memo: dict | None = None, key: Any = None) -> Tensor:
         """The task's output at this slot. ``memo``/``key``: the executor's per-run memo and the
-        input's key (shared stages are looked up there); ``shared()``: the node's own output."""
+        input's key: the node's stages (:func:`node_stages`) are looked up there."""
         node, chain = self.node, self.chain
         bn = self.bn_owner.bn_tensors() if self.bn_owner is not None else {}
         if not self.spans and (chain is None or self.pre_bn):
             return functional_call(node, bn, (x,)) if bn else node(x)
-        nid = id(node)
-        if self.pre_bn:
-            h = self._layers(x, range(chain.main), bn)
-        else:
-            h = _memo(memo, (nid, key, "h"), lambda: self._layers(x, range(chain.main), {}))
-        if bn:
-            z = _memo(memo, (nid, key, "z"), lambda: node[chain.main](h))
+        if bn:  # the node's main product (shared unless a batch norm precedes it), then t's rest
+            if self.pre_bn:
+                h = _layers(node, x, range(chain.main), bn)
+                z = node[chain.main](h)
+            else:
+                h, z, _ = node_stages(node, chain, x, memo, key, lazy=True)
+                z = z()
             if self.spans:
-                z = self._scatter(z, self._grown(h, z.shape))
-            return self._layers(z, range(chain.main + 1, len(node)), bn)
-        y = _memo(memo, (nid, key, "y"), shared if shared is not None else lambda: node(x))
-        zr = self._grown(h, None)
+                z = self._scatter(z, self._grown(h))
+            return _layers(node, z, range(chain.main + 1, len(node)), bn)
+        h, _, y = node_stages(node, chain, x, memo, key, lazy=True)
+        y = y()  # the node's own output; only the grown channels are recomputed
+        zr = self._grown(h)
         for i in range(chain.main + 1, len(node)):
             zr = self._bn_rows(zr, i) if i in chain.bn else node[i](zr)
         return self._scatter(y, zr)
 
-    def _layers(self, x: Tensor, idx: range, bn: dict[str, Tensor]) -> Tensor:
-        for i in idx:
-            layer, pre = self.node[i], f"{i}."
-            subs = {k[len(pre):]: v for k, v in bn.items() if k.startswith(pre)}
-            x = functional_call(layer, subs, (x,)) if subs else layer(x)
-        return x
-
-    def _grown(self, h: Tensor, full: torch.Size | None) -> Tensor:
+    def _grown(self, h: Tensor) -> Tensor:
         """The main layer's output on the grown channels only: one product over their rows."""
         main = self.node[self.chain.main]
         w = [main.weight[a:b] if src is None else
@@ -380,6 +373,33 @@ class SlotView(nn.Module):
 
     def _width(self) -> int:
         return sum(b - a for a, b in self.spans)
+
+
+def _layers(node: nn.Sequential, x: Tensor, idx: range, bn: dict[str, Tensor]) -> Tensor:
+    """Layers ``idx`` of a chain, batch norms with the tensors ``bn`` gives (``{"i.name": t}``)."""
+    for i in idx:
+        layer, pre = node[i], f"{i}."
+        subs = {k[len(pre):]: v for k, v in bn.items() if k.startswith(pre)}
+        x = functional_call(layer, subs, (x,)) if subs else layer(x)
+    return x
+
+
+def node_stages(node: nn.Sequential, chain: Chain, x: Tensor, memo: dict | None, key: Any,
+                lazy: bool = False):
+    """A chain's own stages on ``x``: the input of its main layer, the main product and its
+    output (the same operations as ``node(x)``), each once per (node, input) in ``memo``.
+    ``lazy``: the product and output as functions (computed on first use)."""
+    nid = id(node)
+    h = _memo(memo, (nid, key, "h"), lambda: _layers(node, x, range(chain.main), {}))
+
+    def z() -> Tensor:
+        return _memo(memo, (nid, key, "z"), lambda: node[chain.main](h))
+
+    def y() -> Tensor:
+        return _memo(memo, (nid, key, "y"),
+                     lambda: _layers(node, z(), range(chain.main + 1, len(node)), {}))
+
+    return (h, z, y) if lazy else y()
 
 
 def _bn_slice(x: Tensor, m: nn.Module, a: int, b: int, update: bool, counted: set) -> Tensor:

@@ -179,8 +179,8 @@ class Learner:
                 p.before_run(run)
             for pos in range(T):
                 spec = steps[pos - 1] if pos else GrowStep()
-                ctx = self.step.context(order, pos, spec, rng, None)
-                ctx.num_groups = strat.num_groups
+                ctx = self.step.context(order, pos, spec, rng, None,
+                                        num_groups=strat.num_groups)
                 ctx.scorer = partial(self._scores, ctx, order, net, run.timings)
                 for p in self.plugins:
                     p.before_task(ctx)

@@ -202,14 +202,14 @@ class BindGrowStep:
 
     # ------------------------------------------------------------------ decide
     def context(self, order: Sequence[int], position: int, spec: GrowStep, rng: random.Random,
-                scorer: Scorer) -> StepContext:
+                scorer: Scorer, *, num_groups: int | None = None) -> StepContext:
         ex = self.experiment
         names = ex.names(order)
         return StepContext(position=position, index=order[position], task=names[position],
                            learned=names[:position], spec=spec, rng=rng,
                            expandable=list(ex.template.expandable_slots),
                            slot_index=ex.template.slot_index, scorer=scorer,
-                           mode=spec.mode or ex.grow_mode)
+                           num_groups=num_groups, mode=spec.mode or ex.grow_mode)
 
     def decide(self, strategy: Strategy, ctx: StepContext) -> Decision:
         """The decision for the task of ``ctx``: no bind for the first task, else the

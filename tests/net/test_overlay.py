@@ -477,3 +477,21 @@ def test_overlay_batch_norms_must_match_the_slot(tmp_path):
     _edit(tmp_path / "jointnet.json", lambda t: _ov(t).update(bn=["2"]))
     with pytest.raises(L2BGError, match="are not the slot's"):
         JointNet.load(tmp_path, template=bn_chain)
+
+
+def test_cuda_graph_key_sees_overlay_tensors():
+    """A virtual node's tensors are in the plan's sources: moving one forces a new capture."""
+    from l2bg.net.cuda_graph import graph_key
+    from l2bg.net.executor import get_plan
+
+    net = JointNet(TEMPLATES["mlp"]())
+    net.add_task("a")
+    net.bind("b", "a")
+    net.grow("b", groups={"fc1": [1]}, num_groups=2)
+    plan = get_plan(net)
+    x = [inputs(net)]
+    rows = net.overlays["fc1~b"].rows
+    before = graph_key(plan, "reference", x)
+    assert graph_key(plan, "reference", x) == before
+    rows.weight = nn.Parameter(rows.weight.detach().clone())
+    assert graph_key(plan, "reference", x) != before

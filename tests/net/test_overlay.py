@@ -32,11 +32,12 @@ SETTINGS = settings(max_examples=25, deadline=None, derandomize=True,
 
 
 def bn_chain():
-    """Cuttable chains with batch norm: conv (even kernel) + bn + relu + pool, a strided padded
-    conv + bn + relu, flatten + linear + bn + relu; per-task heads."""
+    """Cuttable chains with batch norm: conv (even kernel) + in-place relu + bn + pool, a strided
+    padded conv + bn + relu, flatten + linear + bn + relu; per-task heads."""
     torch.manual_seed(0)
     return module_template(
-        {"c1": nn.Sequential(nn.Conv2d(1, 4, 2), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2)),
+        {"c1": nn.Sequential(nn.Conv2d(1, 4, 2), nn.ReLU(inplace=True), nn.BatchNorm2d(4),
+                             nn.MaxPool2d(2)),
          "c2": nn.Sequential(nn.Conv2d(4, 3, 3, stride=2, padding=1), nn.BatchNorm2d(3),
                              nn.ReLU()),
          "fc": nn.Sequential(nn.Flatten(), nn.Linear(12, 5), nn.BatchNorm1d(5), nn.ReLU())},
@@ -250,10 +251,10 @@ def test_task_bn_running_statistics_update_in_the_tasks_own_copy():
     net.bind("t", "b", 3)
     node = net.nodes[net.routes()["b"][0]]
     own = net.overlays["c1~t"].bn["bn0"]
-    shared0, own0 = node[1].running_mean.clone(), own.running_mean.clone()
+    shared0, own0 = node[2].running_mean.clone(), own.running_mean.clone()
     net.train()
     net(inputs(net, 8), "t")
-    assert torch.equal(node[1].running_mean, shared0)
+    assert torch.equal(node[2].running_mean, shared0)
     assert not torch.equal(own.running_mean, own0)
     assert int(own.num_batches_tracked) == 1
 
@@ -273,7 +274,7 @@ def test_param_groups_split_own_units_from_shared_nodes():
     assert own == {id(p) for p in mine}
     bound = {id(p) for p in groups["bound"]["params"]}
     node = net.nodes[net.routes()["t"][0]]
-    assert id(node[0].weight) in bound and id(node[1].weight) not in bound | own
+    assert id(node[0].weight) in bound and id(node[2].weight) not in bound | own
     assert groups["bound"]["lr"] == pytest.approx(0.05)
     assert [g["name"] for g in net.param_groups("t", 0.1, 0.0)] == ["own"]
 
@@ -474,7 +475,7 @@ def test_overlay_batch_norms_must_match_the_slot(tmp_path):
     net.add_task("a", 3)
     net.bind("b", "a", 3)
     net.save(tmp_path)
-    _edit(tmp_path / "jointnet.json", lambda t: _ov(t).update(bn=["2"]))
+    _edit(tmp_path / "jointnet.json", lambda t: _ov(t).update(bn=["1"]))
     with pytest.raises(L2BGError, match="are not the slot's"):
         JointNet.load(tmp_path, template=bn_chain)
 

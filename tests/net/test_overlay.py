@@ -496,3 +496,20 @@ def test_cuda_graph_key_sees_overlay_tensors():
     assert graph_key(plan, "reference", x) == before
     rows.weight = nn.Parameter(rows.weight.detach().clone())
     assert graph_key(plan, "reference", x) != before
+
+
+def test_deep_copy_runs_its_own_overlays():
+    """A deep copy (how the search memo keeps nets) computes with its own overlays."""
+    import copy
+
+    net = JointNet(TEMPLATES["mlp"]())
+    net.add_task("a")
+    net.bind("b", "a")
+    net.grow("b", groups={"fc1": [1]}, num_groups=2)
+    x = inputs(net)
+    before = outputs(net, x)["b"]
+    twin = copy.deepcopy(net)
+    with torch.no_grad():
+        twin.overlays["fc1~b"].rows.weight.add_(1.0)
+    assert torch.equal(outputs(net, x)["b"], before)
+    assert not torch.equal(outputs(twin, x)["b"], before)

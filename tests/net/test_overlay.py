@@ -513,3 +513,18 @@ def test_deep_copy_runs_its_own_overlays():
         twin.overlays["fc1~b"].rows.weight.add_(1.0)
     assert torch.equal(outputs(net, x)["b"], before)
     assert not torch.equal(outputs(twin, x)["b"], before)
+
+
+def test_a_unit_too_small_for_an_adapter_is_refused_before_anything_changes():
+    """A one-channel group of a bias-free linear: any adapter outweighs its copy."""
+    tpl = module_template([nn.Sequential(nn.Linear(4, 3, bias=False), nn.ReLU()),
+                           nn.Sequential(nn.Linear(3, 2))], name="nobias", input_shape=(4,))
+    net = JointNet(tpl)
+    net.add_task("a")
+    net.bind("b", "a")
+    version = net.version
+    with pytest.raises(L2BGError, match="smaller than any adapter"):
+        net.grow("b", ["slot1"], groups={"slot0": [0, 2]}, num_groups=3, mode="adapt")
+    assert net.version == version and net.grown_units("b") == []
+    net.grow("b", groups={"slot0": [0]}, num_groups=1, mode="adapt")  # 3 channels: fits
+    assert sum(p.numel() for p in net.overlays["slot0~b"].parameters()) <= 3 * 4

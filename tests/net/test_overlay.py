@@ -528,3 +528,25 @@ def test_a_unit_too_small_for_an_adapter_is_refused_before_anything_changes():
     assert net.version == version and net.grown_units("b") == []
     net.grow("b", groups={"slot0": [0]}, num_groups=1, mode="adapt")  # 3 channels: fits
     assert sum(p.numel() for p in net.overlays["slot0~b"].parameters()) <= 3 * 4
+
+
+@pytest.mark.parametrize("groups", [[1, 3], [0, 1, 2, 3]])
+def test_grown_groups_cost_one_product_over_their_rows(groups):
+    """Shared input, b grew some of 4 head groups (2 rows each): the reference plan costs a's
+    forward plus one product of the input with just those rows (FLOPs counted by torch)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = JointNet(mlp(input_dim=12, hidden=(6, 5), num_classes=8)).eval()
+    net.add_task("a")
+    net.bind("b", "a")
+    net.grow("b", groups={"head": groups}, num_groups=4)
+    x = inputs(net, 7)
+
+    def flops(fn) -> int:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            fn()
+        return counter.get_total_flops()
+
+    rows = 2 * len(groups)
+    assert flops(lambda: net.forward_all(x, backend="reference")) == (
+        flops(lambda: net(x, "a")) + 2 * 7 * 5 * rows)

@@ -117,6 +117,17 @@ def _mark_views(plan: Plan) -> None:
     plan.view_base = [index.get(id(m.node), -1) if isinstance(m, SlotView) else None
                       for m in plan.modules]
     plan.view_bases = {b for b in plan.view_base if b is not None and b >= 0}
+    seen = {(id(d), name) for d, name in plan.sources}
+    for m in plan.modules:  # what views read, for CUDA-graph keys and checks
+        if isinstance(m, SlotView):
+            for part in (m.node, *m.stack):
+                plan.view_modules.append(part)
+                for sub in part.modules():
+                    for d in (sub._parameters, sub._buffers):
+                        for name in d:
+                            if (id(d), name) not in seen:
+                                seen.add((id(d), name))
+                                plan.sources.append((d, name))
 
 
 # ------------------------------------------------------------------------------------- backends

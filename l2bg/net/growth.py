@@ -168,9 +168,16 @@ def grow(net: JointNet, task: str, slots: Iterable[int | str], init: str,
         if mode == "adapt" and o is not None and o.rank not in (None, rank):
             raise L2BGError(f"grow: task {task!r} adapted slot {name!r} with rank={o.rank} "
                             f"before; grow it the same way (rank={o.rank})")
-        if mode == "adapt" and slot_chain(net, s) is None:
+        chain = slot_chain(net, s)
+        if mode == "adapt" and chain is None:
             raise L2BGError(f"grow: slot {name!r} cannot take an adapter (not a primitive "
                             "chain whose main layer is linear or conv2d); use mode='copy'")
+        if mode == "adapt":  # a unit too small for any adapter is refused here
+            ranges = [(0, chain.channels)] if g is None else [
+                channel_groups(chain.channels, g)[k] for k in grp[s]]
+            for a, b in ranges:
+                adapter_rank(prototype(net, s)[chain.main], chain.kind, b - a, rank,
+                             0 if net.task_bn else len(chain.bn))
         if mode == "adapt" and net._node_owner[route_of(net, task, s)] == task:
             raise L2BGError(f"grow: task {task!r} owns its node at slot {name!r}; an adapter "
                             "goes on a node it shares")

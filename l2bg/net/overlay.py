@@ -309,8 +309,7 @@ class SlotView(nn.Module):
             else:
                 h, z, _ = node_stages(node, chain, x, memo, key, lazy=True)
                 z = z()
-            if self.spans:
-                z = self._scatter(z, self._grown(h))
+            z = self._scatter(z, self._grown(h)) if self.spans else _unshared(node, chain, z)
             return _layers(node, z, range(chain.main + 1, len(node)), bn)
         h, _, y = node_stages(node, chain, x, memo, key, lazy=True)
         y = y()  # the node's own output; only the grown channels are recomputed
@@ -396,10 +395,16 @@ def node_stages(node: nn.Sequential, chain: Chain, x: Tensor, memo: dict | None,
         return _memo(memo, (nid, key, "z"), lambda: node[chain.main](h))
 
     def y() -> Tensor:
-        return _memo(memo, (nid, key, "y"),
-                     lambda: _layers(node, z(), range(chain.main + 1, len(node)), {}))
+        return _memo(memo, (nid, key, "y"), lambda: _layers(
+            node, _unshared(node, chain, z()), range(chain.main + 1, len(node)), {}))
 
     return (h, z, y) if lazy else y()
+
+
+def _unshared(node: nn.Sequential, chain: Chain, z: Tensor) -> Tensor:
+    """``z`` (a memoised product), copied when a later layer would write into it in place."""
+    inplace = any(getattr(node[i], "inplace", False) for i in range(chain.main + 1, len(node)))
+    return z.clone() if inplace else z
 
 
 def _bn_slice(x: Tensor, m: nn.Module, a: int, b: int, update: bool, counted: set) -> Tensor:

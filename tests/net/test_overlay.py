@@ -1,18 +1,17 @@
 """Overlays: task batch norm, grown channel groups and adapters. Random bind/grow sequences run
 by every executor backend against the per-task forward; growth leaves other tasks' outputs
 bit-identical; parameter counts against an arithmetic count of the grown rows; training with
-shared_lr_scale 0 and task batch norm; save/load round trips and hand-edited files."""
+shared_lr_scale 0 and task batch norm; the executor's dedup (files: test_overlay_io.py)."""
 
 from __future__ import annotations
 
-import json
 import warnings
 
 import pytest
 import torch
-from activations import Block
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from overlay_nets import TEMPLATES, bn_chain, inputs, outputs, perturb, with_block
 from torch import nn
 
 from l2bg.base import native as _ext
@@ -20,7 +19,7 @@ from l2bg.base.errors import L2BGError
 from l2bg.learn.training import TrainConfig, fit
 from l2bg.net.jointnet import JointNet
 from l2bg.net.modules import module_template
-from l2bg.net.templates import convnet, mlp
+from l2bg.net.templates import mlp
 from l2bg.net.units import channel_groups
 
 with warnings.catch_warnings():
@@ -29,59 +28,6 @@ with warnings.catch_warnings():
 BACKENDS = ["reference", "loop", *(["native"] if NATIVE else [])]
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-
-
-def bn_chain():
-    """Cuttable chains with batch norm: conv (even kernel) + bn + relu + pool, a strided padded
-    conv + bn + relu, flatten + linear + bn + relu; per-task heads."""
-    torch.manual_seed(0)
-    return module_template(
-        {"c1": nn.Sequential(nn.Conv2d(1, 4, 2), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2)),
-         "c2": nn.Sequential(nn.Conv2d(4, 3, 3, stride=2, padding=1), nn.BatchNorm2d(3),
-                             nn.ReLU()),
-         "fc": nn.Sequential(nn.Flatten(), nn.Linear(12, 5), nn.BatchNorm1d(5), nn.ReLU())},
-        name="bnchain", head=lambda n: nn.Linear(5, n), input_shape=(1, 7, 8))
-
-
-def with_block():
-    """A slot that cannot be cut (a residual block with batch norm) beside a cuttable one."""
-    torch.manual_seed(0)
-    return module_template(
-        {"stem": nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU()),
-         "block": Block(3),
-         "fc": nn.Sequential(nn.Flatten(), nn.Linear(48, 4), nn.ReLU())},
-        name="blocky", head=lambda n: nn.Linear(4, n), input_shape=(1, 4, 4))
-
-
-TEMPLATES = {
-    "mlp": lambda: mlp(input_dim=12, hidden=(6, 5), num_classes=4),
-    "convnet": lambda: convnet(in_channels=1, image_size=8, channels=(3, 4), kernels=(2, 2),
-                               fc=(6,)),
-    "bnchain": bn_chain,
-    "blocky": with_block,
-}
-
-
-def inputs(net: JointNet, n: int = 5, seed: int = 1) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn((n, *net.template.input_shape), generator=g)
-
-
-def outputs(net: JointNet, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    net.eval()
-    with torch.no_grad():
-        return {t: net(x, t) for t in net.tasks}
-
-
-def perturb(net: JointNet, seed: int) -> None:
-    """Random values in every overlay and batch-norm statistic, so adapters and copies matter."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in [*net.overlays.values(), *net.nodes.values()]:
-            for k, v in m.state_dict().items():
-                if v.is_floating_point():
-                    v.copy_(torch.rand(v.shape, generator=g) + 0.5 if k.endswith("running_var")
-                            else torch.randn(v.shape, generator=g) * 0.5)
 
 
 @st.composite
@@ -250,10 +196,10 @@ def test_task_bn_running_statistics_update_in_the_tasks_own_copy():
     net.bind("t", "b", 3)
     node = net.nodes[net.routes()["b"][0]]
     own = net.overlays["c1~t"].bn["bn0"]
-    shared0, own0 = node[1].running_mean.clone(), own.running_mean.clone()
+    shared0, own0 = node[2].running_mean.clone(), own.running_mean.clone()
     net.train()
     net(inputs(net, 8), "t")
-    assert torch.equal(node[1].running_mean, shared0)
+    assert torch.equal(node[2].running_mean, shared0)
     assert not torch.equal(own.running_mean, own0)
     assert int(own.num_batches_tracked) == 1
 
@@ -273,7 +219,7 @@ def test_param_groups_split_own_units_from_shared_nodes():
     assert own == {id(p) for p in mine}
     bound = {id(p) for p in groups["bound"]["params"]}
     node = net.nodes[net.routes()["t"][0]]
-    assert id(node[0].weight) in bound and id(node[1].weight) not in bound | own
+    assert id(node[0].weight) in bound and id(node[2].weight) not in bound | own
     assert groups["bound"]["lr"] == pytest.approx(0.05)
     assert [g["name"] for g in net.param_groups("t", 0.1, 0.0)] == ["own"]
 
@@ -376,104 +322,73 @@ def test_executor_keeps_the_dedup_with_overlays(task_bn):
         assert len(calls) == 4
 
 
-# ------------------------------------------------------------------------------- save / load
-def kinds() -> list[tuple[str, bool, object]]:
-    return [
-        ("mlp", False, lambda n: n.grow("t", groups={"fc1": [0, 2]}, num_groups=3)),
-        ("mlp", False, lambda n: n.grow("t", ["fc2"], mode="adapt", rank=2)),
-        ("convnet", False, lambda n: n.grow("t", groups={"conv2": [1]}, num_groups=2,
-                                            mode="adapt")),
-        ("bnchain", True, lambda n: n.grow("t", groups={"c2": [0]}, num_groups=3)),
-        ("bnchain", False, lambda n: n.grow("t", groups={"fc": [1]}, num_groups=2)),
-        ("blocky", True, lambda n: n.grow("t", ["fc"], mode="adapt")),
-    ]
+def test_cuda_graph_key_sees_overlay_tensors():
+    """A virtual node's tensors are in the plan's sources: moving one forces a new capture."""
+    from l2bg.net.cuda_graph import graph_key
+    from l2bg.net.executor import get_plan
 
-
-@pytest.mark.parametrize("template, task_bn, grow", kinds())
-def test_save_load_round_trip(tmp_path, template, task_bn, grow):
-    net = JointNet(TEMPLATES[template](), task_bn=task_bn)
-    nc = 3 if net.template.per_task_heads else None
-    net.add_task("b", nc)
-    net.bind("t", "b", nc)
-    grow(net)
-    net.bind("u", "t", nc)
-    perturb(net, 5)
-    net.save(tmp_path)
-    loaded = JointNet.load(tmp_path, template=TEMPLATES[template] if
-                           net.template.is_user else None)
-    assert loaded.topology() == net.topology()
-    assert loaded.task_bn == task_bn
-    x = inputs(net)
-    want, got = outputs(net, x), outputs(loaded, x)
-    assert all(torch.equal(want[t], got[t]) for t in want)
-    assert loaded.num_parameters() == net.num_parameters()
-
-
-def test_version_1_files_still_load(tmp_path):
     net = JointNet(TEMPLATES["mlp"]())
     net.add_task("a")
     net.bind("b", "a")
-    net.grow("b", ["fc1"])
-    net.save(tmp_path)
-    topo = json.loads((tmp_path / "jointnet.json").read_text())
-    assert topo["format_version"] == 2
-    topo["format_version"] = 1
-    for key in ("task_bn", "overlays"):
-        del topo[key]
-    for t in topo["tasks"]:
-        del t["stack"]
-    (tmp_path / "jointnet.json").write_text(json.dumps(topo))
-    loaded = JointNet.load(tmp_path)
-    x = inputs(net)
-    assert all(torch.equal(outputs(net, x)[t], outputs(loaded, x)[t]) for t in net.tasks)
-    assert not loaded.task_bn
+    net.grow("b", groups={"fc1": [1]}, num_groups=2)
+    plan = get_plan(net)
+    x = [inputs(net)]
+    rows = net.overlays["fc1~b"].rows
+    before = graph_key(plan, "reference", x)
+    assert graph_key(plan, "reference", x) == before
+    rows.weight = nn.Parameter(rows.weight.detach().clone())
+    assert graph_key(plan, "reference", x) != before
 
 
-def _edit(path, fn):
-    topo = json.loads(path.read_text())
-    fn(topo)
-    path.write_text(json.dumps(topo))
+def test_deep_copy_runs_its_own_overlays():
+    """A deep copy (how the search memo keeps nets) computes with its own overlays."""
+    import copy
 
-
-def _ov(topo):
-    return topo["overlays"][0]
-
-
-@pytest.mark.parametrize("edit, match", [
-    (lambda t: _ov(t).update(slot=9), "names slot 9"),
-    (lambda t: _ov(t).update(owner="zz"), "not a task"),
-    (lambda t: _ov(t).update(rows={"num_groups": 2, "groups": [3]}), "sorted distinct"),
-    (lambda t: _ov(t).update(rows={"num_groups": 2, "groups": [1, 0]}), "sorted distinct"),
-    (lambda t: _ov(t).update(rows={"num_groups": 99, "groups": [0]}), "1 <= G <= 6"),
-    (lambda t: _ov(t).update(rows={"num_groups": None, "groups": []}), "whole-slot copy"),
-    (lambda t: _ov(t).update(adapter={"num_groups": None, "groups": []}), "both rows"),
-    (lambda t: _ov(t).update(rows=None), "holds nothing"),
-    (lambda t: _ov(t).update(bn=["0"]), "task_bn is false"),
-    (lambda t: _ov(t).update(rank=3), "rank must be"),
-    (lambda t: _ov(t).pop("rank"), "exactly the keys"),
-    (lambda t: t["tasks"][1]["stack"][0].append("a"), "not in overlays"),
-    (lambda t: t["tasks"][1]["stack"][0].clear(), "on no task's stack"),
-    (lambda t: t["tasks"][1].pop("stack"), "exactly the keys"),
-    (lambda t: t.update(task_bn="yes"), "task_bn must be"),
-    (lambda t: t.pop("overlays"), "missing keys"),
-])
-def test_hand_edited_overlays_get_one_line_errors(tmp_path, edit, match):
     net = JointNet(TEMPLATES["mlp"]())
     net.add_task("a")
     net.bind("b", "a")
-    net.grow("b", groups={"fc1": [0]}, num_groups=2)
-    net.save(tmp_path)
-    _edit(tmp_path / "jointnet.json", edit)
-    with pytest.raises(L2BGError, match=match) as err:
-        JointNet.load(tmp_path)
-    assert "\n" not in str(err.value)
+    net.grow("b", groups={"fc1": [1]}, num_groups=2)
+    x = inputs(net)
+    before = outputs(net, x)["b"]
+    twin = copy.deepcopy(net)
+    with torch.no_grad():
+        twin.overlays["fc1~b"].rows.weight.add_(1.0)
+    assert torch.equal(outputs(net, x)["b"], before)
+    assert not torch.equal(outputs(twin, x)["b"], before)
 
 
-def test_overlay_batch_norms_must_match_the_slot(tmp_path):
-    net = JointNet(bn_chain(), task_bn=True)
-    net.add_task("a", 3)
-    net.bind("b", "a", 3)
-    net.save(tmp_path)
-    _edit(tmp_path / "jointnet.json", lambda t: _ov(t).update(bn=["2"]))
-    with pytest.raises(L2BGError, match="are not the slot's"):
-        JointNet.load(tmp_path, template=bn_chain)
+def test_a_unit_too_small_for_an_adapter_is_refused_before_anything_changes():
+    """A one-channel group of a bias-free linear: any adapter outweighs its copy."""
+    tpl = module_template([nn.Sequential(nn.Linear(4, 3, bias=False), nn.ReLU()),
+                           nn.Sequential(nn.Linear(3, 2))], name="nobias", input_shape=(4,))
+    net = JointNet(tpl)
+    net.add_task("a")
+    net.bind("b", "a")
+    version = net.version
+    with pytest.raises(L2BGError, match="smaller than any adapter"):
+        net.grow("b", ["slot1"], groups={"slot0": [0, 2]}, num_groups=3, mode="adapt")
+    assert net.version == version and net.grown_units("b") == []
+    net.grow("b", groups={"slot0": [0]}, num_groups=1, mode="adapt")  # 3 channels: fits
+    assert sum(p.numel() for p in net.overlays["slot0~b"].parameters()) <= 3 * 4
+
+
+@pytest.mark.parametrize("groups", [[1, 3], [0, 1, 2, 3]])
+def test_grown_groups_cost_one_product_over_their_rows(groups):
+    """Shared input, b grew some of 4 head groups (2 rows each): the reference plan costs a's
+    forward plus one product of the input with just those rows (FLOPs counted by torch)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = JointNet(mlp(input_dim=12, hidden=(6, 5), num_classes=8)).eval()
+    net.add_task("a")
+    net.bind("b", "a")
+    net.grow("b", groups={"head": groups}, num_groups=4)
+    x = inputs(net, 7)
+
+    def flops(fn) -> int:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            fn()
+        return counter.get_total_flops()
+
+    rows = 2 * len(groups)
+    assert flops(lambda: net.forward_all(x, backend="reference")) == (
+        flops(lambda: net(x, "a")) + 2 * 7 * 5 * rows)

@@ -21,7 +21,7 @@ from typing import Any
 
 from torch import nn
 
-from l2bg.base.errors import L2BGError
+from l2bg.base.errors import L2BGError, ParamError
 from l2bg.base.registry import Registry
 from l2bg.net.blocks import BasicBlock, GlobalAvgPool2d
 
@@ -315,8 +315,8 @@ def image_shape(template: str, shape: Sequence[int]) -> tuple[int, int, int]:
     if len(shape) == 1 and math.isqrt(shape[0]) ** 2 == shape[0]:
         side = math.isqrt(shape[0])
         return (1, side, side)
-    raise L2BGError(f"template {template} needs image inputs (C, H, W), or flat square images, "
-                    f"got samples of shape {shape}; choose --template mlp")
+    raise ParamError(f"template {template} needs image inputs (C, H, W), or flat square images, "
+                     f"got samples of shape {shape}; choose {{template}} mlp", "template")
 
 
 def _fit_mlp(shape: tuple[int, ...], num_classes: int, shared_head: bool) -> Template:

@@ -71,3 +71,23 @@ def test_registered_template_runs_on_mnist_and_is_recorded(tinycnn, tiny_mnist, 
     per_task = (3 * 9 + 1) * 4 + (36 + 1) * 8 + 9 * 2
     assert r["tasks"][0]["params"] == per_task
     assert math.isclose(r["params"], 2 * per_task)  # δ = 1 grows every slot
+
+
+def test_config_block_keeps_its_keys_and_order(tiny_mnist):
+    """``Settings.template`` adds no key to results.json's ``config``: ``template`` is the
+    resolved template (name and kwargs) at its old place, after the per-task RSA sample counts,
+    whether the template was named or the benchmark's default."""
+    from l2bg.learn.independent import IndependentCache
+    from l2bg.learn.runconfig import RunConfig
+    from l2bg.learn.settings import Settings
+
+    blocks = []
+    for template in (None, "mlp"):
+        config = RunConfig(Settings("split-mnist", data_root=str(tiny_mnist), tasks=2,
+                                    template=template), "shared")
+        blocks.append(config.record(config.settings.build(), IndependentCache(None)))
+    keys = list(blocks[0])
+    assert keys == list(blocks[1]) and keys.count("template") == 1
+    assert keys.index("template") == keys.index("rsa_samples_effective") + 1
+    assert blocks[0]["template"] == blocks[1]["template"]
+    assert blocks[0]["template"]["name"] == "mlp"

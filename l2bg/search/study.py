@@ -152,7 +152,7 @@ def _setup(cfg: SearchConfig) -> _Setup:
                         choices=tuple(choices))
     T = len(names)
     strategy = "" if cfg.strategy == "l2bg" else f"{cfg.strategy}-"
-    tags = [v for v in cfg.settings.rules().values() if v is not None]
+    tags = [v for v in (cfg.settings.template, *cfg.settings.rules().values()) if v is not None]
     tags += [name for name, on in (("rules", cfg.search_rules),
                                    ("similarity", cfg.search_similarity)) if on]
     tag = "".join(f"-{t}" for t in tags)

@@ -91,3 +91,16 @@ def test_config_block_keeps_its_keys_and_order(tiny_mnist):
     assert keys.index("template") == keys.index("rsa_samples_effective") + 1
     assert blocks[0]["template"] == blocks[1]["template"]
     assert blocks[0]["template"]["name"] == "mlp"
+
+
+def test_a_search_names_its_template_in_the_default_study_name(tiny_mnist):
+    """Searches of one benchmark on two templates get two default studies (and --out
+    directories), not a "created for a different search" refusal."""
+    from l2bg.learn.settings import Settings
+    from l2bg.search.config import SearchConfig
+    from l2bg.search.study import _setup
+
+    names = [_setup(SearchConfig(Settings("split-mnist", data_root=str(tiny_mnist), tasks=2,
+                                          template=t), trials=1)).study_name
+             for t in (None, "mlp")]
+    assert names[0] != names[1] and "-mlp-" in names[1] and "-mlp-" not in names[0]

@@ -7,7 +7,7 @@ EXTRAS ?= data,test,search,triton
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.l2bg-installed
 
-.PHONY: setup run test test-alt test-torch214 test-triton36 bench gpu-check lint clean
+.PHONY: setup run test test-alt test-vision test-torch214 test-triton36 bench gpu-check lint clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	$(PYTHON) -m venv $(VENV)
@@ -35,20 +35,30 @@ test: setup
 
 # The same tests under another torch or triton, in a copy of the tracked tree under $(ALT_DIR)
 # with its own venv and extension build, so the main venv's in-place extension is never rebuilt
-# against a second torch. test-torch214: torch 2.14.1 + torchvision 0.29.1 (triton 3.8, its pin;
-# C++20 headers); test-triton36: the kernels under triton 3.6 (the lent GPU machine's), whose
-# interpreter needs numpy < 2.4 (it converts 1-element arrays with int()).
-ALT_TORCH ?= torch==2.14.1 torchvision==0.29.1
-ALT_TESTS ?= tests/net tests/kernels tests/test_layers.py
-ALT_DIR   ?= build/torch214
+# against a second torch. test-vision: torch 2.14.1 + torchvision 0.29.1 (triton 3.8, its pin;
+# C++20 headers) and avalanche-lib 0.6.0, where the extension, executor and kernel tests, the
+# torchvision tests and the Avalanche tests (with the README's Avalanche snippet) run: the heavy
+# suites run in this one second environment only (test-torch214 is its former name);
+# test-triton36: the kernels under triton 3.6 (the lent GPU machine's), whose interpreter needs
+# numpy < 2.4 (it converts 1-element arrays with int()).
+ALT_TORCH  ?= torch==2.14.1 torchvision==0.29.1
+ALT_EXTRAS ?= $(EXTRAS)
+ALT_TESTS  ?= tests/net tests/kernels tests/test_layers.py
+ALT_DIR    ?= build/torch214
 test-alt:
 	rm -rf $(ALT_DIR) && mkdir -p $(ALT_DIR)
 	git ls-files -z | tar --null -T - -cf - | tar -xf - -C $(ALT_DIR)
-	$(MAKE) -C $(ALT_DIR) setup VENV=.venv TORCH="$(ALT_TORCH)"
+	$(MAKE) -C $(ALT_DIR) setup VENV=.venv TORCH="$(ALT_TORCH)" EXTRAS="$(ALT_EXTRAS)"
 	cd $(ALT_DIR) && .venv/bin/python -m pytest -q -p no:cacheprovider $(ALT_TESTS)
 
+VISION_TESTS ?= tests/net tests/kernels tests/test_layers.py tests/data/test_vision.py \
+	tests/l2bg_avalanche
+test-vision:
+	$(MAKE) test-alt ALT_DIR=build/vision ALT_EXTRAS="$(EXTRAS),vision,avalanche" \
+		ALT_TESTS="$(VISION_TESTS)"
+
 test-torch214:
-	$(MAKE) test-alt
+	$(MAKE) test-vision
 
 test-triton36:
 	$(MAKE) test-alt ALT_TORCH="torch==2.13.0 triton==3.6.0 numpy==2.3.5" ALT_DIR=build/triton36 ALT_TESTS=tests/kernels

@@ -6,7 +6,9 @@
 
 The network is the paper's permuted-MNIST MLP (784-300-300-300, shared 10-way head slot). Sharing:
 ``realistic`` (each task binds to a random earlier task and grows half its slots, δ≈0.5-like),
-``all`` (every task bound to the first, nothing grown) and ``none`` (independent task-nets).
+``groups`` and ``adapt`` (the same binds, growing 2 of 4 channel groups of those slots, or
+adapters on them: virtual nodes, docs/design.md §2.9.1), ``all`` (every task bound to the first,
+nothing grown) and ``none`` (independent task-nets).
 Inputs: ``shared`` (one batch for every task) or ``per-task`` (a batch per task). Each row notes
 the speedup over the loop (median and min: on a loaded machine long calls get preempted more
 often, which inflates the loop's median), the FLOP bound (FLOPs of the loop / FLOPs of the plan,
@@ -46,7 +48,7 @@ if os.environ.get("L2BG_BENCH_THREADS"):
     torch.set_num_threads(int(os.environ["L2BG_BENCH_THREADS"]))
 CUDA = torch.cuda.is_available()
 TASKS = (2, 5, 10, 20) if FULL else (5, 20)
-SHARING = ("realistic", "all", "none")
+SHARING = ("realistic", "groups", "adapt", "all", "none")
 BATCHES = (1, 64, 1024)
 MODES = ("shared", "per-task")
 TEMPLATES = ("mlp", "convnet") if FULL else ("mlp",)
@@ -81,8 +83,13 @@ def build(template: str, n_tasks: int, sharing: str, seed: int = 0) -> JointNet:
         net.bind(
             f"t{i}", to="t0" if sharing == "all" else f"t{rng.randrange(i)}", num_classes=classes
         )
+        slots = rng.sample(expandable, len(expandable) // 2)
         if sharing == "realistic":
-            net.grow(f"t{i}", rng.sample(expandable, len(expandable) // 2))
+            net.grow(f"t{i}", slots)
+        elif sharing == "groups":
+            net.grow(f"t{i}", groups={s: rng.sample(range(4), 2) for s in slots}, num_groups=4)
+        elif sharing == "adapt":
+            net.grow(f"t{i}", slots, mode="adapt")
     return net.eval()
 
 

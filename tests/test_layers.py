@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: lowest first; a module may import its own layer and the layers below it
 LAYERS = ("base", "rsa.reference", "kernels", "rsa", "data", "net", "conflict", "learn",
-          "search", "cli", "l2bg")
+          "search", "avalanche", "cli", "l2bg")
 #: compiled extension modules of the package (not .py files): the bottom layer loads them
 EXTENSIONS = {"l2bg._C": "base"}
 MAX_LINES = 500

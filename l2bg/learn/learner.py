@@ -29,7 +29,15 @@ from l2bg.learn import strategies
 from l2bg.learn.environment import Environment
 from l2bg.learn.experiment import Experiment
 from l2bg.learn.independent import IndependentCache, IndependentNet, open_cache
-from l2bg.learn.plugins import Hook, LogLines, Plugin, Run, provided_scores, restored
+from l2bg.learn.plugins import (
+    Hook,
+    LogLines,
+    Plugin,
+    Run,
+    finish_run,
+    provided_scores,
+    restored,
+)
 from l2bg.learn.record import RunRecord
 from l2bg.learn.step import (
     BindGrowStep,
@@ -195,8 +203,7 @@ class Learner:
                                load_independent=partial(self._independents, order))
         finally:
             progress.close()
-            for p in self.plugins:
-                p.after_run(run, result)
+            finish_run(self.plugins, run, result)
         return result
 
     def _scores(self, ctx: StepContext, order: list[int], net: Callable[[], JointNet],

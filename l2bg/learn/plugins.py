@@ -33,12 +33,13 @@ Plugin subclass, or a callable returning a Plugin, called once per learner).
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from l2bg.base.errors import L2BGError
+from l2bg.base.errors import L2BGError, one_line
 from l2bg.base.registry import Registry, load_entry_points
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -163,6 +164,25 @@ def restored(plugins: Sequence[Plugin], prefix: Sequence[Decision], decision: De
         if found is not None:
             return found
     return None
+
+
+def finish_run(plugins: Sequence[Plugin], run: Run, result: RunResult | None) -> None:
+    """Every plugin's ``after_run``, each one even when an earlier one fails. After a failed run
+    (``result`` None) a failing plugin is one warning, so the run's own error is the one
+    raised; after a run that succeeded, the first plugin error is raised."""
+    first: Exception | None = None
+    for p in plugins:
+        try:
+            p.after_run(run, result)
+        except Exception as exc:  # a plugin's fault must not hide the run's, nor skip the rest
+            if result is None:
+                warnings.warn(f"plugin {type(p).__name__}: after_run failed after the run "
+                              f"failed ({one_line(exc, 160)}); the run's error follows",
+                              RuntimeWarning, stacklevel=3)
+            elif first is None:
+                first = exc
+    if first is not None:
+        raise first
 
 
 # --------------------------------------------------------------------------------- registry

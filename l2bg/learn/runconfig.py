@@ -92,10 +92,11 @@ class RunConfig:
         """The strategy with the settings' grow rule, bind rule and similarity measure."""
         return self.settings.strategy(self.strategy)
 
-    def check(self, *, searched: bool = False) -> Strategy:
+    def check(self, *, searched: bool = False, benchmark: bool = True) -> Strategy:
         """Check every setting, the strategy and δ before any work (one line per fault, naming
-        the parameter); return the configured strategy. ``searched``: δ is left to a search."""
-        self.settings.check()
+        the parameter); return the configured strategy. ``searched``: δ is left to a search;
+        ``benchmark=False``: the tasks come from elsewhere (:meth:`Settings.check`)."""
+        self.settings.check(benchmark=benchmark)
         strategy = self.configured()
         if searched:
             return strategy

@@ -80,11 +80,13 @@ class Settings:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def check(self) -> None:
-        """Every number finite and in range, before any work (one line per fault)."""
+    def check(self, *, benchmark: bool = True) -> None:
+        """Every number finite and in range, before any work (one line per fault).
+        ``benchmark=False``: the data comes from elsewhere (an Avalanche stream), so
+        ``benchmark`` need not name a registered benchmark."""
         from l2bg.data import BENCHMARKS
 
-        if self.benchmark not in BENCHMARKS:
+        if benchmark and self.benchmark not in BENCHMARKS:
             raise ParamError(f"unknown benchmark {self.benchmark!r} for {{benchmark}}; use one of "
                              f"{', '.join(BENCHMARKS)}", "benchmark")
         resolve_cache_dir(self.cache_dir)  # an empty cache_dir, before any work

@@ -82,6 +82,15 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
+def make_optimizer(groups: list[dict[str, Any]], config: TrainConfig) -> torch.optim.Optimizer:
+    """The optimiser of ``config`` over parameter groups (:meth:`JointNet.param_groups`): the
+    one that :func:`fit` trains a task-net with."""
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay)
+
+
 def fit(net: JointNet, task: str, x: Tensor, y: Tensor, config: TrainConfig,
         progress: Any = None) -> list[float]:
     """Train ``task``'s task-net on (x, y) for ``config.epochs`` epochs; returns the mean loss of
@@ -94,11 +103,7 @@ def fit(net: JointNet, task: str, x: Tensor, y: Tensor, config: TrainConfig,
                          "{shared_lr_scale}", "shared_lr_scale")
     trainable = {id(p) for g in groups for p in g["params"]}
     frozen = [p for p in net.task_parameters(task) if id(p) not in trainable]
-    if config.optimizer == "adam":
-        opt = torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
-    else:
-        opt = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
-                              weight_decay=config.weight_decay)
+    opt = make_optimizer(groups, config)
     device = groups[0]["params"][0].device
     x, y = x.to(device), y.to(device)
     gen = torch.Generator(device="cpu").manual_seed(config.seed)

@@ -93,7 +93,9 @@ def check(plan: Plan, inputs: Sequence[Tensor]) -> None:
             "cuda_graph=True records no autograd graph; call it under "
             "torch.no_grad() or torch.inference_mode()"
         )
-    if any(plan.flags()):
+    if any(plan.flags()) or any(
+            m.training for v in plan.view_modules for m in v.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm | nn.Dropout)):
         raise L2BGError(
             "cuda_graph=True replays eval-mode networks only (batch norm and dropout "
             "in train mode would update/draw at capture); call net.eval()"

@@ -14,6 +14,14 @@ In train mode a deduplicated node runs once: batch norm normalises over, and upd
 statistics once from, all rows it sees, and dropout draws one mask for them, whereas the loop
 does one update/draw per task. This is by design (it is what sharing the node means).
 
+Overlays (task batch norm, grown channel groups, adapters; :mod:`l2bg.net.overlay`) appear in
+the plan as virtual nodes (a node with a stack of overlays, :class:`~l2bg.net.overlay.SlotView`),
+deduplicated like nodes: tasks with the same node and stack share one. A plan with virtual nodes
+runs step by step (the mixed path) with a per-run memo keyed by (node, input): a node's own output,
+its main-layer product and the layers before it are computed once per distinct input for the
+node and all its virtual nodes; a virtual node adds one product over its grown rows (scattered
+into the node's output) or, with task batch norm, the rest of the slot with the task's statistics.
+
 Edit the topology only through add_task/bind/grow: the cache keys on ``net.version`` and holds
 the plan's node modules; parameters are looked up in them on every run (never copied).
 
@@ -32,6 +40,7 @@ from torch import Tensor, nn
 
 from l2bg.base.errors import L2BGError
 from l2bg.base.native import load_extension
+from l2bg.net.overlay import SlotView, chain_of, node_stages
 from l2bg.net.plan import (
     CAPTURE,
     EVAL,
@@ -97,7 +106,28 @@ def get_plan(
         if len(cache.plans) >= _MAX_PLANS:
             cache.plans.clear()
         plan = cache.plans[key] = build_plan(view, tasks, per_task, capture)
+        _mark_views(plan)
     return plan
+
+
+def _mark_views(plan: Plan) -> None:
+    """``plan.view_base``: per node, for a virtual node the plan index of its node (-1 when the
+    node itself is not in the plan), else None; ``plan.view_bases``: nodes some view reuses."""
+    index = {id(m): i for i, m in enumerate(plan.modules)}
+    plan.view_base = [index.get(id(m.node), -1) if isinstance(m, SlotView) else None
+                      for m in plan.modules]
+    plan.view_bases = {b for b in plan.view_base if b is not None and b >= 0}
+    seen = {(id(d), name) for d, name in plan.sources}
+    for m in plan.modules:  # what views read, for CUDA-graph keys and checks
+        if isinstance(m, SlotView):
+            for part in (m.node, *m.stack):
+                plan.view_modules.append(part)
+                for sub in part.modules():
+                    for d in (sub._parameters, sub._buffers):
+                        for name in d:
+                            if (id(d), name) not in seen:
+                                seen.add((id(d), name))
+                                plan.sources.append((d, name))
 
 
 # ------------------------------------------------------------------------------------- backends
@@ -170,15 +200,29 @@ def run_reference(plan: Plan, inputs: list[Tensor],
         return buf.narrow(0, start, last[0] + last[1] - start)
 
     outputs: list[Tensor | None] = [None] * program[H_OUTPUTS]
+    bases = plan.view_base or []
+    memo: dict | None = {} if any(b is not None for b in bases) else None
     for step in plan.steps:
         op = step[0]
         if op == EVAL:
             _, node, out, segs = step
             parts = [view(*seg) for seg in segs]
             x = parts[0] if len(parts) == 1 else torch.cat(parts)
-            buffers[out] = evaluate(node, x)
+            if memo is None:
+                buffers[out] = evaluate(node, x)
+                continue
+            key, module = tuple(segs), plan.modules[node]
+            if bases[node] is not None:  # a virtual node: its node's stages from the memo
+                buffers[out] = module.run(x, memo, key)
+            elif node in plan.view_bases and chain_of(module) is not None:
+                buffers[out] = node_stages(module, chain_of(module), x, memo, key)
+            else:
+                buffers[out] = evaluate(node, x)
         elif op == RELEASE:
             buffers[step[1]] = None
+            if memo:
+                for k in [k for k in memo if any(seg[0] == step[1] for seg in k[1])]:
+                    del memo[k]
         elif op == CAPTURE:
             outputs[step[1]] = view(step[2], step[3], 1).flatten(1)
         elif op == HEAD:

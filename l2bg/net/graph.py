@@ -13,7 +13,9 @@ class GraphView:
     """A read-only view of a JointNet's topology for code that runs it (the executor): the
     ``version`` (bumped by add_task/bind/grow), the tasks in order, each task's route (node id per
     slot), each node's module and slot, the per-task heads (None with a shared head slot) and
-    the per-sample input shape (None if unknown)."""
+    the per-sample input shape (None if unknown). Where a task runs overlays over a node, its
+    route names a virtual node ``<node>+<overlay>+...`` whose module is a
+    :class:`l2bg.net.overlay.SlotView` (shared by the tasks with the same node and overlays)."""
 
     version: int
     tasks: tuple[str, ...]

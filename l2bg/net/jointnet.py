@@ -4,6 +4,10 @@ Nodes are copies of a template's slots. Each task has a route (one node per slot
 templates with per-task heads, its own head. ``bind`` makes a new task share another task's route;
 ``grow`` gives the task new nodes at chosen slots (copies of the bound task's nodes, or fresh) and
 leaves every other task's route untouched. Shared nodes are stored once.
+
+Finer growth and task batch norm live in per-(task, slot) overlays (:mod:`l2bg.net.overlay`): a
+task's *stack* at a slot lists the overlays applied over its node (a bound task shares its
+target's, as it shares nodes). ``grow(groups=..., mode=...)`` and ``task_bn`` create them.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from torch import Tensor, nn
 
 from l2bg.base.errors import L2BGError, ParamError, one_line
 from l2bg.base.fileio import atomic_write, write_json
+from l2bg.net import growth
 from l2bg.net.graph import GraphView
 from l2bg.net.templates import Template
 from l2bg.net.topology import (
@@ -38,11 +43,17 @@ from l2bg.net.topology import (
 class JointNet(nn.Module):
     """A DAG of layer nodes shared between task-nets; see the module docstring."""
 
-    def __init__(self, template: Template) -> None:
+    def __init__(self, template: Template, *, task_bn: bool = False) -> None:
         super().__init__()
+        if not isinstance(task_bn, bool):
+            raise L2BGError(f"task_bn must be True or False, got {task_bn!r}")
         self.template = template
+        self.task_bn = task_bn
         self.nodes = nn.ModuleDict()
         self.heads = nn.ModuleDict()
+        self.overlays = nn.ModuleDict()
+        self._stack: dict[str, list[list[str]]] = {}
+        self._views: dict[str, Any] = {}
         self._node_slot: dict[str, int] = {}
         self._node_owner: dict[str, str] = {}
         self._routes: dict[str, list[str]] = {}
@@ -59,13 +70,25 @@ class JointNet(nn.Module):
         return list(self._routes)
 
     def view(self) -> GraphView:
-        """A read-only :class:`GraphView` of the current topology."""
+        """A read-only :class:`GraphView` of the current topology. A task whose stack at a slot
+        is not empty runs a *virtual node* there (id ``<node>+<overlay>+...``, module a
+        :class:`~l2bg.net.overlay.SlotView`); tasks with the same node and stack share it, so
+        the plan deduplicates them as it does nodes."""
         heads = dict(self.heads.items()) if self.template.per_task_heads else None
+        nodes, node_slot = dict(self.nodes.items()), dict(self._node_slot)
+        routes = {}
+        for t in self._routes:
+            row = []
+            for s in range(len(self.template.slots)):
+                nid, module = growth.slot_module(self, t, s)
+                nodes[nid], node_slot[nid] = module, s
+                row.append(nid)
+            routes[t] = tuple(row)
         return GraphView(
             version=self.version, tasks=tuple(self._routes),
-            routes=MappingProxyType({t: tuple(r) for t, r in self._routes.items()}),
-            nodes=MappingProxyType(dict(self.nodes.items())),
-            node_slot=MappingProxyType(dict(self._node_slot)),
+            routes=MappingProxyType(routes),
+            nodes=MappingProxyType(nodes),
+            node_slot=MappingProxyType(node_slot),
             heads=None if heads is None else MappingProxyType(heads),
             num_slots=len(self.template.slots), input_shape=self.template.input_shape,
             name=self.template.name)
@@ -85,7 +108,32 @@ class JointNet(nn.Module):
         return self._bound_to[self._check_task(task)]
 
     def grown_slots(self, task: str) -> list[int]:
+        """Slots where ``task`` grew a whole node of its own (mode copy)."""
         return list(self._grown[self._check_task(task)])
+
+    def unit_channels(self, slot: int | str) -> int | None:
+        """C, the output channels of the slot's main layer (the last linear/conv2d of a
+        primitive chain whose later layers are all channel-wise); None when the slot cannot be
+        cut (it is then one whole unit)."""
+        chain = growth.slot_chain(self, self.template.slot_index(slot))
+        return None if chain is None else chain.channels
+
+    def grown_units(self, task: str) -> list[tuple[int, int | None]]:
+        """Units ``task`` grew itself, as (slot, group); group None is the whole slot."""
+        out = [(s, None) for s in self._grown[self._check_task(task)]]
+        for s in range(len(self.template.slots)):
+            key = growth.overlay_key(self, s, task)
+            if key in self._stack[task][s]:
+                out += [(s, g) for g in self.overlays[key].units()]
+        return sorted(out, key=lambda u: (u[0], -1 if u[1] is None else u[1]))
+
+    def grow_mode(self, task: str, slot: int | str) -> str | None:
+        """How ``task`` grew ``slot``: 'copy' (own node or own rows), 'adapt', or None."""
+        s = self.template.slot_index(slot)
+        if s in self._grown[self._check_task(task)]:
+            return "copy"
+        key = growth.overlay_key(self, s, task)
+        return self.overlays[key].mode() if key in self._stack[task][s] else None
 
     def num_classes(self, task: str) -> int | None:
         return self._num_classes[self._check_task(task)]
@@ -96,6 +144,7 @@ class JointNet(nn.Module):
         self._routes[task] = [self._new_node(s, task) for s in range(len(self.template.slots))]
         self._bound_to[task] = None
         self._grown[task] = []
+        self._stack[task] = [[] for _ in self.template.slots]
         self._touch()
 
     def bind(self, task: str, to: str, num_classes: int | None = None) -> None:
@@ -105,28 +154,24 @@ class JointNet(nn.Module):
         self._routes[task] = list(self._routes[to])
         self._bound_to[task] = to
         self._grown[task] = []
+        self._stack[task] = [list(k) for k in self._stack[to]]
+        growth.bind_bn(self, task)
         self._touch()
 
-    def grow(self, task: str, slots: Iterable[int | str], init: str = "copy") -> list[int]:
-        """Give ``task`` new nodes at ``slots``: copies of its current nodes there (forward
-        transfer from the bound task) or fresh ones. Returns the slot indices grown."""
-        self._check_task(task)
-        if init not in ("copy", "fresh"):
-            raise L2BGError(f"grow init must be 'copy' or 'fresh', got {init!r}")
-        idx = sorted({self.template.slot_index(s) for s in slots})
-        for s in idx:
-            if not self.template.slots[s].expandable:
-                raise L2BGError(f"slot {self.template.slots[s].name!r} is not expandable")
-        route = self._routes[task]
-        for s in idx:
-            old = route[s]
-            route[s] = self._new_node(s, task, source=self.nodes[old] if init == "copy" else None)
-            if s not in self._grown[task]:
-                self._grown[task].append(s)
-        self._grown[task].sort()
-        self._prune()
-        self._touch()
-        return idx
+    def grow(self, task: str, slots: Iterable[int | str] = (), init: str = "copy", *,
+             groups: dict[int | str, Iterable[int]] | None = None,
+             num_groups: int | None = None, mode: str = "copy", rank: int = 8) -> list[int]:
+        """Give ``task`` its own units; returns the slot indices touched.
+
+        ``slots`` grows whole slots: ``mode='copy'`` gives new nodes, copies of what the task
+        runs there (forward transfer from the bound task) or fresh ones (``init``);
+        ``mode='adapt'`` keeps the node shared and adds a zero-initialised adapter (1x1 conv /
+        rank-``rank`` linear) on its main layer. ``groups={slot: [g, ...]}`` with
+        ``num_groups=G`` grows only those channel groups (``channel_groups(unit_channels(slot),
+        G)``): own copies of their rows (copy) or adapters on just those channels (adapt). A slot
+        is named in ``slots`` or ``groups``, not both; it grows in one mode per task. An adapter
+        never has more parameters than a copy of its unit (``rank`` is lowered to fit)."""
+        return growth.grow(self, task, slots, init, groups, num_groups, mode, rank)
 
     def _new_task(self, task: str, num_classes: int | None) -> None:
         if not isinstance(task, str) or not _TASK_NAME.match(task):
@@ -166,6 +211,9 @@ class JointNet(nn.Module):
             del self.nodes[n]
             del self._node_slot[n]
             del self._node_owner[n]
+        stacked = {k for st in self._stack.values() for keys in st for k in keys}
+        for k in [k for k in self.overlays if k not in stacked]:
+            del self.overlays[k]
 
     def _touch(self) -> None:
         self.version += 1
@@ -179,10 +227,10 @@ class JointNet(nn.Module):
     def forward(self, x: Tensor, task: str, return_activations: bool = False):
         """Logits of ``task`` on ``x``; with ``return_activations`` also the output of every slot
         (post-activation, flattened per sample, in slot order)."""
-        route = self._routes[self._check_task(task)]
+        self._check_task(task)
         acts = []
-        for node in route:
-            x = self.nodes[node](x)
+        for s in range(len(self.template.slots)):
+            x = growth.slot_module(self, task, s)[1](x)
             if return_activations:
                 acts.append(x.flatten(1))
         if self.template.per_task_heads:
@@ -213,16 +261,29 @@ class JointNet(nn.Module):
     def num_parameters(self, task: str | None = None) -> int:
         """Unique parameters of the whole JointNet (shared nodes once, heads included), or of one
         task-net."""
-        params = self.parameters() if task is None else self.task_parameters(task)
-        return sum(p.numel() for p in params)
+        if task is not None:
+            return sum(p.numel() for p in self.task_parameters(task))
+        reached = {id(p): p for t in self._routes for p in self.task_parameters(t)}
+        return sum(p.numel() for p in reached.values())
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
-        """Parameters of ``task``'s task-net: its route's nodes and its head, each once."""
+        """Parameters ``task``'s forward reads, each once: its route's nodes (less their batch
+        norms where its stack has its own), the overlays of its stacks, its head. A grown group
+        adds its rows; the node's rows it replaces stay (other tasks read them)."""
         route = self._routes[self._check_task(task)]
-        mods = [self.nodes[n] for n in dict.fromkeys(route)]
+        out: dict[int, nn.Parameter] = {}
+        for s, n in enumerate(route):
+            stack = growth.stack_of(self, task, s)
+            bn = [o for o in stack if o.bn_paths]
+            skip = set()
+            if bn:  # the last batch norms of the stack replace the node's and earlier ones
+                skip = {id(p) for m in [*self.nodes[n].modules(), *(o.bn for o in bn[:-1])]
+                        if growth.is_bn(m) or isinstance(m, nn.ModuleDict) for p in m.parameters()}
+            for m in [self.nodes[n], *stack]:
+                out.update((id(p), p) for p in m.parameters() if id(p) not in skip)
         if self.template.per_task_heads:
-            mods.append(self.heads[task])
-        return [p for m in mods for p in m.parameters()]
+            out.update((id(p), p) for p in self.heads[task].parameters())
+        return list(out.values())
 
     def param_groups(self, task: str, lr: float, shared_lr_scale: float = 0.1
                      ) -> list[dict[str, Any]]:
@@ -233,11 +294,15 @@ class JointNet(nn.Module):
             raise ParamError(f"{{shared_lr_scale}} must be >= 0, got {shared_lr_scale}",
                              "shared_lr_scale")
         route = self._routes[self._check_task(task)]
-        own, bound = [], []
-        for n in dict.fromkeys(route):
-            (own if self._node_owner[n] == task else bound).extend(self.nodes[n].parameters())
+        mine = {id(p) for n in route if self._node_owner[n] == task
+                for p in self.nodes[n].parameters()}
+        mine |= {id(p) for k in self.overlays if self.overlays[k].owner == task
+                 for p in self.overlays[k].parameters()}
         if self.template.per_task_heads:
-            own.extend(self.heads[task].parameters())
+            mine |= {id(p) for p in self.heads[task].parameters()}
+        own, bound = [], []
+        for p in self.task_parameters(task):
+            (own if id(p) in mine else bound).append(p)
         groups = []
         if own:
             groups.append({"params": own, "lr": lr, "name": "own"})
@@ -252,12 +317,16 @@ class JointNet(nn.Module):
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "template": self.template.to_dict(),
+            "task_bn": self.task_bn,
             "nodes": [{"id": n, "slot": self._node_slot[n], "owner": self._node_owner[n]}
                       for n in self.nodes],
             "next_node": list(self._next_node),
             "tasks": [{"name": t, "route": self._routes[t], "num_classes": self._num_classes[t],
-                       "bound_to": self._bound_to[t], "grown_slots": self._grown[t]}
+                       "bound_to": self._bound_to[t], "grown_slots": self._grown[t],
+                       "stack": [[self.overlays[k].owner for k in keys]
+                                 for keys in self._stack[t]]}
                       for t in self._routes],
+            "overlays": [o.spec() for o in self.overlays.values()],
         }
 
     def save(self, directory: str | os.PathLike) -> Path:
@@ -278,8 +347,9 @@ class JointNet(nn.Module):
         against the schema of its ``format_version`` (:func:`check_topology`); ``where`` names
         the source in errors. ``template``: the user template (or its factory) a topology saved
         from user modules needs; it must match the saved one."""
-        net = cls(_build_template(topo, where, template))
-        spec = check_topology(topo, net.template, where)
+        template = _build_template(topo, where, template)
+        spec = check_topology(topo, template, where)
+        net = cls(template, task_bn=spec.get("task_bn", False))
         for node in spec["nodes"]:
             nid, s = node["id"], node["slot"]
             net.nodes[nid] = net.template.slots[s].build()
@@ -294,6 +364,12 @@ class JointNet(nn.Module):
             net._routes[name] = list(t["route"])
             net._bound_to[name] = t["bound_to"]
             net._grown[name] = list(t["grown_slots"])
+            net._stack[name] = [[growth.overlay_key(net, s, o) for o in owners]
+                                for s, owners in enumerate(t.get("stack") or
+                                                           [[] for _ in net.template.slots])]
+        for o in spec.get("overlays", []):
+            net.overlays[growth.overlay_key(net, o["slot"], o["owner"])] = growth.build_overlay(
+                net, o, where)
         nslots = len(net.template.slots)
         stored = spec.get("next_node") or [0] * nslots
         for s in range(nslots):  # the stored counter is a lower bound; ids in use come first

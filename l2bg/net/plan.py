@@ -248,6 +248,13 @@ class Plan:
     node_fargs: list[float] = field(default_factory=list)
     node_params: list[tuple[int, int]] = field(default_factory=list)
     """Per node: (offset, count) of its entries in :attr:`params`."""
+    view_base: list[int | None] | None = None
+    """Per node: for a virtual node (a node with overlays) the index of its node in the plan
+    (-1: not in it), else None (set by :func:`l2bg.net.executor.get_plan`)."""
+    view_bases: set[int] = field(default_factory=set)
+    view_modules: list[nn.Module] = field(default_factory=list)
+    """The nodes and overlays the virtual nodes read (their tensors are appended to
+    :attr:`sources`, after every node's and head's)."""
 
     @property
     def node_evals(self) -> int:

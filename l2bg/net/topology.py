@@ -12,7 +12,7 @@ from l2bg.base.errors import L2BGError, one_line
 from l2bg.net.templates import Template, make_template
 
 FORMAT = "l2bg.jointnet"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 WEIGHTS_FILE = "jointnet.safetensors"
 TOPOLOGY_FILE = "jointnet.json"
 _TASK_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -81,23 +81,30 @@ def _given_template(tpl: dict[str, Any], where: str, given: Any) -> Template:
 
 def check_topology(topo: dict[str, Any], template: Template, where: str = "topology"
                    ) -> dict[str, Any]:
-    """Check a topology (format version 1) against its schema and the invariants that bind,
-    grow and add_task keep; returns it. One-line L2BGError naming the first fault otherwise.
+    """Check a topology (format version 1 or 2) against its schema and the invariants that
+    bind, grow and add_task keep; returns it. One-line L2BGError naming the first fault otherwise.
 
     Keys: ``nodes`` [{id: "<slot name>_<k>", slot, owner}] (ids unique; each on some route;
     owner a task), ``tasks`` [{name, route, num_classes, bound_to, grown_slots}] (names unique;
     a route names one node per slot, in slot order; ``bound_to`` an earlier task or null;
     ``grown_slots`` exactly the slots whose node the task owns when bound, [] otherwise; every
     node owned by an unbound task), optional ``next_node`` (ints per slot, a lower bound of the
-    next node index)."""
+    next node index).
+
+    Version 2 adds ``task_bn`` (bool), ``overlays`` [{slot, owner, bn, rows, adapter, rank}]
+    (:meth:`l2bg.net.overlay.Overlay.spec`; one per (slot, owner)) and per task ``stack``: per
+    slot the owners of the overlays it runs over its node, in order (its own last)."""
     fix = "re-save the JointNet with JointNet.save"
 
     def bad(msg: str) -> L2BGError:
         return L2BGError(f"{where}: {msg}; {fix}")
 
+    v2 = topo.get("format_version", 1) >= 2
     allowed = {"format", "format_version", "template", "nodes", "next_node", "tasks"}
+    allowed |= {"task_bn", "overlays"} if v2 else set()
     unknown = sorted(set(topo) - allowed, key=str)
-    missing = sorted({"nodes", "tasks"} - set(topo))
+    missing = sorted(({"nodes", "tasks"} | ({"task_bn", "overlays"} if v2 else set()))
+                     - set(topo))
     if unknown or missing:
         raise bad(f"{'unknown keys ' + str(unknown) if unknown else ''}"
                   f"{' and ' if unknown and missing else ''}"
@@ -130,7 +137,8 @@ def check_topology(topo: dict[str, Any], template: Template, where: str = "topol
     seen: list[str] = []
     used: set[str] = set()
     for i, t in enumerate(tasks):
-        keys = {"name", "route", "num_classes", "bound_to", "grown_slots"}
+        keys = {"name", "route", "num_classes", "bound_to", "grown_slots"} | (
+            {"stack"} if v2 else set())
         if not isinstance(t, dict) or set(t) != keys:
             raise bad(f"tasks[{i}] must have exactly the keys {sorted(keys)}")
         name, route, nc = t["name"], t["route"], t["num_classes"]
@@ -174,7 +182,83 @@ def check_topology(topo: dict[str, Any], template: Template, where: str = "topol
             raise bad(f"node {nid!r} is owned by {owner!r}, which is not a task")
         if nid not in used:
             raise bad(f"node {nid!r} is on no task's route")
+    if v2:
+        _check_overlays(topo, nslots, bad)
     return topo
+
+
+_UNITS = {"num_groups", "groups"}
+_OVERLAY = {"slot", "owner", "bn", "rows", "adapter", "rank"}
+
+
+def _check_overlays(topo: dict[str, Any], nslots: int, bad) -> None:
+    """The version-2 parts: task_bn, overlays and stacks (their fit to the slots' structure is
+    checked as they are built, :func:`l2bg.net.growth.build_overlay`)."""
+    if not isinstance(topo["task_bn"], bool):
+        raise bad(f"task_bn must be true or false, got {topo['task_bn']!r}")
+    overlays = topo["overlays"]
+    if not isinstance(overlays, list):
+        raise bad("overlays must be a list")
+    tasks = [t["name"] for t in topo["tasks"]]
+    at: set[tuple[int, str]] = set()
+    for i, o in enumerate(overlays):
+        if not isinstance(o, dict) or set(o) != _OVERLAY:
+            raise bad(f"overlays[{i}] must have exactly the keys {sorted(_OVERLAY)}")
+        s, owner = o["slot"], o["owner"]
+        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < nslots:
+            raise bad(f"overlays[{i}] names slot {s!r}; the template has slots 0..{nslots - 1}")
+        if owner not in tasks:
+            raise bad(f"overlays[{i}] is owned by {owner!r}, which is not a task")
+        if (s, owner) in at:
+            raise bad(f"two overlays of task {owner!r} at slot {s}")
+        at.add((s, owner))
+        if not isinstance(o["bn"], list) or any(not isinstance(p, str) for p in o["bn"]):
+            raise bad(f"overlays[{i}].bn must be a list of module paths")
+        for part in ("rows", "adapter"):
+            u = o[part]
+            if u is None:
+                continue
+            g = u.get("num_groups") if isinstance(u, dict) else None
+            if (not isinstance(u, dict) or set(u) != _UNITS
+                    or (g is not None and (isinstance(g, bool) or not isinstance(g, int)
+                                           or g < 1))
+                    or not isinstance(u["groups"], list)
+                    or any(isinstance(k, bool) or not isinstance(k, int) for k in u["groups"])
+                    or u["groups"] != sorted(set(u["groups"]))
+                    or (g is None) != (u["groups"] == [])
+                    or any(not 0 <= k < g for k in u["groups"] if g is not None)):
+                raise bad(f"overlays[{i}].{part} must be {{\"num_groups\": G or null, "
+                          "\"groups\": sorted distinct indices 0..G-1 ([] when G is null)}")
+        if o["rows"] is not None and o["adapter"] is not None:
+            raise bad(f"overlays[{i}] has both rows and an adapter; a slot grows in one mode")
+        r = o["rank"]
+        if (o["adapter"] is not None) != (r is not None) or r is not None and (
+                isinstance(r, bool) or not isinstance(r, int) or r < 1):
+            raise bad(f"overlays[{i}].rank must be an integer >= 1 with an adapter, null "
+                      f"without, got {r!r}")
+        if not o["bn"] and o["rows"] is None and o["adapter"] is None:
+            raise bad(f"overlays[{i}] holds nothing; remove it")
+    used: set[tuple[int, str]] = set()
+    for t in topo["tasks"]:
+        stack = t["stack"]
+        if not isinstance(stack, list) or len(stack) != nslots or any(
+                not isinstance(st, list) for st in stack):
+            raise bad(f"task {t['name']!r} must have a stack of {nslots} lists of overlay "
+                      "owners, one per slot")
+        for s, owners in enumerate(stack):
+            for owner in owners:
+                if (s, owner) not in at:
+                    raise bad(f"task {t['name']!r} stacks an overlay of {owner!r} at slot "
+                              f"{s}, which is not in overlays")
+            if len(set(owners)) != len(owners) or (
+                    t["name"] in owners and owners[-1] != t["name"]):
+                raise bad(f"task {t['name']!r} at slot {s}: an overlay appears twice or its "
+                          "own is not last")
+            if s in t["grown_slots"] and owners:
+                raise bad(f"task {t['name']!r} grew slot {s} whole but stacks overlays there")
+            used.update((s, owner) for owner in owners)
+    if at - used:
+        raise bad(f"overlay {sorted(at - used)[0]} is on no task's stack")
 
 
 def _node_id_ok(node_id: str, slot_name: str) -> bool:

@@ -203,3 +203,40 @@ def test_a_memo_refuses_another_learners_experiment(tiny_mnist, tmp_path):
     b.plugins.append(Memo(a.experiment))
     with pytest.raises(L2BGError, match="another experiment"):
         b.run("shared")
+
+
+def test_a_failing_after_run_never_hides_the_run_error_nor_skips_other_plugins(
+        tiny_mnist, tmp_path, monkeypatch):
+    """After a failed run a plugin whose ``after_run`` fails is a warning and the run's error
+    is raised; after a good run its error is raised, and every plugin still got the call."""
+    settings = _settings(tiny_mnist, tmp_path / "cache")
+    built = settings.build()
+    seen = []
+
+    class Broken(Plugin):
+        def after_run(self, run, result):
+            seen.append(("broken", result is None))
+            raise RuntimeError("plugin fault")
+
+    class Counting(Plugin):
+        def after_run(self, run, result):
+            seen.append(("counting", result is None))
+
+    def learner():
+        return settings.learner(built, IndependentCache(None), hooks=(Broken(), Counting()))
+
+    from l2bg.learn import step as step_module
+
+    def fail(*args, **kwargs):
+        raise L2BGError("the run's own fault")
+
+    with monkeypatch.context() as m:
+        m.setattr(step_module.BindGrowStep, "apply", fail)
+        with pytest.warns(RuntimeWarning, match="Broken: after_run failed after the run "
+                          "failed .*plugin fault"), pytest.raises(L2BGError, match="own fault"):
+            learner().run("full")
+    assert seen == [("broken", True), ("counting", True)]
+    seen.clear()
+    with pytest.raises(RuntimeError, match="plugin fault"):
+        learner().run("full")
+    assert seen == [("broken", False), ("counting", False)]

@@ -1,0 +1,36 @@
+"""Tiny task streams for the Avalanche suites: Gaussian blobs, each task its own feature
+permutation and centres, so tasks conflict a little and every net trains in milliseconds."""
+
+from __future__ import annotations
+
+import torch
+
+from l2bg.data import Task
+from l2bg.learn.training import TrainConfig
+from l2bg.net.templates import mlp
+
+DIM, CLASSES = 12, 3
+CONFIG = TrainConfig(optimizer="adam", lr=1e-2, epochs=2, batch_size=32)
+
+
+def template(shared_head: bool = False):
+    return mlp(input_dim=DIM, hidden=(16, 16), num_classes=CLASSES, shared_head=shared_head)
+
+
+def blobs(t: int, n: int, split: int = 0, classes: int = CLASSES) -> tuple[torch.Tensor, ...]:
+    """``n`` samples of task ``t`` (its centres and permutation) with the noise of ``split``."""
+    g = torch.Generator().manual_seed(t)
+    centres = 2.0 * torch.randn(classes, DIM, generator=g)
+    perm = torch.randperm(DIM, generator=g)
+    y = torch.arange(n) % classes
+    noise = torch.randn(n, DIM, generator=torch.Generator().manual_seed(100 * t + split + 1))
+    return (centres[y] + noise)[:, perm].float(), y.long()
+
+
+def tasks(num: int = 3, n: tuple[int, int, int] = (90, 30, 30)) -> list[Task]:
+    out = []
+    for t in range(num):
+        (x, y), (xv, yv), (xt, yt) = (blobs(t, k, s) for s, k in enumerate(n))
+        out.append(Task(f"blob-{t}", x, y, xv, yv, xt, yt, num_classes=CLASSES,
+                        classes=tuple(range(CLASSES))))
+    return out

@@ -17,7 +17,7 @@ from torch import nn
 from l2bg.base import native as _ext
 from l2bg.base.errors import L2BGError, ParamError
 from l2bg.net import executor as ex
-from l2bg.net import plan as plan_mod
+from l2bg.net import kinds
 from l2bg.net.blocks import BasicBlock, GlobalAvgPool2d, PadShortcut
 from l2bg.net.jointnet import JointNet
 from l2bg.net.modules import module_template
@@ -204,8 +204,8 @@ def test_user_modules_of_the_new_kinds_run_natively(pool, backend):
             torch.testing.assert_close(got[t], net(x, t), rtol=1e-5, atol=1e-6)
     plan = ex.get_plan(net)
     assert plan.native_error is None
-    kinds = [k for k in plan.layers if k in (plan_mod.BASIC_BLOCK, plan_mod.GLOBAL_AVG_POOL)]
-    assert kinds  # the program names the new kinds
+    new = [k for k in plan.layers if k in (kinds.BASIC_BLOCK, kinds.GLOBAL_AVG_POOL)]
+    assert new  # the program names the new kinds
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -16,6 +16,11 @@ both counted by torch's FlopCounterMode) and speedup / bound. A calibration GEMM
 layer at each batch size sits beside them. Goals: shared input on the CPU, speedup >= 0.7 x
 bound at batch 64 and >= 0.9 x bound at batch 1024; per-task input on CUDA, >= 2x the loop at
 batch <= 64. Misses are noted in the row (``goal_missed``); L2BG_BENCH_ASSERT=1 fails them.
+
+Residual nets: a grown resnet26 JointNet (T = 10, b = 64, shared input, CPU; widths x 0.25, the
+residual-adapters code's ``factor``, unless L2BG_BENCH_FULL=1) timed alternately with the loop,
+best of 5, against its dedup bound (goal 0.7), and the same net as a user module template whose
+blocks are a class C++ does not know: the cost of the plan's PyTorch path.
 """
 
 from __future__ import annotations
@@ -23,14 +28,19 @@ from __future__ import annotations
 import os
 import random
 import time
+from typing import Any
 
 import pytest
 import torch
-from harness import FULL, calibrate_gemm, measure, record
+from harness import FULL, Timing, calibrate_gemm, measure, record
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from l2bg.base.native import native_available
+from l2bg.net.blocks import BasicBlock
 from l2bg.net.jointnet import JointNet
+from l2bg.net.modules import module_template
+from l2bg.net.resnets import resnet26
 from l2bg.net.templates import convnet, mlp
 
 SUITE = "executor"
@@ -179,3 +189,106 @@ def _goal(mode: str, batch: int, device: str, backend: str) -> float | None:
     if mode == "per-task" and device == "cuda" and backend.startswith("native") and batch <= 64:
         return PER_TASK_GOAL
     return None
+
+
+# ------------------------------------------------------------------------------ residual nets
+RESNET_TASKS, RESNET_BATCH = 10, 64
+RESNET_FACTOR = 1.0 if FULL else 0.25  # the residual-adapters code's width factor
+RESNET_ROUNDS = 5
+
+
+class UserBlock(BasicBlock):
+    """A user's own residual block class (the same layers): C++ does not know it, so a user
+    template of it runs its blocks through the PyTorch path of the plan."""
+
+
+def _resnet_template():
+    f = RESNET_FACTOR
+    return resnet26(stem=int(32 * f), widths=(int(64 * f), int(128 * f), int(256 * f)))
+
+
+def _user_resnet_template(tpl):
+    slots = {}
+    for spec in tpl.slots:
+        mods = [UserBlock(a.args["in_channels"], a.args["out_channels"], a.args["stride"])
+                if a.kind == "basic_block" else a.build() for a in spec.layers]
+        slots[spec.name] = nn.Sequential(*mods)
+    width = tpl.head_in
+    return module_template(slots, name="user-resnet26", input_shape=tpl.input_shape,
+                           expandable=tpl.expandable_slots, head=lambda c: nn.Linear(width, c))
+
+
+def _grow_like(net: JointNet, n_tasks: int, sharing: str, seed: int = 0) -> JointNet:
+    """``realistic``: each task binds to a random earlier task and grows half the slots;
+    ``all``: every task bound to the first, nothing grown (heads apart)."""
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    net.add_task("t0", 10)
+    expandable = net.template.expandable_slots
+    for i in range(1, n_tasks):
+        net.bind(f"t{i}", to="t0" if sharing == "all" else f"t{rng.randrange(i)}",
+                 num_classes=10)
+        if sharing == "realistic":
+            net.grow(f"t{i}", rng.sample(expandable, len(expandable) // 2))
+    return net.eval()
+
+
+def _alternate(fns: dict[str, Any], rounds: int) -> dict[str, list[float]]:
+    """Time the functions alternately (one call each per round) so that load changes hit all
+    of them alike; a warm-up call first."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for fn in fns.values():
+        fn()
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - start)
+    return times
+
+
+@pytest.mark.skipif(not native_available(), reason="needs the C++ extension")
+@pytest.mark.parametrize("sharing", ["realistic", "all"])
+def test_forward_all_resnet_and_user_module_path(sharing):
+    """A grown resnet26 JointNet (T = 10, b = 64, shared input, CPU): the native executor's
+    speedup over the loop against its dedup bound (FLOPs of the loop / of the plan), goal
+    >= 0.7; and the same net as a user module template (its blocks a class C++ does not know):
+    the cost of the PyTorch path, native(user) / native(built-in)."""
+    tpl = _resnet_template()
+    net = _grow_like(JointNet(tpl), RESNET_TASKS, sharing)
+    user = _grow_like(JointNet(_user_resnet_template(tpl)), RESNET_TASKS, sharing)
+    user.load_state_dict(net.state_dict())
+    x = torch.randn(RESNET_BATCH, *tpl.input_shape, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        bound = flops(net, x, "loop") / flops(net, x, "reference")
+        want = net.forward_all(x, backend="native")
+        got = user.forward_all(x, backend="native")
+        assert all(torch.allclose(got[t], want[t], atol=1e-4) for t in want)
+        fns = {"loop": lambda: net.forward_all(x, backend="loop"),
+               "reference": lambda: net.forward_all(x, backend="reference"),
+               "native": lambda: net.forward_all(x, backend="native"),
+               "user-native": lambda: user.forward_all(x, backend="native")}
+        times = _alternate(fns, RESNET_ROUNDS)
+    best = {k: min(v) for k, v in times.items()}
+    load = os.getloadavg()
+    shape = f"resnet26x{RESNET_FACTOR} T={RESNET_TASKS} {sharing} b={RESNET_BATCH}"
+    for k in fns:
+        notes: dict[str, Any] = {"mode": "shared", "flop_bound": round(bound, 2),
+                                 "load": [round(v, 2) for v in load]}
+        if k != "loop":
+            speedup = best["loop"] / best[k]
+            notes.update(speedup_min=round(speedup, 2), sp_per_bound=round(speedup / bound, 2))
+        if k == "native":
+            notes["goal"] = SHARED_GOALS[64]
+            if speedup / bound < SHARED_GOALS[64]:
+                notes["goal_missed"] = True
+        if k == "user-native":
+            notes["pytorch_path_cost"] = round(best[k] / best["native"], 2)
+        record(suite=SUITE, op="forward_all", backend=k, device="cpu", shape=shape,
+               dtype="float32", timing=Timing(times[k]), items=RESNET_BATCH * RESNET_TASKS,
+               unit="task-rows/s", **notes)
+    print(f"\n{shape}: best of {RESNET_ROUNDS} (s) " + ", ".join(
+        f"{k} {v:.3f}" for k, v in best.items())
+        + f"; native speedup {best['loop'] / best['native']:.2f} x, dedup bound {bound:.2f} x, "
+          f"ratio {best['loop'] / best['native'] / bound:.2f} (goal 0.7); user-module PyTorch "
+          f"path / native {best['user-native'] / best['native']:.2f}; load {load}")

@@ -36,13 +36,29 @@ int64_t num_args(int64_t kind) {
   switch (kind) {
     case layer::kConv2d:
       return 7;
+    case layer::kBasicBlock:
+      return 17;
     case layer::kMaxPool2d:
       return 9;
     case layer::kFlatten:
       return 2;
     case layer::kBatchNorm:
     case layer::kDropout:
+    case layer::kGlobalAvgPool:
       return 1;
+    default:
+      return 0;
+  }
+}
+
+// Training-flag bits a layer takes (batch norms and dropouts, one each).
+int64_t num_flags(int64_t kind) {
+  switch (kind) {
+    case layer::kBatchNorm:
+    case layer::kDropout:
+      return 1;
+    case layer::kBasicBlock:
+      return 2;
     default:
       return 0;
   }
@@ -55,6 +71,8 @@ int64_t num_params(int64_t kind) {
       return 2;
     case layer::kBatchNorm:
       return 5;
+    case layer::kBasicBlock:
+      return 14;
     default:
       return 0;
   }
@@ -76,8 +94,9 @@ std::vector<Slot> decode_layers(at::IntArrayRef layers, int64_t num_slots) {
       TORCH_CHECK(kind >= 0 && kind < layer::kNumKinds, "l2bg.run_plan: unknown layer kind ",
           kind);
       TORCH_CHECK(i + num_args(kind) <= layers.size(), "l2bg.run_plan: layers list is truncated");
-      bool is_stateful = kind == layer::kBatchNorm || kind == layer::kDropout;
-      slot.layers.push_back({kind, layers.data() + i, is_stateful ? stateful++ : -1});
+      int64_t bits = num_flags(kind);
+      slot.layers.push_back({kind, layers.data() + i, bits > 0 ? stateful : -1});
+      stateful += bits;
       i += num_args(kind);
     }
   }
@@ -175,6 +194,48 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b)
                                               : at::linear(x, w, opt(b));
 }
 
+// Batch norm with the parameter entries p[0..4] (weight, bias, running_mean, running_var,
+// num_batches_tracked) and fargs[f], fargs[f + 1] (eps, momentum), as nn.BatchNorm does.
+at::Tensor batch_norm(const at::Tensor& x, const at::Tensor* p, at::ArrayRef<double> fargs,
+    int64_t f, bool train) {
+  const at::Tensor& mean = p[2];
+  const at::Tensor& var = p[3];
+  const at::Tensor& tracked = p[4];
+  double eps = fargs[f];
+  double momentum = fargs[f + 1];
+  bool tracking = mean.defined() && var.defined();
+  if (train && tracking && tracked.defined()) {
+    // As nn.BatchNorm: count the batch, momentum None means a cumulative average.
+    tracked.add_(1);
+    if (momentum < 0) {
+      momentum = 1.0 / tracked.item<double>();
+    }
+  }
+  if (momentum < 0) {
+    momentum = 0.0;
+  }
+  return at::batch_norm(x, opt(p[0]), opt(p[1]), opt(mean), opt(var), train || !tracking,
+      momentum, eps, at::globalContext().userEnabledCuDNN());
+}
+
+at::Tensor conv2d(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
+    const int64_t* a) {
+  return at::conv2d(x, w, opt(b), {a[0], a[1]}, {a[2], a[3]}, {a[4], a[5]}, a[6]);
+}
+
+// The residual basic block (l2bg/net/blocks.py): parameters p[0..13], arguments `a` and the
+// training flags of bn1 and bn2 (see l2bg.h).
+at::Tensor basic_block(const at::Tensor& x, const at::Tensor* p, const int64_t* a,
+    at::ArrayRef<double> fargs, bool train1, bool train2) {
+  at::Tensor y = batch_norm(conv2d(x, p[0], p[1], a), p + 2, fargs, a[16], train1).relu_();
+  y = batch_norm(conv2d(y, p[7], p[8], a + 7), p + 9, fargs, a[16] + 2, train2);
+  at::Tensor s = a[14] > 1 ? at::avg_pool2d(x, {a[14], a[14]}) : x;
+  if (a[15] > 0) {
+    s = at::constant_pad_nd(s, {0, 0, 0, 0, 0, a[15]}, 0);
+  }
+  return (y + s).relu_();
+}
+
 // Runs one node (a slot's chain of layers) on the rows of `pieces` (their concatenation).
 // `p` points at the node's parameter block.
 at::Tensor run_node(const Slot& slot, const at::Tensor* p, int64_t flags,
@@ -208,8 +269,18 @@ at::Tensor run_node(const Slot& slot, const at::Tensor* p, int64_t flags,
         owned = true;
         break;
       case layer::kConv2d:
-        x = at::conv2d(x, p[0], opt(p[1]), {a[0], a[1]}, {a[2], a[3]}, {a[4], a[5]}, a[6]);
+        x = conv2d(x, p[0], p[1], a);
         p += 2;
+        owned = true;
+        break;
+      case layer::kBasicBlock:
+        x = basic_block(x, p, a, fargs, train,
+            op.stateful_bit >= 0 && ((flags >> (op.stateful_bit + 1)) & 1));
+        p += 14;
+        owned = true;
+        break;
+      case layer::kGlobalAvgPool:
+        x = a[0] != 0 ? at::adaptive_avg_pool2d(x, {1, 1}) : at::mean(x, {-2, -1});
         owned = true;
         break;
       case layer::kRelu:
@@ -224,29 +295,11 @@ at::Tensor run_node(const Slot& slot, const at::Tensor* p, int64_t flags,
         x = x.flatten(a[0], a[1]);
         owned = false;
         break;
-      case layer::kBatchNorm: {
-        const at::Tensor& mean = p[2];
-        const at::Tensor& var = p[3];
-        const at::Tensor& tracked = p[4];
-        double eps = fargs[a[0]];
-        double momentum = fargs[a[0] + 1];
-        bool tracking = mean.defined() && var.defined();
-        if (train && tracking && tracked.defined()) {
-          // As nn.BatchNorm: count the batch, momentum None means a cumulative average.
-          tracked.add_(1);
-          if (momentum < 0) {
-            momentum = 1.0 / tracked.item<double>();
-          }
-        }
-        if (momentum < 0) {
-          momentum = 0.0;
-        }
-        x = at::batch_norm(x, opt(p[0]), opt(p[1]), opt(mean), opt(var), train || !tracking,
-            momentum, eps, at::globalContext().userEnabledCuDNN());
+      case layer::kBatchNorm:
+        x = batch_norm(x, p, fargs, a[0], train);
         p += 5;
         owned = true;
         break;
-      }
       case layer::kDropout: {
         double prob = fargs[a[0]];
         if (train && prob > 0) {

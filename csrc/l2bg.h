@@ -64,8 +64,16 @@ enum Op : int64_t { kEval = 1, kRelease = 2, kCapture = 3, kHead = 4, kOutput = 
 //                                                  params: weight? bias? running_mean?
 //                                                          running_var? num_batches_tracked?
 //   kDropout    fargs index (p)
+//   kBasicBlock conv1 (sh sw ph pw dh dw groups) conv2 (sh sw ph pw dh dw groups)
+//               pool extra bn                    params: conv1 weight, bias?, bn1 (5 entries),
+//                                                        conv2 weight, bias?, bn2 (5 entries)
+//               relu(bn1(conv1 x)) -> bn2(conv2 .) -> relu(. + shortcut x), the shortcut being
+//               avg_pool2d(x, pool) when pool > 1, then `extra` zero channels appended
+//               (l2bg/net/blocks.py); bn: fargs index of bn1's (eps, momentum), bn2's follow
+//   kGlobalAvgPool keepdim                       mean over H, W: (N, C) (0) or
+//                                                adaptive_avg_pool2d to (N, C, 1, 1) (1)
 // kBatchNorm and kDropout are stateful: bit j of flags[node] is the training flag of the j-th
-// stateful layer of the node's slot.
+// stateful layer of the node's slot; a kBasicBlock takes two bits (bn1, then bn2).
 namespace layer {
 enum Kind : int64_t {
   kLinear = 0,
@@ -75,6 +83,8 @@ enum Kind : int64_t {
   kFlatten,
   kBatchNorm,
   kDropout,
+  kBasicBlock,
+  kGlobalAvgPool,
   kNumKinds
 };
 }  // namespace layer

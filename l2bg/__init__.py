@@ -24,6 +24,9 @@ _EXPORTS = {
     "mlp": "l2bg.net.templates",
     "convnet": "l2bg.net.templates",
     "template_for": "l2bg.net.templates",
+    "register_template": "l2bg.net.templates",
+    "resnet18": "l2bg.net.resnets",
+    "resnet26": "l2bg.net.resnets",
     "module_template": "l2bg.net.modules",
     "Task": "l2bg.data",
     "Benchmark": "l2bg.data",
@@ -130,6 +133,9 @@ __all__ = [
     "metrics",
     "mlp",
     "module_template",
+    "register_template",
+    "resnet18",
+    "resnet26",
     "rsa",
     "rules",
     "search",
@@ -156,7 +162,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from l2bg.net import executor
     from l2bg.net.jointnet import JointNet, copy_task_net
     from l2bg.net.modules import module_template
-    from l2bg.net.templates import Template, convnet, mlp, template_for
+    from l2bg.net.resnets import resnet18, resnet26
+    from l2bg.net.templates import Template, convnet, mlp, register_template, template_for
 
 
 def __getattr__(name: str) -> Any:

@@ -15,6 +15,7 @@ __all__ = ["FLAGS", "message"]
 FLAGS: dict[str, str] = {
     # data (Settings, build_benchmark)
     "benchmark": "--benchmark",
+    "template": "--template",
     "tasks": "--tasks",
     "num_tasks": "--tasks",
     "data_root": "--data-root",

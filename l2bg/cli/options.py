@@ -60,6 +60,12 @@ def add_experiment_options(p: argparse.ArgumentParser, *, benchmark_required: bo
                         "(--data-root DIR holding decathlon-1.0)"
                         + ("" if benchmark_required else " (no default: required unless "
                                                          "--report)"))
+    from l2bg.net.templates import TEMPLATES
+
+    d.add_argument("--template", default=None, metavar="NAME",
+                   help=f"the task-net template: {TEMPLATES.help()} (default: the benchmark's, "
+                        "mlp for the MNIST benchmarks, convnet for split-cifar100 and vdd); the "
+                        "data are flattened, padded or resized to its input (l2bg.data.fit)")
     d.add_argument("--data-root", type=Path, default=None,
                    help="directory with MNIST IDX files (train-*/t10k-*, .gz or raw) or "
                         "cifar-100-python/ or decathlon-1.0 (annotations/, data/) (default: the "
@@ -85,11 +91,14 @@ def add_experiment_options(p: argparse.ArgumentParser, *, benchmark_required: bo
                         "(default 0)")
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int, default=None,
-                   help="epochs per task (default: mlp 10, convnet 20)")
+                   help="epochs per task (default: mlp 10, convnet 20, resnet26 and resnet18 "
+                        "30)")
     t.add_argument("--lr", type=float, default=None,
-                   help="learning rate (default: mlp Adam 1e-3, convnet SGD 0.01)")
+                   help="learning rate (default: mlp Adam 1e-3, convnet SGD 0.01, resnet26 and "
+                        "resnet18 SGD 0.05)")
     t.add_argument("--batch-size", type=int, default=None,
-                   help="mini-batch size (default: mlp 128, convnet 64)")
+                   help="mini-batch size (default: mlp 128, convnet 64, resnet26 and resnet18 "
+                        "128)")
     t.add_argument("--shared-lr-scale", type=float, default=None,
                    help="learning-rate factor for bound (shared) layers; 0 freezes them "
                         "(default 0.1, as in the paper)")

@@ -151,8 +151,9 @@ class RunConfig:
         strategy = self.configured() if strategy is None else strategy
         s = self.settings
         options = strategy.options()
+        given = {k: v for k, v in s.to_dict().items() if k != "template"}  # resolved below
         return {
-            **s.to_dict(), **{k: v for k, v in options.items() if k in s.rules()},
+            **given, **{k: v for k, v in options.items() if k in s.rules()},
             "tasks": len(built.bench.tasks), "strategy": strategy.name,
             "strategy_options": options, "delta": self.delta, "deltas": self.deltas,
             "rsa_samples_effective": [sample_count(t.x_val.shape[0], s.rsa_samples)

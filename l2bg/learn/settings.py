@@ -8,6 +8,7 @@ strategy (its conflict rules and similarity measure) the same way for both.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
@@ -71,6 +72,7 @@ class Settings:
     grow_mode: str = "copy"
     adapter_rank: int = 8
     task_bn: bool = False
+    template: str | None = None
 
     @classmethod
     def from_args(cls, args: Any, **overrides: Any) -> Settings:
@@ -102,6 +104,10 @@ class Settings:
         _int("batch_size", self.batch_size, 1, None)
         _int("rsa_samples", self.rsa_samples, 3, None)
         _int("max_per_class", self.max_per_class, 1, None)
+        if self.template is not None:
+            from l2bg.net.templates import TEMPLATES
+
+            TEMPLATES.get(self.template)
         from l2bg.data.decathlon import check_domains
 
         check_domains(self.domains)
@@ -145,6 +151,7 @@ class Settings:
     def build(self) -> Built:
         """The benchmark, template, training recipe and device of these settings."""
         from l2bg.data import build_benchmark
+        from l2bg.data.fit import fit_benchmark
         from l2bg.learn.training import default_config, resolve_device
         from l2bg.net.templates import template_for
 
@@ -154,8 +161,12 @@ class Settings:
                                 data_root=self.data_root, class_order_seed=self.class_order_seed,
                                 angles=self.angles, domains=self.domains,
                                 max_per_class=self.max_per_class)
-        template = template_for(bench)
-        train = default_config(template.name, epochs=self.epochs, lr=self.lr,
+        name = bench.template if self.template is None else self.template
+        template = template_for(bench, name)
+        bench = fit_benchmark(bench, template.input_shape)
+        if bench.template != name:  # the stream records the template it runs on
+            bench = dataclasses.replace(bench, template=name)
+        train = default_config(name, epochs=self.epochs, lr=self.lr,
                                batch_size=self.batch_size, shared_lr_scale=self.shared_lr_scale,
                                seed=self.seed)
         return Built(bench, template, train, device)

@@ -49,13 +49,26 @@ class TrainConfig:
 DEFAULTS = {
     "mlp": TrainConfig(optimizer="adam", lr=1e-3, epochs=10, batch_size=128),
     "convnet": TrainConfig(optimizer="sgd", lr=0.01, momentum=0.9, epochs=20, batch_size=64),
+    # residual nets (docs/design.md §2.10): SGD with momentum and weight decay as in the
+    # residual-adapters code, at a constant rate (no schedule here) and fewer epochs
+    "resnet26": TrainConfig(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4,
+                            epochs=30, batch_size=128),
+    "resnet18": TrainConfig(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4,
+                            epochs=30, batch_size=128),
 }
 
 
 def default_config(template: str, **overrides: Any) -> TrainConfig:
-    """The default training recipe of a template (paper/Learn-to-Grow settings), with overrides."""
+    """The default training recipe of a template (paper/Learn-to-Grow settings; a registered
+    user template's ``train``), with overrides."""
     if template not in DEFAULTS:
-        raise L2BGError(f"no training defaults for template {template!r}; use {list(DEFAULTS)}")
+        from l2bg.net.templates import TEMPLATES
+
+        spec = TEMPLATES.get(template) if template in TEMPLATES else None
+        if spec is None or not isinstance(spec.train, TrainConfig):
+            raise L2BGError(f"no training defaults for template {template!r}; built-ins: "
+                            f"{list(DEFAULTS)}; register yours with train=TrainConfig(...)")
+        return spec.train.replace(**overrides)
     return DEFAULTS[template].replace(**overrides)
 
 

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from l2bg.base.errors import L2BGError
-from l2bg.net.plan import (
+from l2bg.net.kinds import (
     BATCH_NORM,
     CONV2D,
     DROPOUT,

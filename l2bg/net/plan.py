@@ -20,6 +20,13 @@ from torch import Tensor, nn
 
 from l2bg.base.errors import L2BGError
 from l2bg.base.native import load_extension
+from l2bg.net.kinds import (
+    _PARAMS,
+    _encode_slot,
+    _node_signature,
+    _sources,
+    _stateful,
+)
 
 if TYPE_CHECKING:
     from l2bg.net.graph import GraphView
@@ -49,15 +56,6 @@ FORMAT = 1
     HEADER_SIZE,
 ) = range(16)
 EVAL, RELEASE, CAPTURE, HEAD, OUTPUT = 1, 2, 3, 4, 5
-
-# Layer kinds of a slot program (csrc/l2bg.h) and the parameter entries each reads.
-LINEAR, CONV2D, RELU, MAX_POOL2D, FLATTEN, BATCH_NORM, DROPOUT = range(7)
-_PARAMS = {
-    LINEAR: ("weight", "bias"),
-    CONV2D: ("weight", "bias"),
-    BATCH_NORM: ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"),
-}
-
 
 # --------------------------------------------------------------------------------------- router
 def compile_plan_reference(
@@ -294,64 +292,6 @@ class Plan:
         return [sum(int(m.training) << j for j, m in enumerate(mods)) for mods in self.stateful]
 
 
-def _layer_kind(m: nn.Module) -> int | None:
-    if type(m) is nn.Linear:
-        return LINEAR
-    if type(m) is nn.Conv2d and m.padding_mode == "zeros" and not isinstance(m.padding, str):
-        return CONV2D
-    if type(m) is nn.ReLU:
-        return RELU
-    if type(m) is nn.MaxPool2d and not m.return_indices:
-        return MAX_POOL2D
-    if type(m) is nn.Flatten:
-        return FLATTEN
-    if type(m) in (nn.BatchNorm1d, nn.BatchNorm2d):
-        return BATCH_NORM
-    if type(m) is nn.Dropout:
-        return DROPOUT
-    return None
-
-
-def _pair(v: int | Sequence[int]) -> list[int]:
-    return [int(v), int(v)] if isinstance(v, int) else [int(v[0]), int(v[1])]
-
-
-def _encode_slot(node: nn.Module, fargs: list[float]) -> list[int]:
-    """The slot program of one node (kinds and int args); floats go to ``fargs``."""
-    layers = list(node) if isinstance(node, nn.Sequential) else [node]
-    out = [len(layers)]
-    for m in layers:
-        kind = _layer_kind(m)
-        if kind is None:
-            raise L2BGError(f"the native executor cannot run layer {m!r}; use backend='reference'")
-        out.append(kind)
-        if kind == CONV2D:
-            out += [*_pair(m.stride), *_pair(m.padding), *_pair(m.dilation), m.groups]
-        elif kind == MAX_POOL2D:
-            stride = m.stride if m.stride is not None else m.kernel_size
-            out += [
-                *_pair(m.kernel_size),
-                *_pair(stride),
-                *_pair(m.padding),
-                *_pair(m.dilation),
-                int(m.ceil_mode),
-            ]
-        elif kind == FLATTEN:
-            out += [m.start_dim, m.end_dim]
-        elif kind == BATCH_NORM:
-            out.append(len(fargs))
-            fargs += [float(m.eps), -1.0 if m.momentum is None else float(m.momentum)]
-        elif kind == DROPOUT:
-            out.append(len(fargs))
-            fargs.append(float(m.p))
-    return out
-
-
-def _node_signature(node: nn.Module) -> list[int]:
-    layers = list(node) if isinstance(node, nn.Sequential) else [node]
-    return [_layer_kind(m) if _layer_kind(m) is not None else -1 for m in layers]
-
-
 def build_plan(
     net: GraphView, tasks: tuple[str, ...], per_task: bool, capture: tuple[str, ...]
 ) -> Plan:
@@ -425,10 +365,9 @@ def build_plan(
         sub = list(m) if isinstance(m, nn.Sequential) else [m]
         first = len(sources)
         for layer in sub:
-            for a in _PARAMS.get(_layer_kind(layer), ()):
-                sources.append((layer._buffers if a in layer._buffers else layer._parameters, a))
+            sources += _sources(layer)
         if k < len(modules):
-            stateful.append([x for x in sub if _layer_kind(x) in (BATCH_NORM, DROPOUT)])
+            stateful.append([x for layer in sub for x in _stateful(layer)])
             node_params.append((first, len(sources) - first))
     return Plan(
         program=program,

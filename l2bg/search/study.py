@@ -158,7 +158,7 @@ def _setup(cfg: SearchConfig) -> _Setup:
                         grow_modes=("copy", "adapt") if cfg.search_grow_mode else None)
     T = len(names)
     strategy = "" if cfg.strategy == "l2bg" else f"{cfg.strategy}-"
-    tags = [v for v in cfg.settings.rules().values() if v is not None]
+    tags = [v for v in (cfg.settings.template, *cfg.settings.rules().values()) if v is not None]
     tags += [name for name, on in (("rules", cfg.search_rules),
                                    ("similarity", cfg.search_similarity),
                                    ("granularity", cfg.search_granularity),

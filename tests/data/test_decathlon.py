@@ -193,6 +193,28 @@ def test_run_vdd_end_to_end(tree, tmp_path, capsys):
     assert all(0.0 <= v <= 1000.0 for v in r["decathlon_scores"].values())
 
 
+@pytest.mark.slow
+def test_run_vdd_on_resnet26_end_to_end(tree, tmp_path, capsys):
+    """``l2bg run --benchmark vdd --template resnet26 --tasks 3 --epochs 1`` on the CPU: the
+    64×64 domains run on the residual-adapters net (per-task heads), recorded as such."""
+    from l2bg.cli import main
+
+    out = tmp_path / "out"
+    code = main(["run", "--benchmark", "vdd", "--data-root", str(tree), "--template",
+                 "resnet26", "--tasks", "3", "--epochs", "1", "--max-per-class", "2",
+                 "--strategy", "l2bg", "--delta", "0.5", "--batch-size", "8", "--out",
+                 str(out), "--no-cache", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    r = json.loads((out / "results.json").read_text())
+    assert r["config"]["template"] == {"name": "resnet26", "kwargs": {
+        "in_channels": 3, "image_size": IMAGE_SIZE, "stem": 32, "widths": [64, 128, 256],
+        "blocks": [4, 4, 4]}}
+    assert "input_fit" not in r["config"]["data"]  # the decathlon is 64×64 already
+    assert r["slots"][0] == "stem" and r["slots"][-1] == "pool" and len(r["slots"]) == 14
+    assert set(r["decathlon_scores"]) == {"aircraft", "dtd", "gtsrb"}
+    assert len(r["acc_matrix"]) == 3
+
+
 def test_unknown_domain_on_the_command_line(tree, tmp_path, capsys):
     from l2bg.cli import main
 

@@ -25,7 +25,7 @@ from l2bg.learn.independent import IndependentCache
 from l2bg.learn.learner import GrowStep, Learner
 from l2bg.learn.record import RunRecord
 from l2bg.learn.training import default_config, resolve_device
-from l2bg.net.templates import template_for
+from l2bg.net.catalog import template_for
 
 
 def run_one(learner: Learner, spec: str) -> RunRecord:

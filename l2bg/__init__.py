@@ -23,8 +23,8 @@ _EXPORTS = {
     "Template": "l2bg.net.templates",
     "mlp": "l2bg.net.templates",
     "convnet": "l2bg.net.templates",
-    "template_for": "l2bg.net.templates",
-    "register_template": "l2bg.net.templates",
+    "template_for": "l2bg.net.catalog",
+    "register_template": "l2bg.net.catalog",
     "resnet18": "l2bg.net.resnets",
     "resnet26": "l2bg.net.resnets",
     "module_template": "l2bg.net.modules",
@@ -160,10 +160,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from l2bg.learn.strategies import Strategy
     from l2bg.learn.training import TrainConfig, default_config, evaluate_all, fit
     from l2bg.net import executor
+    from l2bg.net.catalog import register_template, template_for
     from l2bg.net.jointnet import JointNet, copy_task_net
     from l2bg.net.modules import module_template
     from l2bg.net.resnets import resnet18, resnet26
-    from l2bg.net.templates import Template, convnet, mlp, register_template, template_for
+    from l2bg.net.templates import Template, convnet, mlp
 
 
 def __getattr__(name: str) -> Any:

@@ -60,7 +60,7 @@ def add_experiment_options(p: argparse.ArgumentParser, *, benchmark_required: bo
                         "(--data-root DIR holding decathlon-1.0)"
                         + ("" if benchmark_required else " (no default: required unless "
                                                          "--report)"))
-    from l2bg.net.templates import TEMPLATES
+    from l2bg.net.catalog import TEMPLATES
 
     d.add_argument("--template", default=None, metavar="NAME",
                    help=f"the task-net template: {TEMPLATES.help()} (default: the benchmark's, "

@@ -105,7 +105,7 @@ class Settings:
         _int("rsa_samples", self.rsa_samples, 3, None)
         _int("max_per_class", self.max_per_class, 1, None)
         if self.template is not None:
-            from l2bg.net.templates import TEMPLATES
+            from l2bg.net.catalog import TEMPLATES
 
             TEMPLATES.get(self.template)
         from l2bg.data.decathlon import check_domains
@@ -153,7 +153,7 @@ class Settings:
         from l2bg.data import build_benchmark
         from l2bg.data.fit import fit_benchmark
         from l2bg.learn.training import default_config, resolve_device
-        from l2bg.net.templates import template_for
+        from l2bg.net.catalog import template_for
 
         self.check()
         device = resolve_device(self.device)

@@ -62,7 +62,7 @@ def default_config(template: str, **overrides: Any) -> TrainConfig:
     """The default training recipe of a template (paper/Learn-to-Grow settings; a registered
     user template's ``train``), with overrides."""
     if template not in DEFAULTS:
-        from l2bg.net.templates import TEMPLATES
+        from l2bg.net.catalog import TEMPLATES
 
         spec = TEMPLATES.get(template) if template in TEMPLATES else None
         if spec is None or not isinstance(spec.train, TrainConfig):

@@ -21,15 +21,12 @@ from collections.abc import Sequence
 
 from l2bg.base.errors import L2BGError
 from l2bg.net.templates import (
-    TEMPLATES,
     Layer,
     SlotSpec,
     Template,
-    TemplateSpec,
     _check_parameters,
     _size,
     _sizes,
-    image_shape,
 )
 
 __all__ = ["resnet18", "resnet26"]
@@ -104,18 +101,3 @@ def resnet18(in_channels: int = 3, image_size: int = 32, stem: int = 64,
     shortcut), global average pooling, per-task heads. 10 slots; all but ``pool`` expandable."""
     return _resnet("resnet18", in_channels, image_size, stem, widths, blocks, [1] + [2] * 7,
                    end_bn=False)
-
-
-def _fitter(make, side: int):
-    def fit(shape: tuple[int, ...], num_classes: int, shared_head: bool) -> Template:
-        c = image_shape(make.__name__, shape)[0]
-        return make(in_channels=c, image_size=side)
-
-    return fit
-
-
-TEMPLATES.register(TemplateSpec("resnet26", "the residual-adapters ResNet-26, 64x64 inputs, "
-                                "per-task heads, one slot per block", _fitter(resnet26, 64),
-                                resnet26))
-TEMPLATES.register(TemplateSpec("resnet18", "the CIFAR ResNet-18, 32x32 inputs, per-task "
-                                "heads, one slot per block", _fitter(resnet18, 32), resnet18))

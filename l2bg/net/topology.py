@@ -9,7 +9,8 @@ import re
 from typing import Any
 
 from l2bg.base.errors import L2BGError, one_line
-from l2bg.net.templates import Template, make_template
+from l2bg.net.catalog import make_template
+from l2bg.net.templates import Template
 
 FORMAT = "l2bg.jointnet"
 FORMAT_VERSION = 2

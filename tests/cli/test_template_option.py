@@ -12,8 +12,8 @@ from torch import nn
 
 from l2bg.cli import main
 from l2bg.learn.training import TrainConfig
+from l2bg.net.catalog import TEMPLATES, register_template
 from l2bg.net.modules import module_template
-from l2bg.net.templates import TEMPLATES, register_template
 
 
 def _fit(shape, num_classes, shared_head):

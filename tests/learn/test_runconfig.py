@@ -97,7 +97,7 @@ def test_learner_delta_uses_the_same_steps(no_training):
     from l2bg.data import build_benchmark
     from l2bg.learn.learner import Learner
     from l2bg.learn.training import default_config
-    from l2bg.net.templates import template_for
+    from l2bg.net.catalog import template_for
 
     bench = build_benchmark("pmnist", num_tasks=3)
     learner = Learner(bench.tasks, template_for(bench), default_config("mlp"), cache=False,

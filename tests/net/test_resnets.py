@@ -19,10 +19,10 @@ from l2bg.base.errors import L2BGError, ParamError
 from l2bg.net import executor as ex
 from l2bg.net import kinds
 from l2bg.net.blocks import BasicBlock, GlobalAvgPool2d, PadShortcut
+from l2bg.net.catalog import TEMPLATES, make_template, register_template
 from l2bg.net.jointnet import JointNet
 from l2bg.net.modules import module_template
 from l2bg.net.resnets import resnet18, resnet26
-from l2bg.net.templates import TEMPLATES, make_template, register_template
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", RuntimeWarning)

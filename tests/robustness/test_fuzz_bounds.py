@@ -234,7 +234,7 @@ def test_template_parameters(case):
     name, kwargs = case
     """Parameters of any type and size: a template whose slots build (on the meta device:
     shapes only), or one L2BGError naming the parameter; never another exception."""
-    from l2bg.net.templates import make_template
+    from l2bg.net.catalog import make_template
 
     FUZZED["template parameters"] += 1
     try:

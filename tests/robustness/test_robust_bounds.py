@@ -333,7 +333,7 @@ def test_jointnet_load_with_bad_mlp_kwargs_is_one_line(tmp_path, kwargs, words):
     ({"image_size": True}, "convnet: image_size must be an integer >= 1"),
 ])
 def test_convnet_parameters_are_checked_where_the_template_is_built(kwargs, words):
-    from l2bg.net.templates import make_template
+    from l2bg.net.catalog import make_template
 
     with pytest.raises(L2BGError, match=words):
         make_template("convnet", **kwargs)

@@ -12,6 +12,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_executor import assert_same
 from torch import nn
 
 from l2bg.base import native as _ext
@@ -29,7 +30,6 @@ with warnings.catch_warnings():
     NATIVE = _ext.native_available()
 BACKENDS = ["reference", "native"] if NATIVE else ["reference"]
 needs_native = pytest.mark.skipif(not NATIVE, reason="the C++ extension is not built")
-TOL = {torch.float32: {"rtol": 1e-5, "atol": 1e-6}, torch.float64: {"rtol": 1e-10, "atol": 1e-12}}
 SMALL = {
     "resnet26": lambda: resnet26(in_channels=2, image_size=8, stem=3, widths=(3, 5, 6),
                                  blocks=(1, 2, 1)),
@@ -79,20 +79,6 @@ def resnet_nets(draw) -> JointNet:
             net.grow(f"t{i}", draw(subsets), init=draw(st.sampled_from(["copy", "fresh"])))
     _randomise_bn(net, torch.Generator().manual_seed(draw(st.integers(0, 2**16))))
     return net
-
-
-def assert_same(a, b, dtype):
-    if isinstance(a, dict):
-        assert list(a) == list(b)
-        for k in a:
-            assert_same(a[k], b[k], dtype)
-    elif isinstance(a, list | tuple):
-        assert len(a) == len(b)
-        for u, v in zip(a, b, strict=True):
-            assert_same(u, v, dtype)
-    else:
-        assert a.shape == b.shape and a.dtype == b.dtype
-        torch.testing.assert_close(a, b, **TOL[dtype])
 
 
 @SETTINGS

@@ -12,7 +12,8 @@ more output channels) it is the residual-adapters shortcut, :class:`PadShortcut`
 pool with stride s, then zero channels appended up to the output width (no parameters). A block
 is one slot of a template and one layer of the executors' slot programs (``basic_block``); its
 attributes ``conv1``, ``bn1``, ``conv2``, ``bn2`` and ``shortcut`` are the names other code
-(task batch norm, channel groups, adapters) reaches its layers by; ``conv1`` is its main layer.
+(task batch norm, channel groups, adapters) reaches its layers by; ``conv2`` is its main layer
+(where channel groups and adapters cut it, :mod:`l2bg.net.overlay_block`).
 """
 
 from __future__ import annotations

@@ -121,8 +121,8 @@ def _check_groups(net: JointNet, groups: Any, num_groups: Any, whole: list[int]
         chain = slot_chain(net, s)
         if chain is None:
             raise L2BGError(f"grow: slot {net.template.slots[s].name!r} cannot be cut into "
-                            "channel groups (not a primitive chain ending in channel-wise "
-                            "layers); grow it whole with slots=")
+                            "channel groups (neither a primitive chain ending in channel-wise "
+                            "layers nor a BasicBlock); grow it whole with slots=")
         channel_groups(chain.channels, num_groups)  # 1 <= G <= C
         gs = list(gs) if isinstance(gs, Iterable) and not isinstance(gs, str) else [gs]
         if not gs or any(isinstance(g, bool) or not isinstance(g, int)
@@ -170,13 +170,14 @@ def grow(net: JointNet, task: str, slots: Iterable[int | str], init: str,
                             f"before; grow it the same way (rank={o.rank})")
         chain = slot_chain(net, s)
         if mode == "adapt" and chain is None:
-            raise L2BGError(f"grow: slot {name!r} cannot take an adapter (not a primitive "
-                            "chain whose main layer is linear or conv2d); use mode='copy'")
+            raise L2BGError(f"grow: slot {name!r} cannot take an adapter (neither a "
+                            "primitive chain whose main layer is linear or conv2d nor a "
+                            "BasicBlock); use mode='copy'")
         if mode == "adapt":  # a unit too small for any adapter is refused here
             ranges = [(0, chain.channels)] if g is None else [
                 channel_groups(chain.channels, g)[k] for k in grp[s]]
             for a, b in ranges:
-                adapter_rank(prototype(net, s)[chain.main], chain.kind, b - a, rank,
+                adapter_rank(chain.main_layer(prototype(net, s)), chain.kind, b - a, rank,
                              0 if net.task_bn else len(chain.bn))
         if mode == "adapt" and net._node_owner[route_of(net, task, s)] == task:
             raise L2BGError(f"grow: task {task!r} owns its node at slot {name!r}; an adapter "
@@ -219,11 +220,11 @@ def _grow_rows(net: JointNet, task: str, s: int, g: int, gs: list[int]) -> None:
     with torch.no_grad():
         for a, b in ranges:
             p = rows.position(a)
-            rows.weight[p:p + b - a] = eff[chain.main].weight[a:b]
+            rows.weight[p:p + b - a] = chain.main_layer(eff).weight[a:b]
             if rows.bias is not None:
-                rows.bias[p:p + b - a] = eff[chain.main].bias[a:b]
+                rows.bias[p:p + b - a] = chain.main_layer(eff).bias[a:b]
             for i, m in rows.bn.items():
-                src = eff[int(i)]
+                src = chain.layer(eff, i)
                 for name in ("weight", "bias", "running_mean", "running_var"):
                     if getattr(src, name, None) is not None:
                         getattr(m, name)[p:p + b - a] = getattr(src, name)[a:b]
@@ -238,7 +239,7 @@ def _grow_adapters(net: JointNet, task: str, s: int, g: int | None, gs: list[int
     node = net.nodes[net._routes[task][s]]
     chain = chain_of(node)
     o = own_overlay(net, task, s)
-    main = node[chain.main]
+    main = chain.main_layer(node)
     bn_layers = 0 if net.task_bn else len(chain.bn)
     keys = ["all"] if g is None else [str(k) for k in sorted({*o.units(), *gs})]
     sizes = [chain.channels] if g is None else [
@@ -288,7 +289,7 @@ def build_overlay(net: JointNet, spec: dict[str, Any], where: str) -> Overlay:
                 raise bad("rows need num_groups (a whole-slot copy is a node)")
             o.rows, o.rows_units = Rows(proto, chain, ranges, not net.task_bn), (g, u["groups"])
         else:
-            main, bn_layers = proto[chain.main], 0 if net.task_bn else len(chain.bn)
+            main, bn_layers = chain.main_layer(proto), 0 if net.task_bn else len(chain.bn)
             keys = ["all"] if g is None else [str(k) for k in u["groups"]]
             o.adapters = nn.ModuleDict({k: Adapter(main, chain.kind, b - a, adapter_rank(
                 main, chain.kind, b - a, spec["rank"], bn_layers))

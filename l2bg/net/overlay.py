@@ -5,8 +5,9 @@ An :class:`Overlay` belongs to one (owner task, slot) and holds optional parts (
 
 - ``bn``: the owner's own copy of every batch-norm submodule of the slot (``task_bn``);
 - ``rows``: the owner's copy of some channel groups of the slot's *main layer* (the last linear or
-  conv2d of a primitive chain whose later layers are channel-wise): those output rows of its weight
-  and bias and, without task batch norm, those channels' entries of the later batch norms;
+  conv2d of a primitive chain whose later layers are channel-wise, or ``conv2`` of a residual
+  block, :mod:`l2bg.net.overlay_block`): those output rows of its weight and bias and, without
+  task batch norm, those channels' entries of the later batch norms;
 - ``adapters``: per grown unit a zero-initialised adapter on the main layer's input whose output is
   added to the main layer's output on the unit's channels (a parallel 1x1 convolution for conv2d,
   a rank-r product ``up @ down`` for linear).
@@ -47,6 +48,7 @@ from l2bg.net.kinds import (
     _layer_kind,
     _pair,
 )
+from l2bg.net.overlay_block import BLOCK_BN, before_main, block_cut, post, post_rows, pre
 
 MODES = ("copy", "adapt")
 _CHANNELWISE = (RELU, MAX_POOL2D, BATCH_NORM, DROPOUT)
@@ -63,20 +65,40 @@ def bn_paths(module: nn.Module) -> list[str]:
 
 @dataclass(frozen=True)
 class Chain:
-    """How a primitive chain is cut: ``main`` (index of its main layer), its kind and output
-    channels, ``bn`` (indices of the batch norms after it)."""
+    """How a slot is cut: ``main`` (index of its main layer in a chain), its kind and output
+    channels, ``bn`` (keys of the batch norms after it: chain indices, or ``"bn2"``), ``block``
+    (a residual block at module path ``path``, main layer its ``conv2``)."""
 
     main: int
     kind: int
     channels: int
     in_channels: int
-    bn: tuple[int, ...]
+    bn: tuple[int | str, ...]
+    block: bool = False
+    path: str = ""
+
+    def main_layer(self, node: nn.Module) -> nn.Module:
+        return node.get_submodule(self.path).conv2 if self.block else node[self.main]
+
+    def layer(self, node: nn.Module, key: int | str) -> nn.Module:
+        return node.get_submodule(f"{self.path}.{key}" if self.path else str(key))
+
+    def before_main(self, path: str) -> bool:
+        """Whether the submodule at ``path`` runs before the main layer."""
+        if self.block:
+            return before_main(self.path, path)
+        head = path.split(".")[0]
+        return head.isdigit() and int(head) < self.main
 
 
 def chain_of(module: nn.Module) -> Chain | None:
-    """The cut of a slot module, or None when it cannot be cut: not an ``nn.Sequential`` of
-    primitive layers, no linear/conv2d, a grouped conv, or a later layer that is not channel-wise
-    (relu, max_pool2d, batch_norm, dropout; a flatten only last)."""
+    """The cut of a slot module, or None when it cannot be cut: not a residual block
+    (:func:`~l2bg.net.overlay_block.block_cut`) nor an ``nn.Sequential`` of primitive layers, no
+    linear/conv2d, a grouped conv, or a later layer that is not channel-wise (relu, max_pool2d,
+    batch_norm, dropout; a flatten only last)."""
+    block = block_cut(module)
+    if block is not None:
+        return Chain(0, CONV2D, block[1], block[2], (BLOCK_BN,), block=True, path=block[0])
     if type(module) is not nn.Sequential:
         return None
     layers = list(module)
@@ -117,12 +139,12 @@ class Rows(nn.Module):
         super().__init__()
         self.ranges = [tuple(r) for r in ranges]
         n = sum(b - a for a, b in self.ranges)
-        main = node[chain.main]
+        main = chain.main_layer(node)
         self.weight = nn.Parameter(main.weight.new_zeros((n, *main.weight.shape[1:])))
         self.bias = (None if main.bias is None
                      else nn.Parameter(main.bias.new_zeros(n)))
-        self.bn = nn.ModuleDict({str(i): _bn_like(node[i], n) for i in chain.bn} if with_bn
-                                else {})
+        self.bn = nn.ModuleDict({str(i): _bn_like(chain.layer(node, i), n)
+                                 for i in chain.bn} if with_bn else {})
 
     def position(self, channel: int) -> int:
         """Row of ``channel`` in this copy."""
@@ -289,8 +311,7 @@ class SlotView(nn.Module):
                 else:
                     self.segments.append((c, c + 1, src))
         self.pre_bn = bool(chain and self.bn_owner and any(
-            p.split(".")[0].isdigit() and int(p.split(".")[0]) < chain.main
-            for p in self.bn_owner.bn_paths))
+            chain.before_main(p) for p in self.bn_owner.bn_paths))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.run(x)
@@ -304,23 +325,21 @@ class SlotView(nn.Module):
             return functional_call(node, bn, (x,)) if bn else node(x)
         if bn:  # the node's main product (shared unless a batch norm precedes it), then t's rest
             if self.pre_bn:
-                h = _layers(node, x, range(chain.main), bn)
-                z = node[chain.main](h)
+                h = pre(node, chain, x, bn)
+                z = chain.main_layer(node)(h)
             else:
                 h, z, _ = node_stages(node, chain, x, memo, key, lazy=True)
                 z = z()
             z = self._scatter(z, self._grown(h)) if self.spans else _unshared(node, chain, z)
-            return _layers(node, z, range(chain.main + 1, len(node)), bn)
+            return post(node, chain, z, x, bn)
         h, _, y = node_stages(node, chain, x, memo, key, lazy=True)
         y = y()  # the node's own output; only the grown channels are recomputed
-        zr = self._grown(h)
-        for i in range(chain.main + 1, len(node)):
-            zr = self._bn_rows(zr, i) if i in chain.bn else node[i](zr)
-        return self._scatter(y, zr)
+        return self._scatter(y, post_rows(node, chain, self._grown(h), x, self.spans,
+                                          self._bn_rows))
 
     def _grown(self, h: Tensor) -> Tensor:
         """The main layer's output on the grown channels only: one product over their rows."""
-        main = self.node[self.chain.main]
+        main = self.chain.main_layer(self.node)
         w = [main.weight[a:b] if src is None else
              src.weight[src.position(a):src.position(a) + b - a] for a, b, src in self.segments]
         bias = None if main.bias is None else torch.cat(
@@ -352,7 +371,7 @@ class SlotView(nn.Module):
         for a, b, src in self.segments:
             n = b - a
             if src is None:
-                m, lo, update = self.node[i], a, False
+                m, lo, update = self.chain.layer(self.node, i), a, False
             else:
                 m, lo, update = src.bn[str(i)], src.position(a), True
             parts.append(_bn_slice(z[:, p:p + n], m, lo, lo + n, update, counted))
@@ -374,13 +393,6 @@ class SlotView(nn.Module):
         return sum(b - a for a, b in self.spans)
 
 
-def _layers(node: nn.Sequential, x: Tensor, idx: range, bn: dict[str, Tensor]) -> Tensor:
-    """Layers ``idx`` of a chain, batch norms with the tensors ``bn`` gives (``{"i.name": t}``)."""
-    for i in idx:
-        layer, pre = node[i], f"{i}."
-        subs = {k[len(pre):]: v for k, v in bn.items() if k.startswith(pre)}
-        x = functional_call(layer, subs, (x,)) if subs else layer(x)
-    return x
 
 
 def node_stages(node: nn.Sequential, chain: Chain, x: Tensor, memo: dict | None, key: Any,
@@ -389,21 +401,22 @@ def node_stages(node: nn.Sequential, chain: Chain, x: Tensor, memo: dict | None,
     output (the same operations as ``node(x)``), each once per (node, input) in ``memo``.
     ``lazy``: the product and output as functions (computed on first use)."""
     nid = id(node)
-    h = _memo(memo, (nid, key, "h"), lambda: _layers(node, x, range(chain.main), {}))
+    h = _memo(memo, (nid, key, "h"), lambda: pre(node, chain, x, {}))
 
     def z() -> Tensor:
-        return _memo(memo, (nid, key, "z"), lambda: node[chain.main](h))
+        return _memo(memo, (nid, key, "z"), lambda: chain.main_layer(node)(h))
 
     def y() -> Tensor:
-        return _memo(memo, (nid, key, "y"), lambda: _layers(
-            node, _unshared(node, chain, z()), range(chain.main + 1, len(node)), {}))
+        return _memo(memo, (nid, key, "y"), lambda: post(
+            node, chain, _unshared(node, chain, z()), x, {}))
 
     return (h, z, y) if lazy else y()
 
 
 def _unshared(node: nn.Sequential, chain: Chain, z: Tensor) -> Tensor:
     """``z`` (a memoised product), copied when a later layer would write into it in place."""
-    inplace = any(getattr(node[i], "inplace", False) for i in range(chain.main + 1, len(node)))
+    inplace = not chain.block and any(getattr(node[i], "inplace", False)
+                                      for i in range(chain.main + 1, len(node)))
     return z.clone() if inplace else z
 
 
@@ -448,17 +461,18 @@ def materialize(node: nn.Module, stack: Sequence[Overlay], chain: Chain | None,
                 continue
             for a, b in o.rows.ranges:
                 p = o.rows.position(a)
-                out[chain.main].weight[a:b] = o.rows.weight[p:p + b - a]
+                main = chain.main_layer(out)
+                main.weight[a:b] = o.rows.weight[p:p + b - a]
                 if o.rows.bias is not None:
-                    out[chain.main].bias[a:b] = o.rows.bias[p:p + b - a]
+                    main.bias[a:b] = o.rows.bias[p:p + b - a]
                 for i, m in o.rows.bn.items():
-                    dst = out[int(i)]
+                    dst = chain.layer(out, i)
                     for name in ("weight", "bias", "running_mean", "running_var"):
                         if getattr(dst, name, None) is not None:
                             getattr(dst, name)[a:b] = getattr(m, name)[p:p + b - a]
         for o in stack if fold else []:
             for (a, b), ad in zip(_adapter_ranges(o, chain), o.adapters.values(), strict=True):
-                ad.fold_into(out[chain.main], a, b)
+                ad.fold_into(chain.main_layer(out), a, b)
         bn = [o for o in stack if o.bn_paths]
         if bn:
             for i, p in enumerate(bn[-1].bn_paths):

@@ -17,6 +17,7 @@ from torch import nn
 from l2bg.base import native as _ext
 from l2bg.base.errors import L2BGError
 from l2bg.learn.training import TrainConfig, fit
+from l2bg.net.blocks import BasicBlock
 from l2bg.net.jointnet import JointNet
 from l2bg.net.modules import module_template
 from l2bg.net.templates import mlp
@@ -31,11 +32,13 @@ SETTINGS = settings(max_examples=25, deadline=None, derandomize=True,
 
 
 @st.composite
-def grown(draw, template: str | None = None):
+def grown(draw, template: str | None = None, templates: dict | None = None):
     """A JointNet after a random add/bind/grow sequence mixing whole slots, channel groups and
-    adapters (G from 1 to C, some or all groups), with or without task batch norm."""
-    name = template or draw(st.sampled_from(sorted(TEMPLATES)))
-    tpl = TEMPLATES[name]()
+    adapters (G from 1 to C, some or all groups), with or without task batch norm; the template
+    drawn from ``templates`` (default: overlay_nets.TEMPLATES)."""
+    templates = TEMPLATES if templates is None else templates
+    name = template or draw(st.sampled_from(sorted(templates)))
+    tpl = templates[name]()
     net = JointNet(tpl, task_bn=draw(st.booleans()))
     torch.manual_seed(draw(st.integers(0, 2**16)))
     nc = None if not tpl.per_task_heads else 3
@@ -98,6 +101,15 @@ def test_forward_all_equals_per_task_forward(net, per_task):
                 close(a, b)
 
 
+def main_and_bns(module: nn.Module) -> tuple[nn.Module, int]:
+    """The layer a slot is cut at and the number of batch norms after it: conv2 and bn2 of a
+    residual block, else the last linear/conv2d and every batch norm of the chain."""
+    if isinstance(module, nn.Sequential) and isinstance(module[0], BasicBlock):
+        return module[0].conv2, 1
+    main = [m for m in module if isinstance(m, nn.Linear | nn.Conv2d)][-1]
+    return main, sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module)
+
+
 def arithmetic_count(net: JointNet, task: str) -> int:
     """Parameters task's forward reads, counted from the topology's numbers alone: the nodes'
     shapes, each overlay's grown rows, adapter ranks and batch norms."""
@@ -108,16 +120,15 @@ def arithmetic_count(net: JointNet, task: str) -> int:
     for s, node in enumerate(info["route"]):
         module = net.nodes[node]
         stack = [overlays[(s, owner)] for owner in info["stack"][s]]
-        bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         total += sum(p.numel() for p in module.parameters())  # own batch norms: same count
         for o in stack:
             c = net.unit_channels(s)
-            main = [m for m in module if isinstance(m, nn.Linear | nn.Conv2d)][-1] if c else None
-            row = main.weight[0].numel() + 1 if main is not None else 0
+            main, bns = main_and_bns(module) if c else (None, 0)
+            row = main.weight[0].numel() + (main.bias is not None) if main is not None else 0
             if o["rows"]:
                 n = sum(b - a for k in o["rows"]["groups"]
                         for a, b in [channel_groups(c, o["rows"]["num_groups"])[k]])
-                total += n * (row + (0 if net.task_bn else 2 * len(bns)))
+                total += n * (row + (0 if net.task_bn else 2 * bns))
             if o["adapter"]:
                 u = o["adapter"]
                 sizes = [c] if u["num_groups"] is None else [
@@ -128,7 +139,7 @@ def arithmetic_count(net: JointNet, task: str) -> int:
                     if isinstance(main, nn.Conv2d):
                         total += size * c_in
                     else:
-                        cost = size * (c_in + 1 + (0 if net.task_bn else 2 * len(bns)))
+                        cost = size * (c_in + 1 + (0 if net.task_bn else 2 * bns))
                         r = min(o["rank"], cost // (c_in + size), c_in, size)
                         total += r * (c_in + size)
     return total
@@ -145,12 +156,12 @@ def test_parameter_counts_are_the_rows_each_route_reads(net):
     assert net.num_parameters() == sum(reached.values())
     for o in [o for o in net.overlays.values() if len(o.adapters)]:
         node = next(net.nodes[n] for n in net.nodes if net.node_slot(n) == o.slot)
-        main = [m for m in node if isinstance(m, nn.Linear | nn.Conv2d)][-1]
-        bns = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in node)
+        main, bns = main_and_bns(node)
         c = net.unit_channels(o.slot)
         for key, ad in o.adapters.items():
             a, b = (0, c) if key == "all" else channel_groups(c, o.adapt_units[0])[int(key)]
-            copy_cost = (b - a) * (main.weight[0].numel() + 1 + (0 if net.task_bn else 2 * bns))
+            copy_cost = (b - a) * (main.weight[0].numel() + (main.bias is not None)
+                                   + (0 if net.task_bn else 2 * bns))
             assert sum(p.numel() for p in ad.parameters()) <= copy_cost
 
 

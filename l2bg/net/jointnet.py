@@ -113,8 +113,8 @@ class JointNet(nn.Module):
 
     def unit_channels(self, slot: int | str) -> int | None:
         """C, the output channels of the slot's main layer (the last linear/conv2d of a
-        primitive chain whose later layers are all channel-wise); None when the slot cannot be
-        cut (it is then one whole unit)."""
+        primitive chain whose later layers are all channel-wise, or conv2 of a basic block);
+        None when the slot cannot be cut (it is then one whole unit)."""
         chain = growth.slot_chain(self, self.template.slot_index(slot))
         return None if chain is None else chain.channels
 

@@ -188,3 +188,26 @@ def test_a_block_unit_too_many_groups_is_refused():
     c = net.unit_channels(s)
     with pytest.raises(L2BGError, match=f"1 <= G <= {c}"):
         net.grow("t", groups={s: [0]}, num_groups=c + 1)
+
+
+@pytest.mark.parametrize("mode", ["copy", "adapt"])
+def test_training_a_grown_block_leaves_the_bound_task_bit_identical(mode):
+    """Task batch norm and shared_lr_scale 0: training t (groups or adapters on every block, in
+    train mode, so batch statistics and running updates go through the block views) leaves b's
+    eval outputs bit-identical, and t's own conv2 rows or adapters move."""
+    from l2bg.learn.training import TrainConfig, fit
+
+    net = bound("resnet18", True)
+    blocks = block_slots(net)
+    net.grow("t", groups={s: [1] for s in blocks}, num_groups=2, mode=mode)
+    x = inputs(net, 16, seed=3)
+    y = torch.randint(0, 3, (16,), generator=torch.Generator().manual_seed(4))
+    before = outputs(net, x)["b"]
+    def grown_params():
+        mine = [net.overlays[f"{net.template.slots[s].name}~t"] for s in blocks]
+        return [o.rows.weight if mode == "copy" else o.adapters["1"].weight for o in mine]
+
+    own = [p.detach().clone() for p in grown_params()]
+    fit(net, "t", x, y, TrainConfig(epochs=2, batch_size=8, shared_lr_scale=0.0))
+    assert torch.equal(outputs(net, x)["b"], before)
+    assert all(not torch.equal(a, b) for a, b in zip(own, grown_params(), strict=True))

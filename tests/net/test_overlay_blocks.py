@@ -16,8 +16,10 @@ from test_resnets import SMALL
 from torch import nn
 
 from l2bg.base.errors import L2BGError
+from l2bg.net.blocks import BasicBlock, GlobalAvgPool2d
 from l2bg.net.growth import slot_module
 from l2bg.net.jointnet import JointNet
+from l2bg.net.modules import module_template
 from l2bg.net.units import channel_groups
 
 
@@ -76,10 +78,10 @@ def test_parameter_counts_on_resnets(net):
                 main.weight[0].numel() + (0 if net.task_bn else 2 * bns))
 
 
-def by_hand(node: nn.Sequential, overlay, x: torch.Tensor, task_bn: bool) -> torch.Tensor:
+def by_hand(node: nn.Module, overlay, x: torch.Tensor, task_bn: bool) -> torch.Tensor:
     """relu(bn2'(conv2'(h) + adapters(h)) + shortcut(x)) with conv2'/bn2' the node's with the
     overlay's rows written in, h = relu(bn1'(conv1(x))); bn' the task's own with task_bn."""
-    node = node[0]
+    node = node[0] if isinstance(node, nn.Sequential) else node
     bn1, bn2 = node.bn1, node.bn2
     if task_bn:
         bn1, bn2 = overlay.bn["bn0"], overlay.bn["bn1"]
@@ -211,3 +213,43 @@ def test_training_a_grown_block_leaves_the_bound_task_bit_identical(mode):
     fit(net, "t", x, y, TrainConfig(epochs=2, batch_size=8, shared_lr_scale=0.0))
     assert torch.equal(outputs(net, x)["b"], before)
     assert all(not torch.equal(a, b) for a, b in zip(own, grown_params(), strict=True))
+
+
+class SubBlock(BasicBlock):
+    """Not the exact BasicBlock: the executors run it as a user module, so it is not cut."""
+
+
+def user_template(block: nn.Module):
+    torch.manual_seed(0)
+    return module_template([nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU()), block,
+                            nn.Sequential(GlobalAvgPool2d(), nn.Flatten())],
+                           head=lambda c: nn.Linear(5, c), input_shape=(2, 6, 6))
+
+
+@pytest.mark.parametrize("task_bn", [False, True])
+@pytest.mark.parametrize("mode", ["copy", "adapt"])
+def test_a_bare_block_slot_of_a_user_template_is_cut(task_bn, mode):
+    """A user template's slot that is itself a BasicBlock is cut at its conv2 like a template's
+    block slot: the block formula by hand, every backend equal to the per-task forward; a
+    subclass or a block with another shortcut is one whole unit."""
+    net = JointNet(user_template(BasicBlock(4, 5, stride=2)), task_bn=task_bn)
+    assert net.unit_channels(1) == 5
+    net.add_task("b", 2)
+    net.bind("t", "b", 2)
+    net.grow("t", groups={1: [1, 2]}, num_groups=3, mode=mode)
+    perturb(net, 1)
+    net.eval()
+    x = inputs(net, 3)
+    with torch.no_grad():
+        h = net.nodes[net.routes()["b"][0]](x)
+        _, view = slot_module(net, "t", 1)
+        close(view(h), by_hand(view.node, view.stack[-1], h, task_bn))
+        want = outputs(net, x)
+        for backend in BACKENDS:
+            got = net.forward_all(x, backend=backend)
+            for t in net.tasks:
+                close(got[t], want[t])
+    assert JointNet(user_template(SubBlock(4, 5))).unit_channels(1) is None
+    other = BasicBlock(4, 5)
+    other.shortcut = nn.Conv2d(4, 5, 1)
+    assert JointNet(user_template(other)).unit_channels(1) is None

@@ -393,8 +393,6 @@ class SlotView(nn.Module):
         return sum(b - a for a, b in self.spans)
 
 
-
-
 def node_stages(node: nn.Sequential, chain: Chain, x: Tensor, memo: dict | None, key: Any,
                 lazy: bool = False):
     """A chain's own stages on ``x``: the input of its main layer, the main product and its

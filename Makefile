@@ -40,7 +40,8 @@ test: setup
 # torchvision tests and the Avalanche tests (with the README's Avalanche snippet) run: the heavy
 # suites run in this one second environment only (test-torch214 is its former name);
 # test-triton36: the kernels under triton 3.6 (the lent GPU machine's), whose interpreter needs
-# numpy < 2.4 (it converts 1-element arrays with int()).
+# numpy < 2.4 (it converts 1-element arrays with int()). A passing run removes its copy (the
+# vision one is about 7 GB); ALT_KEEP=1 keeps it to rerun single tests there.
 ALT_TORCH  ?= torch==2.14.1 torchvision==0.29.1
 ALT_EXTRAS ?= $(EXTRAS)
 ALT_TESTS  ?= tests/net tests/kernels tests/test_layers.py
@@ -50,6 +51,7 @@ test-alt:
 	git ls-files -z | tar --null -T - -cf - | tar -xf - -C $(ALT_DIR)
 	$(MAKE) -C $(ALT_DIR) setup VENV=.venv TORCH="$(ALT_TORCH)" EXTRAS="$(ALT_EXTRAS)"
 	cd $(ALT_DIR) && .venv/bin/python -m pytest -q -p no:cacheprovider $(ALT_TESTS)
+	$(if $(ALT_KEEP),,rm -rf $(ALT_DIR))
 
 VISION_TESTS ?= tests/net tests/kernels tests/test_layers.py tests/data/test_vision.py \
 	tests/l2bg_avalanche

@@ -150,6 +150,12 @@ def arithmetic_count(net: JointNet, task: str) -> int:
 def test_parameter_counts_are_the_rows_each_route_reads(net):
     """num_parameters(task) is the arithmetic count of what its route reads; the JointNet's is
     the distinct tensors over all routes; an adapter never outweighs a copy of its unit."""
+    check_counts(net)
+
+
+def check_counts(net):
+    """The counts of :func:`test_parameter_counts_are_the_rows_each_route_reads`, for any
+    grown JointNet (test_overlay_blocks uses it on resnets)."""
     for t in net.tasks:
         assert net.num_parameters(t) == arithmetic_count(net, t)
     reached = {id(p): p.numel() for t in net.tasks for p in net.task_parameters(t)}

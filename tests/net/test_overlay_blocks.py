@@ -11,7 +11,13 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 from overlay_nets import inputs, outputs, perturb
-from test_overlay import BACKENDS, SETTINGS, arithmetic_count, close, grown, main_and_bns
+from test_overlay import (
+    BACKENDS,
+    SETTINGS,
+    check_counts,
+    close,
+    grown,
+)
 from test_resnets import SMALL
 from torch import nn
 
@@ -65,17 +71,9 @@ def test_forward_all_equals_per_task_forward_on_resnets(net, per_task):
 @given(grown(templates=SMALL))
 def test_parameter_counts_on_resnets(net):
     """Each task's count is the arithmetic count of conv2 rows (and bn2 entries without task
-    batch norm) and adapters; an adapter never outweighs a copy of its unit."""
-    for t in net.tasks:
-        assert net.num_parameters(t) == arithmetic_count(net, t)
-    for o in [o for o in net.overlays.values() if len(o.adapters)]:
-        node = next(net.nodes[n] for n in net.nodes if net.node_slot(n) == o.slot)
-        main, bns = main_and_bns(node)
-        c = net.unit_channels(o.slot)
-        for key, ad in o.adapters.items():
-            a, b = (0, c) if key == "all" else channel_groups(c, o.adapt_units[0])[int(key)]
-            assert sum(p.numel() for p in ad.parameters()) <= (b - a) * (
-                main.weight[0].numel() + (0 if net.task_bn else 2 * bns))
+    batch norm) and adapters; the JointNet's the distinct tensors; an adapter never outweighs a
+    copy of its unit."""
+    check_counts(net)
 
 
 def by_hand(node: nn.Module, overlay, x: torch.Tensor, task_bn: bool) -> torch.Tensor:

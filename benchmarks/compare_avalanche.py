@@ -21,8 +21,9 @@ Methods and their networks (input 784, hidden 300-300-300, ReLU):
   (its weights split between tasks by PackNet's masks), pruning half of the free weights after
   each task and fine-tuning for the last epoch.
 
-Run: ``python benchmarks/compare_avalanche.py --data-root ../shared/data/mnist --out runs/aval``
-(the real MNIST test set, split 70/15/15 per seed). Needs ``pip install l2bg[avalanche]``.
+Run: ``python benchmarks/compare_avalanche.py --data-root DIR --out runs/aval`` with DIR holding the
+MNIST t10k IDX files (the real MNIST test set, split 70/15/15 per seed). Needs
+``pip install l2bg[avalanche]``.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ creates no virtual environment and installs nothing from a registry. When this c
 ``l2bg`` is not importable it runs ``pip install --no-deps --no-build-isolation -e .`` once (to
 build the C++ extension against the installed torch); if that fails it runs the sources through a
 package tree of links under the output directory instead (pure-PyTorch executor). Optional
-packages (optuna, mlxtend, rsatoolbox, scipy) and ``../shared`` are not needed: the benchmarks
+packages (optuna, mlxtend, rsatoolbox, scipy) and MNIST files are not needed: the benchmarks
 use synthetic data and skip the rows that need what is missing.
 
 Steps, each under a time limit so the whole run stays inside ``--budget`` (default 450 s):

@@ -14,86 +14,94 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from avalanche.models import MultiTaskModule
 from torch import Tensor
 
+from l2bg.avalanche import lazy_classes
 from l2bg.base.errors import L2BGError
 from l2bg.net.jointnet import JointNet
 from l2bg.net.templates import Template
 
-__all__ = ["L2BGModel"]
+__all__ = ["L2BGModel"]  # noqa: F822  (built on first use: lazy_classes)
 
 
-class L2BGModel(MultiTaskModule):
-    """A :class:`~l2bg.net.jointnet.JointNet` (``net``) under Avalanche's multi-task
-    interface; :class:`l2bg.avalanche.L2BGStrategy` grows it."""
+def _build_model() -> type:
+    from avalanche.models import MultiTaskModule
 
-    def __init__(self, template: Template, mask_value: float = -1000.0) -> None:
-        super().__init__()
-        self.template = template
-        self.net = JointNet(template)
-        self.mask_value = float(mask_value)
-        self.task_names: dict[int, str] = {}
-        self.task_classes: dict[int, tuple[int, ...]] = {}
+    class L2BGModel(MultiTaskModule):
+        """A :class:`~l2bg.net.jointnet.JointNet` (``net``) under Avalanche's multi-task
+        interface; :class:`l2bg.avalanche.L2BGStrategy` grows it."""
 
-    @property
-    def flat_inputs(self) -> bool:
-        """The template takes flat vectors (an MLP): images are flattened on the way in."""
-        shape = self.template.input_shape
-        return shape is not None and len(shape) == 1
+        def __init__(self, template: Template, mask_value: float = -1000.0) -> None:
+            super().__init__()
+            self.template = template
+            self.net = JointNet(template)
+            self.mask_value = float(mask_value)
+            self.task_names: dict[int, str] = {}
+            self.task_classes: dict[int, tuple[int, ...]] = {}
 
-    def inputs(self, x: Tensor) -> Tensor:
-        return x.flatten(1) if self.flat_inputs and x.dim() > 2 else x
+        @property
+        def flat_inputs(self) -> bool:
+            """The template takes flat vectors (an MLP): images are flattened on the way in."""
+            shape = self.template.input_shape
+            return shape is not None and len(shape) == 1
 
-    def adaptation(self, experience: Any) -> None:
-        """Avalanche's adaptation: the largest class id (evaluation too) and, while training,
-        the task labels seen. The JointNet is never changed here: it grows only inside
-        :meth:`L2BGStrategy.train <l2bg.avalanche.L2BGStrategy>`, never at evaluation."""
-        super().adaptation(experience)
-        for classes in self.task_classes.values():
+        def inputs(self, x: Tensor) -> Tensor:
+            return x.flatten(1) if self.flat_inputs and x.dim() > 2 else x
+
+        def adaptation(self, experience: Any) -> None:
+            """Avalanche's adaptation: the largest class id (evaluation too) and, while training,
+            the task labels seen. The JointNet is never changed here: it grows only inside
+            :meth:`L2BGStrategy.train <l2bg.avalanche.L2BGStrategy>`, never at evaluation."""
+            super().adaptation(experience)
+            for classes in self.task_classes.values():
+                self.max_class_label = max(self.max_class_label, max(classes) + 1)
+
+        def learned(self, label: int, task: str, classes: tuple[int, ...], net: JointNet) -> None:
+            """Record that task label ``label`` is l2bg task ``task`` of ``net`` (the grown
+            JointNet) with the class ids ``classes``; only while training."""
+            if not self.training:
+                raise L2BGError(f"task label {label}: the model grows only while training; call "
+                                "strategy.train(experience), not eval")
+            if task not in net.tasks:
+                raise L2BGError(f"task label {label}: task {task!r} is not in the JointNet")
+            self.net = net
+            self.task_names[int(label)] = task
+            self.task_classes[int(label)] = tuple(int(c) for c in classes)
+            self.known_train_tasks_labels = self.known_train_tasks_labels | {int(label)}
             self.max_class_label = max(self.max_class_label, max(classes) + 1)
 
-    def learned(self, label: int, task: str, classes: tuple[int, ...], net: JointNet) -> None:
-        """Record that task label ``label`` is l2bg task ``task`` of ``net`` (the grown
-        JointNet) with the class ids ``classes``; only while training."""
-        if not self.training:
-            raise L2BGError(f"task label {label}: the model grows only while training; call "
-                            "strategy.train(experience), not eval")
-        if task not in net.tasks:
-            raise L2BGError(f"task label {label}: task {task!r} is not in the JointNet")
-        self.net = net
-        self.task_names[int(label)] = task
-        self.task_classes[int(label)] = tuple(int(c) for c in classes)
-        self.known_train_tasks_labels = self.known_train_tasks_labels | {int(label)}
-        self.max_class_label = max(self.max_class_label, max(classes) + 1)
+        def _width(self) -> int:
+            return max([self.max_class_label, *(max(c) + 1 for c in self.task_classes.values())])
 
-    def _width(self) -> int:
-        return max([self.max_class_label, *(max(c) + 1 for c in self.task_classes.values())])
+        def _logits(self, x: Tensor, label: int, width: int) -> Tensor:
+            out = torch.full((x.shape[0], width), self.mask_value, device=x.device)
+            task = self.task_names.get(int(label))
+            if task is not None and x.shape[0]:
+                z = self.net(self.inputs(x), task)
+                out = out.to(z.dtype)
+                out[:, list(self.task_classes[int(label)])] = z
+            return out
 
-    def _logits(self, x: Tensor, label: int, width: int) -> Tensor:
-        out = torch.full((x.shape[0], width), self.mask_value, device=x.device)
-        task = self.task_names.get(int(label))
-        if task is not None and x.shape[0]:
-            z = self.net(self.inputs(x), task)
-            out = out.to(z.dtype)
-            out[:, list(self.task_classes[int(label)])] = z
-        return out
+        def forward_single_task(self, x: Tensor, task_label: int) -> Tensor:
+            return self._logits(x, task_label, self._width())
 
-    def forward_single_task(self, x: Tensor, task_label: int) -> Tensor:
-        return self._logits(x, task_label, self._width())
+        def forward(self, x: Tensor, task_labels: Tensor | int | None) -> Any:
+            """Logits (n, largest class id + 1) of each sample's task (``mask_value`` elsewhere);
+            ``task_labels`` None: a dict of every learned task's logits."""
+            if task_labels is None:
+                return self.forward_all_tasks(x)
+            if isinstance(task_labels, int):
+                return self.forward_single_task(x, task_labels)
+            width = self._width()
+            out = torch.full((x.shape[0], width), self.mask_value, device=x.device)
+            for label in torch.unique(task_labels).tolist():
+                rows = task_labels == label
+                z = self._logits(x[rows], label, width)
+                out = out.to(z.dtype)
+                out[rows] = z
+            return out
 
-    def forward(self, x: Tensor, task_labels: Tensor | int | None) -> Any:
-        """Logits (n, largest class id + 1) of each sample's task (``mask_value`` elsewhere);
-        ``task_labels`` None: a dict of every learned task's logits."""
-        if task_labels is None:
-            return self.forward_all_tasks(x)
-        if isinstance(task_labels, int):
-            return self.forward_single_task(x, task_labels)
-        width = self._width()
-        out = torch.full((x.shape[0], width), self.mask_value, device=x.device)
-        for label in torch.unique(task_labels).tolist():
-            rows = task_labels == label
-            z = self._logits(x[rows], label, width)
-            out = out.to(z.dtype)
-            out[rows] = z
-        return out
+    return L2BGModel
+
+
+__getattr__ = lazy_classes(globals(), {"L2BGModel": _build_model})

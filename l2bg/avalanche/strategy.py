@@ -20,16 +20,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from avalanche.training.plugins.evaluation import default_evaluator
-from avalanche.training.templates import SupervisedTemplate
 
+from l2bg.avalanche import lazy_classes
 from l2bg.avalanche.convert import (
     VALID_FRACTION,
     dataset_tensors,
     make_task,
     task_label_of,
 )
-from l2bg.avalanche.model import L2BGModel
 from l2bg.base.errors import L2BGError, ParamError
 from l2bg.learn.independent import IndependentCache, open_cache
 from l2bg.learn.learner import Learner
@@ -42,7 +40,7 @@ from l2bg.learn.training import DEFAULTS, TrainConfig, default_config, make_opti
 from l2bg.net.jointnet import JointNet
 from l2bg.net.templates import Template, convnet, mlp
 
-__all__ = ["L2BGStrategy"]
+__all__ = ["L2BGStrategy"]  # noqa: F822  (built on first use: lazy_classes)
 
 #: the benchmark name the independent nets' cache keys carry
 BENCHMARK = "avalanche"
@@ -81,188 +79,199 @@ class _Learned(Plugin):
         return Restored(record, lambda: self.net)
 
 
-class L2BGStrategy(SupervisedTemplate):
-    """Learn to Bind and Grow on a task-incremental Avalanche stream.
+def _build_strategy() -> type:
+    from avalanche.training.plugins.evaluation import default_evaluator
+    from avalanche.training.templates import SupervisedTemplate
 
-    ``strategy`` (an l2bg strategy name or object), ``delta`` or ``deltas`` (one per task
-    after the first), ``grow_rule``, ``bind_rule`` and ``similarity`` are l2bg's, checked
-    as ``l2bg run`` checks them (:class:`l2bg.learn.runconfig.RunConfig`; errors name the
-    parameter). ``template``: an l2bg :class:`~l2bg.net.templates.Template`, ``"mlp"``
-    (per-task heads) or ``"convnet"``, or None (mlp for flat inputs, convnet for square
-    images), sized by the first experience. ``train``: the training recipe (default: the
-    template's, with ``epochs``, ``lr``, ``batch_size``, ``shared_lr_scale`` as overrides).
-    ``valid_stream``: the experiences (matched by task label) whose data validates each task
-    (the conflict scores' inputs); without it a seeded ``valid_fraction`` of the training
-    data. ``cache_dir``: keep the independent nets on disk there (default: in memory, dropped
-    after each experience). The rest is Avalanche's (``device``, ``plugins``, ``evaluator``,
-    ``eval_every``, ``eval_mb_size``)."""
+    from l2bg.avalanche.model import L2BGModel
 
-    def __init__(self, *, template: Template | str | None = None, strategy: Any = "l2bg",
-                 delta: float | None = None, deltas: Sequence[float] | None = None,
-                 grow_rule: str | None = None, bind_rule: str | None = None,
-                 similarity: str | None = None, train: TrainConfig | None = None,
-                 epochs: int | None = None, lr: float | None = None,
-                 batch_size: int | None = None, shared_lr_scale: float | None = None,
-                 seed: int = 0, rsa_samples: int | None = None, rsa_backend: str = "auto",
-                 valid_stream: Any = None, valid_fraction: float = VALID_FRACTION,
-                 cache_dir: str | None = None, device: str | torch.device = "cpu",
-                 eval_mb_size: int = 1024, plugins: Sequence[Any] | None = None,
-                 evaluator: Any = default_evaluator, eval_every: int = -1,
-                 l2bg_plugins: Sequence[Plugin] = (), **kwargs: Any) -> None:
-        settings = Settings(benchmark=BENCHMARK, seed=seed, epochs=epochs, lr=lr,
-                            batch_size=batch_size, shared_lr_scale=shared_lr_scale,
-                            rsa_samples=rsa_samples, device=str(device), cache_dir=cache_dir,
-                            grow_rule=grow_rule, bind_rule=bind_rule, similarity=similarity)
-        self.run_config = RunConfig(settings, strategy, delta,
-                                    None if deltas is None else list(deltas))
-        self.l2bg_strategy = self.run_config.check(benchmark=False)
-        if not (isinstance(valid_fraction, float | int) and 0 < valid_fraction < 1
-                and math.isfinite(valid_fraction)):
-            raise ParamError(f"{{valid_fraction}} must be in (0, 1), got {valid_fraction!r}",
-                             "valid_fraction")
-        if template is not None and not isinstance(template, Template) and template not in (
-                "mlp", "convnet"):
-            raise ParamError(f"{{template}} must be an l2bg Template, 'mlp', 'convnet' or None, "
-                             f"got {template!r}", "template")
-        self.template_spec = template
-        self.train_given = train
-        self.seed = seed
-        self.rsa_samples = rsa_samples
-        self.rsa_backend = rsa_backend
-        self.valid_stream = valid_stream
-        self.valid_fraction = float(valid_fraction)
-        self.cache_dir = cache_dir
-        self.l2bg_plugins = list(l2bg_plugins)
-        model = (L2BGModel(template) if isinstance(template, Template) else _Unsized())
-        config = self._config(template if isinstance(template, Template) else None)
-        super().__init__(model=model, optimizer=None, train_mb_size=config.batch_size,
-                         train_epochs=config.epochs, eval_mb_size=eval_mb_size, device=device,
-                         plugins=plugins, evaluator=evaluator, eval_every=eval_every, **kwargs)
-        #: the l2bg tasks learned so far (validation and test data; training data dropped)
-        self.l2bg_tasks: list[Any] = []
-        #: their task records, and the conflict scores computed for each position
-        self.l2bg_records: list[TaskRecord] = []
-        self.l2bg_scores: dict[int, dict] = {}
-        #: the run record after the last experience (results.json's, without ``config``)
-        self.record: RunRecord | None = None
+    class L2BGStrategy(SupervisedTemplate):
+        """Learn to Bind and Grow on a task-incremental Avalanche stream.
 
-    # ------------------------------------------------------------------ set-up
-    def _config(self, template: Template | None) -> TrainConfig:
-        """The training recipe: ``train`` (or the template's defaults) with the overrides."""
-        s = self.run_config.settings
-        overrides = {"epochs": s.epochs, "lr": s.lr, "batch_size": s.batch_size,
-                     "shared_lr_scale": s.shared_lr_scale, "seed": s.seed}
-        if self.train_given is not None:
-            return self.train_given.replace(**overrides)
-        name = template.name if template is not None and template.name in DEFAULTS else "mlp"
-        return default_config(name, **overrides)
+        ``strategy`` (an l2bg strategy name or object), ``delta`` or ``deltas`` (one per task
+        after the first), ``grow_rule``, ``bind_rule`` and ``similarity`` are l2bg's, checked
+        as ``l2bg run`` checks them (:class:`l2bg.learn.runconfig.RunConfig`; errors name the
+        parameter). ``template``: an l2bg :class:`~l2bg.net.templates.Template`, ``"mlp"``
+        (per-task heads) or ``"convnet"``, or None (mlp for flat inputs, convnet for square
+        images), sized by the first experience. ``train``: the training recipe (default: the
+        template's, with ``epochs``, ``lr``, ``batch_size``, ``shared_lr_scale`` as overrides).
+        ``valid_stream``: the experiences (matched by task label) whose data validates each task
+        (the conflict scores' inputs); without it a seeded ``valid_fraction`` of the training
+        data. ``cache_dir``: keep the independent nets on disk there (default: in memory, dropped
+        after each experience). The rest is Avalanche's (``device``, ``plugins``, ``evaluator``,
+        ``eval_every``, ``eval_mb_size``)."""
 
-    def _template(self, shape: tuple[int, ...]) -> Template:
-        """The template of the first experience's inputs (``template`` as given, sized)."""
-        spec = self.template_spec
-        if isinstance(spec, Template):
-            return spec
-        if spec == "mlp" or (spec is None and len(shape) != 3):
-            return mlp(input_dim=math.prod(shape), shared_head=False)
-        if len(shape) != 3 or shape[1] != shape[2]:
-            raise ParamError(f"{{template}} convnet needs square (C, H, W) images, got {shape}; "
-                             "give an l2bg Template", "template")
-        return convnet(in_channels=shape[0], image_size=shape[1])
+        def __init__(self, *, template: Template | str | None = None, strategy: Any = "l2bg",
+                     delta: float | None = None, deltas: Sequence[float] | None = None,
+                     grow_rule: str | None = None, bind_rule: str | None = None,
+                     similarity: str | None = None, train: TrainConfig | None = None,
+                     epochs: int | None = None, lr: float | None = None,
+                     batch_size: int | None = None, shared_lr_scale: float | None = None,
+                     seed: int = 0, rsa_samples: int | None = None, rsa_backend: str = "auto",
+                     valid_stream: Any = None, valid_fraction: float = VALID_FRACTION,
+                     cache_dir: str | None = None, device: str | torch.device = "cpu",
+                     eval_mb_size: int = 1024, plugins: Sequence[Any] | None = None,
+                     evaluator: Any = default_evaluator, eval_every: int = -1,
+                     l2bg_plugins: Sequence[Plugin] = (), **kwargs: Any) -> None:
+            settings = Settings(benchmark=BENCHMARK, seed=seed, epochs=epochs, lr=lr,
+                                batch_size=batch_size, shared_lr_scale=shared_lr_scale,
+                                rsa_samples=rsa_samples, device=str(device), cache_dir=cache_dir,
+                                grow_rule=grow_rule, bind_rule=bind_rule, similarity=similarity)
+            self.run_config = RunConfig(settings, strategy, delta,
+                                        None if deltas is None else list(deltas))
+            self.l2bg_strategy = self.run_config.check(benchmark=False)
+            if not (isinstance(valid_fraction, float | int) and 0 < valid_fraction < 1
+                    and math.isfinite(valid_fraction)):
+                raise ParamError(f"{{valid_fraction}} must be in (0, 1), got {valid_fraction!r}",
+                                 "valid_fraction")
+            if template is not None and not isinstance(template, Template) and template not in (
+                    "mlp", "convnet"):
+                raise ParamError(f"{{template}} must be an l2bg Template, 'mlp', 'convnet' or "
+                                 f"None, got {template!r}", "template")
+            self.template_spec = template
+            self.train_given = train
+            self.seed = seed
+            self.rsa_samples = rsa_samples
+            self.rsa_backend = rsa_backend
+            self.valid_stream = valid_stream
+            self.valid_fraction = float(valid_fraction)
+            self.cache_dir = cache_dir
+            self.l2bg_plugins = list(l2bg_plugins)
+            model = (L2BGModel(template) if isinstance(template, Template) else _Unsized())
+            config = self._config(template if isinstance(template, Template) else None)
+            super().__init__(model=model, optimizer=None, train_mb_size=config.batch_size,
+                             train_epochs=config.epochs, eval_mb_size=eval_mb_size, device=device,
+                             plugins=plugins, evaluator=evaluator, eval_every=eval_every, **kwargs)
+            #: the l2bg tasks learned so far (validation and test data; training data dropped)
+            self.l2bg_tasks: list[Any] = []
+            #: their task records, and the conflict scores computed for each position
+            self.l2bg_records: list[TaskRecord] = []
+            self.l2bg_scores: dict[int, dict] = {}
+            #: the run record after the last experience (results.json's, without ``config``)
+            self.record: RunRecord | None = None
 
-    def _grow_steps(self, num_tasks: int) -> list[Any]:
-        deltas = self.run_config.deltas
-        if deltas is not None and num_tasks - 1 > len(deltas):
-            raise ParamError(f"{{deltas}} has {len(deltas)} values, for {len(deltas) + 1} "
-                             f"tasks; experience {num_tasks} needs one more", "deltas")
-        return grow_steps(num_tasks, self.run_config.delta,
-                          None if deltas is None else deltas[:num_tasks - 1])
+        # ------------------------------------------------------------------ set-up
+        def _config(self, template: Template | None) -> TrainConfig:
+            """The training recipe: ``train`` (or the template's defaults) with the overrides."""
+            s = self.run_config.settings
+            overrides = {"epochs": s.epochs, "lr": s.lr, "batch_size": s.batch_size,
+                         "shared_lr_scale": s.shared_lr_scale, "seed": s.seed}
+            if self.train_given is not None:
+                return self.train_given.replace(**overrides)
+            name = template.name if template is not None and template.name in DEFAULTS else "mlp"
+            return default_config(name, **overrides)
 
-    def _cache(self) -> IndependentCache:
-        return open_cache(False) if self.cache_dir is None else open_cache(None, self.cache_dir)
+        def _template(self, shape: tuple[int, ...]) -> Template:
+            """The template of the first experience's inputs (``template`` as given, sized)."""
+            spec = self.template_spec
+            if isinstance(spec, Template):
+                return spec
+            if spec == "mlp" or (spec is None and len(shape) != 3):
+                return mlp(input_dim=math.prod(shape), shared_head=False)
+            if len(shape) != 3 or shape[1] != shape[2]:
+                raise ParamError(f"{{template}} convnet needs square (C, H, W) images, got "
+                                 f"{shape}; give an l2bg Template", "template")
+            return convnet(in_channels=shape[0], image_size=shape[1])
 
-    def __getstate__(self) -> dict[str, Any]:
-        """Pickled (Avalanche's checkpoints) without the optimiser, which is rebuilt from the
-        JointNet when loaded: it holds no state between experiences (l2bg's ``fit`` starts
-        every task with a fresh one), and dill cannot pickle torch 2.14's optimiser classes."""
-        state = dict(self.__dict__)
-        state["optimizer"] = None
-        return state
+        def _grow_steps(self, num_tasks: int) -> list[Any]:
+            deltas = self.run_config.deltas
+            if deltas is not None and num_tasks - 1 > len(deltas):
+                raise ParamError(f"{{deltas}} has {len(deltas)} values, for {len(deltas) + 1} "
+                                 f"tasks; experience {num_tasks} needs one more", "deltas")
+            return grow_steps(num_tasks, self.run_config.delta,
+                              None if deltas is None else deltas[:num_tasks - 1])
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self.make_optimizer()
+        def _cache(self) -> IndependentCache:
+            return open_cache(False) if self.cache_dir is None else open_cache(None, self.cache_dir)
 
-    # ------------------------------------------------------------------ Avalanche's hooks
-    def check_model_and_optimizer(self, **kwargs: Any) -> None:
-        """Avalanche's model adaptation (it never grows the JointNet); the optimiser is rebuilt
-        after the experience is learned (:meth:`make_optimizer`)."""
-        if isinstance(self.model, L2BGModel):
-            self.model = self.model_adaptation()
+        def __getstate__(self) -> dict[str, Any]:
+            """Pickled (Avalanche's checkpoints) without the optimiser, which is rebuilt from the
+            JointNet when loaded: it holds no state between experiences (l2bg's ``fit`` starts
+            every task with a fresh one), and dill cannot pickle torch 2.14's optimiser classes."""
+            state = dict(self.__dict__)
+            state["optimizer"] = None
+            return state
 
-    def make_optimizer(self, **kwargs: Any) -> None:
-        """The optimiser rebuilt after growth: l2bg's recipe over the newest task's parameter
-        groups (its own nodes at lr, the nodes it is bound to at lr · shared_lr_scale)."""
-        net = self.model.net if isinstance(self.model, L2BGModel) else None
-        if net is None or not net.tasks:
-            self.optimizer = None
-            return
-        config = self._config(net.template)
-        groups = net.param_groups(net.tasks[-1], config.lr, config.shared_lr_scale)
-        self.optimizer = make_optimizer(groups, config) if groups else None
+        def __setstate__(self, state: dict[str, Any]) -> None:
+            self.__dict__.update(state)
+            self.make_optimizer()
 
-    def _train_exp(self, experience: Any, eval_streams: Any = None, **kwargs: Any) -> None:
-        """Learn the experience's task with l2bg (see the module); only while training."""
-        if not self.is_training:
-            raise L2BGError("L2BGStrategy grows only while training; call train(experience)")
-        self.learn_experience(experience)
+        # ------------------------------------------------------------------ Avalanche's hooks
+        def check_model_and_optimizer(self, **kwargs: Any) -> None:
+            """Avalanche's model adaptation (it never grows the JointNet); the optimiser is rebuilt
+            after the experience is learned (:meth:`make_optimizer`)."""
+            if isinstance(self.model, L2BGModel):
+                self.model = self.model_adaptation()
 
-    def learn_experience(self, experience: Any) -> RunRecord:
-        """Bind, grow and train the JointNet for ``experience`` (a new task label)."""
-        label = task_label_of(experience)
-        model = self.model if isinstance(self.model, L2BGModel) else None
-        if model is not None and label in model.task_names:
-            raise L2BGError(f"task label {label} was learned already (as "
-                            f"{model.task_names[label]}); L2BGStrategy learns each task once: "
-                            "give every experience its own task label")
-        name = f"task{label}"
-        dataset = self.adapted_dataset if self.adapted_dataset is not None else (
-            experience.dataset.train())
-        x, y = dataset_tensors(dataset, f"task {name} (train)")
-        if model is None:
-            model = L2BGModel(self._template(tuple(x.shape[1:])))
-            model.max_class_label = getattr(self.model, "max_class_label", 0)
-            model.train()
-        x = model.inputs(x)
-        valid = self._valid(label, name, model)
-        task = make_task(name, (x, y), valid, None, seed=self.seed,
-                         valid_fraction=self.valid_fraction)
-        tasks = [*self.l2bg_tasks, task]
-        learned = _Learned(self.l2bg_records, self.l2bg_scores, model.net, len(tasks))
-        learner = Learner(tasks, model.template, self._config(model.template),
-                          benchmark=BENCHMARK, seed=self.seed, device=self.device,
-                          cache=self._cache(), rsa_samples=self.rsa_samples,
-                          rsa_backend=self.rsa_backend, quiet=True,
-                          plugins=[learned, *self.l2bg_plugins])
-        result = learner.run(self.l2bg_strategy, sequence=self._grow_steps(len(tasks)))
-        model.learned(label, name, task.classes, result.net.to(self.device))
-        self.model = model.to(self.device)
-        self.l2bg_records = list(result.records)
-        self.l2bg_tasks = [*self.l2bg_tasks, _spent(task)]
-        self.record = result.record
-        self.make_optimizer()
-        return result.record
+        def make_optimizer(self, **kwargs: Any) -> None:
+            """The optimiser rebuilt after growth: l2bg's recipe over the newest task's parameter
+            groups (its own nodes at lr, the nodes it is bound to at lr · shared_lr_scale)."""
+            net = self.model.net if isinstance(self.model, L2BGModel) else None
+            if net is None or not net.tasks:
+                self.optimizer = None
+                return
+            config = self._config(net.template)
+            groups = net.param_groups(net.tasks[-1], config.lr, config.shared_lr_scale)
+            self.optimizer = make_optimizer(groups, config) if groups else None
 
-    def _valid(self, label: int, name: str, model: L2BGModel) -> Any:
-        """(x, y) of the valid_stream's experience of ``label``, or None."""
-        if self.valid_stream is None:
-            return None
-        for exp in self.valid_stream:
-            if task_label_of(exp) == label:
-                x, y = dataset_tensors(exp.dataset.eval(), f"task {name} (valid)")
-                return model.inputs(x), y
-        raise L2BGError(f"valid_stream has no experience of task label {label}; give one per "
-                        "task, or leave valid_stream out to validate on part of the training "
-                        "data")
+        def _train_exp(self, experience: Any, eval_streams: Any = None, **kwargs: Any) -> None:
+            """Learn the experience's task with l2bg (see the module); only while training."""
+            if not self.is_training:
+                raise L2BGError("L2BGStrategy grows only while training; call train(experience)")
+            self.learn_experience(experience)
+
+        def learn_experience(self, experience: Any) -> RunRecord:
+            """Bind, grow and train the JointNet for ``experience`` (a new task label)."""
+            label = task_label_of(experience)
+            model = self.model if isinstance(self.model, L2BGModel) else None
+            if model is not None and label in model.task_names:
+                raise L2BGError(f"task label {label} was learned already (as "
+                                f"{model.task_names[label]}); L2BGStrategy learns each task once: "
+                                "give every experience its own task label")
+            name = f"task{label}"
+            dataset = self.adapted_dataset if self.adapted_dataset is not None else (
+                experience.dataset.train())
+            x, y = dataset_tensors(dataset, f"task {name} (train)")
+            if model is None:
+                model = L2BGModel(self._template(tuple(x.shape[1:])))
+                model.max_class_label = getattr(self.model, "max_class_label", 0)
+                model.train()
+            x = model.inputs(x)
+            valid = self._valid(label, name, model)
+            task = make_task(name, (x, y), valid, None, seed=self.seed,
+                             valid_fraction=self.valid_fraction)
+            tasks = [*self.l2bg_tasks, task]
+            learned = _Learned(self.l2bg_records, self.l2bg_scores, model.net, len(tasks))
+            learner = Learner(tasks, model.template, self._config(model.template),
+                              benchmark=BENCHMARK, seed=self.seed, device=self.device,
+                              cache=self._cache(), rsa_samples=self.rsa_samples,
+                              rsa_backend=self.rsa_backend, quiet=True,
+                              plugins=[learned, *self.l2bg_plugins])
+            result = learner.run(self.l2bg_strategy, sequence=self._grow_steps(len(tasks)))
+            model.learned(label, name, task.classes, result.net.to(self.device))
+            self.model = model.to(self.device)
+            self.l2bg_records = list(result.records)
+            self.l2bg_tasks = [*self.l2bg_tasks, _spent(task)]
+            self.record = result.record
+            self.make_optimizer()
+            return result.record
+
+        def _valid(self, label: int, name: str, model: L2BGModel) -> Any:
+            """(x, y) of the valid_stream's experience of ``label``, or None."""
+            if self.valid_stream is None:
+                return None
+            for exp in self.valid_stream:
+                if task_label_of(exp) == label:
+                    x, y = dataset_tensors(exp.dataset.eval(), f"task {name} (valid)")
+                    return model.inputs(x), y
+            raise L2BGError(f"valid_stream has no experience of task label {label}; give one per "
+                            "task, or leave valid_stream out to validate on part of the training "
+                            "data")
+
+    return L2BGStrategy
+
+
+__getattr__ = lazy_classes(globals(), {"L2BGStrategy": _build_strategy})
 
 
 class _Unsized(torch.nn.Module):

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from l2bg.base.errors import L2BGError
-from l2bg.net.overlay import (  # noqa: F401  (is_bn: JointNet reads it here)
+from l2bg.net.overlay import (
     MODES,
     Adapter,
     Chain,
@@ -21,7 +21,6 @@ from l2bg.net.overlay import (  # noqa: F401  (is_bn: JointNet reads it here)
     adapter_rank,
     bn_paths,
     chain_of,
-    is_bn,
     materialize,
 )
 from l2bg.net.units import channel_groups
@@ -70,10 +69,6 @@ def slot_module(net: JointNet, task: str, slot: int) -> tuple[str, nn.Module]:
         cache[vid] = SlotView(net.nodes[node], stack_of(net, task, slot),
                               chain_of(net.nodes[node]))
     return vid, cache[vid]
-
-
-def route_of(net: JointNet, task: str, slot: int) -> str:
-    return net._routes[task][slot]
 
 
 def own_overlay(net: JointNet, task: str, slot: int) -> Overlay:
@@ -179,7 +174,7 @@ def grow(net: JointNet, task: str, slots: Iterable[int | str], init: str,
             for a, b in ranges:
                 adapter_rank(chain.main_layer(prototype(net, s)), chain.kind, b - a, rank,
                              0 if net.task_bn else len(chain.bn))
-        if mode == "adapt" and net._node_owner[route_of(net, task, s)] == task:
+        if mode == "adapt" and net._node_owner[net._routes[task][s]] == task:
             raise L2BGError(f"grow: task {task!r} owns its node at slot {name!r}; an adapter "
                             "goes on a node it shares")
     route = net._routes[task]

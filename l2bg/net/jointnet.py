@@ -27,6 +27,7 @@ from l2bg.base.errors import L2BGError, ParamError, one_line
 from l2bg.base.fileio import atomic_write, write_json
 from l2bg.net import growth
 from l2bg.net.graph import GraphView
+from l2bg.net.overlay import is_bn
 from l2bg.net.templates import Template
 from l2bg.net.topology import (
     _TASK_NAME,
@@ -278,7 +279,7 @@ class JointNet(nn.Module):
             skip = set()
             if bn:  # the last batch norms of the stack replace the node's and earlier ones
                 skip = {id(p) for m in [*self.nodes[n].modules(), *(o.bn for o in bn[:-1])]
-                        if growth.is_bn(m) or isinstance(m, nn.ModuleDict) for p in m.parameters()}
+                        if is_bn(m) or isinstance(m, nn.ModuleDict) for p in m.parameters()}
             for m in [self.nodes[n], *stack]:
                 out.update((id(p), p) for p in m.parameters() if id(p) not in skip)
         if self.template.per_task_heads:

@@ -10,7 +10,10 @@ tasks' samples the template's ``input_shape``:
   smaller by at most a quarter of the side (MNIST's 28 to 32), else by bilinear resizing
   (antialiased when shrinking; MNIST's 28 to 64, the 8×8 digits to 32).
 
-Inputs already of the template's shape are passed through untouched (the same tensors).
+Inputs already of the template's shape are passed through untouched (the same tensors). A task
+with a ``train_transform`` (its stored training samples larger, e.g. 72×72 for random 64 crops)
+keeps its stored samples; its transform is composed with the fit (:class:`FitAfter`), so every
+drawn crop is brought to the template's shape exactly as the validation and test samples are.
 """
 
 from __future__ import annotations
@@ -18,15 +21,18 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from l2bg.base.errors import ParamError
+from l2bg.data.augment import BatchTransform
 from l2bg.data.tasks import Benchmark, Task
 
-__all__ = ["fit_benchmark", "fit_task", "fit_tensor"]
+__all__ = ["FitAfter", "fit_benchmark", "fit_task", "fit_tensor"]
 
 
 def _as_image(shape: tuple[int, ...]) -> tuple[int, int, int] | None:
@@ -72,12 +78,35 @@ def fit_tensor(x: Tensor, shape: Sequence[int], what: str = "inputs") -> Tensor:
     return x.contiguous()
 
 
+@dataclass(frozen=True)
+class FitAfter:
+    """A batch transform followed by :func:`fit_tensor` to ``shape``: a task's
+    ``train_transform`` on a template of another input shape."""
+
+    transform: BatchTransform
+    shape: tuple[int, ...]
+
+    def __call__(self, x: Tensor, gen: torch.Generator) -> Tensor:
+        return fit_tensor(self.transform(x, gen), self.shape, "transformed training inputs")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": "FitAfter", "transform": self.transform.to_dict(),
+                "shape": list(self.shape)}
+
+
 def fit_task(task: Task, shape: Sequence[int]) -> Task:
-    """``task`` with the samples of every split brought to ``shape``."""
-    if tuple(task.input_shape) == tuple(int(d) for d in shape):
+    """``task`` with the samples of every split brought to ``shape`` (with a
+    ``train_transform``: x_val and x_test, and the transform composed with the fit)."""
+    shape = tuple(int(d) for d in shape)
+    if tuple(task.input_shape) == shape:
         return task
-    moved = {f"x_{s}": fit_tensor(getattr(task, f"x_{s}"), shape, f"task {task.name}'s inputs")
-             for s in ("train", "val", "test")}
+    what = f"task {task.name}'s inputs"
+    moved: dict[str, Any] = {f"x_{s}": fit_tensor(getattr(task, f"x_{s}"), shape, what)
+                             for s in ("val", "test")}
+    if task.train_transform is None:
+        moved["x_train"] = fit_tensor(task.x_train, shape, what)
+    else:
+        moved["train_transform"] = FitAfter(task.train_transform, shape)
     return dataclasses.replace(task, **moved)
 
 
@@ -87,8 +116,13 @@ def fit_benchmark(bench: Benchmark, shape: Sequence[int] | None) -> Benchmark:
     if shape is None or all(tuple(t.input_shape) == tuple(shape) for t in bench.tasks):
         return bench
     tasks = [fit_task(t, shape) for t in bench.tasks]
-    source: dict[str, Any] = {**bench.source, "input_fit": {
+    fit: dict[str, Any] = {
         "from": list(bench.tasks[0].input_shape), "to": [int(d) for d in shape],
         "how": "l2bg.data.fit: flatten; or flat s*s -> 1xsxs, channel replication, centred "
-               "zero padding up to a quarter of the side, else bilinear resizing"}}
+               "zero padding up to a quarter of the side, else bilinear resizing"}
+    composed = {t.name: t.train_transform.to_dict() for t in tasks
+                if t.train_transform is not None}
+    if composed:
+        fit["train_transforms"] = composed  # each drawn training batch is fitted after it
+    source: dict[str, Any] = {**bench.source, "input_fit": fit}
     return dataclasses.replace(bench, tasks=tasks, source=source)

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from l2bg.base.errors import L2BGError
+from l2bg.data.augment import BatchTransform, describe
 
 __all__ = ["Benchmark", "DataSplits", "Task", "task_fingerprint"]
 
@@ -30,7 +31,10 @@ class Task:
     ``x`` is float32 (MNIST: ``(N, 784)`` in [0, 1]; CIFAR: ``(N, 3, 32, 32)`` normalised per
     channel), ``y`` int64 in ``0..num_classes-1``. ``classes`` gives the original class id of each
     local label; ``permutation`` is the pixel permutation of a pmnist task
-    (``x_task = x_original[:, permutation]``), else None.
+    (``x_task = x_original[:, permutation]``), else None. ``train_transform`` (a
+    :class:`l2bg.data.augment.BatchTransform`, e.g. a random crop) maps a mini-batch of the
+    stored ``x_train`` samples, which may then be larger, to samples of x_val's shape; training
+    applies it afresh to every mini-batch. Without one, every split has the same sample shape.
     """
 
     name: str
@@ -43,14 +47,16 @@ class Task:
     num_classes: int
     classes: tuple[int, ...] = ()
     permutation: Tensor | None = field(default=None, repr=False)
+    train_transform: BatchTransform | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         _check_task(self)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        """Shape of one input sample (``x_train.shape[1:]``)."""
-        return tuple(self.x_train.shape[1:])
+        """Shape of one model input sample (``x_val.shape[1:]``: x_train's, or its shape after
+        ``train_transform``)."""
+        return tuple(self.x_val.shape[1:])
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -133,17 +139,47 @@ def _check_task(task: Task) -> None:
         if x.shape[0] != y.shape[0]:
             raise L2BGError(f"task {task.name}: x_{split} has {x.shape[0]} samples but y_{split} "
                             f"has {y.shape[0]}; give one label per sample")
-        if shape is None:
-            shape = tuple(x.shape[1:])
-        elif tuple(x.shape[1:]) != shape:
+        if split == "train" and task.train_transform is not None:
+            pass  # its samples are checked after the transform, below
+        elif shape is None:
+            shape = (split, tuple(x.shape[1:]))
+        elif tuple(x.shape[1:]) != shape[1]:
             raise L2BGError(f"task {task.name}: x_{split} samples have shape "
-                            f"{tuple(x.shape[1:])}, x_train {shape}; all splits must match")
+                            f"{tuple(x.shape[1:])}, x_{shape[0]} {shape[1]}; all splits must "
+                            "match")
         if y.numel() == 0:
             raise L2BGError(f"task {task.name}: its {split} split has no samples; give the "
                             "data set more samples of this task's classes")
         if int(y.min()) < 0 or int(y.max()) >= task.num_classes:
             raise L2BGError(f"task {task.name}: y_{split} has labels outside "
                             f"0..{task.num_classes - 1}; relabel the classes")
+    if task.train_transform is not None:
+        _check_transform(task, shape[1])
+
+
+def _check_transform(task: Task, shape: tuple[int, ...]) -> None:
+    """``train_transform`` maps two stored training samples (a seeded draw) to float32 samples
+    of the val/test shape."""
+    t = task.train_transform
+    if not callable(t) or not callable(getattr(t, "to_dict", None)):
+        raise L2BGError(f"task {task.name}: train_transform {type(t).__name__} must be a "
+                        "callable (x, gen) with to_dict(); use l2bg.data.augment.RandomCropFlip "
+                        "or write one like it")
+    try:
+        out = t(task.x_train[:2], torch.Generator().manual_seed(0))
+    except L2BGError:
+        raise
+    except Exception as exc:
+        raise L2BGError(f"task {task.name}: train_transform {describe(t)} fails on x_train[:2] "
+                        f"({type(exc).__name__}: {exc}); store x_train as the transform "
+                        "expects") from exc
+    want = (min(2, task.x_train.shape[0]), *shape)
+    if not isinstance(out, Tensor) or out.dtype != torch.float32 or tuple(out.shape) != want:
+        got = (f"{out.dtype} {tuple(out.shape)}" if isinstance(out, Tensor)
+               else type(out).__name__)
+        raise L2BGError(f"task {task.name}: train_transform {describe(t)} maps x_train[:2] to "
+                        f"{got}, not float32 {want} (x_val's samples); store x_train so that "
+                        "the transform yields x_val's shape")
 
 
 
@@ -151,7 +187,8 @@ def task_fingerprint(task: Task) -> str:
     """Short stable hex digest (16 chars of sha1) of a task's six tensors and ``num_classes``.
 
     Covers dtype, shape and raw bytes of each tensor in a fixed order, so equal tasks built in
-    different processes share a cache key and any one-element change gives a different key.
+    different processes share a cache key and any one-element change gives a different key; a
+    ``train_transform`` adds its description (a task without one keys as it always did).
     """
     h = hashlib.sha1()
     h.update(f"l2bg-task-v1;num_classes={task.num_classes};".encode())
@@ -160,4 +197,6 @@ def task_fingerprint(task: Task) -> str:
             t = getattr(task, f"{kind}_{split}").detach().cpu().contiguous()
             h.update(f"{kind}_{split};{t.dtype};{tuple(t.shape)};".encode())
             h.update(memoryview(t.view(-1).view(torch.uint8).numpy()))
+    if task.train_transform is not None:
+        h.update(f"train_transform;{describe(task.train_transform)};".encode())
     return h.hexdigest()[:16]

@@ -105,7 +105,8 @@ class IndependentCache:
         net.add_task(task.name, task.num_classes)
         net.to(device)
         start = time.perf_counter()
-        fit(net, task.name, task.x_train, task.y_train, cfg, progress)
+        fit(net, task.name, task.x_train, task.y_train, cfg, progress,
+            transform=task.train_transform)
         train_s = time.perf_counter() - start
         result = IndependentNet(
             net=net, task=task.name, val_acc=accuracy(net, task.name, task.x_val, task.y_val),

@@ -11,6 +11,8 @@ from torch import Tensor, nn
 
 from l2bg.base import crashpoints as faults
 from l2bg.base.errors import L2BGError, ParamError
+from l2bg.data.augment import BatchTransform
+from l2bg.data.splits import seeded_generator
 from l2bg.net.jointnet import JointNet
 
 
@@ -92,10 +94,12 @@ def make_optimizer(groups: list[dict[str, Any]], config: TrainConfig) -> torch.o
 
 
 def fit(net: JointNet, task: str, x: Tensor, y: Tensor, config: TrainConfig,
-        progress: Any = None) -> list[float]:
+        progress: Any = None, *, transform: BatchTransform | None = None) -> list[float]:
     """Train ``task``'s task-net on (x, y) for ``config.epochs`` epochs; returns the mean loss of
     each epoch. Only the task's own nodes (at lr) and, unless the scale is 0, the nodes it is bound
-    to (at lr · shared_lr_scale) change; the last epoch's weights are kept."""
+    to (at lr · shared_lr_scale) change; the last epoch's weights are kept. ``transform`` (a
+    task's ``train_transform``) maps every mini-batch ``x[idx]`` afresh, drawing from its own
+    generator seeded from ``config.seed``, so the batch order is the same with or without it."""
     groups = net.param_groups(task, config.lr, config.shared_lr_scale)
     if not groups:
         raise ParamError(f"nothing to train for task {task!r}: every layer is bound and "
@@ -107,6 +111,7 @@ def fit(net: JointNet, task: str, x: Tensor, y: Tensor, config: TrainConfig,
     device = groups[0]["params"][0].device
     x, y = x.to(device), y.to(device)
     gen = torch.Generator(device="cpu").manual_seed(config.seed)
+    aug_gen = seeded_generator(config.seed, "train-transform")
     loss_fn = nn.CrossEntropyLoss()
     n = x.shape[0]
     history = []
@@ -120,7 +125,8 @@ def fit(net: JointNet, task: str, x: Tensor, y: Tensor, config: TrainConfig,
             total = torch.zeros((), device=device)
             for start in range(0, n, config.batch_size):
                 idx = order[start:start + config.batch_size]
-                loss = loss_fn(net(x[idx], task), y[idx])
+                xb = x[idx] if transform is None else transform(x[idx], aug_gen)
+                loss = loss_fn(net(xb, task), y[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

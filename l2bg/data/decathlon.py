@@ -6,11 +6,14 @@
 per domain: a domain's classes are its categories sorted by id, so any offset works. The official
 test labels are stripped, so ``val`` is the test split and a seeded, stratified part of ``train``
 is the validation split. Images are read with Pillow (the ``data`` extra), as RGB, and brought to
-64×64 for one template, after the residual-adapters recipe: the shorter side resized to 72 px,
-then a random 64 crop with a horizontal flip for training (drawn once per image from the seed
-when the data are built) and a center 64 crop for evaluation; gtsrb, omniglot and svhn get the
-center crop and no flip on every split. Each domain is normalised per channel with the mean/std
-of its own training split.
+64×64 for one template, after the residual-adapters recipe: the shorter side resized to 72 px;
+evaluation images (validation and test) are the center 64 crop. Training images of the augmenting
+domains are stored as the central 72×72 and get a random 64 crop with a horizontal flip drawn per
+sample every time a mini-batch is drawn (every epoch): the task's ``train_transform``,
+:class:`l2bg.data.augment.RandomCropFlip`. gtsrb, omniglot and svhn get the center 64 crop and
+no flip on every split (no transform). Each domain is normalised per channel with the mean/std of
+its own training split, taken over the central 64×64 of each training image (the pixels the
+evaluation crops see; the 72×72 store is normalised with the same numbers).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch
 from torch import Tensor
 
 from l2bg.base.errors import L2BGError, ParamError
+from l2bg.data.augment import RandomCropFlip
 from l2bg.data.sources import _as_root, _is_file, _read_bytes
 from l2bg.data.splits import seeded_generator, stratified_split
 from l2bg.data.tasks import Task
@@ -145,26 +149,23 @@ def _load_image(root: Path, name: str, ann: Path) -> Any:
     return img.resize(size, Image.BILINEAR)
 
 
-def _crop(img: Any, train: bool, gen: torch.Generator) -> np.ndarray:
-    """A 64×64 crop (random with a flip when ``train``, else centred) as uint8 (3, 64, 64)."""
+def _crop(img: Any, size: int) -> np.ndarray:
+    """The centred ``size``×``size`` crop of an image as uint8 (3, size, size)."""
     arr = np.asarray(img, dtype=np.uint8)
     h, w = arr.shape[:2]
-    if train:
-        top = int(torch.randint(h - IMAGE_SIZE + 1, (1,), generator=gen))
-        left = int(torch.randint(w - IMAGE_SIZE + 1, (1,), generator=gen))
-        flip = bool(torch.randint(2, (1,), generator=gen))
-    else:
-        top, left, flip = (h - IMAGE_SIZE) // 2, (w - IMAGE_SIZE) // 2, False
-    out = arr[top:top + IMAGE_SIZE, left:left + IMAGE_SIZE]
-    if flip:
-        out = out[:, ::-1]
-    return np.ascontiguousarray(out.transpose(2, 0, 1))
+    top, left = (h - size) // 2, (w - size) // 2
+    return np.ascontiguousarray(arr[top:top + size, left:left + size].transpose(2, 0, 1))
 
 
-def _images(root: Path, names: list[str], ann: Path, train: bool, gen: torch.Generator
-            ) -> Tensor:
-    return torch.from_numpy(np.stack([_crop(_load_image(root, n, ann), train, gen)
+def _images(root: Path, names: list[str], ann: Path, size: int) -> Tensor:
+    return torch.from_numpy(np.stack([_crop(_load_image(root, n, ann), size)
                                       for n in names])) if names else torch.empty(0)
+
+
+def _centre(x: Tensor, size: int) -> Tensor:
+    """The centred ``size``×``size`` part of a batch of images (a view)."""
+    top, left = (x.shape[2] - size) // 2, (x.shape[3] - size) // 2
+    return x[:, :, top:top + size, left:left + size]
 
 
 def _domain_task(root: Path, domain: str, seed: int, max_per_class: int | None
@@ -187,13 +188,15 @@ def _domain_task(root: Path, domain: str, seed: int, max_per_class: int | None
     y_all, y_te = y_all[keep_tr], y_te[keep_te]
     tr, va = stratified_split(y_all, (VAL_FRACTION,), seeded_generator(seed, f"vdd-{domain}"))
     augment = domain not in CENTER_ONLY
-    gen = seeded_generator(seed, f"vdd-{domain}-crops")
-    x_tr = _images(root, [names_tr[int(keep_tr[i])] for i in tr], paths["train"], augment, gen)
-    x_va = _images(root, [names_tr[int(keep_tr[i])] for i in va], paths["train"], False, gen)
-    x_te = _images(root, [names_te[int(i)] for i in keep_te], paths["val"], False, gen)
+    transform = RandomCropFlip(IMAGE_SIZE, flip=True) if augment else None
+    x_tr = _images(root, [names_tr[int(keep_tr[i])] for i in tr], paths["train"],
+                   RESIZE if augment else IMAGE_SIZE)
+    x_va = _images(root, [names_tr[int(keep_tr[i])] for i in va], paths["train"], IMAGE_SIZE)
+    x_te = _images(root, [names_te[int(i)] for i in keep_te], paths["val"], IMAGE_SIZE)
     x_trf = x_tr.float().div_(255.0)
-    mean = x_trf.double().mean(dim=(0, 2, 3))
-    std = x_trf.double().std(dim=(0, 2, 3), unbiased=False).clamp_min(1e-8)
+    seen = _centre(x_trf, IMAGE_SIZE).double()
+    mean = seen.mean(dim=(0, 2, 3))
+    std = seen.std(dim=(0, 2, 3), unbiased=False).clamp_min(1e-8)
     m, s = mean.float().view(1, 3, 1, 1), std.float().view(1, 3, 1, 1)
 
     def norm(u8: Tensor) -> Tensor:
@@ -201,12 +204,16 @@ def _domain_task(root: Path, domain: str, seed: int, max_per_class: int | None
 
     task = Task(domain, x_trf.sub_(m).div_(s),
                 y_all[tr], norm(x_va), y_all[va], norm(x_te), y_te,
-                num_classes=len(categories), classes=tuple(categories))
+                num_classes=len(categories), classes=tuple(categories),
+                train_transform=transform)
     info = {"domain": domain, "num_classes": len(categories),
             "category_ids": categories,
             "sizes": {"train": len(tr), "val": len(va), "test": len(y_te)},
             "mean": [float(v) for v in mean], "std": [float(v) for v in std],
-            "train_crop": "random 64 + horizontal flip" if augment else "center 64, no flip"}
+            "train_crop": (f"stored as the central {RESIZE}x{RESIZE}; random {IMAGE_SIZE} crop + "
+                           "horizontal flip drawn per sample every epoch" if augment
+                           else f"center {IMAGE_SIZE}, no flip"),
+            "train_transform": None if transform is None else transform.to_dict()}
     return task, info
 
 
@@ -246,8 +253,9 @@ def build_vdd(num_tasks: int | None, seed: int, data_root: str | Path | None,
         "class_order_seed": None,
         "notes": ("the official val split is the test split; a seeded stratified 10% of each "
                   "domain's train split is the validation split; shorter side resized to 72, "
-                  "random 64 crop + flip for training (drawn once per image), center 64 crop "
-                  "for evaluation (gtsrb, omniglot, svhn: center crop, no flip, everywhere); "
-                  "per-domain mean/std of the training split"),
+                  "training images stored as the central 72x72 with a random 64 crop + "
+                  "horizontal flip drawn per sample every epoch, center 64 crop for evaluation "
+                  "(gtsrb, omniglot, svhn: center crop, no flip, everywhere); per-domain "
+                  "mean/std over the central 64x64 of the training split's images"),
     }
     return tasks, source

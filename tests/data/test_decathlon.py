@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from l2bg.base.errors import L2BGError, ParamError
 from l2bg.data import build_benchmark
-from l2bg.data.decathlon import IMAGE_SIZE
+from l2bg.data.augment import RandomCropFlip
+from l2bg.data.decathlon import IMAGE_SIZE, RESIZE, _centre
 from l2bg.learn.metrics import decathlon_scores
 
 PIL = pytest.importorskip("PIL.Image")
@@ -65,8 +66,11 @@ def test_reads_offset_ids_and_splits(tree):
         assert t.sizes == {"train": 16, "val": 4, "test": 8}
         assert sorted(t.y_test.tolist()) == [0, 0, 1, 1, 2, 2, 3, 3]
         assert t.classes[1] - t.classes[0] == 3
-        # normalised with the training split's own statistics
-        assert torch.allclose(t.x_train.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-4)
+        # normalised with the statistics of the training images' central 64×64
+        seen = _centre(t.x_train, IMAGE_SIZE)
+        assert torch.allclose(seen.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-4)
+        assert torch.allclose(seen.std(dim=(0, 2, 3), unbiased=False), torch.ones(3),
+                              atol=1e-4)
     src = bench.source
     assert src["decathlon"] and src["split"]["test"].startswith("the official val split")
     assert build_benchmark("vdd", data_root=tree, seed=3).tasks[0].x_train.equal(
@@ -75,33 +79,36 @@ def test_reads_offset_ids_and_splits(tree):
     assert not other.x_train.equal(bench.tasks[0].x_train)
 
 
-def test_center_only_domains_have_no_random_crop(tree, monkeypatch):
-    """gtsrb's images are all centre-cropped; aircraft's training images get random crops."""
-    from l2bg.data import decathlon
-
-    calls = []
-    real = decathlon._crop
-    monkeypatch.setattr(decathlon, "_crop", lambda img, train, gen: (
-        calls.append((img.size, train)), real(img, train, gen))[1])
+def test_training_crops_are_drawn_per_batch_except_center_only_domains(tree):
+    """aircraft stores its training images as the central 72×72 with a RandomCropFlip(64) drawn
+    per mini-batch (recorded in the source); gtsrb stores center 64 crops and has no transform;
+    validation and test are center 64 crops of the same 72-px images."""
     bench = build_benchmark("vdd", data_root=tree, domains=["gtsrb", "aircraft"])
-    n_gtsrb = sum(bench.tasks[0].sizes.values())
-    assert not any(train for _, train in calls[:n_gtsrb])
-    assert sum(train for _, train in calls[n_gtsrb:]) == bench.tasks[1].sizes["train"]
-    assert all(min(size) == 72 for size, _ in calls)  # shorter side resized to 72
-    assert bench.source["per_domain"][0]["train_crop"] == "center 64, no flip"
+    gtsrb, aircraft = bench.tasks
+    assert gtsrb.train_transform is None and gtsrb.x_train.shape[1:] == (3, 64, 64)
+    assert aircraft.train_transform == RandomCropFlip(IMAGE_SIZE, flip=True)
+    assert aircraft.x_train.shape[1:] == (3, RESIZE, RESIZE)
+    assert aircraft.x_val.shape[1:] == aircraft.x_test.shape[1:] == (3, 64, 64)
+    gtsrb_info, aircraft_info = bench.source["per_domain"]
+    assert gtsrb_info["train_crop"] == "center 64, no flip" and gtsrb_info[
+        "train_transform"] is None
+    assert "drawn per sample every epoch" in aircraft_info["train_crop"]
+    assert aircraft_info["train_transform"] == RandomCropFlip(IMAGE_SIZE).to_dict()
+    assert "drawn per sample every epoch" in bench.source["notes"]
 
 
-def test_crops_are_centred_or_seeded_random():
+def test_stored_images_are_central_crops():
     from l2bg.data.decathlon import _crop
 
     img = PIL.fromarray(np.arange(72 * 90 * 3, dtype=np.uint32).reshape(72, 90, 3)
                         .astype(np.uint8))
     arr = np.asarray(img).transpose(2, 0, 1)
-    centre = _crop(img, False, torch.Generator())
+    centre = _crop(img, IMAGE_SIZE)
     assert centre.shape == (3, 64, 64) and np.array_equal(centre, arr[:, 4:68, 13:77])
-    crops = [_crop(img, True, torch.Generator().manual_seed(s)) for s in range(8)]
-    assert len({c.tobytes() for c in crops}) > 1
-    assert np.array_equal(crops[0], _crop(img, True, torch.Generator().manual_seed(0)))
+    stored = _crop(img, RESIZE)
+    assert stored.shape == (3, 72, 72) and np.array_equal(stored, arr[:, :, 9:81])
+    # the evaluation crop is the centre of the stored training image
+    assert np.array_equal(_centre(torch.from_numpy(stored)[None], IMAGE_SIZE)[0].numpy(), centre)
 
 
 def test_domains_and_max_per_class(tree):
@@ -213,6 +220,38 @@ def test_run_vdd_on_resnet26_end_to_end(tree, tmp_path, capsys):
     assert r["slots"][0] == "stem" and r["slots"][-1] == "pool" and len(r["slots"]) == 14
     assert set(r["decathlon_scores"]) == {"aircraft", "dtd", "gtsrb"}
     assert len(r["acc_matrix"]) == 3
+
+
+def test_run_vdd_draws_crops_per_batch_on_a_32_template(tree, tmp_path, capsys, monkeypatch):
+    """On resnet18 (32×32) the validation and test images are fitted to 32×32 and aircraft's
+    training batches are cropped from the stored 72×72 every epoch, then fitted (FitAfter);
+    results.json records both."""
+    from l2bg.cli import main
+
+    shapes = []
+    real = RandomCropFlip.__call__
+
+    def spy(self, x, gen):
+        shapes.append(tuple(x.shape))
+        return real(self, x, gen)
+
+    monkeypatch.setattr(RandomCropFlip, "__call__", spy)
+    out = tmp_path / "out"
+    code = main(["run", "--benchmark", "vdd", "--data-root", str(tree), "--template", "resnet18",
+                 "--domains", "aircraft", "--epochs", "2", "--max-per-class", "2",
+                 "--strategy", "independent", "--batch-size", "8", "--out", str(out),
+                 "--no-cache", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    r = json.loads((out / "results.json").read_text())
+    fit = r["config"]["data"]["input_fit"]
+    assert fit["from"] == [3, 64, 64] and fit["to"] == [3, 32, 32]
+    assert fit["train_transforms"] == {"aircraft": {
+        "name": "FitAfter", "transform": RandomCropFlip(IMAGE_SIZE).to_dict(),
+        "shape": [3, 32, 32]}}
+    assert r["config"]["data"]["per_domain"][0]["train_transform"]["name"] == "RandomCropFlip"
+    # aircraft keeps 4 training images (2 per class, one of each held out): one batch an epoch
+    assert shapes.count((4, 3, RESIZE, RESIZE)) == 2
+    assert len(r["acc_matrix"]) == 1
 
 
 def test_unknown_domain_on_the_command_line(tree, tmp_path, capsys):

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from l2bg.base.errors import L2BGError
+from l2bg.data.augment import describe
 from l2bg.data.splits import seeded_generator, stratified_split
 from l2bg.data.tasks import Benchmark, Task
 
@@ -109,12 +110,22 @@ def _streams(tasks: Sequence[Task]) -> dict[str, list[tuple[Tensor, Tensor]]]:
 
 def to_avalanche(bench: Benchmark | Sequence[Task]) -> Any:
     """An Avalanche benchmark of l2bg tasks: experience t of ``train_stream``, ``valid_stream``
-    and ``test_stream`` holds task t's splits with task label t, class ids from zero."""
-    from avalanche.benchmarks.scenarios.deprecated.generators import tensors_benchmark
-
+    and ``test_stream`` holds task t's splits with task label t, class ids from zero. A task with
+    a ``train_transform`` (augmentation drawn per mini-batch, its stored samples not model-shaped)
+    is refused: Avalanche's tensor datasets hold model-shaped samples."""
     tasks = list(bench.tasks if isinstance(bench, Benchmark) else bench)
     if not tasks:
         raise L2BGError("to_avalanche: the task stream is empty; give at least one task")
+    augmented = [t for t in tasks if t.train_transform is not None]
+    if augmented:
+        t = augmented[0]
+        raise L2BGError(f"to_avalanche: task {t.name} draws its training inputs per mini-batch "
+                        f"(train_transform {describe(t.train_transform)}), which a tensor "
+                        "benchmark cannot hold; give tasks without one, e.g. crops drawn once: "
+                        "dataclasses.replace(task, x_train=task.train_transform(task.x_train, "
+                        "torch.Generator().manual_seed(0)), train_transform=None)")
+    from avalanche.benchmarks.scenarios.deprecated.generators import tensors_benchmark
+
     s = _streams(tasks)
     return tensors_benchmark(train_tensors=s["train"], test_tensors=s["test"],
                              other_streams_tensors={"valid": s["val"]},

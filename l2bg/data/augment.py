@@ -42,7 +42,8 @@ class RandomCropFlip:
     flip drawn per sample (probability 1/2): the residual-adapters training augmentation.
 
     Draws, from ``gen`` in this order: B row offsets, B column offsets, B flip bits (only with
-    ``flip``). Vectorised: one gather by index arithmetic, no loop over samples.
+    ``flip``). Vectorised: one gather over the flattened H·W by index arithmetic (row · W +
+    column), no loop over samples.
     """
 
     size: int
@@ -69,14 +70,14 @@ class RandomCropFlip:
 
     def __call__(self, x: Tensor, gen: torch.Generator) -> Tensor:
         top, left, flips = self.draws(x, gen)
-        step = torch.arange(self.size)
-        rows = (top[:, None] + step).to(x.device)                      # (B, s)
+        b, c, h, w = x.shape
+        s = self.size
+        step = torch.arange(s)
         cols = left[:, None] + step
-        cols = torch.where(flips[:, None], cols.flip(1), cols).to(x.device)  # (B, s)
-        b, c = x.shape[:2]
-        bi = torch.arange(b, device=x.device)[:, None, None, None]
-        ci = torch.arange(c, device=x.device)[None, :, None, None]
-        return x[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]
+        cols = torch.where(flips[:, None], cols.flip(1), cols)                 # (B, s)
+        at = ((top[:, None] + step) * w)[:, :, None] + cols[:, None, :]         # (B, s, s)
+        at = at.to(x.device).view(b, 1, s * s).expand(b, c, s * s)
+        return x.reshape(b, c, h * w).gather(2, at).view(b, c, s, s)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": "RandomCropFlip", "size": self.size, "flip": self.flip,

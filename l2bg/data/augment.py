@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -22,7 +22,6 @@ from l2bg.base.errors import L2BGError
 __all__ = ["BatchTransform", "RandomCropFlip", "describe", "random_crop_flip_reference"]
 
 
-@runtime_checkable
 class BatchTransform(Protocol):
     """``transform(x, gen)``: a batch of stored samples to model-shaped ones; ``to_dict()``."""
 

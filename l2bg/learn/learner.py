@@ -119,7 +119,7 @@ class Learner:
             self.plugins.append(LogLines(template.slot_names))
         self.experiment = Experiment(tuple(self.tasks), template, config, benchmark, seed,
                                      self.device, self.cache, rsa_samples, rsa_backend,
-                                     grow_mode, adapter_rank, task_bn)
+                                     grow_mode, adapter_rank, task_bn, self.plugins)
         self.step = BindGrowStep(self.experiment)
         if rsa_samples is not None:
             for t in self.tasks:

@@ -78,12 +78,13 @@ class Experiment:
         defaults = {"grow_mode": "copy", "adapter_rank": DEFAULT_ADAPTER_RANK, "task_bn": False}
         return {k: getattr(self, k) for k, v in defaults.items() if getattr(self, k) != v}
 
-    def independent(self, index: int, progress: Any = None) -> IndependentNet:
-        """The independent net of stream task ``index`` (trained once per cache, seen by the
-        plugins' training extension points)."""
+    def independent(self, index: int, progress: Any = None, *,
+                    plugins: Sequence[Plugin] | None = None) -> IndependentNet:
+        """The independent net of stream task ``index`` (trained once per cache; its training
+        seen by ``plugins``' training extension points, default the experiment's)."""
         return self.cache.get_or_train(self.benchmark, self.tasks[index], index, self.seed,
                                        self.template, self.config, self.device, progress,
-                                       self.plugins)
+                                       self.plugins if plugins is None else plugins)
 
     def names(self, order: Sequence[int]) -> list[str]:
         """The task names in learning ``order`` (stream indices)."""

@@ -33,8 +33,8 @@ iteration, mini-batch, logits, loss), in this order (:data:`TRAINING_POINTS`):
 
 They observe: what a plugin changes on the state does not reach the training, and a plugin's
 error stops it. A net that is not trained (an independent net from the cache, a restored task)
-fires none of them. A run without plugins that override them trains exactly as before: nothing
-is called.
+fires none of them, nor does training outside a run (``Learner.independent``). A run without
+plugins that override them trains exactly as before: nothing is called.
 
 So the calls a plugin sees, and their arguments, are the same whether a task was trained or
 restored, under ``Learner.run``, ``l2bg run`` and ``l2bg search`` (where the memo is a plugin,

@@ -188,6 +188,17 @@ def test_independent_strategy_trains_only_independent_nets():
     assert rec.fits() == [("independent", "t0"), ("independent", "t1")]
 
 
+def test_nothing_fires_outside_a_run():
+    """An independent net trained outside Learner.run (Learner.independent, or a result's
+    ``independent`` read after its tasks were restored) fires no training point."""
+    rec = Recorder()
+    learner = Learner(tasks(2), template(), CONFIG, cache=False, quiet=True, plugins=[rec])
+    learner.independent(1)
+    assert rec.calls == []
+    learner.run("independent")
+    assert rec.fits() == [("independent", "t0")]  # t1's net was in the cache
+
+
 @pytest.mark.parametrize("point", TRAINING_POINTS)
 def test_a_plugin_error_stops_training_and_propagates(point):
     """An error at any training point reaches fit's caller (and Learner.run's), with the net's

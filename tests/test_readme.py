@@ -18,8 +18,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 SHORT_TRAINING = """
 import l2bg.learn.independent, l2bg.learn.step, l2bg.learn.training as training
 _fit = training.fit
-def fit(net, task, x, y, config, progress=None, **kwargs):
-    return _fit(net, task, x[:256], y[:256], config.replace(epochs=1), progress, **kwargs)
+def fit(net, task, x, y, config, progress=None, **kw):
+    return _fit(net, task, x[:256], y[:256], config.replace(epochs=1), progress, **kw)
 for _m in (training, l2bg.learn.independent, l2bg.learn.step):
     _m.fit = fit
 """

@@ -11,6 +11,7 @@ everywhere: the model never grows while it is evaluated (:meth:`L2BGModel.adapta
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -73,14 +74,23 @@ def _build_model() -> type:
         def _width(self) -> int:
             return max([self.max_class_label, *(max(c) + 1 for c in self.task_classes.values())])
 
+        def place(self, z: Tensor, classes: Sequence[int], width: int | None = None) -> Tensor:
+            """A task-net's logits ``z`` (n, k) at the class ids ``classes`` (k of them) of
+            rows of ``width`` columns (default: the largest id seen or in ``classes``, plus
+            one), ``mask_value`` elsewhere."""
+            if width is None:
+                width = max(self._width(), max(classes) + 1)
+            out = torch.full((z.shape[0], width), self.mask_value, device=z.device,
+                             dtype=z.dtype)
+            out[:, list(classes)] = z
+            return out
+
         def _logits(self, x: Tensor, label: int, width: int) -> Tensor:
-            out = torch.full((x.shape[0], width), self.mask_value, device=x.device)
             task = self.task_names.get(int(label))
             if task is not None and x.shape[0]:
-                z = self.net(self.inputs(x), task)
-                out = out.to(z.dtype)
-                out[:, list(self.task_classes[int(label)])] = z
-            return out
+                return self.place(self.net(self.inputs(x), task), self.task_classes[int(label)],
+                                  width)
+            return torch.full((x.shape[0], width), self.mask_value, device=x.device)
 
         def forward_single_task(self, x: Tensor, task_label: int) -> Tensor:
             return self._logits(x, task_label, self._width())

@@ -8,8 +8,11 @@ restores every earlier task (its stored decision, scores and the grown JointNet)
 new task is learned: its independent net trained, conflicts scored, bound, the nucleus grown
 and trained inside the JointNet. The model is an :class:`~l2bg.avalanche.model.L2BGModel`
 (an Avalanche ``MultiTaskModule``); the optimiser is rebuilt after every growth; evaluation,
-metrics, loggers and checkpoints are Avalanche's. Avalanche's per-iteration training callbacks
-do not fire: l2bg's ``fit`` runs the iterations.
+metrics, loggers and checkpoints are Avalanche's. l2bg's ``fit`` runs the iterations, and an l2bg
+plugin (:class:`~l2bg.avalanche.hooks.TrainingCallbacks`) calls Avalanche's epoch and iteration
+callbacks from it, in Avalanche's order, for the independent net's training and the JointNet's
+(``strategy.l2bg_phase`` says which), so Avalanche's training metrics, loggers and clock see
+every l2bg iteration.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from l2bg.avalanche.convert import (
     make_task,
     task_label_of,
 )
+from l2bg.avalanche.hooks import TrainingCallbacks
 from l2bg.base.errors import L2BGError, ParamError
 from l2bg.learn.independent import IndependentCache, open_cache
 from l2bg.learn.learner import Learner
@@ -99,7 +103,10 @@ def _build_strategy() -> type:
         (the conflict scores' inputs); without it a seeded ``valid_fraction`` of the training
         data. ``cache_dir``: keep the independent nets on disk there (default: in memory, dropped
         after each experience). The rest is Avalanche's (``device``, ``plugins``, ``evaluator``,
-        ``eval_every``, ``eval_mb_size``)."""
+        ``eval_every``, ``eval_mb_size``); Avalanche's training callbacks fire for every l2bg
+        epoch and iteration (:mod:`l2bg.avalanche.hooks`). A periodic evaluation inside an
+        experience (``eval_every`` > 0 by epoch or iteration) is refused: the experience's task
+        joins the model only once it is learned."""
 
         def __init__(self, *, template: Template | str | None = None, strategy: Any = "l2bg",
                      delta: float | None = None, deltas: Sequence[float] | None = None,
@@ -124,6 +131,10 @@ def _build_strategy() -> type:
                     and math.isfinite(valid_fraction)):
                 raise ParamError(f"{{valid_fraction}} must be in (0, 1), got {valid_fraction!r}",
                                  "valid_fraction")
+            if eval_every > 0 and kwargs.get("peval_mode", "epoch") != "experience":
+                raise ParamError(f"{{eval_every}} {eval_every} evaluates inside an experience, "
+                                 "before L2BGStrategy adds its task to the model; use "
+                                 "{eval_every} 0 (after each experience) or -1", "eval_every")
             if template is not None and not isinstance(template, Template) and template not in (
                     "mlp", "convnet"):
                 raise ParamError(f"{{template}} must be an l2bg Template, 'mlp', 'convnet' or "
@@ -149,6 +160,9 @@ def _build_strategy() -> type:
             self.l2bg_scores: dict[int, dict] = {}
             #: the run record after the last experience (results.json's, without ``config``)
             self.record: RunRecord | None = None
+            #: while l2bg trains: "independent" or "jointnet", and l2bg's FitState (see hooks)
+            self.l2bg_phase: str | None = None
+            self.l2bg_fit: Any = None
 
         # ------------------------------------------------------------------ set-up
         def _config(self, template: Template | None) -> TrainConfig:
@@ -242,11 +256,12 @@ def _build_strategy() -> type:
                              valid_fraction=self.valid_fraction)
             tasks = [*self.l2bg_tasks, task]
             learned = _Learned(self.l2bg_records, self.l2bg_scores, model.net, len(tasks))
+            callbacks = TrainingCallbacks(self, model, label, task.classes)
             learner = Learner(tasks, model.template, self._config(model.template),
                               benchmark=BENCHMARK, seed=self.seed, device=self.device,
                               cache=self._cache(), rsa_samples=self.rsa_samples,
                               rsa_backend=self.rsa_backend, quiet=True,
-                              plugins=[learned, *self.l2bg_plugins])
+                              plugins=[learned, callbacks, *self.l2bg_plugins])
             result = learner.run(self.l2bg_strategy, sequence=self._grow_steps(len(tasks)))
             model.learned(label, name, task.classes, result.net.to(self.device))
             self.model = model.to(self.device)

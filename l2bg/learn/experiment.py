@@ -1,8 +1,9 @@
 """The experiment a grow sequence runs in, as one plain value: what the Bind-Grow-Step reads.
 
 An :class:`Experiment` holds the task stream, the template, the training recipe, the seed, the
-RSA settings, the device and the provider of independent nets (an
-:class:`l2bg.learn.independent.IndependentCache`). The step (:mod:`l2bg.learn.step`) and the
+RSA settings, the device, the provider of independent nets (an
+:class:`l2bg.learn.independent.IndependentCache`) and the loop's plugins, whose training
+extension points see every net trained in it. The step (:mod:`l2bg.learn.step`) and the
 plugins of the loop (:mod:`l2bg.learn.plugins`, such as the search's memo) receive it instead of
 the :class:`l2bg.learn.learner.Learner`, so the lower modules never reach into the higher one.
 """
@@ -19,6 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from l2bg.learn.independent import IndependentCache, IndependentNet
+    from l2bg.learn.plugins import Plugin
     from l2bg.learn.training import TrainConfig
     from l2bg.net.templates import Template
 
@@ -48,7 +50,8 @@ class Experiment:
     """Tasks (a tuple, stream order), template, training recipe, benchmark name, seed, device,
     the RSA sample count (None: min(500, |V_t|)) and backend, the cache of independent nets, and
     the growth options (:func:`check_growth`): the grow mode of every step that names none, the
-    adapters' rank, and task-specific batch norm.
+    adapters' rank, and task-specific batch norm; ``plugins``: the loop's, whose training
+    extension points see every net trained here (:mod:`l2bg.learn.plugins`).
     Compared by identity: two experiments are the same run set-up only when they are one
     object (tasks are tensors)."""
 
@@ -64,6 +67,7 @@ class Experiment:
     grow_mode: str = "copy"
     adapter_rank: int = DEFAULT_ADAPTER_RANK
     task_bn: bool = False
+    plugins: Sequence[Plugin] = ()
 
     def __post_init__(self) -> None:
         check_growth(self.grow_mode, self.adapter_rank, self.task_bn)
@@ -74,10 +78,13 @@ class Experiment:
         defaults = {"grow_mode": "copy", "adapter_rank": DEFAULT_ADAPTER_RANK, "task_bn": False}
         return {k: getattr(self, k) for k, v in defaults.items() if getattr(self, k) != v}
 
-    def independent(self, index: int, progress: Any = None) -> IndependentNet:
-        """The independent net of stream task ``index`` (trained once per cache)."""
+    def independent(self, index: int, progress: Any = None, *,
+                    plugins: Sequence[Plugin] | None = None) -> IndependentNet:
+        """The independent net of stream task ``index`` (trained once per cache; its training
+        seen by ``plugins``' training extension points, default the experiment's)."""
         return self.cache.get_or_train(self.benchmark, self.tasks[index], index, self.seed,
-                                       self.template, self.config, self.device, progress)
+                                       self.template, self.config, self.device, progress,
+                                       self.plugins if plugins is None else plugins)
 
     def names(self, order: Sequence[int]) -> list[str]:
         """The task names in learning ``order`` (stream indices)."""

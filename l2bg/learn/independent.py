@@ -16,9 +16,10 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -29,6 +30,9 @@ from l2bg.base.version import __version__
 from l2bg.learn.training import TrainConfig, accuracy, fit
 from l2bg.net.jointnet import TOPOLOGY_FILE, WEIGHTS_FILE, JointNet
 from l2bg.net.templates import Template
+
+if TYPE_CHECKING:  # pragma: no cover
+    from l2bg.learn.plugins import Plugin
 
 CACHE_FORMAT = 2  # 2: sealed entries (checksums in meta.json)
 
@@ -74,9 +78,10 @@ class IndependentCache:
         return hashlib.sha1(blob).hexdigest()[:20]
 
     def get_or_train(self, benchmark: str, task: Any, index: int, seed: int, template: Template,
-                     config: TrainConfig, device: torch.device, progress: Any = None
-                     ) -> IndependentNet:
-        """The independent net of ``task`` (a :class:`l2bg.data.Task`), trained on a miss."""
+                     config: TrainConfig, device: torch.device, progress: Any = None,
+                     plugins: Sequence[Plugin] = ()) -> IndependentNet:
+        """The independent net of ``task`` (a :class:`l2bg.data.Task`), trained on a miss (the
+        ``plugins``' training extension points see it, phase ``independent``)."""
         from l2bg.data import task_fingerprint
 
         tseed = task_seed(seed, index)
@@ -88,9 +93,10 @@ class IndependentCache:
                 found = self._read(key, task.name, device, repair=True,
                                    template=template)
                 if found is None:
-                    return self._train(key, task, tseed, template, cfg, device, progress)
+                    return self._train(key, task, tseed, template, cfg, device, progress,
+                                       plugins)
         elif found is None:
-            return self._train(key, task, tseed, template, cfg, device, progress)
+            return self._train(key, task, tseed, template, cfg, device, progress, plugins)
         self.hits += 1
         if progress is not None:
             progress.update(cfg.epochs)
@@ -98,15 +104,16 @@ class IndependentCache:
         return found
 
     def _train(self, key: str, task: Any, tseed: int, template: Template, cfg: TrainConfig,
-               device: torch.device, progress: Any) -> IndependentNet:
+               device: torch.device, progress: Any, plugins: Sequence[Plugin]
+               ) -> IndependentNet:
         self.misses += 1
         torch.manual_seed(tseed)
         net = JointNet(template)
         net.add_task(task.name, task.num_classes)
         net.to(device)
         start = time.perf_counter()
-        fit(net, task.name, task.x_train, task.y_train, cfg, progress,
-            transform=task.train_transform)
+        fit(net, task.name, task.x_train, task.y_train, cfg, progress, plugins=plugins,
+            phase="independent", transform=task.train_transform)
         train_s = time.perf_counter() - start
         result = IndependentNet(
             net=net, task=task.name, val_acc=accuracy(net, task.name, task.x_val, task.y_val),

@@ -94,11 +94,11 @@ class Learner:
         memory only; or an :class:`IndependentCache`). Progress shows as a bar on a terminal
         and as one line per task otherwise (:class:`LogLines`); ``quiet=True`` silences it.
         ``plugins`` (``hooks``: their former name) fire at the loop's extension points
-        (:class:`l2bg.learn.plugins.Plugin`). ``grow_mode`` (``copy`` or ``adapt``, for
-        every step that names none), ``adapter_rank`` and ``task_bn`` (every task owns its
-        batch norm) shape how units grow (docs/design.md, "Units"); the granularity of the
-        conflict model is the strategy's (``strategies.get("l2bg").configured(granularity=
-        "group:4")``)."""
+        (:class:`l2bg.learn.plugins.Plugin`), the training ones for every net a run trains.
+        ``grow_mode`` (``copy`` or ``adapt``, for every step that names none), ``adapter_rank``
+        and ``task_bn`` (every task owns its batch norm) shape how units grow (docs/design.md,
+        "Units"); the granularity of the conflict model is the strategy's
+        (``strategies.get("l2bg").configured(granularity="group:4")``)."""
         if not tasks:
             raise L2BGError("the task stream is empty: give at least one task")
         names = [t.name for t in tasks]
@@ -119,7 +119,7 @@ class Learner:
             self.plugins.append(LogLines(template.slot_names))
         self.experiment = Experiment(tuple(self.tasks), template, config, benchmark, seed,
                                      self.device, self.cache, rsa_samples, rsa_backend,
-                                     grow_mode, adapter_rank, task_bn)
+                                     grow_mode, adapter_rank, task_bn, self.plugins)
         self.step = BindGrowStep(self.experiment)
         if rsa_samples is not None:
             for t in self.tasks:
@@ -131,8 +131,10 @@ class Learner:
         return self.plugins
 
     def independent(self, index: int, progress: Any = None) -> IndependentNet:
-        """The independent net of stream task ``index`` (trained once per cache)."""
-        return self.experiment.independent(index, progress)
+        """The independent net of stream task ``index`` (trained once per cache). Outside
+        :meth:`run` (also when a result's ``independent`` is read) the plugins' training
+        extension points do not fire."""
+        return self.experiment.independent(index, progress, plugins=())
 
     def prepare(self, strategy: str | strategies.Strategy = "l2bg",
                 sequence: Sequence[GrowStep] | None = None, delta: float | None = None,

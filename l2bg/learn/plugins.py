@@ -20,6 +20,22 @@ order given, at each of them (in the style of Avalanche's strategy plugins):
   restore; what a checkpoint or the memo stores;
 * ``after_task(ctx, record, elapsed_s)`` after every task, trained or restored.
 
+Training extension points, called by :func:`l2bg.learn.training.fit` for every net the loop
+trains (a task's independent net, ``phase`` ``"independent"``, and a task-net inside the
+JointNet, ``"jointnet"``) with one :class:`FitState` (task, phase, net, optimiser, epoch,
+iteration, mini-batch, logits, loss), in this order (:data:`TRAINING_POINTS`):
+
+* ``before_training_epoch(state)``; then per mini-batch ``before_training_iteration(state)``
+  (``x``, ``y`` set), ``after_forward(state)`` (``logits``, ``loss`` set; the gradients are
+  cleared after it), ``after_backward(state)``, ``after_update(state)`` (the optimiser
+  stepped: the iteration's end); ``after_training_epoch(state)`` (``history`` holds the epoch's
+  mean loss).
+
+They observe: what a plugin changes on the state does not reach the training, and a plugin's
+error stops it. A net that is not trained (an independent net from the cache, a restored task)
+fires none of them, nor does training outside a run (``Learner.independent``). A run without
+plugins that override them trains exactly as before: nothing is called.
+
 So the calls a plugin sees, and their arguments, are the same whether a task was trained or
 restored, under ``Learner.run``, ``l2bg run`` and ``l2bg search`` (where the memo is a plugin,
 :class:`l2bg.search.memo.Memo`). ``Hook`` is the former name of :class:`Plugin`.
@@ -37,12 +53,15 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from l2bg.base.errors import L2BGError, one_line
 from l2bg.base.registry import Registry, load_entry_points
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import Tensor
+
     from l2bg.learn.experiment import Experiment
     from l2bg.learn.learner import RunResult
     from l2bg.learn.step import (
@@ -58,10 +77,14 @@ if TYPE_CHECKING:  # pragma: no cover
 
     Scores = tuple[dict[str, CandidateScore], str | None]
 
-__all__ = ["ENTRY_POINT_GROUP", "Hook", "LogLines", "Plugin", "Restored", "Run", "names",
-           "register", "registered", "unregister"]
+__all__ = ["ENTRY_POINT_GROUP", "TRAINING_POINTS", "FitState", "Hook", "LogLines", "Plugin",
+           "Restored", "Run", "names", "register", "registered", "unregister"]
 
 ENTRY_POINT_GROUP = "l2bg.plugins"
+
+#: the training extension points, in the order :func:`l2bg.learn.training.fit` calls them
+TRAINING_POINTS = ("before_training_epoch", "before_training_iteration", "after_forward",
+                   "after_backward", "after_update", "after_training_epoch")
 
 
 @dataclass
@@ -93,6 +116,36 @@ class Restored:
     net: Callable[[], JointNet]
 
 
+@dataclass(eq=False)
+class FitState:
+    """One call of :func:`l2bg.learn.training.fit` as the training extension points see it:
+    the task, the ``phase`` (``"independent"``: the task's independent net; ``"jointnet"``:
+    its task-net inside the JointNet), the net and optimiser, ``epochs``, ``batch_size`` and
+    ``num_samples``; then the current ``epoch`` and ``iteration`` (both from 0, the iteration
+    within the epoch), the mini-batch ``x``, ``y`` (on the net's device), its ``logits`` and
+    ``loss``, and ``history``, the mean loss of every finished epoch."""
+
+    task: str
+    phase: Literal["independent", "jointnet"]
+    net: JointNet
+    optimizer: torch.optim.Optimizer
+    epochs: int
+    batch_size: int
+    num_samples: int
+    epoch: int = 0
+    iteration: int = 0
+    x: Tensor | None = None
+    y: Tensor | None = None
+    logits: Tensor | None = None
+    loss: Tensor | None = None
+    history: list[float] = field(default_factory=list)
+
+    @property
+    def iterations(self) -> int:
+        """Mini-batches per epoch."""
+        return -(-self.num_samples // self.batch_size)
+
+
 class Plugin:
     """Base of the loop's plugins: every extension point does nothing (see the module)."""
 
@@ -122,6 +175,25 @@ class Plugin:
 
     def after_run(self, run: Run, result: RunResult | None) -> None:
         """Once, at the end; ``result`` is None when the run failed."""
+
+    # training extension points (:data:`TRAINING_POINTS`; see the module)
+    def before_training_epoch(self, state: FitState) -> None:
+        """Before every epoch of a trained net."""
+
+    def before_training_iteration(self, state: FitState) -> None:
+        """Before the forward pass of a mini-batch (``state.x``, ``state.y``)."""
+
+    def after_forward(self, state: FitState) -> None:
+        """After the forward pass and the loss (``state.logits``, ``state.loss``)."""
+
+    def after_backward(self, state: FitState) -> None:
+        """After the gradients of the mini-batch's loss are computed."""
+
+    def after_update(self, state: FitState) -> None:
+        """After the optimiser's step: the end of the iteration."""
+
+    def after_training_epoch(self, state: FitState) -> None:
+        """After every epoch (``state.history[-1]`` its mean loss)."""
 
 
 #: The former name of :class:`Plugin` (its ``before_task`` and ``after_task`` are unchanged).
@@ -164,6 +236,29 @@ def restored(plugins: Sequence[Plugin], prefix: Sequence[Decision], decision: De
         if found is not None:
             return found
     return None
+
+
+def _nothing(point: str, **fields: Any) -> None:
+    """The training extension points of a fit without plugins that override them."""
+
+
+def training_hooks(plugins: Sequence[Plugin], state: FitState) -> Callable[..., None]:
+    """What :func:`l2bg.learn.training.fit` calls at a training extension point,
+    ``fire(point, **fields)``: it sets ``fields`` on ``state`` and calls ``point`` of every
+    plugin that overrides any training point, in order (an error propagates). Without such a
+    plugin it does nothing."""
+    active = [p for p in plugins if any(getattr(getattr(p, n), "__func__", None)
+                                        is not getattr(Plugin, n) for n in TRAINING_POINTS)]
+    if not active:
+        return _nothing
+
+    def fire(point: str, **fields: Any) -> None:
+        for name, value in fields.items():
+            setattr(state, name, value)
+        for p in active:
+            getattr(p, point)(state)
+
+    return fire
 
 
 def finish_run(plugins: Sequence[Plugin], run: Run, result: RunResult | None) -> None:

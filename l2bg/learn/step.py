@@ -293,7 +293,7 @@ class BindGrowStep:
             grow(net, task.name, decision, ex.adapter_rank)
             with timer(timings, "training"):
                 train_loss = fit(net, task.name, task.x_train, task.y_train,
-                                 ex.config.replace(seed=seed), progress,
+                                 ex.config.replace(seed=seed), progress, plugins=ex.plugins,
                                  transform=task.train_transform)
         with timer(timings, "evaluation"):
             val_row, test_row = self.evaluate(net, order, position)

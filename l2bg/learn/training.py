@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -13,7 +14,11 @@ from l2bg.base import crashpoints as faults
 from l2bg.base.errors import L2BGError, ParamError
 from l2bg.data.augment import BatchTransform
 from l2bg.data.splits import seeded_generator
+from l2bg.learn.plugins import FitState, training_hooks
 from l2bg.net.jointnet import JointNet
+
+if TYPE_CHECKING:  # pragma: no cover
+    from l2bg.learn.plugins import Plugin
 
 
 @dataclass(frozen=True)
@@ -94,12 +99,16 @@ def make_optimizer(groups: list[dict[str, Any]], config: TrainConfig) -> torch.o
 
 
 def fit(net: JointNet, task: str, x: Tensor, y: Tensor, config: TrainConfig,
-        progress: Any = None, *, transform: BatchTransform | None = None) -> list[float]:
+        progress: Any = None, *, transform: BatchTransform | None = None,
+        plugins: Sequence[Plugin] = (),
+        phase: Literal["independent", "jointnet"] = "jointnet") -> list[float]:
     """Train ``task``'s task-net on (x, y) for ``config.epochs`` epochs; returns the mean loss of
     each epoch. Only the task's own nodes (at lr) and, unless the scale is 0, the nodes it is bound
     to (at lr · shared_lr_scale) change; the last epoch's weights are kept. ``transform`` (a
     task's ``train_transform``) maps every mini-batch ``x[idx]`` afresh, drawing from its own
-    generator seeded from ``config.seed``, so the batch order is the same with or without it."""
+    generator seeded from ``config.seed``, so the batch order is the same with or without it.
+    ``plugins``' training extension points (:mod:`l2bg.learn.plugins`) see every epoch and
+    iteration (the mini-batch after ``transform``), as ``phase``."""
     groups = net.param_groups(task, config.lr, config.shared_lr_scale)
     if not groups:
         raise ParamError(f"nothing to train for task {task!r}: every layer is bound and "
@@ -114,25 +123,35 @@ def fit(net: JointNet, task: str, x: Tensor, y: Tensor, config: TrainConfig,
     aug_gen = seeded_generator(config.seed, "train-transform")
     loss_fn = nn.CrossEntropyLoss()
     n = x.shape[0]
-    history = []
+    history: list[float] = []
+    fire = training_hooks(plugins, FitState(task, phase, net, opt, config.epochs,
+                                            config.batch_size, n, history=history))
     was_training = net.training
     for p in frozen:
         p.requires_grad_(False)
     try:
         net.train()
-        for _ in range(config.epochs):
+        for epoch in range(config.epochs):
+            fire("before_training_epoch", epoch=epoch)
             order = torch.randperm(n, generator=gen).to(device)
             total = torch.zeros((), device=device)
-            for start in range(0, n, config.batch_size):
+            for it, start in enumerate(range(0, n, config.batch_size)):
                 idx = order[start:start + config.batch_size]
                 xb = x[idx] if transform is None else transform(x[idx], aug_gen)
-                loss = loss_fn(net(xb, task), y[idx])
+                yb = y[idx]
+                fire("before_training_iteration", iteration=it, x=xb, y=yb)
+                logits = net(xb, task)
+                loss = loss_fn(logits, yb)
+                fire("after_forward", logits=logits, loss=loss)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                fire("after_backward")
                 opt.step()
+                fire("after_update")
                 faults.point("train")
                 total += loss.detach() * idx.numel()
             history.append(float(total) / n)
+            fire("after_training_epoch")
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(task=task, loss=f"{history[-1]:.3f}")

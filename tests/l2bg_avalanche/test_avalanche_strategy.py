@@ -161,6 +161,7 @@ def test_validation_from_training_data_without_a_valid_stream():
     ({"epochs": 0}, "epochs"),
     ({"valid_fraction": 1.0}, "valid_fraction"),
     ({"template": "resnet9000"}, "template"),
+    ({"eval_every": 1}, "eval_every"),
 ])
 def test_options_are_l2bgs_and_errors_name_them(options, named):
     with pytest.raises(L2BGError, match=named):

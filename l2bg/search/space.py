@@ -27,6 +27,8 @@ __all__ = ["DELTA_STEP", "SPACES", "SearchSpace"]
 
 SPACES = ("shared-delta", "per-task-delta", "bind", "order")
 DELTA_STEP = 0.05
+#: the value of a searched option under which δ = 0 / 1 is exactly the strategy shared / full
+PLAIN = {"granularity": "layer", "grow_mode": "copy"}
 
 
 @dataclass(frozen=True)
@@ -166,7 +168,8 @@ class SearchSpace:
     def baseline_params(self, grow_all: bool) -> tuple[dict[str, Any], str]:
         """Parameters of the no-growth (δ = 0) or grow-all (δ = 1) end of the space, and a
         label: ``shared``/``full`` when they are exactly those strategies (bind mode, binding
-        to the previous task), else ``delta=0``/``delta=1``."""
+        to the previous task, whole layers grown by copy), else ``delta=0``/``delta=1``. A
+        searched granularity or grow mode takes ``layer``/``copy`` when it is a choice."""
         dists = self.distributions()
         params: dict[str, Any] = {}
         exact = self.mode == "bind"
@@ -174,8 +177,10 @@ class SearchSpace:
         if self.grow_modes is not None:
             chosen["grow_mode"] = self.grow_modes
         for name, dist in dists.items():
-            if name in chosen:
-                params[name] = chosen[name][0]  # δ = 0 / 1 grows the same for every grow rule
+            if name in chosen:  # δ = 0 / 1 grows the same for every grow rule
+                plain = PLAIN.get(name)  # the strategies shared/full grow whole layers by copy
+                params[name] = plain if plain in chosen[name] else chosen[name][0]
+                exact = exact and (plain is None or params[name] == plain)
             elif name.startswith("key_"):
                 params[name] = self.tasks.index(name[4:]) / (len(self.tasks) - 1)
             elif name.startswith("bind_"):

@@ -96,3 +96,23 @@ def test_bad_unit_search_input_is_one_line(extra, match, tmp_path, capsys):
     assert search([*args, "--trials", "2", "--out", str(tmp_path / "o"), *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("l2bg: error:") and match in err and "\n" not in err
+
+
+@pytest.mark.parametrize("choices, modes, label", [
+    ((("granularity", ("group:4", "layer")),), None, "full"),
+    ((("granularity", ("group:4", "group:8")),), None, "delta=1"),
+    ((), ("adapt", "copy"), "full"),
+    ((), ("adapt",), "delta=1"),
+    ((("granularity", ("layer",)),), ("adapt", "copy"), "full"),
+])
+def test_grow_all_baseline_is_full_only_for_whole_layers_by_copy(choices, modes, label):
+    """δ = 1 is the strategy ``full`` only when it grows whole layers by copy: a searched
+    granularity or grow mode takes ``layer``/``copy`` when it can, else the label is delta=1."""
+    space = SearchSpace("bind", TASKS, choices=choices, grow_modes=modes)
+    params, got = space.baseline_params(grow_all=True)
+    assert got == label
+    if label == "full":
+        assert params.get("granularity", "layer") == "layer"
+        assert params.get("grow_mode", "copy") == "copy"
+    _, shared = space.baseline_params(grow_all=False)
+    assert shared == ("shared" if label == "full" else "delta=0")

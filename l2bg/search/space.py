@@ -168,8 +168,8 @@ class SearchSpace:
     def baseline_params(self, grow_all: bool) -> tuple[dict[str, Any], str]:
         """Parameters of the no-growth (δ = 0) or grow-all (δ = 1) end of the space, and a
         label: ``shared``/``full`` when they are exactly those strategies (bind mode, binding
-        to the previous task, whole layers grown by copy), else ``delta=0``/``delta=1``. A
-        searched granularity or grow mode takes ``layer``/``copy`` when it is a choice."""
+        to the previous task; ``full`` grows whole layers by copy), else ``delta=0``/``delta=1``.
+        A searched granularity or grow mode takes ``layer``/``copy`` when it is a choice."""
         dists = self.distributions()
         params: dict[str, Any] = {}
         exact = self.mode == "bind"
@@ -180,7 +180,8 @@ class SearchSpace:
             if name in chosen:  # δ = 0 / 1 grows the same for every grow rule
                 plain = PLAIN.get(name)  # the strategies shared/full grow whole layers by copy
                 params[name] = plain if plain in chosen[name] else chosen[name][0]
-                exact = exact and (plain is None or params[name] == plain)
+                # nothing grows at δ = 0, so there it is `shared` whatever the choice
+                exact = exact and (not grow_all or plain is None or params[name] == plain)
             elif name.startswith("key_"):
                 params[name] = self.tasks.index(name[4:]) / (len(self.tasks) - 1)
             elif name.startswith("bind_"):

@@ -1,9 +1,12 @@
 """Batch transforms drawn afresh every time a mini-batch is drawn: training augmentation.
 
-A batch transform is a callable ``transform(x, gen) -> Tensor`` that maps a batch ``x`` of
-stored training samples ``(B, ...)`` to a batch of model-shaped samples, drawing its random
-choices from the ``torch.Generator`` ``gen`` (so a run is reproducible from its seed), plus
-``to_dict()`` describing it for results.json and cache keys. A :class:`~l2bg.data.Task` holds one
+A batch transform is a callable ``transform(x, gen, index=None) -> Tensor`` that maps a batch
+``x`` of stored training samples ``(B, ...)`` to a batch of model-shaped samples, drawing its
+random choices from the ``torch.Generator`` ``gen`` (so a run is reproducible from its seed), plus
+``to_dict()`` describing it for results.json and cache keys. ``index`` holds the rows of the
+task's ``x_train`` that ``x`` is (``fit`` always passes it): a transform that re-reads its samples
+from a source by row (an Avalanche data set, :mod:`l2bg.avalanche.redraw`) uses it, the others
+ignore it or pass it on. A :class:`~l2bg.data.Task` holds one
 as ``train_transform``; :func:`l2bg.learn.training.fit` applies it to every mini-batch, so every
 epoch sees new draws. Transforms are frozen dataclasses, so they pickle and compare by value.
 """
@@ -23,9 +26,11 @@ __all__ = ["BatchTransform", "RandomCropFlip", "describe", "random_crop_flip_ref
 
 
 class BatchTransform(Protocol):
-    """``transform(x, gen)``: a batch of stored samples to model-shaped ones; ``to_dict()``."""
+    """``transform(x, gen, index=None)``: a batch of stored samples (rows ``index`` of the
+    task's ``x_train``) to model-shaped ones; ``to_dict()``."""
 
-    def __call__(self, x: Tensor, gen: torch.Generator) -> Tensor: ...
+    def __call__(self, x: Tensor, gen: torch.Generator, index: Tensor | None = None) -> Tensor:
+        ...
 
     def to_dict(self) -> dict[str, Any]: ...
 
@@ -67,7 +72,7 @@ class RandomCropFlip:
                  else torch.zeros(b, dtype=torch.bool))
         return top, left, flips
 
-    def __call__(self, x: Tensor, gen: torch.Generator) -> Tensor:
+    def __call__(self, x: Tensor, gen: torch.Generator, index: Tensor | None = None) -> Tensor:
         top, left, flips = self.draws(x, gen)
         b, c, h, w = x.shape
         s = self.size

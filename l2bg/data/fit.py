@@ -86,8 +86,9 @@ class FitAfter:
     transform: BatchTransform
     shape: tuple[int, ...]
 
-    def __call__(self, x: Tensor, gen: torch.Generator) -> Tensor:
-        return fit_tensor(self.transform(x, gen), self.shape, "transformed training inputs")
+    def __call__(self, x: Tensor, gen: torch.Generator, index: Tensor | None = None) -> Tensor:
+        return fit_tensor(self.transform(x, gen, index=index), self.shape,
+                          "transformed training inputs")
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": "FitAfter", "transform": self.transform.to_dict(),

@@ -163,16 +163,17 @@ def _check_transform(task: Task, shape: tuple[int, ...]) -> None:
     t = task.train_transform
     if not callable(t) or not callable(getattr(t, "to_dict", None)):
         raise L2BGError(f"task {task.name}: train_transform {type(t).__name__} must be a "
-                        "callable (x, gen) with to_dict(); use l2bg.data.augment.RandomCropFlip "
-                        "or write one like it")
+                        "callable (x, gen, index=None) with to_dict(); use "
+                        "l2bg.data.augment.RandomCropFlip or write one like it")
     try:
-        out = t(task.x_train[:2], torch.Generator().manual_seed(0))
+        rows = torch.arange(min(2, task.x_train.shape[0]))
+        out = t(task.x_train[:2], torch.Generator().manual_seed(0), index=rows)
     except L2BGError:
         raise
     except Exception as exc:
         raise L2BGError(f"task {task.name}: train_transform {describe(t)} fails on x_train[:2] "
                         f"({type(exc).__name__}: {exc}); store x_train as the transform "
-                        "expects") from exc
+                        "expects, and take (x, gen, index=None)") from exc
     want = (min(2, task.x_train.shape[0]), *shape)
     if not isinstance(out, Tensor) or out.dtype != torch.float32 or tuple(out.shape) != want:
         got = (f"{out.dtype} {tuple(out.shape)}" if isinstance(out, Tensor)

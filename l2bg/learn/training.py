@@ -105,8 +105,9 @@ def fit(net: JointNet, task: str, x: Tensor, y: Tensor, config: TrainConfig,
     """Train ``task``'s task-net on (x, y) for ``config.epochs`` epochs; returns the mean loss of
     each epoch. Only the task's own nodes (at lr) and, unless the scale is 0, the nodes it is bound
     to (at lr · shared_lr_scale) change; the last epoch's weights are kept. ``transform`` (a
-    task's ``train_transform``) maps every mini-batch ``x[idx]`` afresh, drawing from its own
-    generator seeded from ``config.seed``, so the batch order is the same with or without it.
+    task's ``train_transform``) maps every mini-batch ``x[idx]`` afresh (it is given the rows,
+    ``index=idx``), drawing from its own generator seeded from ``config.seed``, so the batch order
+    is the same with or without it.
     ``plugins``' training extension points (:mod:`l2bg.learn.plugins`) see every epoch and
     iteration (the mini-batch after ``transform``), as ``phase``."""
     groups = net.param_groups(task, config.lr, config.shared_lr_scale)
@@ -137,7 +138,7 @@ def fit(net: JointNet, task: str, x: Tensor, y: Tensor, config: TrainConfig,
             total = torch.zeros((), device=device)
             for it, start in enumerate(range(0, n, config.batch_size)):
                 idx = order[start:start + config.batch_size]
-                xb = x[idx] if transform is None else transform(x[idx], aug_gen)
+                xb = x[idx] if transform is None else transform(x[idx], aug_gen, index=idx)
                 yb = y[idx]
                 fire("before_training_iteration", iteration=it, x=xb, y=yb)
                 logits = net(xb, task)

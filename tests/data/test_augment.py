@@ -93,11 +93,21 @@ CROP8 = RandomCropFlip(8)
 
 
 class _Broken:
-    def __call__(self, x, gen):
+    def __call__(self, x, gen, index=None):
         raise RuntimeError("boom")
 
     def to_dict(self):
         return {"name": "broken"}
+
+
+class _NoIndex:
+    """A transform of the old protocol, (x, gen) without ``index``."""
+
+    def __call__(self, x, gen):
+        return x[..., :8, :8]
+
+    def to_dict(self):
+        return {"name": "no-index"}
 
 
 def _task(train_hw=10, transform=CROP8, n=6, **kw):
@@ -119,7 +129,8 @@ def test_a_task_with_a_transform_is_checked():
              (RandomCropFlip(12), "cannot crop 10×10"),
              (lambda x, gen: x[..., :8, :8], "must be a callable"),
              (FitAfter(RandomCropFlip(8), (5,)), "the template takes 5"),
-             (_Broken(), r"fails on x_train\[:2\] \(RuntimeError: boom\)")]
+             (_Broken(), r"fails on x_train\[:2\] \(RuntimeError: boom\)"),
+             (_NoIndex(), r"TypeError.*take \(x, gen, index=None\)")]
     for bad, message in cases:
         with pytest.raises(L2BGError, match=message) as info:
             _task(transform=bad)

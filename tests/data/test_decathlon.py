@@ -231,9 +231,9 @@ def test_run_vdd_draws_crops_per_batch_on_a_32_template(tree, tmp_path, capsys, 
     shapes = []
     real = RandomCropFlip.__call__
 
-    def spy(self, x, gen):
+    def spy(self, x, gen, index=None):
         shapes.append(tuple(x.shape))
-        return real(self, x, gen)
+        return real(self, x, gen, index=index)
 
     monkeypatch.setattr(RandomCropFlip, "__call__", spy)
     out = tmp_path / "out"

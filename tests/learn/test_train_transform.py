@@ -26,14 +26,15 @@ def _data():
 
 
 class Recording:
-    """A transform that records every (input, output) batch it is given."""
+    """A transform that records every (input, output) batch it is given, and its rows."""
 
     def __init__(self, inner):
-        self.inner, self.calls = inner, []
+        self.inner, self.calls, self.rows = inner, [], []
 
-    def __call__(self, x, gen):
-        out = self.inner(x, gen)
+    def __call__(self, x, gen, index=None):
+        out = self.inner(x, gen, index=index)
         self.calls.append((x.clone(), out.clone()))
+        self.rows.append(index.clone())
         return out
 
     def to_dict(self):
@@ -82,3 +83,17 @@ def test_the_same_seed_draws_the_same_crops():
         runs.append((hist, torch.cat([p.flatten() for p in net.parameters()])))
     assert runs[0][0] == runs[1][0] and torch.equal(runs[0][1], runs[1][1])
     assert not torch.equal(runs[0][1], runs[2][1])
+
+
+def test_the_transform_is_given_the_rows_of_each_mini_batch():
+    """``index`` is the rows of x that the mini-batch holds (x[index] is the batch given), every
+    row once per epoch: what a transform that re-reads its samples by row needs."""
+    x, y = _data()
+    rec = Recording(RandomCropFlip(CROP))
+    fit(_net(), "t", x, y, TrainConfig(epochs=2, batch_size=5, seed=2), transform=rec)
+    for (given, _), rows in zip(rec.calls, rec.rows, strict=True):
+        assert rows.dtype == torch.int64 and torch.equal(given, x[rows])
+    per_epoch = [torch.cat(rec.rows[e * 3:e * 3 + 3]) for e in range(2)]
+    for rows in per_epoch:
+        assert sorted(rows.tolist()) == list(range(N))
+    assert not torch.equal(per_epoch[0], per_epoch[1])  # reshuffled each epoch

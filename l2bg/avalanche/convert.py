@@ -10,20 +10,22 @@
   ``valid_stream``'s (when there is one) or a seeded stratified part of the training data as its
   validation split.
 
-An experience's data is read once, through its dataset's own transforms (a random augmentation
-is drawn once, when it is read). Avalanche is imported only when a converter runs.
+The converters read an experience's data once, through its dataset's own transforms (a random
+augmentation is drawn once, when it is read); :class:`~l2bg.avalanche.L2BGStrategy` re-reads the
+training data every epoch when its train transforms draw at random (:mod:`l2bg.avalanche.redraw`).
+Avalanche is imported only when a converter runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from l2bg.base.errors import L2BGError
-from l2bg.data.augment import describe
+from l2bg.data.augment import BatchTransform, describe
 from l2bg.data.splits import seeded_generator, stratified_split
 from l2bg.data.tasks import Benchmark, Task
 
@@ -77,12 +79,16 @@ def _local(y: Tensor, classes: Tensor, what: str) -> Tensor:
 
 def make_task(name: str, train: tuple[Tensor, Tensor], valid: tuple[Tensor, Tensor] | None,
               test: tuple[Tensor, Tensor] | None, *, seed: int = 0,
-              valid_fraction: float = VALID_FRACTION) -> Task:
+              valid_fraction: float = VALID_FRACTION,
+              train_transform_of: Callable[[Tensor], BatchTransform] | None = None) -> Task:
     """An l2bg :class:`Task` from (x, y) tensors with any class ids: the classes of ``train``,
     sorted, are relabelled 0..k-1 (kept in ``Task.classes``); without ``valid`` a seeded,
     stratified ``valid_fraction`` of ``train`` validates; without ``test`` the validation split
-    is also the test split."""
+    is also the test split. ``train_transform_of``, given the row of ``train`` behind each
+    training row of the task, returns the task's ``train_transform`` (e.g. a
+    :class:`~l2bg.avalanche.redraw.DatasetRedraw` of those items)."""
     x, y = train
+    rows = torch.arange(y.shape[0])
     classes = torch.unique(y)
     if classes.numel() and int(classes[0]) < 0:
         raise L2BGError(f"task {name}: class ids must be >= 0, got {int(classes[0])}")
@@ -92,15 +98,16 @@ def make_task(name: str, train: tuple[Tensor, Tensor], valid: tuple[Tensor, Tens
             raise L2BGError(f"task {name}: valid_fraction must be in (0, 1), got "
                             f"{valid_fraction!r}")
         tr, va = stratified_split(y, (valid_fraction,), seeded_generator(seed, f"split-{name}"))
-        x, y, x_val, y_val = x[tr], y[tr], x[va], y[va]
+        x, y, x_val, y_val, rows = x[tr], y[tr], x[va], y[va], tr
     else:
         x_val, y_val = valid[0], _local(valid[1], classes, f"task {name} (valid)")
     if test is None:
         x_test, y_test = x_val, y_val
     else:
         x_test, y_test = test[0], _local(test[1], classes, f"task {name} (test)")
+    transform = None if train_transform_of is None else train_transform_of(rows)
     return Task(name, x, y, x_val, y_val, x_test, y_test, num_classes=int(classes.numel()),
-                classes=tuple(int(c) for c in classes))
+                classes=tuple(int(c) for c in classes), train_transform=transform)
 
 
 def _streams(tasks: Sequence[Task]) -> dict[str, list[tuple[Tensor, Tensor]]]:

@@ -2,7 +2,10 @@
 Avalanche benchmark.
 
 For each new training experience (one task label, docs/design.md "Avalanche") the strategy
-reads the experience's data into an l2bg :class:`~l2bg.data.Task` and drives l2bg's one loop,
+reads the experience's data into an l2bg :class:`~l2bg.data.Task` (when the experience's train
+transforms draw at random, the task re-reads its training samples every time a mini-batch is
+drawn, so every epoch sees new draws, as under Avalanche's own strategies:
+:mod:`l2bg.avalanche.redraw`) and drives l2bg's one loop,
 :meth:`l2bg.learn.learner.Learner.run`, over the tasks learned so far plus the new one: a plugin
 restores every earlier task (its stored decision, scores and the grown JointNet), so only the
 new task is learned: its independent net trained, conflicts scored, bound, the nucleus grown
@@ -32,7 +35,9 @@ from l2bg.avalanche.convert import (
     task_label_of,
 )
 from l2bg.avalanche.hooks import TrainingCallbacks
+from l2bg.avalanche.redraw import DatasetRedraw, augment_mode, check_augment, seeded_rngs
 from l2bg.base.errors import L2BGError, ParamError
+from l2bg.data.splits import seeded_generator
 from l2bg.learn.independent import IndependentCache, open_cache
 from l2bg.learn.learner import Learner
 from l2bg.learn.plugins import Plugin, Restored
@@ -102,7 +107,12 @@ def _build_strategy() -> type:
         ``valid_stream``: the experiences (matched by task label) whose data validates each task
         (the conflict scores' inputs); without it a seeded ``valid_fraction`` of the training
         data. ``cache_dir``: keep the independent nets on disk there (default: in memory, dropped
-        after each experience). The rest is Avalanche's (``device``, ``plugins``, ``evaluator``,
+        after each experience). ``augment``: how the training data's train transforms are drawn:
+        "per-epoch" re-reads every sample each time a mini-batch is drawn (new random draws every
+        epoch, as Avalanche's strategies), "once" reads the data once (every epoch sees the same
+        draws), "auto" (default) re-reads when reading twice differs (the transforms draw at
+        random), else reads once; ``record.config["augment"]`` says what each task did. The rest
+        is Avalanche's (``device``, ``plugins``, ``evaluator``,
         ``eval_every``, ``eval_mb_size``); Avalanche's training callbacks fire for every l2bg
         epoch and iteration (:mod:`l2bg.avalanche.hooks`). A periodic evaluation inside an
         experience (``eval_every`` > 0 by epoch or iteration) is refused: the experience's task
@@ -119,7 +129,8 @@ def _build_strategy() -> type:
                      cache_dir: str | None = None, device: str | torch.device = "cpu",
                      eval_mb_size: int = 1024, plugins: Sequence[Any] | None = None,
                      evaluator: Any = default_evaluator, eval_every: int = -1,
-                     l2bg_plugins: Sequence[Plugin] = (), **kwargs: Any) -> None:
+                     l2bg_plugins: Sequence[Plugin] = (), augment: str = "auto",
+                     **kwargs: Any) -> None:
             settings = Settings(benchmark=BENCHMARK, seed=seed, epochs=epochs, lr=lr,
                                 batch_size=batch_size, shared_lr_scale=shared_lr_scale,
                                 rsa_samples=rsa_samples, device=str(device), cache_dir=cache_dir,
@@ -140,6 +151,7 @@ def _build_strategy() -> type:
                 raise ParamError(f"{{template}} must be an l2bg Template, 'mlp', 'convnet' or "
                                  f"None, got {template!r}", "template")
             self.template_spec = template
+            self.augment = check_augment(augment)
             self.train_given = train
             self.seed = seed
             self.rsa_samples = rsa_samples
@@ -158,7 +170,10 @@ def _build_strategy() -> type:
             #: their task records, and the conflict scores computed for each position
             self.l2bg_records: list[TaskRecord] = []
             self.l2bg_scores: dict[int, dict] = {}
-            #: the run record after the last experience (results.json's, without ``config``)
+            #: how each task's training data was read: "per-epoch" or "once" (see ``augment``)
+            self.l2bg_reads: dict[str, str] = {}
+            #: the run record after the last experience (results.json's; ``config`` holds
+            #: ``augment``: the option and each task's reads)
             self.record: RunRecord | None = None
             #: while l2bg trains: "independent" or "jointnet", and l2bg's FitState (see hooks)
             self.l2bg_phase: str | None = None
@@ -245,15 +260,26 @@ def _build_strategy() -> type:
             name = f"task{label}"
             dataset = self.adapted_dataset if self.adapted_dataset is not None else (
                 experience.dataset.train())
-            x, y = dataset_tensors(dataset, f"task {name} (train)")
+            what = f"task {name} (train)"
+            reads = augment_mode(self.augment, dataset, what)
+            if reads == "once":
+                x, y = dataset_tensors(dataset, what)
+            else:  # the first read (validation part, shapes) drawn from l2bg's seed too
+                seed = int(torch.randint(2**62, (1,),
+                                         generator=seeded_generator(self.seed, f"read-{name}")))
+                with seeded_rngs(seed):
+                    x, y = dataset_tensors(dataset, what)
             if model is None:
                 model = L2BGModel(self._template(tuple(x.shape[1:])))
                 model.max_class_label = getattr(self.model, "max_class_label", 0)
                 model.train()
             x = model.inputs(x)
             valid = self._valid(label, name, model)
+            inputs = model.inputs
+            redraw = None if reads == "once" else (
+                lambda items: DatasetRedraw(dataset, items, inputs, what))
             task = make_task(name, (x, y), valid, None, seed=self.seed,
-                             valid_fraction=self.valid_fraction)
+                             valid_fraction=self.valid_fraction, train_transform_of=redraw)
             tasks = [*self.l2bg_tasks, task]
             learned = _Learned(self.l2bg_records, self.l2bg_scores, model.net, len(tasks))
             callbacks = TrainingCallbacks(self, model, label, task.classes)
@@ -267,7 +293,9 @@ def _build_strategy() -> type:
             self.model = model.to(self.device)
             self.l2bg_records = list(result.records)
             self.l2bg_tasks = [*self.l2bg_tasks, _spent(task)]
-            self.record = result.record
+            self.l2bg_reads = {**self.l2bg_reads, name: reads}
+            self.record = dataclasses.replace(result.record, config={
+                "augment": {"option": self.augment, "reads": dict(self.l2bg_reads)}})
             self.make_optimizer()
             return result.record
 
@@ -308,6 +336,8 @@ def _padded(record: TaskRecord, num_tasks: int) -> TaskRecord:
 
 
 def _spent(task: Any) -> Any:
-    """A learned task without its training data (only its validation and test rows are read
-    again, for the accuracy matrix), so the strategy and its checkpoints stay small."""
-    return dataclasses.replace(task, x_train=task.x_train[:1], y_train=task.y_train[:1])
+    """A learned task without its training data and train transform (only its validation and
+    test rows are read again, for the accuracy matrix), so the strategy and its checkpoints stay
+    small and hold no data set."""
+    return dataclasses.replace(task, x_train=task.x_train[:1], y_train=task.y_train[:1],
+                               train_transform=None)

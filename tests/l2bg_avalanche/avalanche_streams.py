@@ -34,3 +34,34 @@ def tasks(num: int = 3, n: tuple[int, int, int] = (90, 30, 30)) -> list[Task]:
         out.append(Task(f"blob-{t}", x, y, xv, yv, xt, yt, num_classes=CLASSES,
                         classes=tuple(range(CLASSES))))
     return out
+
+
+def noise(x: torch.Tensor) -> torch.Tensor:
+    """A random train transform drawn from torch's generator: noise on every feature but the
+    first, which keeps telling the samples apart."""
+    out = x.clone()
+    out[1:] += 0.5 * torch.randn(x.shape[0] - 1)
+    return out
+
+
+def py_noise(x: torch.Tensor) -> torch.Tensor:
+    """A random train transform drawn from Python's ``random`` (feature 0 kept)."""
+    import random
+
+    out = x.clone()
+    out[1:] += random.gauss(0.0, 0.5)
+    return out
+
+
+def doubled(x: torch.Tensor) -> torch.Tensor:
+    """A train transform that draws nothing."""
+    return 2 * x
+
+
+def with_train_transform(stream, transform) -> list:
+    """The experiences of ``stream`` with ``transform`` as their current (train) transform."""
+    out = []
+    for exp in stream:
+        exp.dataset = exp.dataset.replace_current_transform_group(transform)
+        out.append(exp)
+    return out

@@ -15,9 +15,9 @@ from l2bg.cli import build_parser, main
 from l2bg.cli.flags import FLAGS
 
 PACKAGE = Path(__file__).resolve().parents[2] / "l2bg"
-#: parameters of the Python API that no command-line option sets (the last two: L2BGStrategy's,
-#: l2bg.avalanche)
-API_ONLY = {"cache", "template", "valid_fraction"}
+#: parameters of the Python API that no command-line option sets (valid_fraction, eval_every and
+#: augment: L2BGStrategy's, l2bg.avalanche)
+API_ONLY = {"cache", "template", "valid_fraction", "eval_every", "augment"}
 #: figure labels of the search's report, not messages: a legend may show the flag it plots
 LABELS = {"search/plots.py"}
 

@@ -75,7 +75,10 @@ class Decision:
     part that was forced or a strategy without the conflict model). ``groups``: ``{slot:
     channel groups}`` grown of slots cut into ``num_groups`` groups (granularity ``group:G``;
     a slot is in ``slots`` or in ``groups``, not both). ``mode``: how the units grow, ``copy``
-    or ``adapt`` (docs/design.md, "Units"). Two decisions with the same :attr:`key` give the
+    or ``adapt`` (docs/design.md, "Units"). ``copied``: the whole ``slots`` (sorted) grown by
+    copy under mode ``adapt`` because no adapter fits them (a pooling slot; set from the template
+    by :meth:`l2bg.learn.step.BindGrowStep.decide`, a function of slots, mode and template, so
+    not part of :attr:`key`). Two decisions with the same :attr:`key` give the
     same network, whatever δ or rules led to them."""
 
     task: str
@@ -89,8 +92,14 @@ class Decision:
     groups: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
     num_groups: int | None = None
     mode: str = "copy"
+    copied: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.copied and (self.mode != "adapt" or not set(self.copied) <= set(self.slots)
+                            or list(self.copied) != sorted(set(self.copied))):
+            raise L2BGError(f"slots {list(self.copied)} grown by copy under mode {self.mode!r}: "
+                            f"give sorted, distinct grown slots of {list(self.slots)} under "
+                            "mode 'adapt'")
         both = sorted(set(self.slots) & set(self.groups))
         if both:
             raise L2BGError(f"slots {both} are grown whole and by groups; give one of the two")
@@ -186,7 +195,8 @@ class TaskRecord:
                      reason=obj.get("reason") or "", rules=obj.get("rules"),
                      groups={index[s]: tuple(int(g) for g in gs)
                              for s, gs in (obj.get("grown_groups") or {}).items()},
-                     num_groups=obj.get("num_groups"), mode=obj.get("grow_mode") or "copy")
+                     num_groups=obj.get("num_groups"), mode=obj.get("grow_mode") or "copy",
+                     copied=tuple(sorted(index[s] for s in obj.get("grown_by_copy") or ())))
         loss = obj.get("train_loss")
         return cls(decision=d, val_row=list(val_row), test_row=list(test_row),
                    params=obj.get("params"),
@@ -307,8 +317,8 @@ class RunRecord(Mapping[str, Any]):
 
     def grow_sequence(self) -> list[dict[str, Any]]:
         """``{task, bind_to, delta, grown_slots}`` per task: the grow sequence that ran (plus
-        ``grown_groups``, ``num_groups`` and ``grow_mode`` where a task grew groups or
-        adapters)."""
+        ``grown_groups``, ``num_groups``, ``grow_mode`` and ``grown_by_copy`` where a task grew
+        groups or adapters)."""
         return [{"task": d.task, "bind_to": d.bind_to, "delta": d.delta,
                  "grown_slots": [self.slots[s] for s in d.slots],
                  **_growth_json(d, self.slots)} for d in self.decisions]
@@ -420,13 +430,16 @@ def over_seeds(summaries: Sequence[Mapping[str, Any]]) -> dict[str, float]:
 def _growth_json(d: Decision, slot_names: Sequence[str]) -> dict[str, Any]:
     """What a decision grew beyond whole slots by copy, for results.json: ``grown_groups``
     ``{slot name: [groups]}`` and ``num_groups`` when groups grew, ``grow_mode`` when not
-    ``copy``; nothing else (a granularity-``layer`` copy run writes the keys it always did)."""
+    ``copy``, ``grown_by_copy`` (slot names) when mode ``adapt`` grew some slots by copy;
+    nothing else (a granularity-``layer`` copy run writes the keys it always did)."""
     out: dict[str, Any] = {}
     if d.groups:
         out["grown_groups"] = {slot_names[s]: list(g) for s, g in d.groups.items()}
         out["num_groups"] = d.num_groups
     if d.mode != "copy":
         out["grow_mode"] = d.mode
+    if d.copied:
+        out["grown_by_copy"] = [slot_names[s] for s in d.copied]
     return out
 
 

@@ -123,6 +123,13 @@ def check_record(r: Any, where: str = "results.json") -> None:
                     isinstance(g, int) and not isinstance(g, bool) and 0 <= g < len(slots))
                 for g in grown):
             raise bad(f"{at}.grown_slots", "a list of the record's slot names")
+        by_copy = t.get("grown_by_copy")
+        grown_names = {slots[g] if isinstance(g, int) else g for g in grown}
+        if by_copy is not None and (not isinstance(by_copy, list) or not all(
+                isinstance(g, str) and g in grown_names for g in by_copy)):
+            raise bad(f"{at}.grown_by_copy", "a list of slot names of its grown_slots")
+        if by_copy and t.get("grow_mode") != "adapt":
+            raise bad(f"{at}.grown_by_copy", "absent unless grow_mode is adapt")
         groups = t.get("grown_groups")
         if groups is not None and (not isinstance(groups, dict) or not all(
                 k in slots and isinstance(v, list) and all(

@@ -33,7 +33,7 @@ KEYS = ["benchmark", "strategy", "strategy_options", "seed", "tasks", "grow_sequ
         "gain_raw", "params", "params_independent", "slots", "expandable_slots", "timings",
         "rsa_backend", "executor_backend", "cache", "wall_time_s"]
 TASK_KEYS = ["name", "bind_to", "grown_slots", "delta", "conflict", "rules", "reason",
-             "grown_groups", "num_groups", "grow_mode", "independent_val_acc",
+             "grown_groups", "num_groups", "grow_mode", "grown_by_copy", "independent_val_acc",
              "independent_test_acc", "independent_cached", "train_loss", "val_acc", "test_acc",
              "params"]
 
@@ -67,9 +67,12 @@ def records(draw):
             conflict = {c: CandidateScore.of([draw(st.floats(0, 2)) for _ in range(n)], units)
                         for c in names[:i]}
             mode = draw(st.sampled_from(["copy", "adapt"])) if slots or groups else "copy"
+            copied = tuple(sorted(draw(st.sets(st.sampled_from(slots))))) \
+                if mode == "adapt" and slots else ()
             d = Decision(names[i], bind, slots, draw(st.none() | acc), conflict, "why", "torch",
                          {"bind": "least-conflict", "grow": None, "similarity": "rsa-spearman"},
-                         groups=groups, num_groups=2 if groups else None, mode=mode)
+                         groups=groups, num_groups=2 if groups else None, mode=mode,
+                         copied=copied)
             loss = [draw(st.floats(0, 10)) for _ in range(draw(st.integers(1, 3)))]
         tasks.append(TaskRecord(d, val, test, draw(st.integers(1, 10**7)), draw(acc), draw(acc),
                                 draw(st.integers(1, 1000)), draw(st.integers(1, 10**6)),
@@ -91,6 +94,7 @@ def test_read_back_gives_the_same_json(record):
     assert again.gain == record.gain and again.acc_matrix == record.acc_matrix
     assert [t.val_acc for t in again.tasks] == [t.val_acc for t in record.tasks]
     assert again.environment == record.environment
+    assert [t.decision.copied for t in again.tasks] == [t.decision.copied for t in record.tasks]
 
 
 @settings(max_examples=30, deadline=None)
@@ -105,7 +109,8 @@ def test_keys_and_metrics_are_those_of_results_json(record):
     assert r["avg_val_acc"] == metrics.average_accuracy(R_val)
     assert r["bwt"] == metrics.bwt(R_test)
     assert r["params"] == record.tasks[-1].params
-    growth = ("bind_to", "delta", "grown_slots", "grown_groups", "num_groups", "grow_mode")
+    growth = ("bind_to", "delta", "grown_slots", "grown_groups", "num_groups", "grow_mode",
+              "grown_by_copy")
     assert r["grow_sequence"] == [{k: t[k] for k in growth if k in t} | {"task": t["name"]}
                                   for t in r["tasks"]]
     assert all(set(t["grown_slots"]) <= set(SLOTS) for t in r["tasks"])
@@ -187,6 +192,33 @@ def test_a_record_version_this_l2bg_does_not_know_is_one_line(version):
         RunRecord.from_json({**OLDEST, "record_version": version}, "x/results.json")
 
 
+def test_slots_grown_by_copy_are_recorded_but_not_part_of_the_key():
+    """``copied`` follows from slots, mode and template: it is written and read back, and the
+    decision's key (the memo's node identity) is the one it has without it."""
+    d = Decision("b", "a", (0, 1), mode="adapt", copied=(1,))
+    assert d.key == Decision("b", "a", (0, 1), mode="adapt").key == ["b", "a", [0, 1],
+                                                                      {"mode": "adapt"}]
+    rec = TaskRecord(d, [0.5, 0.5], [0.5, 0.5], 10, 0.5, 0.5, 5, 10, False)
+    js = rec.to_json(SLOTS)
+    assert js["grown_by_copy"] == ["fc2"] and list(js).index("grown_by_copy") == \
+        list(js).index("grow_mode") + 1
+    back = TaskRecord.from_json(js, SLOTS, 1, [0.5, 0.5], [0.5, 0.5])
+    assert back.decision == d
+    plain = TaskRecord(Decision("b", "a", (0, 1), mode="adapt"), [0.5, 0.5], [0.5, 0.5], 10,
+                       0.5, 0.5, 5, 10, False)
+    assert "grown_by_copy" not in plain.to_json(SLOTS)
+
+
+@pytest.mark.parametrize("slots, mode, copied", [
+    ((0, 1), "copy", (1,)),  # copies under mode copy are just grown slots
+    ((0,), "adapt", (1,)),  # not a grown slot
+    ((0, 1), "adapt", (1, 0)),  # unsorted
+])
+def test_a_decision_with_impossible_copies_is_refused(slots, mode, copied):
+    with pytest.raises(L2BGError, match="grown by copy"):
+        Decision("b", "a", slots, mode=mode, copied=copied)
+
+
 @pytest.mark.parametrize("edit, words", [
     (lambda r: r.pop("tasks"), "tasks must be a list"),
     (lambda r: r["tasks"][1].update(grown_slots=[7]), "tasks[1].grown_slots"),
@@ -195,6 +227,9 @@ def test_a_record_version_this_l2bg_does_not_know_is_one_line(version):
     (lambda r: r["tasks"][1].update(grown_groups={"fc9": [0]}, num_groups=2),
      "tasks[1].grown_groups"),
     (lambda r: r["tasks"][1].update(grown_groups={"fc1": [0]}), "tasks[1].num_groups"),
+    (lambda r: r["tasks"][1].update(grow_mode="adapt", grown_by_copy=["fc1"]),
+     "tasks[1].grown_by_copy"),
+    (lambda r: r["tasks"][1].update(grown_by_copy=["fc2"]), "tasks[1].grown_by_copy"),
     (lambda r: r["tasks"][1]["conflict"]["a"].update(units=[[0, 0]]),
      "tasks[1].conflict['a'].units"),
 ])

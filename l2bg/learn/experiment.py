@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from l2bg.base.errors import ParamError
@@ -77,6 +78,24 @@ class Experiment:
         that a memo of default runs keeps its key)."""
         defaults = {"grow_mode": "copy", "adapter_rank": DEFAULT_ADAPTER_RANK, "task_bn": False}
         return {k: getattr(self, k) for k, v in defaults.items() if getattr(self, k) != v}
+
+    @cached_property
+    def unit_channels(self) -> tuple[int | None, ...]:
+        """C of every template slot's main layer, None where the slot cannot be cut nor take an
+        adapter (:meth:`l2bg.net.jointnet.JointNet.unit_channels` of the template: slots built on
+        the meta device, once per experiment)."""
+        from l2bg.net.jointnet import JointNet
+
+        channels = JointNet(self.template).unit_channels
+        return tuple(channels(s) for s in range(len(self.template.slots)))
+
+    def grown_by_copy(self, slots: Sequence[int], mode: str) -> tuple[int, ...]:
+        """The whole ``slots`` that grow by copy under grow ``mode``'s ``adapt`` because no
+        adapter fits them (:attr:`unit_channels` None, such as a pooling slot), sorted; () in
+        mode ``copy``."""
+        if mode != "adapt":
+            return ()
+        return tuple(sorted(s for s in set(slots) if self.unit_channels[s] is None))
 
     def independent(self, index: int, progress: Any = None, *,
                     plugins: Sequence[Plugin] | None = None) -> IndependentNet:

@@ -153,7 +153,7 @@ class Learner:
                             f"({T - 1}), got {len(steps)}")
         strat.check(steps, self.template, self.config)
         if strat.num_groups is not None:  # G <= C at every slot cut, before any training
-            list_units(self.template.expandable_slots, JointNet(self.template).unit_channels,
+            list_units(self.template.expandable_slots, self.experiment.unit_channels.__getitem__,
                        strat.num_groups, self.template.slot_names)
         return strat, steps, order
 

@@ -223,6 +223,9 @@ class BindGrowStep:
             decision = replace(decision, mode=ctx.mode)
         elif not decision.grows and decision.mode != "copy":
             decision = replace(decision, mode="copy")
+        copied = self.experiment.grown_by_copy(decision.slots, decision.mode)
+        if decision.copied != copied:
+            decision = replace(decision, copied=copied)
         if decision.task != ctx.task:
             raise L2BGError(f"strategy {strategy.name!r} decided for task {decision.task!r} "
                             f"while asked for {ctx.task!r}")
@@ -314,17 +317,16 @@ class BindGrowStep:
 def grow(net: JointNet, task: str, decision: Decision, rank: int) -> None:
     """Grow ``decision``'s units for ``task`` on ``net``: whole slots and channel groups, by
     copy or adapter. A layer-granularity copy decision takes today's one call, unchanged. With
-    mode ``adapt``, a whole slot that cannot take an adapter (no linear/conv2d main layer:
-    ``unit_channels`` None, such as a pooling slot) grows by copy."""
+    mode ``adapt``, the whole slots that cannot take an adapter (``decision.copied``, set by
+    :meth:`BindGrowStep.decide`: no linear/conv2d main layer, such as a pooling slot) grow by
+    copy."""
     slots = list(decision.slots)
     if decision.mode == "copy" and not decision.groups:
         net.grow(task, slots, init="copy")
         return
-    if decision.mode == "adapt":
-        copied = [s for s in slots if net.unit_channels(s) is None]
-        if copied:
-            net.grow(task, copied, init="copy")
-            slots = [s for s in slots if s not in copied]
+    if decision.copied:
+        net.grow(task, list(decision.copied), init="copy")
+        slots = [s for s in slots if s not in decision.copied]
     kwargs: dict[str, Any] = {"mode": decision.mode, "rank": rank}
     if decision.groups:
         kwargs.update(groups={s: list(g) for s, g in decision.groups.items()},

@@ -142,6 +142,26 @@ def test_a_step_grows_adapters_and_the_record_says_so():
     assert r.record.params == r.net.num_parameters()
 
 
+@pytest.mark.parametrize("mode", ["copy", "adapt"])
+def test_slots_no_adapter_fits_grow_by_copy_and_the_record_says_which(mode):
+    """Grow mode adapt on every slot: the pooling slot (no adapter fits it) grows by copy, the
+    decision and results.json name it (read back equal), and the key is the one without it;
+    a copy-mode run writes no ``grown_by_copy``."""
+    r = learner(grow_mode=mode).run("full")
+    d = r.record.tasks[1].decision
+    js = r.record.to_json()
+    assert d.slots == (0, 1, 2) and d.mode == mode
+    assert [r.net.grow_mode("t1", s) for s in (0, 1, 2)] == [mode, mode, "copy"]
+    if mode == "copy":
+        assert d.copied == () and all("grown_by_copy" not in t for t in js["tasks"])
+        return
+    assert d.copied == (2,) and d.key == ["t1", "t0", [0, 1, 2], {"mode": "adapt"}]
+    assert [t.get("grown_by_copy") for t in js["tasks"]] == [None, ["pool"], ["pool"]]
+    assert js["grow_sequence"][1]["grown_by_copy"] == ["pool"]
+    back = RunRecord.from_json(js)
+    assert back.to_json() == js and back.decisions == r.record.decisions
+
+
 def test_the_run_grow_mode_fills_steps_that_name_none_and_no_growth_is_copy():
     r = learner(grow_mode="adapt").run(grouped("group:2"),
                                        [GrowStep(delta=0.0), GrowStep(delta=1.0)]).record

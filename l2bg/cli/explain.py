@@ -58,7 +58,8 @@ Legend
   share    the slot's share of the weight, w / Σw
   cum      running sum of the shares down the table (slots in the grow rule's order)
   grown    the slots from the top until cum ≥ δ (δ = 0 grows nothing, δ = 1 every slot); a
-           grown slot gets a copy of the bound task's layer (--grow-mode adapt: an adapter)
+           grown slot gets a copy of the bound task's layer (--grow-mode adapt: an adapter,
+           or a copy where no adapter fits, such as a pooling slot)
   fc2[3]   a unit of --granularity group:G: channel group 3 of slot fc2, scored on its own
            channels; fc2[0,3] in "grew" are its groups 0 and 3
 Definitions: docs/design.md, "Definitions" (rules: "Conflict rules in use")."""
@@ -91,6 +92,7 @@ def explain(r: RunRecord | Mapping[str, Any]) -> list[dict[str, Any]]:
             "task": d.task, "bind_to": d.bind_to, "delta": d.delta, "reason": d.reason,
             "rules": rules, "grown_slots": [r.slots[s] for s in d.slots],
             "grown_units": grown_units, "grow_mode": d.mode,
+            "grown_by_copy": [r.slots[s] for s in d.copied],
             "grown": d.grown_names(r.slots),
             "candidates": []}
         bind = _registered(BIND_RULES, rules.get("bind"), DEFAULT_BIND_RULE)
@@ -107,6 +109,17 @@ def explain(r: RunRecord | Mapping[str, Any]) -> list[dict[str, Any]]:
                 "slots": rows})
         out.append(entry)
     return out
+
+
+def _how_grown(e: Mapping[str, Any]) -> str:
+    """How a task's units grew under a grow mode other than copy: adapters on the shared nodes,
+    and the slots that no adapter fits, grown by copy."""
+    copied = e["grown_by_copy"]
+    parts = [] if len(copied) == len(e["grown_units"]) else ["adapters on the shared nodes"]
+    if copied:
+        it = "it" if len(copied) == 1 else "them"
+        parts.append(f"{', '.join(copied)} grown by copy: no adapter fits {it}")
+    return f"{e['grow_mode']}: {'; '.join(parts)}"
 
 
 def _slot_name(names: list[str], position: int) -> str:
@@ -136,7 +149,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print()
         grew = ", ".join(e["grown"]) or "nothing"
         if e["grown"] and e["grow_mode"] != "copy":
-            grew += f" ({e['grow_mode']}: adapters on the shared nodes)"
+            grew += f" ({_how_grown(e)})"
         if e["bind_to"] is None:
             why = e["reason"] or "its task-net is its independent net"
             print(f"{e['task']}: not bound ({why}); all its slots are its own")

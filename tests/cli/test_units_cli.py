@@ -63,6 +63,33 @@ def test_run_with_adapters_costs_fewer_parameters_than_copies(tmp_path, tiny_mni
     assert net.grow_mode("pmnist-1", "fc1") == "adapt"
 
 
+@pytest.mark.parametrize("slots, copied, says", [
+    ((0, 1, 2), (2,), "grew conv1, conv2, pool (adapt: adapters on the shared nodes; pool grown "
+                      "by copy: no adapter fits it)"),
+    ((1, 2), (1, 2), "grew conv2, pool (adapt: conv2, pool grown by copy: no adapter fits them)"),
+    ((0, 1), (), "grew conv1, conv2 (adapt: adapters on the shared nodes)\n"),
+])
+def test_explain_says_which_slots_grew_by_copy_under_adapt(tmp_path, capsys, slots, copied,
+                                                           says):
+    """Text and --json of explain name the grown slots that no adapter fits (grown by copy)."""
+    from l2bg.learn.record import Decision, RunRecord, TaskRecord
+
+    names = ["conv1", "conv2", "pool"]
+    tasks = [TaskRecord(Decision("t0", None), [0.5, None], [0.5, None], 10, 0.5, 0.5, 5, 10,
+                        False),
+             TaskRecord(Decision("t1", "t0", slots, reason="full", mode="adapt", copied=copied),
+                        [0.5, 0.5], [0.5, 0.5], 12, 0.5, 0.5, 5, 10, False)]
+    record = RunRecord.build(tasks, benchmark="b", strategy="full", strategy_options={}, seed=0,
+                             slots=names, expandable_slots=names, timings={}, wall_s=1.0,
+                             executor_backend=None, cache={}, environment=None)
+    (tmp_path / "results.json").write_text(json.dumps(record.to_json()))
+    assert main(["explain", str(tmp_path)]) == 0
+    assert says in capsys.readouterr().out
+    assert main(["explain", str(tmp_path), "--json"]) == 0
+    e = json.loads(capsys.readouterr().out)["tasks"][1]
+    assert e["grown_by_copy"] == [names[s] for s in copied] and e["grow_mode"] == "adapt"
+
+
 def test_run_records_task_batch_norm(tmp_path, tiny_mnist):
     out, r = run(tmp_path, tiny_mnist, "--task-bn")
     assert r["config"]["task_bn"] is True

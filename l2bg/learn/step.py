@@ -213,7 +213,9 @@ class BindGrowStep:
 
     def decide(self, strategy: Strategy, ctx: StepContext) -> Decision:
         """The decision for the task of ``ctx``: no bind for the first task, else the
-        strategy's."""
+        strategy's, with the step's grow mode (``copy`` when nothing grows) and the grown slots
+        that mode ``adapt`` grows by copy (``copied``, from the template), so the same choice
+        gives an equal decision whether a strategy made it or a stored task is restored."""
         if ctx.position == 0:
             return Decision(ctx.task, None, reason="first task: its task-net is its "
                                                    "independent net")

@@ -196,7 +196,7 @@ class TaskRecord:
                      groups={index[s]: tuple(int(g) for g in gs)
                              for s, gs in (obj.get("grown_groups") or {}).items()},
                      num_groups=obj.get("num_groups"), mode=obj.get("grow_mode") or "copy",
-                     copied=tuple(sorted(index[s] for s in obj.get("grown_by_copy") or ())))
+                     copied=tuple(sorted({index[s] for s in obj.get("grown_by_copy") or ()})))
         loss = obj.get("train_loss")
         return cls(decision=d, val_row=list(val_row), test_row=list(test_row),
                    params=obj.get("params"),

@@ -162,6 +162,20 @@ def test_slots_no_adapter_fits_grow_by_copy_and_the_record_says_which(mode):
     assert back.to_json() == js and back.decisions == r.record.decisions
 
 
+def test_a_memo_restores_the_slots_grown_by_copy():
+    """A task restored from the memo carries the decision the strategy makes again, copies
+    included: the second run is all hits and records the same decisions and results."""
+    from l2bg.search.memo import Memo
+
+    ln = learner(grow_mode="adapt")
+    memo = Memo.attach(ln)
+    first = ln.run("full").record
+    second = ln.run("full").record
+    assert memo.stats["memo_hits"] == 3 and memo.stats["memo_misses"] == 0
+    assert second.decisions == first.decisions and second.tasks[2].decision.copied == (2,)
+    assert second.to_json()["tasks"] == first.to_json()["tasks"]
+
+
 def test_the_run_grow_mode_fills_steps_that_name_none_and_no_growth_is_copy():
     r = learner(grow_mode="adapt").run(grouped("group:2"),
                                        [GrowStep(delta=0.0), GrowStep(delta=1.0)]).record

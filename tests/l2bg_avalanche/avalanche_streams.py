@@ -65,3 +65,17 @@ def with_train_transform(stream, transform) -> list:
         exp.dataset = exp.dataset.replace_current_transform_group(transform)
         out.append(exp)
     return out
+
+
+def shifted(tasks: list[Task], shift: list[int]):
+    """An Avalanche benchmark of ``tasks`` (task label t for task t) whose class ids start at
+    ``shift[t]``, in every stream (train, valid, test)."""
+    from avalanche.benchmarks.scenarios.deprecated.generators import tensors_benchmark
+
+    def split(name: str) -> list:
+        return [(getattr(t, f"x_{name}"), getattr(t, f"y_{name}") + s)
+                for t, s in zip(tasks, shift, strict=True)]
+
+    return tensors_benchmark(train_tensors=split("train"), test_tensors=split("test"),
+                             other_streams_tensors={"valid": split("val")},
+                             task_labels=list(range(len(tasks))))

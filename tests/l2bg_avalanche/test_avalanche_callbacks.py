@@ -15,7 +15,6 @@ pytest.importorskip("avalanche")
 
 import avalanche_streams as streams  # noqa: E402
 import torch  # noqa: E402
-from avalanche.benchmarks.scenarios.deprecated.generators import tensors_benchmark  # noqa: E402
 from avalanche.core import SupervisedPlugin  # noqa: E402
 from avalanche.evaluation.metrics import (  # noqa: E402
     accuracy_metrics,
@@ -159,13 +158,7 @@ def test_class_ids_and_task_labels_as_avalanche_sees_them():
     ids, the output is as wide as the model's (7) with the task's logits at its ids, and the
     task labels are the experience's."""
     tasks = streams.tasks(2)
-    shift = [0, 4]
-    bm = tensors_benchmark(
-        train_tensors=[(t.x_train, t.y_train + s) for t, s in zip(tasks, shift, strict=True)],
-        test_tensors=[(t.x_test, t.y_test + s) for t, s in zip(tasks, shift, strict=True)],
-        other_streams_tensors={"valid": [(t.x_val, t.y_val + s)
-                                         for t, s in zip(tasks, shift, strict=True)]},
-        task_labels=[0, 1])
+    bm = streams.shifted(tasks, [0, 4])
     seen = Callbacks()
     strat = strategy(bm, EvaluationPlugin(accuracy_metrics(minibatch=True, epoch=True),
                                           loggers=[]), plugins=[seen])

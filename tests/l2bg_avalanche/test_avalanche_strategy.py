@@ -12,7 +12,6 @@ pytest.importorskip("avalanche")
 
 import avalanche_streams as streams  # noqa: E402
 import torch  # noqa: E402
-from avalanche.benchmarks.scenarios.deprecated.generators import tensors_benchmark  # noqa: E402
 from avalanche.evaluation.metrics import accuracy_metrics  # noqa: E402
 from avalanche.training.plugins import EvaluationPlugin  # noqa: E402
 
@@ -121,13 +120,7 @@ def test_class_ids_need_not_start_at_zero():
     """An experience with global class ids (4, 5, 6) is learned with local labels; its logits
     land at its ids and padding never wins, so Avalanche scores it as l2bg does."""
     tasks = streams.tasks(2)
-    shift = [0, 4]
-    bm = tensors_benchmark(
-        train_tensors=[(t.x_train, t.y_train + s) for t, s in zip(tasks, shift, strict=True)],
-        test_tensors=[(t.x_test, t.y_test + s) for t, s in zip(tasks, shift, strict=True)],
-        other_streams_tensors={"valid": [(t.x_val, t.y_val + s)
-                                         for t, s in zip(tasks, shift, strict=True)]},
-        task_labels=[0, 1])
+    bm = streams.shifted(tasks, [0, 4])
     own = Learner(tasks, streams.template(), streams.CONFIG, cache=False, quiet=True).run(
         "l2bg", delta=0.5)
     strat = strategy(bm)

@@ -3,11 +3,19 @@
 torchvision itself is optional (``pip install l2bg[vision]``) and never imported here: the
 built-in :func:`to_tensor` is the default transform, so results do not depend on an optional
 install; a torchvision transform is an explicit ``transform`` and is recorded in the source.
+
+``train_transform`` (e.g. torchvision's ``Compose([RandomCrop(32, padding=4),
+RandomHorizontalFlip(), ToTensor(), Normalize(...)])``) is a per-sample transform drawn afresh on
+the training images every time a mini-batch is drawn (every epoch): the task's x_train is read
+once with ``transform`` (shapes, validation), and training re-reads each mini-batch's items
+through ``train_transform`` (:class:`l2bg.data.redraw.ItemRedraw`, reproducible from l2bg's
+seed). The validation part split off train and the test split keep ``transform``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -15,6 +23,7 @@ import torch
 from torch import Tensor
 
 from l2bg.base.errors import L2BGError
+from l2bg.data.redraw import ItemRedraw, stable_repr
 from l2bg.data.sources import CIFAR_VAL_FRACTION, cifar_split
 from l2bg.data.splits import seeded_generator, stratified_split
 from l2bg.data.tasks import Benchmark, DataSplits, Task
@@ -55,15 +64,18 @@ def _labels(dataset: Any, what: str) -> Tensor:
     return y
 
 
+def _read(dataset: Any, i: int, transform: Callable[[Any], Any], what: str) -> Tensor:
+    """Item ``i``'s image through ``transform`` (a non-tensor result through :func:`to_tensor`)."""
+    item = dataset[i]
+    if not isinstance(item, tuple | list) or len(item) < 2:
+        raise L2BGError(f"{what}: item {i} is a {type(item).__name__}, expected (image, "
+                        "label); give a torchvision-style data set")
+    x = transform(item[0])
+    return x if isinstance(x, Tensor) else to_tensor(x)
+
+
 def _stack(dataset: Any, idx: Tensor, transform: Callable[[Any], Any], what: str) -> Tensor:
-    xs = []
-    for i in idx.tolist():
-        item = dataset[i]
-        if not isinstance(item, tuple | list) or len(item) < 2:
-            raise L2BGError(f"{what}: item {i} is a {type(item).__name__}, expected (image, "
-                            "label); give a torchvision-style data set")
-        x = transform(item[0])
-        xs.append(x if isinstance(x, Tensor) else to_tensor(x))
+    xs = [_read(dataset, i, transform, what) for i in idx.tolist()]
     shapes = {tuple(x.shape) for x in xs}
     if len(shapes) > 1:
         raise L2BGError(f"{what}: the transform gives images of shapes {sorted(shapes)[:3]}; "
@@ -71,13 +83,26 @@ def _stack(dataset: Any, idx: Tensor, transform: Callable[[Any], Any], what: str
     return torch.stack(xs).float()
 
 
+def _redraw(dataset: Any, items: Tensor, train_transform: Callable[[Any], Any],
+            name: str) -> ItemRedraw:
+    """The batch transform that re-reads the training rows' ``items`` through
+    ``train_transform`` every time a mini-batch is drawn."""
+    what = f"task {name}: train_transform"
+    return ItemRedraw(dataset, items, partial(_read, transform=train_transform, what=what),
+                      what=what, about=stable_repr(train_transform))
+
+
 def task_from_dataset(name: str, train: Any, test: Any, classes: Sequence[int], *,
                       transform: Callable[[Any], Any] | None = None,
+                      train_transform: Callable[[Any], Any] | None = None,
                       val_fraction: float = 0.1, seed: int = 0) -> Task:
     """A :class:`Task` of ``classes`` (original label ids, relabelled to their position) from
     torchvision-style ``train`` and ``test`` data sets; a seeded, stratified ``val_fraction`` of
     the train items is the validation split. ``transform`` (default :func:`to_tensor`) maps an
-    image to a tensor; every image must come out the same shape."""
+    image to a tensor; every image must come out the same shape. ``train_transform`` (a
+    per-sample image transform, e.g. torchvision's random crop and flip, ending in a tensor of
+    ``transform``'s shape) is drawn on the training images every time a mini-batch is drawn;
+    the validation and test splits keep ``transform``."""
     classes = [int(c) for c in classes]
     if not classes or len(set(classes)) != len(classes):
         raise L2BGError(f"task {name}: classes must be distinct label ids, got {classes}")
@@ -96,24 +121,29 @@ def task_from_dataset(name: str, train: Any, test: Any, classes: Sequence[int], 
     (ds_tr, idx_tr, y_tr), (ds_te, idx_te, y_te) = parts
     tr, va = stratified_split(y_tr, (val_fraction,), seeded_generator(seed, f"split-{name}"))
     what = f"task {name}"
+    redraw = (None if train_transform is None
+              else _redraw(ds_tr, idx_tr[tr], train_transform, name))
     return Task(name, _stack(ds_tr, idx_tr[tr], transform, what), y_tr[tr],
                 _stack(ds_tr, idx_tr[va], transform, what), y_tr[va],
                 _stack(ds_te, idx_te, transform, what), y_te,
-                num_classes=len(classes), classes=tuple(classes))
+                num_classes=len(classes), classes=tuple(classes), train_transform=redraw)
 
 
 def benchmark_from_datasets(name: str, train: Any, test: Any,
                             task_classes: Sequence[Sequence[int]], *,
                             transform: Callable[[Any], Any] | None = None,
+                            train_transform: Callable[[Any], Any] | None = None,
                             template: str = "convnet", val_fraction: float = 0.1,
                             seed: int = 0) -> Benchmark:
     """A :class:`Benchmark` of one task per entry of ``task_classes`` (per-task heads), each
-    :func:`task_from_dataset`; the source records the transform (``repr``) and the classes."""
+    :func:`task_from_dataset`; the source records the transforms (``repr``) and the classes."""
     tasks = [task_from_dataset(f"{name}-{t}", train, test, classes, transform=transform,
-                               val_fraction=val_fraction, seed=seed)
+                               train_transform=train_transform, val_fraction=val_fraction,
+                               seed=seed)
              for t, classes in enumerate(task_classes)]
     source = {"kind": "torchvision-style", "dataset": type(train).__name__,
               "transform": "l2bg.data.vision.to_tensor" if transform is None else repr(transform),
+              "train_transform": None if train_transform is None else stable_repr(train_transform),
               "task_classes": [list(c) for c in task_classes], "val_fraction": val_fraction,
               "seed": seed, "benchmark": name, "num_tasks": len(tasks)}
     return Benchmark(name=name, tasks=tasks, seed=seed, template=template, shared_head=False,

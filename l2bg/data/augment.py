@@ -5,7 +5,7 @@ A batch transform is a callable ``transform(x, gen, index=None) -> Tensor`` that
 random choices from the ``torch.Generator`` ``gen`` (so a run is reproducible from its seed), plus
 ``to_dict()`` describing it for results.json and cache keys. ``index`` holds the rows of the
 task's ``x_train`` that ``x`` is (``fit`` always passes it): a transform that re-reads its samples
-from a source by row (an Avalanche data set, :mod:`l2bg.avalanche.redraw`) uses it, the others
+from a source by row (:class:`l2bg.data.redraw.ItemRedraw`) uses it, the others
 ignore it or pass it on. A :class:`~l2bg.data.Task` holds one
 as ``train_transform``; :func:`l2bg.learn.training.fit` applies it to every mini-batch, so every
 epoch sees new draws. Transforms are frozen dataclasses, so they pickle and compare by value.

@@ -54,7 +54,7 @@ test-alt:
 	$(if $(ALT_KEEP),,rm -rf $(ALT_DIR))
 
 VISION_TESTS ?= tests/net tests/kernels tests/test_layers.py tests/data/test_vision.py \
-	tests/l2bg_avalanche
+	tests/data/test_vision_train_transform.py tests/l2bg_avalanche
 test-vision:
 	$(MAKE) test-alt ALT_DIR=build/vision ALT_EXTRAS="$(EXTRAS),vision,avalanche" \
 		ALT_TESTS="$(VISION_TESTS)"

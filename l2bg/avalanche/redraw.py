@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from l2bg.base.errors import L2BGError, ParamError
-from l2bg.data.redraw import ItemRedraw, read_items, seeded_rngs
+from l2bg.base.errors import ParamError
+from l2bg.data.redraw import ItemRedraw, item_input, read_items, seeded_rngs
 
 __all__ = ["AUGMENT", "DatasetRedraw", "augment_mode", "reads_differ", "seeded_rngs"]
 
@@ -34,11 +34,8 @@ PROBE_ITEMS = 16
 
 def _sample(dataset: Any, item: int, what: str) -> Tensor:
     """The input of ``dataset[item]`` (its train transforms applied) as a tensor."""
-    element = dataset[item]
-    if not isinstance(element, tuple | list) or len(element) < 2:
-        raise L2BGError(f"{what}: item {item} is {type(element).__name__}, expected "
-                        "(x, y, task label); give a classification data set")
-    return torch.as_tensor(element[0])
+    return torch.as_tensor(item_input(dataset, item, what, "(x, y, task label)",
+                                      "a classification data set"))
 
 
 def reads_differ(dataset: Any, what: str, probe: int = PROBE_ITEMS) -> bool:

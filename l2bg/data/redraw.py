@@ -25,7 +25,7 @@ from torch import Tensor
 
 from l2bg.base.errors import L2BGError
 
-__all__ = ["ItemRedraw", "read_items", "seeded_rngs", "stable_repr"]
+__all__ = ["ItemRedraw", "item_input", "read_items", "seeded_rngs", "stable_repr"]
 
 #: ``read(dataset, item)``: one item's (transformed) input as a tensor
 Read = Callable[[Any, int], Tensor]
@@ -45,6 +45,17 @@ def seeded_rngs(seed: int) -> Iterator[None]:
         finally:
             random.setstate(py_state)
             np.random.set_state(np_state)
+
+
+def item_input(dataset: Any, item: int, what: str, expected: str, kind: str) -> Any:
+    """The input of ``dataset[item]`` (its first element, as the data set gives it); an item
+    that is not a sequence of at least (input, label) is a one-line error naming ``expected``
+    (e.g. "(image, label)") and the ``kind`` of data set to give."""
+    element = dataset[item]
+    if not isinstance(element, tuple | list) or len(element) < 2:
+        raise L2BGError(f"{what}: item {item} is a {type(element).__name__}, expected "
+                        f"{expected}; give {kind}")
+    return element[0]
 
 
 def read_items(dataset: Any, items: list[int], read: Read) -> Tensor:

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from l2bg.base.errors import L2BGError
-from l2bg.data.redraw import ItemRedraw, stable_repr
+from l2bg.data.redraw import ItemRedraw, item_input, stable_repr
 from l2bg.data.sources import CIFAR_VAL_FRACTION, cifar_split
 from l2bg.data.splits import seeded_generator, stratified_split
 from l2bg.data.tasks import Benchmark, DataSplits, Task
@@ -66,11 +66,7 @@ def _labels(dataset: Any, what: str) -> Tensor:
 
 def _read(dataset: Any, i: int, transform: Callable[[Any], Any], what: str) -> Tensor:
     """Item ``i``'s image through ``transform`` (a non-tensor result through :func:`to_tensor`)."""
-    item = dataset[i]
-    if not isinstance(item, tuple | list) or len(item) < 2:
-        raise L2BGError(f"{what}: item {i} is a {type(item).__name__}, expected (image, "
-                        "label); give a torchvision-style data set")
-    x = transform(item[0])
+    x = transform(item_input(dataset, i, what, "(image, label)", "a torchvision-style data set"))
     return x if isinstance(x, Tensor) else to_tensor(x)
 
 

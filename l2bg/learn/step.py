@@ -260,7 +260,7 @@ class BindGrowStep:
         if num_groups is None:
             units, channels = None, None
         else:
-            channels = net.unit_channels
+            channels = ex.unit_channels.__getitem__  # of the template, once per experiment
             units = list_units(expandable, channels, num_groups, ex.template.slot_names)
         with timer(timings, "activations"):
             acts_t = activations(indep.net, [indep.task], x)[indep.task]

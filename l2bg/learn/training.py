@@ -121,7 +121,7 @@ def fit(net: JointNet, task: str, x: Tensor, y: Tensor, config: TrainConfig,
     device = groups[0]["params"][0].device
     x, y = x.to(device), y.to(device)
     gen = torch.Generator(device="cpu").manual_seed(config.seed)
-    aug_gen = seeded_generator(config.seed, "train-transform")
+    aug_gen = None if transform is None else seeded_generator(config.seed, "train-transform")
     loss_fn = nn.CrossEntropyLoss()
     n = x.shape[0]
     history: list[float] = []
